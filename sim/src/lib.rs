@@ -1,1 +1,8 @@
-//! weft-sim library.
+//! `weft-sim`: the deterministic mesh simulator (`mesh`), the network-namespace lab (`lab`) and
+//! the benchmarks (`bench`).
+//!
+//! The simulator drives many `topology` cores in one process on a virtual clock; the lab runs
+//! real `weft` routers in network namespaces on one machine.
+
+pub mod demo;
+pub mod lab;

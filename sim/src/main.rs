@@ -1,1 +1,181 @@
-fn main() {}
+//! The `weft-sim` command.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use weft_sim::lab::{self, Datapath, LabSpec, RouterAction, Underlay};
+
+#[derive(Parser)]
+#[command(
+    name = "weft-sim",
+    version,
+    about = "weft's simulator, netns lab and benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Real weft routers in network namespaces on this machine (needs root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build a lab and wait until it is ready.
+    Up {
+        /// The lab's name: prefix of its namespaces (N-u, N-hI, N-hI-pJ).
+        #[arg(long)]
+        name: String,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Pods per node.
+        #[arg(long, default_value_t = 1)]
+        pods: usize,
+        /// The routers' data path.
+        #[arg(long, value_enum, default_value_t = Datapath::Auto)]
+        datapath: Datapath,
+        /// Start the routers with encryption on.
+        #[arg(long)]
+        encrypt: bool,
+        /// How the underlay connects the nodes.
+        #[arg(long, value_enum, default_value_t = Underlay::Full)]
+        underlay: Underlay,
+        /// Print the lab as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Start no routers: pods on a node reach each other over a plain bridge only.
+        #[arg(long)]
+        no_router: bool,
+    },
+    /// Run a command in a node's or pod's namespace (exit code = the command's).
+    Exec {
+        /// The lab's name.
+        name: String,
+        /// `hI` or `hI/pJ`.
+        target: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Start, stop (SIGTERM), kill (SIGKILL) or restart a node's router.
+    Router {
+        /// The lab's name.
+        name: String,
+        /// `hI`.
+        node: String,
+        /// What to do.
+        #[arg(value_enum)]
+        action: RouterAction,
+    },
+    /// Add or delete a pod on a node.
+    Pod {
+        /// The lab's name.
+        name: String,
+        /// `hI`.
+        node: String,
+        /// add or del.
+        #[arg(value_enum)]
+        action: PodAction,
+        /// `pJ`.
+        pod: String,
+        /// The pod's MAC (add only).
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Remove a lab: routers, namespaces, interfaces, files.
+    Down {
+        /// The lab's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Build a 3-node lab, show pods talking and the mesh status, then remove it.
+    Demo,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PodAction {
+    Add,
+    Del,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "weft-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Lab(cmd) => match cmd {
+            LabCommand::Up {
+                name,
+                nodes,
+                pods,
+                datapath,
+                encrypt,
+                underlay,
+                json,
+                no_router,
+            } => {
+                let spec = LabSpec {
+                    name,
+                    nodes,
+                    pods,
+                    datapath,
+                    encrypt,
+                    underlay,
+                    routers: !no_router,
+                };
+                let info = lab::up(&spec)?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&info)?)?;
+                } else {
+                    weft_sim::demo::print_lab(&mut out, &info)?;
+                }
+            }
+            LabCommand::Exec {
+                name,
+                target,
+                command,
+            } => {
+                let (ns, api) = lab::target(&name, &target)?;
+                let (prog, args) = command.split_first().context("no command given")?;
+                let mut cmd = lab::netns::command_in(&ns, prog)?;
+                cmd.args(args).env("WEFT_API", api);
+                // exec replaces this process, so the exit code is the command's own.
+                let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+                return Err(err).with_context(|| format!("running {prog} in {ns}"));
+            }
+            LabCommand::Router { name, node, action } => lab::router_action(&name, &node, action)?,
+            LabCommand::Pod {
+                name,
+                node,
+                action,
+                pod,
+                mac,
+            } => match action {
+                PodAction::Add => {
+                    let info = lab::pod_add(&name, &node, &pod, mac.as_deref())?;
+                    writeln!(out, "{}", serde_json::to_string(&info)?)?;
+                }
+                PodAction::Del => lab::pod_del(&name, &node, &pod)?,
+            },
+            LabCommand::Down { name } => lab::down(&name)?,
+            LabCommand::Demo => weft_sim::demo::run(&mut out)?,
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,241 @@
+//! The lab's router processes: one `weft router` per node, started inside the node's namespace,
+//! detached from the lab command (which returns while they run), tracked by pid files.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    LabSpec, Underlay, api_value, lab_dir, netns, node_dir, node_ns, underlay_ip, wait_until,
+};
+
+/// What `lab router N NODE …` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RouterAction {
+    /// SIGKILL: the router dies at once, leaving its devices.
+    Kill,
+    /// Stop, then start.
+    Restart,
+    /// Start it if it is not running.
+    Start,
+    /// SIGTERM, and wait for it to exit.
+    Stop,
+}
+
+pub(super) fn act(spec: &LabSpec, i: usize, action: RouterAction) -> Result<()> {
+    match action {
+        RouterAction::Kill => signal_and_wait(&spec.name, i, libc::SIGKILL),
+        RouterAction::Restart => {
+            signal_and_wait(&spec.name, i, libc::SIGTERM)?;
+            start(spec, i)
+        }
+        RouterAction::Start => {
+            if running_pid(&spec.name, i).is_some() {
+                return Ok(());
+            }
+            start(spec, i)
+        }
+        RouterAction::Stop => signal_and_wait(&spec.name, i, libc::SIGTERM),
+    }
+}
+
+/// Starts node `i`'s router, detached, logging to the node's `router.log`.
+pub(super) fn start(spec: &LabSpec, i: usize) -> Result<()> {
+    let dir = node_dir(&spec.name, i);
+    let peers: Vec<String> = (1..=spec.nodes)
+        .filter(|&j| j != i && (spec.underlay == Underlay::Full || j.abs_diff(i) == 1))
+        .map(underlay_ip)
+        .collect();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("router.log"))
+        .context("opening the router log")?;
+    let bin = weft_binary()?;
+    let mut cmd = netns::command_in(&node_ns(&spec.name, i), &bin)?;
+    cmd.arg("router")
+        .args(["--nickname", &format!("h{i}")])
+        .args(["--state-dir", &dir.join("state").display().to_string()])
+        .args(["--api-socket", &dir.join("weft.sock").display().to_string()])
+        .args(["--datapath", spec.datapath.as_str()])
+        .args(["--encryption", if spec.encrypt { "on" } else { "off" }]);
+    if !peers.is_empty() {
+        cmd.args(["--peers", &peers.join(",")]);
+    }
+    cmd.env(
+        "WEFT_LOG",
+        std::env::var("WEFT_LOG").unwrap_or_else(|_| "info".into()),
+    )
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
+    // SAFETY: setsid(2) is async-signal-safe; it detaches the router from the lab's session so
+    // a Ctrl-C on `lab up` does not reach it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    std::fs::write(dir.join("router.pid"), child.id().to_string())?;
+    Ok(())
+}
+
+/// Waits until every router of the lab answers and has all its expected connections
+/// established and knows every peer.
+pub(super) fn wait_ready(spec: &LabSpec, timeout: Duration) -> Result<()> {
+    let mut last = String::new();
+    let ok = wait_until(timeout, || {
+        for i in 1..=spec.nodes {
+            if running_pid(&spec.name, i).is_none() {
+                last = format!(
+                    "router h{i} is not running (see {})",
+                    log_path(&spec.name, i).display()
+                );
+                return false;
+            }
+            match node_ready(spec, i) {
+                Ok(()) => {}
+                Err(e) => {
+                    last = format!("h{i}: {e:#}");
+                    return false;
+                }
+            }
+        }
+        true
+    });
+    if ok {
+        return Ok(());
+    }
+    bail!("lab {} not ready after {timeout:?}: {last}", spec.name)
+}
+
+fn node_ready(spec: &LabSpec, i: usize) -> Result<()> {
+    let expected = (1..=spec.nodes)
+        .filter(|&j| j != i && (spec.underlay == Underlay::Full || j.abs_diff(i) == 1))
+        .count();
+    let report = report(&spec.name, i)?;
+    let established = report["connections"].as_array().map_or(0, |c| {
+        c.iter().filter(|c| c["state"] == "established").count()
+    });
+    let peers = report["peers"].as_array().map_or(0, Vec::len);
+    if established < expected || peers < spec.nodes {
+        bail!(
+            "{established}/{expected} connections established, {peers}/{} peers",
+            spec.nodes
+        );
+    }
+    Ok(())
+}
+
+/// Reads node `i`'s router report through the `weft` CLI, as an admin would.
+pub(super) fn report(name: &str, i: usize) -> Result<serde_json::Value> {
+    let out = std::process::Command::new(weft_binary()?)
+        .args(["--api", &api_value(name, i), "report"])
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "weft report: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("weft report printed invalid JSON")
+}
+
+/// Stops every router of lab `name` that has a pid file, even when the lab's state is gone.
+pub(super) fn stop_all(name: &str) -> Result<()> {
+    let Ok(dir) = std::fs::read_dir(lab_dir(name)) else {
+        return Ok(());
+    };
+    let mut nodes: Vec<usize> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix('h')?.parse().ok())
+        .collect();
+    nodes.sort_unstable();
+    for i in nodes {
+        signal_and_wait(name, i, libc::SIGTERM)?;
+    }
+    Ok(())
+}
+
+/// Sends `sig` to node `i`'s router and waits for it to exit; escalates to SIGKILL after 5 s.
+fn signal_and_wait(name: &str, i: usize, sig: libc::c_int) -> Result<()> {
+    let Some(pid) = running_pid(name, i) else {
+        return Ok(());
+    };
+    // SAFETY: kill(2) with a pid we verified is our lab's router.
+    unsafe { libc::kill(pid, sig) };
+    if !wait_until(Duration::from_secs(5), || !alive(pid)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        if !wait_until(Duration::from_secs(5), || !alive(pid)) {
+            bail!("router h{i} of lab {name} (pid {pid}) does not exit");
+        }
+    }
+    let _ = std::fs::remove_file(node_dir(name, i).join("router.pid"));
+    Ok(())
+}
+
+/// The pid of node `i`'s router if it runs: the pid file names it, and its command line names
+/// the node's socket (so a reused pid is never signalled).
+pub(super) fn running_pid(name: &str, i: usize) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(node_dir(name, i).join("router.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let sock = node_dir(name, i).join("weft.sock");
+    let sock = sock.to_str()?.as_bytes();
+    let ours = cmdline.split(|&b| b == 0).any(|arg| arg == sock);
+    (ours && alive(pid)).then_some(pid)
+}
+
+/// Whether `pid` runs; reaps it if it is our own exited child, and counts a zombie as gone.
+fn alive(pid: i32) -> bool {
+    // SAFETY: waitpid with WNOHANG on a pid; ECHILD when it is not our child is fine.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some('Z' | 'X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+fn log_path(name: &str, i: usize) -> PathBuf {
+    node_dir(name, i).join("router.log")
+}
+
+/// Finds the `weft` binary: `$WEFT_BIN`, else next to this executable (or its parent, for test
+/// binaries in `target/*/deps`).
+pub fn weft_binary() -> Result<PathBuf> {
+    if let Ok(bin) = std::env::var("WEFT_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    for _ in 0..2 {
+        let candidate = dir.join("weft");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    bail!(
+        "cannot find the weft binary next to {} (build it with `cargo build --workspace --bins`, \
+         or set WEFT_BIN)",
+        exe.display()
+    )
+}

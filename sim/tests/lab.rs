@@ -1,0 +1,214 @@
+//! Lab tests: real namespaces on this machine (run as root, as the README's test command does).
+//!
+//! ```text
+//!            N-u: bridge ubr (192.0.2.0/24)
+//!          /          |           \
+//!   N-h1 eth0    N-h2 eth0    N-h3 eth0      (192.0.2.I)
+//!   bridge weft  bridge weft  bridge weft
+//!    |     |      |     |      |     |
+//!   p1    p2     p1    p2     p1    p2      (N-hI-pJ, 10.32.I.J/12)
+//! ```
+//!
+//! Every test uses its own lab name (process id + tag) and a `LabGuard`, so a failing or
+//! panicking test still removes what it built.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::process::Command;
+
+use weft_sim::lab::{self, LabGuard, LabSpec, Underlay};
+
+fn unique(tag: &str) -> String {
+    format!("lt{}{tag}", std::process::id() % 100_000)
+}
+
+fn spec(name: &str, nodes: usize, pods: usize) -> LabSpec {
+    let mut spec = LabSpec::new(name);
+    spec.nodes = nodes;
+    spec.pods = pods;
+    spec.routers = false;
+    spec
+}
+
+fn ping(name: &str, from: &str, ip: &str) -> bool {
+    let ip = ip.split('/').next().unwrap_or(ip);
+    lab::exec_output(name, from, &["ping", "-c", "1", "-W", "2", ip])
+        .unwrap()
+        .status
+        .success()
+}
+
+fn root_links() -> String {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_owned()))
+        .collect();
+    names.sort();
+    names.join(",")
+}
+
+#[test]
+fn three_nodes_two_pods_ping_on_one_node_and_leave_nothing() {
+    let name = unique("a");
+    {
+        let guard = LabGuard::new(&name);
+        let info = lab::up(&spec(&name, 3, 2)).unwrap();
+        assert_eq!(info.nodes.len(), 3);
+        for node in &info.nodes {
+            assert_eq!(node.pods.len(), 2);
+            let target = format!("{}/p1", node.name);
+            assert!(
+                ping(&name, &target, &node.pods[1].ip),
+                "{target} -> {}",
+                node.pods[1].ip
+            );
+        }
+        assert_eq!(lab::lab_namespaces(&name).len(), 1 + 3 + 6);
+        drop(guard);
+    }
+    assert!(lab::lab_namespaces(&name).is_empty());
+}
+
+#[test]
+fn a_panicking_test_leaves_no_namespace() {
+    let name = unique("b");
+    let result = std::panic::catch_unwind(|| {
+        let _guard = LabGuard::new(&name);
+        lab::up(&spec(&name, 2, 1)).unwrap();
+        assert_eq!(lab::lab_namespaces(&name).len(), 1 + 2 + 2);
+        panic!("test body fails on purpose");
+    });
+    assert!(result.is_err());
+    assert!(
+        lab::lab_namespaces(&name).is_empty(),
+        "{:?}",
+        lab::lab_namespaces(&name)
+    );
+    assert!(!std::path::Path::new(lab::RUN_DIR).join(&name).exists());
+}
+
+#[test]
+fn cli_up_json_then_down_leaves_nothing_behind() {
+    let name = unique("c");
+    let _guard = LabGuard::new(&name);
+    let links_before = root_links();
+    let bin = env!("CARGO_BIN_EXE_weft-sim");
+    let out = Command::new(bin)
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &name,
+            "--nodes",
+            "3",
+            "--json",
+            "--no-router",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], name.as_str());
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes[1]["name"], "h2");
+    assert_eq!(nodes[1]["netns"], format!("{name}-h2").as_str());
+    assert_eq!(nodes[1]["underlay_ip"], "192.0.2.2");
+    let pod = &nodes[2]["pods"][0];
+    assert_eq!(pod["name"], "p1");
+    assert_eq!(pod["netns"], format!("{name}-h3-p1").as_str());
+    assert!(pod["ip"].as_str().unwrap().ends_with("/12"));
+    assert_eq!(pod["mac"].as_str().unwrap().len(), 17);
+
+    // exec returns the command's own exit code.
+    let code = |args: &[&str]| {
+        let mut argv = vec!["lab", "exec", &name, "h1", "--"];
+        argv.extend_from_slice(args);
+        Command::new(bin).args(&argv).status().unwrap().code()
+    };
+    assert_eq!(code(&["true"]), Some(0));
+    assert_eq!(code(&["sh", "-c", "exit 7"]), Some(7));
+    assert_eq!(code(&["ping", "-c", "1", "-W", "2", "192.0.2.3"]), Some(0));
+
+    let down = Command::new(bin)
+        .args(["lab", "down", "--name", &name])
+        .output()
+        .unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(lab::lab_namespaces(&name).is_empty());
+    assert!(!std::path::Path::new(lab::RUN_DIR).join(&name).exists());
+    assert_eq!(
+        root_links(),
+        links_before,
+        "the lab touched the root namespace's links"
+    );
+    let procs = Command::new("pgrep")
+        .args(["-f", &format!("{}/{name}/", lab::RUN_DIR)])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+}
+
+#[test]
+fn two_labs_run_side_by_side() {
+    let (a, b) = (unique("d"), unique("e"));
+    let (_ga, _gb) = (LabGuard::new(&a), LabGuard::new(&b));
+    let (sa, sb) = (spec(&a, 2, 1), spec(&b, 2, 1));
+    let ta = std::thread::spawn(move || lab::up(&sa).map(drop));
+    let tb = std::thread::spawn(move || lab::up(&sb).map(drop));
+    ta.join().unwrap().unwrap();
+    tb.join().unwrap().unwrap();
+    // Same addresses in both labs, no interference.
+    assert!(ping(&a, "h1", "192.0.2.2"));
+    assert!(ping(&b, "h1", "192.0.2.2"));
+    lab::down(&a).unwrap();
+    assert!(lab::lab_namespaces(&a).is_empty());
+    assert_eq!(lab::lab_namespaces(&b).len(), 1 + 2 + 2);
+    assert!(ping(&b, "h2", "192.0.2.1"));
+}
+
+#[test]
+fn line_underlay_reaches_only_neighbours() {
+    let name = unique("f");
+    let _guard = LabGuard::new(&name);
+    let mut s = spec(&name, 3, 0);
+    s.underlay = Underlay::Line;
+    lab::up(&s).unwrap();
+    assert!(ping(&name, "h1", "192.0.2.2"));
+    assert!(ping(&name, "h2", "192.0.2.3"));
+    assert!(!ping(&name, "h1", "192.0.2.3"));
+}
+
+#[test]
+fn pods_can_be_added_and_removed() {
+    let name = unique("g");
+    let _guard = LabGuard::new(&name);
+    lab::up(&spec(&name, 1, 1)).unwrap();
+    let pod = lab::pod_add(&name, "h1", "p2", Some("02:00:00:00:00:42")).unwrap();
+    assert_eq!(pod.mac, "02:00:00:00:00:42");
+    assert!(ping(&name, "h1/p1", &pod.ip));
+    assert!(
+        lab::pod_add(&name, "h1", "p2", None).is_err(),
+        "a pod added twice"
+    );
+    lab::pod_del(&name, "h1", "p2").unwrap();
+    assert!(lab::pod_del(&name, "h1", "p2").is_err());
+    assert_eq!(lab::lab_namespaces(&name).len(), 1 + 1 + 1);
+    assert!(lab::up(&spec(&name, 1, 1)).is_err(), "a lab built twice");
+}
