@@ -53,6 +53,9 @@ enum LabCommand {
         /// Start no routers: pods on a node reach each other over a plain bridge only.
         #[arg(long)]
         no_router: bool,
+        /// Give every router this mesh password (through a 0600 password file).
+        #[arg(long)]
+        password: Option<String>,
     },
     /// Run a command in a node's or pod's namespace (exit code = the command's).
     Exec {
@@ -129,6 +132,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 underlay,
                 json,
                 no_router,
+                password,
             } => {
                 let spec = LabSpec {
                     name,
@@ -138,6 +142,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     encrypt,
                     underlay,
                     routers: !no_router,
+                    password,
                 };
                 let info = lab::up(&spec)?;
                 if json {

@@ -83,6 +83,8 @@ pub struct LabSpec {
     pub underlay: Underlay,
     /// Whether to start a `weft router` on every node.
     pub routers: bool,
+    /// The mesh password every router is given (`--password-file`), if any.
+    pub password: Option<String>,
 }
 
 impl LabSpec {
@@ -96,6 +98,7 @@ impl LabSpec {
             encrypt: false,
             underlay: Underlay::Full,
             routers: true,
+            password: None,
         }
     }
 }
@@ -107,6 +110,10 @@ pub struct LabInfo {
     pub name: String,
     /// Its nodes, in order.
     pub nodes: Vec<NodeInfo>,
+    /// Seconds from starting the first router until every router was ready (absent without
+    /// routers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_s: Option<f64>,
 }
 
 /// One node of a lab.
@@ -215,6 +222,7 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
     let mut info = LabInfo {
         name: name.clone(),
         nodes: Vec::new(),
+        ready_s: None,
     };
     for i in 1..=spec.nodes {
         info.nodes.push(add_node(spec, i)?);
@@ -226,8 +234,12 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
         spec: spec.clone(),
         info: info.clone(),
     })?;
+    let started = Instant::now();
     if spec.routers {
         for i in 1..=spec.nodes {
+            if let Some(password) = &spec.password {
+                set_password(name, &format!("h{i}"), Some(password))?;
+            }
             router::start(spec, i)?;
         }
     }
@@ -243,6 +255,11 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
     })?;
     if spec.routers {
         router::wait_ready(spec, Duration::from_secs(20))?;
+        info.ready_s = Some(started.elapsed().as_secs_f64());
+        save(&StateFile {
+            spec: spec.clone(),
+            info: info.clone(),
+        })?;
     }
     Ok(info)
 }
@@ -400,6 +417,37 @@ pub fn router_action(name: &str, node: &str, action: RouterAction) -> Result<()>
     let state = load(name)?;
     let i = parse_index(node, 'h', state.spec.nodes)?;
     router::act(&state.spec, i, action)
+}
+
+/// Sets (or, with `None`, removes) the mesh password node `node`'s router is started with; it
+/// takes effect at the router's next start. The file is 0600, as weft requires of key material.
+///
+/// # Errors
+/// Fails when the lab or node is unknown or the file cannot be written.
+pub fn set_password(name: &str, node: &str, password: Option<&str>) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let i = parse_index(node, 'h', MAX_NODES)?;
+    let path = node_dir(name, i).join("password");
+    let _ = std::fs::remove_file(&path);
+    if let Some(password) = password {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(password.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Returns a node's router report (`weft report`, JSON) as its admin would read it.
+///
+/// # Errors
+/// Fails when the router does not answer.
+pub fn report(name: &str, node: &str) -> Result<serde_json::Value> {
+    router::report(name, parse_index(node, 'h', MAX_NODES)?)
 }
 
 /// Removes everything the lab named `name` made: router processes, namespaces (with all their

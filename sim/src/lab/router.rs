@@ -64,6 +64,10 @@ pub(super) fn start(spec: &LabSpec, i: usize) -> Result<()> {
     if !peers.is_empty() {
         cmd.args(["--peers", &peers.join(",")]);
     }
+    let password = dir.join("password");
+    if password.exists() {
+        cmd.arg("--password-file").arg(&password);
+    }
     cmd.env(
         "WEFT_LOG",
         std::env::var("WEFT_LOG").unwrap_or_else(|_| "info".into()),
