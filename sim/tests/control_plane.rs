@@ -1,0 +1,226 @@
+//! The router's control plane in the lab: real `weft router` processes in namespaces.
+//!
+//! ```text
+//!   full:  h1 ── h2 ── h3 (and h1 ── h3)      line:  h1 ── h2 ── h3 ── h4
+//! ```
+//!
+//! Each test builds its own lab (`lt<pid><tag>`) under a `LabGuard`, so failures clean up.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_sim::lab::{self, LabGuard, LabSpec, RouterAction, Underlay};
+
+fn unique(tag: &str) -> String {
+    format!("lt{}{tag}", std::process::id() % 100_000)
+}
+
+fn spec(name: &str, nodes: usize) -> LabSpec {
+    let mut spec = LabSpec::new(name);
+    spec.nodes = nodes;
+    spec.pods = 0;
+    spec
+}
+
+fn established(report: &Value) -> usize {
+    report["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "established")
+        .count()
+}
+
+fn peer_names(report: &Value) -> Vec<(String, String)> {
+    report["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+            (s("name"), s("nickname"))
+        })
+        .collect()
+}
+
+/// The next hop (by nickname) that `report` routes toward the peer nicknamed `dst`.
+fn next_hop(report: &Value, dst: &str) -> Option<String> {
+    let names = peer_names(report);
+    let nick = |name: &str| {
+        names
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k.clone())
+    };
+    let dst_name = names.iter().find(|(_, k)| k == dst)?.0.clone();
+    report["routes"].as_array()?.iter().find_map(|r| {
+        (r["destination"] == dst_name.as_str()).then(|| nick(r["next_hop"].as_str()?))?
+    })
+}
+
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn metrics(name: &str, node: &str) -> String {
+    let (ns, _) = lab::target(name, node).unwrap();
+    lab::netns::in_netns(&ns, || {
+        let mut s = TcpStream::connect("127.0.0.1:6782")?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .unwrap()
+}
+
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn three_routers_connect_within_two_seconds() {
+    let name = unique("m");
+    let _guard = LabGuard::new(&name);
+    let info = lab::up(&spec(&name, 3)).unwrap();
+    let ready = info.ready_s.unwrap();
+    assert!(ready <= 2.0, "routers took {ready:.2} s to connect");
+    for node in ["h1", "h2", "h3"] {
+        let report = lab::report(&name, node).unwrap();
+        assert_eq!(established(&report), 2, "{node}: {report:#}");
+        assert_eq!(peer_names(&report).len(), 3, "{node}: {report:#}");
+    }
+    let out = lab::exec_output(
+        &name,
+        "h2",
+        &[lab::weft_binary().unwrap().to_str().unwrap(), "status"],
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("    Connections: 2 (2 established)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("          Peers: 3 (with 6 established connections)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_line_of_four_routes_through_neighbours() {
+    let name = unique("n");
+    let _guard = LabGuard::new(&name);
+    let mut s = spec(&name, 4);
+    s.underlay = Underlay::Line;
+    lab::up(&s).unwrap();
+    let r1 = lab::report(&name, "h1").unwrap();
+    assert_eq!(peer_names(&r1).len(), 4, "{r1:#}");
+    assert_eq!(established(&r1), 1);
+    assert_eq!(next_hop(&r1, "h2").as_deref(), Some("h2"));
+    assert_eq!(next_hop(&r1, "h3").as_deref(), Some("h2"));
+    assert_eq!(next_hop(&r1, "h4").as_deref(), Some("h2"));
+    let r3 = lab::report(&name, "h3").unwrap();
+    assert_eq!(next_hop(&r3, "h1").as_deref(), Some("h2"));
+    assert_eq!(next_hop(&r3, "h4").as_deref(), Some("h4"));
+}
+
+#[test]
+fn a_killed_router_is_noticed_and_rejoins() {
+    let name = unique("k");
+    let _guard = LabGuard::new(&name);
+    lab::up(&spec(&name, 3)).unwrap();
+    lab::router_action(&name, "h3", RouterAction::Kill).unwrap();
+    for node in ["h1", "h2"] {
+        let noticed = wait_for(Duration::from_secs(3), || {
+            let r = lab::report(&name, node).unwrap();
+            established(&r) == 1 && next_hop(&r, "h3").is_none()
+        });
+        assert!(noticed.is_some(), "{node} still routes to the killed h3");
+    }
+    lab::router_action(&name, "h3", RouterAction::Start).unwrap();
+    for node in ["h1", "h2", "h3"] {
+        let back = wait_for(Duration::from_secs(3), || {
+            lab::report(&name, node).is_ok_and(|r| established(&r) == 2)
+        });
+        assert!(back.is_some(), "{node} did not re-establish within 3 s");
+    }
+}
+
+#[test]
+fn a_wrong_password_never_establishes_and_says_why() {
+    let name = unique("w");
+    let _guard = LabGuard::new(&name);
+    let mut s = spec(&name, 3);
+    s.password = Some("correct horse".into());
+    lab::up(&s).unwrap();
+    lab::set_password(&name, "h3", Some("wrong horse")).unwrap();
+    lab::router_action(&name, "h3", RouterAction::Restart).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let r3 = lab::report(&name, "h3").unwrap();
+    assert_eq!(established(&r3), 0, "{r3:#}");
+    let why = wait_for(Duration::from_secs(5), || {
+        let r = lab::report(&name, "h3").unwrap();
+        serde_json::to_string(&r).unwrap().contains("password")
+    });
+    assert!(
+        why.is_some(),
+        "h3's status never names the password: {r3:#}"
+    );
+    let r1 = lab::report(&name, "h1").unwrap();
+    assert_eq!(established(&r1), 1, "{r1:#}");
+}
+
+#[test]
+fn garbage_on_the_control_port_is_dropped_and_counted() {
+    let name = unique("g");
+    let _guard = LabGuard::new(&name);
+    lab::up(&spec(&name, 3)).unwrap();
+    let before = metric_sum(&metrics(&name, "h2"), "weft_handshake_failures_total");
+    let (h1, _) = lab::target(&name, "h1").unwrap();
+    let inputs: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0xff; 3],
+        vec![0x57; 1 << 20],
+        (0..=255u8).cycle().take(70_000).collect(),
+    ];
+    for input in inputs {
+        let closed = lab::netns::in_netns(&h1, move || {
+            let mut s = TcpStream::connect("192.0.2.2:6783")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            // The router may close while we still write: that is the point.
+            let _ = s.write_all(&input);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            // EOF or a reset means the router dropped us; a timeout means it kept us open.
+            Ok(match s.read_to_end(&mut sink) {
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            })
+        })
+        .unwrap();
+        assert!(closed, "the router kept a garbage connection open");
+    }
+    let counted = wait_for(Duration::from_secs(3), || {
+        metric_sum(&metrics(&name, "h2"), "weft_handshake_failures_total") >= before + 4.0
+    });
+    assert!(counted.is_some(), "garbage connections were not counted");
+    for node in ["h1", "h2", "h3"] {
+        assert_eq!(established(&lab::report(&name, node).unwrap()), 2, "{node}");
+    }
+}
