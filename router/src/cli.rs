@@ -1,0 +1,401 @@
+//! The `weft` command line: `weft router` and the subcommands that talk to a router's API.
+//!
+//! Parsing is clap's, so a bad flag is named in the error. Output goes to the writer the
+//! caller passes (stdout in `main`); errors come back as [`ClientError`]s for `main` to print
+//! as one line.
+
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+use crate::api::client::{ApiClient, ClientError};
+use crate::api::{ApiAddr, DEFAULT_API};
+use crate::config::{
+    DEFAULT_API_SOCKET, DEFAULT_HTTP_ADDR, DEFAULT_METRICS_ADDR, DEFAULT_PORT, DEFAULT_STATE_DIR,
+    DatapathMode, RouterConfig, hostname,
+};
+
+/// weft: a mesh overlay network for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Where to find the router's API: unix:PATH or http://HOST:PORT.
+    #[arg(long, env = "WEFT_API", global = true, default_value = DEFAULT_API,
+          value_name = "unix:PATH|http://HOST:PORT")]
+    pub api: ApiAddr,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Add a connection target to the router (persisted with its peers).
+    Connect {
+        /// `host` or `host:port`.
+        addr: String,
+    },
+    /// Show or switch mesh encryption.
+    Encryption {
+        /// What to do.
+        #[arg(value_enum)]
+        action: EncryptionAction,
+    },
+    /// Remove a connection target (connections already up stay up).
+    Forget {
+        /// `host` or `host:port`, as given to connect.
+        addr: String,
+    },
+    /// Print the router's full state as JSON.
+    Report,
+    /// Remove a peer that is gone for good and reclaim what it held.
+    Rmpeer {
+        /// The peer's name or nickname.
+        name: String,
+    },
+    /// Run the router daemon.
+    Router(Box<RouterArgs>),
+    /// Print the router's status in the layout of `weave status`.
+    Status {
+        /// A part of the status to show instead of the summary.
+        #[arg(value_enum)]
+        view: Option<StatusView>,
+    },
+}
+
+/// The parts of `weft status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusView {
+    /// One line per connection.
+    Connections,
+    /// Each owner's share of the IPAM range.
+    Ipam,
+    /// Every peer and the connections it reports.
+    Peers,
+    /// One connection target per line.
+    Targets,
+}
+
+/// What `weft encryption` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EncryptionAction {
+    /// Switch mesh encryption off.
+    Disable,
+    /// Switch mesh encryption on.
+    Enable,
+    /// Print whether mesh encryption is on.
+    Status,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Disabled.
+    Off,
+    /// Enabled.
+    On,
+}
+
+/// The flags of `weft router`.
+#[derive(Debug, Args)]
+pub struct RouterArgs {
+    /// Peers to connect to, comma-separated (`host` or `host:port`).
+    #[arg(long, value_delimiter = ',', value_name = "ADDR,...")]
+    pub peers: Vec<String>,
+    /// A file of more peers (whitespace- or comma-separated, `#` comments), re-read on change.
+    #[arg(long, value_name = "FILE")]
+    pub peers_file: Option<PathBuf>,
+    /// TCP control and UDP sleeve port.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// UDP port of the kernel VXLAN device [default: --port + 1].
+    #[arg(long)]
+    pub vxlan_port: Option<u16>,
+    /// File holding the mesh password; peers without it are refused.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Seal sleeve traffic.
+    #[arg(long, value_enum, default_value = "off")]
+    pub encryption: OnOff,
+    /// Subnets whose peers may carry traffic unencrypted, comma-separated CIDRs.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    pub trusted_subnets: Vec<IpNet>,
+    /// The IPAM range.
+    #[arg(long, default_value = "10.32.0.0/12", value_name = "CIDR")]
+    pub ipalloc_range: IpNet,
+    /// Which data paths to use.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub datapath: DatapathMode,
+    /// Pod MTU [default: underlay MTU - 50].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535))]
+    pub mtu: Option<u32>,
+    /// State directory: node key, IPAM claims, persisted peers.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Unix socket serving every API route.
+    #[arg(long, default_value = DEFAULT_API_SOCKET, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// Address serving the read-only API routes.
+    #[arg(long, default_value = DEFAULT_HTTP_ADDR, value_name = "ADDR:PORT")]
+    pub http_addr: SocketAddr,
+    /// Address serving Prometheus metrics at /metrics.
+    #[arg(long, default_value = DEFAULT_METRICS_ADDR, value_name = "ADDR:PORT")]
+    pub metrics_addr: SocketAddr,
+    /// This peer's nickname [default: the host name].
+    #[arg(long)]
+    pub nickname: Option<String>,
+    /// Most connections to keep.
+    #[arg(long, default_value_t = 100)]
+    pub conn_limit: u32,
+    /// Local address for the control and sleeve sockets [default: all].
+    #[arg(long, value_name = "IP")]
+    pub bind_addr: Option<IpAddr>,
+}
+
+impl RouterArgs {
+    /// Checks the flags against each other and builds the configuration.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message naming the flags that conflict.
+    pub fn into_config(self) -> Result<RouterConfig, String> {
+        let vxlan_port = match self.vxlan_port {
+            Some(p) => p,
+            None => self.port.checked_add(1).ok_or_else(|| {
+                format!(
+                    "--port {} leaves no room for the default --vxlan-port (port + 1); \
+                     give --vxlan-port",
+                    self.port
+                )
+            })?,
+        };
+        if vxlan_port == self.port {
+            return Err(format!(
+                "--vxlan-port {vxlan_port} must differ from --port (the sleeve uses UDP --port)"
+            ));
+        }
+        let nickname = self.nickname.unwrap_or_else(hostname);
+        if nickname.is_empty()
+            || nickname
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "--nickname {nickname:?} must be non-empty without spaces"
+            ));
+        }
+        Ok(RouterConfig {
+            peers: self.peers.into_iter().filter(|p| !p.is_empty()).collect(),
+            peers_file: self.peers_file,
+            port: self.port,
+            vxlan_port,
+            password_file: self.password_file,
+            encryption: self.encryption == OnOff::On,
+            trusted_subnets: self.trusted_subnets,
+            ipalloc_range: self.ipalloc_range,
+            datapath: self.datapath,
+            mtu: self.mtu,
+            state_dir: self.state_dir,
+            api_socket: self.api_socket,
+            http_addr: self.http_addr,
+            metrics_addr: self.metrics_addr,
+            nickname,
+            conn_limit: self.conn_limit,
+            bind_addr: self.bind_addr,
+        })
+    }
+}
+
+/// Runs one API subcommand (anything but `router`) and writes its output to `out`.
+///
+/// # Errors
+///
+/// Returns the client's error (unreachable router, error status, ...), an output error, or
+/// [`CommandFailure::Usage`] for `router`, which is not an API subcommand.
+pub async fn run_client_command(
+    api: &ApiAddr,
+    command: &Command,
+    out: &mut dyn Write,
+) -> Result<(), CommandFailure> {
+    let client = ApiClient::new(api.clone());
+    match command {
+        Command::Connect { addr } => line(out, &client.connect(addr).await?)?,
+        Command::Encryption { action } => match action {
+            EncryptionAction::Disable => line(out, &client.set_encryption(false).await?)?,
+            EncryptionAction::Enable => line(out, &client.set_encryption(true).await?)?,
+            EncryptionAction::Status => {
+                let enc = client.encryption().await?;
+                line(out, if enc.enabled { "enabled" } else { "disabled" })?;
+            }
+        },
+        Command::Forget { addr } => line(out, &client.forget(addr).await?)?,
+        Command::Report => {
+            // The server already pretty-prints; pass it through unchanged so fields this
+            // client does not know yet still show.
+            out.write_all(client.text("/report").await?.as_bytes())?;
+        }
+        Command::Rmpeer { name } => line(out, &client.rmpeer(name).await?)?,
+        Command::Router(_) => {
+            return Err(CommandFailure::Usage(
+                "`weft router` is not an API subcommand".to_owned(),
+            ));
+        }
+        Command::Status { view } => {
+            let path = match view {
+                None => "/status",
+                Some(StatusView::Connections) => "/status/connections",
+                Some(StatusView::Ipam) => "/status/ipam",
+                Some(StatusView::Peers) => "/status/peers",
+                Some(StatusView::Targets) => "/status/targets",
+            };
+            let body = client.text(path).await?;
+            if view.is_none() {
+                // Like `weave status`: an empty line before and after the summary.
+                write!(out, "\n{body}\n")?;
+            } else {
+                out.write_all(body.as_bytes())?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Why an API subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandFailure {
+    /// The API request failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Writing the output failed.
+    #[error("writing output: {0}")]
+    Output(#[from] io::Error),
+    /// The subcommand cannot run this way.
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn line(out: &mut dyn Write, text: &str) -> io::Result<()> {
+    writeln!(out, "{}", text.trim_end())
+}
+
+#[cfg(test)]
+#[cfg_attr(test, allow(clippy::unwrap_used))]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("weft").chain(args.iter().copied()))
+    }
+
+    fn router(args: &[&str]) -> RouterConfig {
+        let cli = parse(&[&["router"], args].concat()).unwrap();
+        let Command::Router(args) = cli.command else {
+            panic!("not router")
+        };
+        args.into_config().unwrap()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn router_defaults() {
+        let c = router(&["--nickname", "h1"]);
+        assert_eq!(c.port, 6783);
+        assert_eq!(c.vxlan_port, 6784);
+        assert!(!c.encryption);
+        assert_eq!(c.ipalloc_range.to_string(), "10.32.0.0/12");
+        assert_eq!(c.datapath, DatapathMode::Auto);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/weft"));
+        assert_eq!(c.api_socket, PathBuf::from("/run/weft/weft.sock"));
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:6784");
+        assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:6782");
+        assert_eq!(c.conn_limit, 100);
+        assert_eq!(c.nickname, "h1");
+        assert!(c.peers.is_empty() && c.mtu.is_none() && c.bind_addr.is_none());
+    }
+
+    #[test]
+    fn router_flags() {
+        let c = router(&[
+            "--peers=192.0.2.1,192.0.2.2:7000",
+            "--port=7000",
+            "--encryption=on",
+            "--trusted-subnets=10.0.0.0/8,192.0.2.0/24",
+            "--datapath=sleeve",
+            "--mtu=1376",
+            "--bind-addr=192.0.2.9",
+            "--password-file=/etc/weft/password",
+        ]);
+        assert_eq!(c.peers, ["192.0.2.1", "192.0.2.2:7000"]);
+        assert_eq!((c.port, c.vxlan_port), (7000, 7001));
+        assert!(c.encryption);
+        assert_eq!(c.trusted_subnets.len(), 2);
+        assert_eq!(c.datapath, DatapathMode::Sleeve);
+        assert_eq!(c.mtu, Some(1376));
+        assert_eq!(c.password_file, Some(PathBuf::from("/etc/weft/password")));
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        for (args, flag) in [
+            (&["router", "--port", "x"][..], "--port"),
+            (&["router", "--datapath", "warp"], "--datapath"),
+            (
+                &["router", "--ipalloc-range", "10.32.0.0/40"],
+                "--ipalloc-range",
+            ),
+            (&["router", "--mtu", "100"], "--mtu"),
+            (&["router", "--encryption", "maybe"], "--encryption"),
+            (&["--api", "tcp://x", "status"], "--api"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+        let cli = parse(&["router", "--port", "65535"]).unwrap();
+        let Command::Router(args) = cli.command else {
+            panic!("not router")
+        };
+        assert!(args.into_config().unwrap_err().contains("--vxlan-port"));
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = parse(&["--api", "http://127.0.0.1:6784", "status", "peers"]).unwrap();
+        assert_eq!(
+            cli.api,
+            ApiAddr::Http {
+                host: "127.0.0.1".to_owned(),
+                port: 6784
+            }
+        );
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                view: Some(StatusView::Peers)
+            }
+        ));
+        let cli = parse(&["encryption", "enable", "--api=unix:/tmp/x.sock"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Encryption {
+                action: EncryptionAction::Enable
+            }
+        ));
+        assert_eq!(cli.api, ApiAddr::Unix(PathBuf::from("/tmp/x.sock")));
+        assert!(parse(&["status", "dns"]).is_err());
+        assert!(matches!(
+            parse(&["rmpeer", "h3"]).unwrap().command,
+            Command::Rmpeer { .. }
+        ));
+    }
+}

@@ -1,0 +1,280 @@
+//! The weft router: the daemon and the `weft` command.
+//!
+//! This crate is the I/O shell around the sans-IO `topology` and `crypto` cores (STYLE.md §1):
+//! sockets, devices, the local API, metrics and state on disk. Layers:
+//!
+//! - [`cli`] and [`config`]: the command line and the [`RouterConfig`] it produces.
+//! - [`api`]: the local API server (unix socket for everything, HTTP for read-only routes) and
+//!   the client the subcommands use; commands reach the daemon loop as [`ApiCommand`]s.
+//! - [`status`] and [`status_text`]: the published status snapshot and its `weave status`-style
+//!   rendering.
+//! - [`metrics`]: counters bumped through atomics and rendered for Prometheus.
+//!
+//! [`start_router`] binds the API and metrics listeners, then hands the engine an
+//! [`EngineHandles`]: the status publisher, the command receiver, the metrics handle and the
+//! shutdown signal. The engine (the daemon loop) owns all protocol state; nothing else locks it.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod status;
+pub mod status_text;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use crate::api::ApiCommand;
+use crate::api::server::{ApiServer, ApiState, MetricsServer};
+use crate::api::{CommandError, CommandOutcome};
+pub use crate::config::RouterConfig;
+pub use crate::metrics::Metrics;
+use crate::status::{
+    ENCRYPTION_TOGGLE_NOT_AVAILABLE, PeerStatus, RouterStatus, StatusPublisher, TargetState,
+    TargetStatus, status_channel,
+};
+
+/// What the engine (the daemon loop) gets from the shell.
+#[derive(Debug)]
+pub struct EngineHandles {
+    /// Publish a fresh [`RouterStatus`] after each tick; the API and metrics read it.
+    pub status: StatusPublisher,
+    /// Commands from the API; answer each through its `reply`.
+    pub commands: mpsc::Receiver<ApiCommand>,
+    /// Counters for the data and control planes.
+    pub metrics: Metrics,
+    /// Becomes `true` when the router must stop (SIGTERM/SIGINT or [`RunningRouter::shutdown`]).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A router whose listeners are bound and whose engine runs.
+#[derive(Debug)]
+pub struct RunningRouter {
+    http_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    api_socket: PathBuf,
+    metrics: Metrics,
+    stop: watch::Sender<bool>,
+    api: JoinHandle<()>,
+    metrics_task: JoinHandle<()>,
+    engine: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningRouter {
+    /// Returns the bound read-only HTTP API address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Returns the bound metrics address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Returns the API socket path.
+    pub fn api_socket(&self) -> &std::path::Path {
+        &self.api_socket
+    }
+
+    /// Returns the metrics handle.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops the engine and the servers and removes the API socket.
+    ///
+    /// # Errors
+    ///
+    /// Returns the engine's error, if it failed.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let engine = self.engine.await.context("engine task panicked")?;
+        self.api.await.context("API task panicked")?;
+        self.metrics_task.await.context("metrics task panicked")?;
+        engine
+    }
+}
+
+/// Binds the API socket, the HTTP API and the metrics address, then starts the engine.
+///
+/// # Errors
+///
+/// Fails when a listener cannot be bound; the message names the path or address.
+pub async fn start_router(config: RouterConfig) -> anyhow::Result<RunningRouter> {
+    let api = ApiServer::bind(&config.api_socket, config.http_addr).await?;
+    let http_addr = api.http_addr()?;
+    let metrics_server = MetricsServer::bind(config.metrics_addr).await?;
+    let metrics_addr = metrics_server.local_addr()?;
+
+    let (publisher, reader) = status_channel(RouterStatus::starting(
+        UNKNOWN_NAME,
+        &config.nickname,
+        config.port,
+    ));
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (stop, stop_rx) = watch::channel(false);
+    let metrics = Metrics::new();
+
+    let api_task = tokio::spawn(api.serve(
+        ApiState {
+            status: reader.clone(),
+            commands: commands_tx,
+        },
+        stopped(stop_rx.clone()),
+    ));
+    let metrics_task =
+        tokio::spawn(metrics_server.serve(metrics.clone(), reader, stopped(stop_rx.clone())));
+
+    let handles = EngineHandles {
+        status: publisher,
+        commands: commands_rx,
+        metrics: metrics.clone(),
+        shutdown: stop_rx,
+    };
+    // ==== DAEMON HOOK ====
+    // The protocol engine replaces `stub_engine` here with `daemon::run(config, handles)`
+    // (router/src/daemon.rs, `pub async fn run(RouterConfig, EngineHandles) ->
+    // anyhow::Result<()>`), which returns once `handles.shutdown` turns true.
+    let engine = tokio::spawn(stub_engine(config.clone(), handles));
+
+    info!(
+        api_socket = %config.api_socket.display(),
+        %http_addr,
+        %metrics_addr,
+        port = config.port,
+        nickname = %config.nickname,
+        "router started"
+    );
+    Ok(RunningRouter {
+        http_addr,
+        metrics_addr,
+        api_socket: config.api_socket,
+        metrics,
+        stop,
+        api: api_task,
+        metrics_task,
+        engine,
+    })
+}
+
+/// Runs the router until SIGTERM or SIGINT.
+///
+/// # Errors
+///
+/// Fails when a listener cannot be bound, signals cannot be watched, or the engine fails.
+pub async fn run_router(config: RouterConfig) -> anyhow::Result<()> {
+    let router = start_router(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        r = tokio::signal::ctrl_c() => {
+            r.context("watching SIGINT")?;
+            info!("SIGINT: shutting down");
+        }
+    }
+    router.shutdown().await?;
+    info!("router stopped");
+    Ok(())
+}
+
+/// Stands in for the protocol engine until it is wired in: publishes a status with this
+/// router alone, keeps `weft connect`/`forget` targets in memory (state `pending`), and
+/// answers what needs the mesh with an error that says so.
+async fn stub_engine(config: RouterConfig, mut handles: EngineHandles) -> anyhow::Result<()> {
+    warn!("protocol engine not wired in: serving status and API only");
+    let mut status = handles.status.current().as_ref().clone();
+    status.ready = true;
+    status.encryption.enabled = config.encryption;
+    status.encryption.password_set = config.password_file.is_some();
+    status.trusted_subnets = config
+        .trusted_subnets
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    status.peers = vec![PeerStatus {
+        name: status.name.clone(),
+        nickname: status.nickname.clone(),
+        uid: 0,
+        version: 0,
+        connections: Vec::new(),
+    }];
+    for addr in &config.peers {
+        add_target(&mut status, addr);
+    }
+    handles.status.publish(status.clone());
+    loop {
+        let cmd = tokio::select! {
+            cmd = handles.commands.recv() => cmd,
+            r = handles.shutdown.changed() => {
+                if r.is_err() || *handles.shutdown.borrow() { return Ok(()); }
+                continue;
+            }
+        };
+        let Some(cmd) = cmd else { return Ok(()) };
+        match cmd {
+            ApiCommand::Connect { addr, reply } => {
+                let added = add_target(&mut status, &addr);
+                handles.status.publish(status.clone());
+                let msg = if added { "added" } else { "already a target:" };
+                reply.send(Ok(CommandOutcome::new(format!("{msg} {addr}"))));
+            }
+            ApiCommand::Forget { addr, reply } => {
+                let before = status.targets.len();
+                status.targets.retain(|t| t.addr != addr);
+                if status.targets.len() == before {
+                    reply.send(Err(CommandError::not_found(format!(
+                        "{addr} is not a target"
+                    ))));
+                } else {
+                    handles.status.publish(status.clone());
+                    reply.send(Ok(CommandOutcome::new(format!("forgot {addr}"))));
+                }
+            }
+            ApiCommand::RmPeer { name, reply } => {
+                let outcome = if name == status.name || name == status.nickname {
+                    Err(CommandError::bad_request(
+                        "cannot remove this router itself",
+                    ))
+                } else {
+                    Err(CommandError::not_found(format!("no peer named {name}")))
+                };
+                reply.send(outcome);
+            }
+            ApiCommand::SetEncryption { enabled: _, reply } => {
+                reply.send(Err(CommandError::not_available(
+                    ENCRYPTION_TOGGLE_NOT_AVAILABLE,
+                )));
+            }
+        }
+    }
+}
+
+fn add_target(status: &mut RouterStatus, addr: &str) -> bool {
+    if status.targets.iter().any(|t| t.addr == addr) {
+        return false;
+    }
+    status.targets.push(TargetStatus {
+        addr: addr.to_owned(),
+        state: TargetState::Pending,
+        last_error: None,
+        attempts: 0,
+        next_attempt_in_ms: None,
+    });
+    true
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The peer name shown until the engine publishes the real one (derived from the node key).
+const UNKNOWN_NAME: &str = "00:00:00:00:00:00";
+/// Commands queued for the engine before senders wait.
+const COMMAND_QUEUE: usize = 64;

@@ -1,0 +1,355 @@
+//! The router's status snapshot: what `weft status` renders and `weft report` prints as JSON.
+//!
+//! The daemon loop owns the engine; after each tick it builds a [`RouterStatus`] and publishes it
+//! through a [`StatusPublisher`] (STYLE.md §1.5). The API and metrics servers read the latest
+//! snapshot through a [`StatusReader`] and never touch the engine. A snapshot is immutable once
+//! published, so readers share it behind an `Arc` without locking.
+//!
+//! JSON keys are snake_case (DESIGN.md, "Interfaces others depend on"); this struct is the body
+//! of `GET /report`.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// What a section that a later piece of work fills says until then.
+pub const IPAM_NOT_AVAILABLE: &str = "not available yet: provided by the IPAM work";
+/// What the mesh-wide encryption toggle says until it exists.
+pub const ENCRYPTION_TOGGLE_NOT_AVAILABLE: &str =
+    "not available yet: provided by the mesh-wide encryption work";
+/// What rmpeer says about reclaiming the removed peer's addresses until IPAM exists.
+pub const IPAM_RECLAIM_NOT_AVAILABLE: &str =
+    "IPAM reclaim not available yet: provided by the IPAM work";
+/// What the per-datapath counters say until the data planes exist.
+pub const DATAPATH_COUNTERS_NOT_AVAILABLE: &str =
+    "not available yet: provided by the fastdp and sleeve data-plane work";
+
+/// A full snapshot of one router's state, as the daemon loop last published it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStatus {
+    /// The weft version of this router (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// True once the router has bound its sockets and its engine runs.
+    pub ready: bool,
+    /// This peer's name, `aa:bb:cc:dd:ee:ff`.
+    pub name: String,
+    /// This peer's nickname (the host name by default).
+    pub nickname: String,
+    /// The control protocol and the versions this router speaks.
+    pub protocol: ProtocolStatus,
+    /// The TCP/UDP control and sleeve port.
+    pub port: u16,
+    /// Mesh encryption.
+    pub encryption: EncryptionStatus,
+    /// Whether the router connects to peers it learns from gossip.
+    pub peer_discovery: bool,
+    /// Subnets whose peers are trusted to carry traffic unencrypted, as CIDR strings.
+    pub trusted_subnets: Vec<String>,
+    /// Addresses the router was asked to connect to (`--peers`, peers file, `weft connect`).
+    pub targets: Vec<TargetStatus>,
+    /// This router's connections, live or being dialled.
+    pub connections: Vec<ConnectionStatus>,
+    /// Every peer this router knows, itself included, with the connections each reports.
+    pub peers: Vec<PeerStatus>,
+    /// IPAM state; `None` until the IPAM work provides it ([`IPAM_NOT_AVAILABLE`]).
+    pub ipam: Option<IpamStatus>,
+    /// Frame counters per data path; `None` until the data planes exist
+    /// ([`DATAPATH_COUNTERS_NOT_AVAILABLE`]).
+    pub datapaths: Option<Vec<DatapathCounters>>,
+}
+
+/// The control protocol name and version range, shown as `weft 1` or `weft 1..2`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolStatus {
+    /// Protocol name, `weft`.
+    pub name: String,
+    /// Lowest protocol version spoken.
+    pub min_version: u32,
+    /// Highest protocol version spoken.
+    pub max_version: u32,
+}
+
+/// Mesh encryption state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionStatus {
+    /// True when sleeve traffic is sealed.
+    pub enabled: bool,
+    /// True when a password admits peers (`--password-file`). The password itself never
+    /// appears anywhere in status.
+    pub password_set: bool,
+}
+
+/// One connection target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    /// The address as given (`host` or `host:port`).
+    pub addr: String,
+    /// Where the dialling of this target stands.
+    pub state: TargetState,
+    /// The last dial or handshake error, if any.
+    pub last_error: Option<String>,
+    /// Dial attempts so far.
+    pub attempts: u32,
+    /// Time until the next attempt, when one is scheduled.
+    pub next_attempt_in_ms: Option<u64>,
+}
+
+/// The dialling state of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    /// Being dialled for the first time.
+    Connecting,
+    /// Last attempt failed; waiting out the back-off.
+    Failed,
+    /// Not dialled yet.
+    Pending,
+    /// Being dialled again after a failure.
+    Retrying,
+}
+
+/// One connection of this router, live or being dialled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// True when this router dialled the connection.
+    pub outbound: bool,
+    /// The remote `ip:port`.
+    pub remote_addr: String,
+    /// The remote peer's name, once the handshake told it.
+    pub remote_name: Option<String>,
+    /// The remote peer's nickname, once the handshake told it.
+    pub remote_nickname: Option<String>,
+    /// Where the connection stands.
+    pub state: ConnectionState,
+    /// The last error on this connection or its dialling.
+    pub last_error: Option<String>,
+    /// Time until the next dial, for a failed connection that will be retried.
+    pub next_attempt_in_ms: Option<u64>,
+    /// The data path carrying this peer's traffic, once chosen.
+    pub datapath: Option<Datapath>,
+    /// Why this peer is on its data path (mostly: why it is on the sleeve).
+    pub datapath_reason: Option<String>,
+    /// True when traffic to this peer is sealed.
+    pub encrypted: bool,
+    /// The pod MTU verified on this connection's data path.
+    pub mtu: Option<u32>,
+}
+
+/// The state of a connection, in Weave's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// Dialling for the first time.
+    Connecting,
+    /// Handshake done and the data path verified.
+    Established,
+    /// The last attempt failed; waiting out the back-off.
+    Failed,
+    /// TCP up, handshake or data path not yet verified.
+    Pending,
+    /// Dialling again after a failure.
+    Retrying,
+}
+
+/// A data path between two peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Datapath {
+    /// Kernel VXLAN.
+    Fastdp,
+    /// weft's userspace UDP tunnel.
+    Sleeve,
+}
+
+/// A peer as gossip describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's name.
+    pub name: String,
+    /// The peer's nickname.
+    pub nickname: String,
+    /// The peer's unique id for this incarnation.
+    pub uid: u64,
+    /// The version of the peer's topology entry.
+    pub version: u64,
+    /// The connections the peer reports.
+    pub connections: Vec<PeerConnStatus>,
+}
+
+/// One connection as a peer reports it in gossip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConnStatus {
+    /// The name of the peer at the other end.
+    pub remote_name: String,
+    /// The nickname of the peer at the other end.
+    pub remote_nickname: String,
+    /// The remote `ip:port` as the reporting peer sees it.
+    pub addr: String,
+    /// True when the reporting peer dialled it.
+    pub outbound: bool,
+    /// True when the reporting peer considers it established.
+    pub established: bool,
+}
+
+/// IPAM state, filled by the IPAM work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamStatus {
+    /// A one-line state (`ready`, `awaiting consensus (quorum: 3, known: 2)`, ...).
+    pub status: String,
+    /// The allocation range (`--ipalloc-range`).
+    pub range: String,
+    /// The default subnet for pods.
+    pub default_subnet: String,
+    /// Number of addresses in the range.
+    pub range_num_ips: u64,
+    /// Who owns how much of the range; this router first.
+    pub owners: Vec<IpamOwner>,
+}
+
+/// One peer's share of the IPAM range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamOwner {
+    /// The owning peer's name.
+    pub name: String,
+    /// The owning peer's nickname.
+    pub nickname: String,
+    /// Addresses owned.
+    pub ips: u64,
+    /// Addresses in use, known for this router only.
+    pub active: Option<u64>,
+    /// False when the owner is not in the mesh any more.
+    pub reachable: bool,
+}
+
+/// Frame counters for one data path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathCounters {
+    /// The data path.
+    pub datapath: Datapath,
+    /// Frames forwarded.
+    pub frames: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+}
+
+impl RouterStatus {
+    /// Returns a status for a router whose engine has not published anything yet.
+    pub fn starting(name: &str, nickname: &str, port: u16) -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ready: false,
+            name: name.to_owned(),
+            nickname: nickname.to_owned(),
+            protocol: ProtocolStatus {
+                name: "weft".to_owned(),
+                min_version: 1,
+                max_version: 1,
+            },
+            port,
+            encryption: EncryptionStatus {
+                enabled: false,
+                password_set: false,
+            },
+            peer_discovery: true,
+            trusted_subnets: Vec::new(),
+            targets: Vec::new(),
+            connections: Vec::new(),
+            peers: Vec::new(),
+            ipam: None,
+            datapaths: None,
+        }
+    }
+}
+
+impl TargetState {
+    /// Returns the state's word as status prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Failed => "failed",
+            Self::Pending => "pending",
+            Self::Retrying => "retrying",
+        }
+    }
+}
+
+impl ConnectionState {
+    /// Every state, in the order `weave status` counts them.
+    pub const STATUS_ORDER: [Self; 5] = [
+        Self::Established,
+        Self::Pending,
+        Self::Retrying,
+        Self::Failed,
+        Self::Connecting,
+    ];
+
+    /// Returns the state's word as status prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Established => "established",
+            Self::Failed => "failed",
+            Self::Pending => "pending",
+            Self::Retrying => "retrying",
+        }
+    }
+}
+
+impl Datapath {
+    /// Every data path, in label order.
+    pub const ALL: [Self; 2] = [Self::Fastdp, Self::Sleeve];
+
+    /// Returns the data path's name as status and metrics print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fastdp => "fastdp",
+            Self::Sleeve => "sleeve",
+        }
+    }
+}
+
+/// Creates the snapshot channel: the daemon loop keeps the publisher, the servers the readers.
+pub fn status_channel(initial: RouterStatus) -> (StatusPublisher, StatusReader) {
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    (StatusPublisher { tx }, StatusReader { rx })
+}
+
+/// The daemon loop's side of the snapshot channel.
+#[derive(Debug)]
+pub struct StatusPublisher {
+    tx: watch::Sender<Arc<RouterStatus>>,
+}
+
+impl StatusPublisher {
+    /// Replaces the published snapshot. Never blocks; readers see the new one on their next
+    /// request.
+    pub fn publish(&self, status: RouterStatus) {
+        self.tx.send_replace(Arc::new(status));
+    }
+
+    /// Returns the snapshot last published.
+    pub fn current(&self) -> Arc<RouterStatus> {
+        Arc::clone(&self.tx.borrow())
+    }
+
+    /// Returns another reader of this channel.
+    pub fn subscribe(&self) -> StatusReader {
+        StatusReader {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+/// A reader of the latest published snapshot. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StatusReader {
+    rx: watch::Receiver<Arc<RouterStatus>>,
+}
+
+impl StatusReader {
+    /// Returns the snapshot last published.
+    pub fn current(&self) -> Arc<RouterStatus> {
+        Arc::clone(&self.rx.borrow())
+    }
+}

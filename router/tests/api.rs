@@ -1,0 +1,415 @@
+//! The local API end to end: a stub router in-process on a temporary socket and ephemeral
+//! ports, driven through the client the `weft` subcommands use.
+//!
+//! Never binds the fixed ports (6782-6784); every file lives in a temporary directory that is
+//! removed when the test ends.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+
+use tempfile::TempDir;
+use weft_router::api::client::{ApiClient, ClientError};
+use weft_router::api::{ApiAddr, ErrorBody};
+use weft_router::cli::{Command, EncryptionAction, StatusView, run_client_command};
+use weft_router::status::{IPAM_NOT_AVAILABLE, RouterStatus};
+use weft_router::{RouterConfig, RunningRouter, start_router};
+
+struct Harness {
+    router: RunningRouter,
+    unix: ApiClient,
+    http: ApiClient,
+    metrics: ApiClient,
+    dir: TempDir,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir).await
+    }
+
+    async fn start_in(dir: TempDir) -> Self {
+        let router = start_router(config(&dir)).await.unwrap();
+        let http = router.http_addr();
+        let metrics = router.metrics_addr();
+        Self {
+            unix: ApiClient::new(ApiAddr::Unix(socket_path(&dir))),
+            http: ApiClient::new(ApiAddr::Http {
+                host: http.ip().to_string(),
+                port: http.port(),
+            }),
+            metrics: ApiClient::new(ApiAddr::Http {
+                host: metrics.ip().to_string(),
+                port: metrics.port(),
+            }),
+            router,
+            dir,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        socket_path(&self.dir)
+    }
+}
+
+fn socket_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("run").join("weft.sock")
+}
+
+fn config(dir: &TempDir) -> RouterConfig {
+    let mut config = RouterConfig::with_addrs(
+        socket_path(dir),
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.nickname = "h1".to_owned();
+    config.state_dir = dir.path().join("state");
+    config.peers = vec!["192.0.2.1".to_owned()];
+    config
+}
+
+fn error_of(body: &str) -> String {
+    serde_json::from_str::<ErrorBody>(body)
+        .unwrap_or_else(|e| panic!("{e}: {body}"))
+        .error
+}
+
+#[tokio::test]
+async fn socket_is_0660_in_a_0755_dir_and_removed_on_shutdown() {
+    let h = Harness::start().await;
+    let socket = h.socket();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "socket mode {mode:o}");
+    let dir_mode = std::fs::metadata(socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o755, "dir mode {dir_mode:o}");
+    h.router.shutdown().await.unwrap();
+    assert!(!socket.exists(), "socket left behind");
+}
+
+#[tokio::test]
+async fn read_only_routes_answer_on_both_listeners() {
+    let h = Harness::start().await;
+    for client in [&h.unix, &h.http] {
+        for path in [
+            "/status",
+            "/status/peers",
+            "/status/connections",
+            "/status/targets",
+            "/report",
+            "/encryption",
+            "/healthz",
+            "/ready",
+        ] {
+            let resp = client.get(path).await.unwrap();
+            assert_eq!(resp.status, 200, "{} {path}: {}", client.addr(), resp.body);
+        }
+        let status = client.text("/status").await.unwrap();
+        assert!(status.contains("        Service: router\n"), "{status}");
+        assert!(
+            status.contains("           Name: 00:00:00:00:00:00(h1)\n"),
+            "{status}"
+        );
+        assert!(status.contains("        Targets: 1\n"), "{status}");
+        assert_eq!(client.text("/status/targets").await.unwrap(), "192.0.2.1\n");
+        let report: RouterStatus = client.report().await.unwrap();
+        assert_eq!(report.nickname, "h1");
+        assert!(report.ready);
+        assert!(report.ipam.is_none());
+    }
+    h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn state_changing_routes_are_refused_over_http() {
+    let h = Harness::start().await;
+    for (path, body) in [
+        ("/connect", r#"{"addr": "192.0.2.7"}"#),
+        ("/forget", r#"{"addr": "192.0.2.1"}"#),
+        ("/rmpeer", r#"{"name": "h2"}"#),
+        ("/encryption", r#"{"enabled": true}"#),
+    ] {
+        let resp = h
+            .http
+            .post_raw(path, body.as_bytes().to_vec())
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 403, "POST {path}: {}", resp.body);
+        assert!(
+            error_of(&resp.body).contains("use the unix socket"),
+            "{}",
+            resp.body
+        );
+    }
+    // Nothing changed.
+    assert_eq!(h.unix.text("/status/targets").await.unwrap(), "192.0.2.1\n");
+    h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_and_forget_through_the_socket() {
+    let h = Harness::start().await;
+    assert_eq!(
+        h.unix.connect("192.0.2.7:6783").await.unwrap(),
+        "added 192.0.2.7:6783"
+    );
+    assert_eq!(
+        h.unix.text("/status/targets").await.unwrap(),
+        "192.0.2.1\n192.0.2.7:6783\n"
+    );
+    assert_eq!(
+        h.unix.forget("192.0.2.1").await.unwrap(),
+        "forgot 192.0.2.1"
+    );
+    assert_eq!(
+        h.http.text("/status/targets").await.unwrap(),
+        "192.0.2.7:6783\n"
+    );
+    let report = h.unix.report().await.unwrap();
+    assert_eq!(report.targets.len(), 1);
+    let Err(ClientError::Api { status, message }) = h.unix.forget("192.0.2.99").await else {
+        panic!("forgetting an unknown target succeeded");
+    };
+    assert_eq!(
+        (status, message.as_str()),
+        (404, "192.0.2.99 is not a target")
+    );
+    h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_say_what_is_wrong() {
+    let h = Harness::start().await;
+    for (path, body, code, needle) in [
+        (
+            "/connect",
+            "{",
+            400,
+            "invalid JSON body for POST /connect: EOF",
+        ),
+        ("/connect", "", 400, "invalid JSON body for POST /connect"),
+        ("/connect", "{}", 400, "missing field `addr`"),
+        ("/connect", r#"{"adr": "x"}"#, 400, "unknown field `adr`"),
+        (
+            "/connect",
+            r#"{"addr": 7}"#,
+            400,
+            "invalid type: integer `7`",
+        ),
+        ("/connect", r#"{"addr": ""}"#, 400, "\"addr\" is empty"),
+        (
+            "/forget",
+            r#"{"addr": "a b"}"#,
+            400,
+            "is not a host or host:port",
+        ),
+        ("/rmpeer", r#"{"name": " "}"#, 400, "\"name\" is empty"),
+        (
+            "/encryption",
+            r#"{"enabled": "yes"}"#,
+            400,
+            "invalid type: string \"yes\"",
+        ),
+    ] {
+        let resp = h
+            .unix
+            .post_raw(path, body.as_bytes().to_vec())
+            .await
+            .unwrap();
+        assert_eq!(resp.status, code, "POST {path} {body:?}: {}", resp.body);
+        let error = error_of(&resp.body);
+        assert!(error.contains(needle), "POST {path} {body:?}: {error}");
+    }
+    let big = vec![b' '; 70 * 1024];
+    assert_eq!(h.unix.post_raw("/connect", big).await.unwrap().status, 413);
+    h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods() {
+    let h = Harness::start().await;
+    for client in [&h.unix, &h.http] {
+        let resp = client.get("/nope").await.unwrap();
+        assert_eq!(resp.status, 404);
+        assert_eq!(error_of(&resp.body), "no route GET /nope");
+        let resp = client.get("/status/dns").await.unwrap();
+        assert_eq!(resp.status, 404);
+        let resp = client.get("/connect").await.unwrap();
+        assert_eq!(resp.status, 405, "{}", resp.body);
+        assert!(error_of(&resp.body).contains("use POST"));
+        let resp = client.post_raw("/status", b"{}".to_vec()).await.unwrap();
+        assert_eq!(resp.status, 405, "{}", resp.body);
+    }
+    h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unbuilt_parts_say_who_provides_them() {
+    let h = Harness::start().await;
+    let resp = h.http.get("/status/ipam").await.unwrap();
+    assert_eq!(
+        (resp.status, error_of(&resp.body).as_str()),
+        (501, IPAM_NOT_AVAILABLE)
+    );
+    let resp = h
+        .unix
+        .post_raw("/encryption", br#"{"enabled": true}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 501);
+    assert_eq!(
+        error_of(&resp.body),
+        "not available yet: provided by the mesh-wide encryption work"
+    );
+    let status = h.unix.text("/status").await.unwrap();
+    assert!(status.ends_with(
+        "        Service: ipam\n         Status: not available yet: provided by the IPAM work\n"
+    ));
+    h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cli_commands_print_weave_layout_and_fail_in_one_line() {
+    let h = Harness::start().await;
+    let api = h.unix.addr().clone();
+    let mut out = Vec::new();
+    run_client_command(&api, &Command::Status { view: None }, &mut out)
+        .await
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("\n        Version: "), "{text:?}");
+    assert!(text.ends_with("\n\n"), "{text:?}");
+
+    let mut out = Vec::new();
+    let view = Command::Status {
+        view: Some(StatusView::Targets),
+    };
+    run_client_command(&api, &view, &mut out).await.unwrap();
+    assert_eq!(out, b"192.0.2.1\n");
+
+    let mut out = Vec::new();
+    let enc = Command::Encryption {
+        action: EncryptionAction::Status,
+    };
+    run_client_command(&api, &enc, &mut out).await.unwrap();
+    assert_eq!(out, b"disabled\n");
+
+    let mut out = Vec::new();
+    let enable = Command::Encryption {
+        action: EncryptionAction::Enable,
+    };
+    let err = run_client_command(&api, &enable, &mut out)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "not available yet: provided by the mesh-wide encryption work"
+    );
+
+    let mut out = Vec::new();
+    let connect = Command::Connect {
+        addr: "192.0.2.8".to_owned(),
+    };
+    let err = run_client_command(&h.http.addr().clone(), &connect, &mut out)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("use the unix socket"), "{err}");
+
+    let mut out = Vec::new();
+    run_client_command(&api, &Command::Report, &mut out)
+        .await
+        .unwrap();
+    let report: RouterStatus = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report.nickname, "h1");
+    h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_router_names_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.sock");
+    let client = ApiClient::new(ApiAddr::Unix(path.clone()));
+    let err = client.text("/status").await.unwrap_err().to_string();
+    assert!(err.starts_with(&format!(
+        "cannot reach the router at unix:{}: ",
+        path.display()
+    )));
+    assert!(!err.contains('\n'));
+
+    // A port that was just free.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = ApiClient::new(ApiAddr::Http {
+        host: "127.0.0.1".to_owned(),
+        port,
+    });
+    let err = client.text("/status").await.unwrap_err().to_string();
+    assert!(err.starts_with(&format!(
+        "cannot reach the router at http://127.0.0.1:{port}: "
+    )));
+}
+
+#[tokio::test]
+async fn stale_socket_is_replaced_but_a_live_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(socket_path(&dir).parent().unwrap()).unwrap();
+    // A socket file nobody listens on, as a killed router leaves it.
+    drop(std::os::unix::net::UnixListener::bind(socket_path(&dir)).unwrap());
+    assert!(socket_path(&dir).exists());
+    let h = Harness::start_in(dir).await;
+    assert_eq!(h.unix.get("/healthz").await.unwrap().body, "ok\n");
+
+    let err = start_router(config(&h.dir)).await.unwrap_err().to_string();
+    assert!(
+        err.contains("another router is listening on API socket"),
+        "{err}"
+    );
+    // The failed second start left the first one's socket alone.
+    assert_eq!(h.unix.get("/healthz").await.unwrap().status, 200);
+    h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_file_in_the_sockets_place_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(socket_path(&dir).parent().unwrap()).unwrap();
+    std::fs::write(socket_path(&dir), "precious").unwrap();
+    let err = start_router(config(&dir)).await.unwrap_err().to_string();
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(socket_path(&dir)).unwrap(),
+        "precious"
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_served_and_count() {
+    let h = Harness::start().await;
+    h.router
+        .metrics()
+        .add_forwarded(weft_router::status::Datapath::Sleeve, 2, 300);
+    let resp = h.metrics.get("/metrics").await.unwrap();
+    assert_eq!(resp.status, 200);
+    for line in [
+        "weft_peers 1",
+        "weft_connections{state=\"established\"} 0",
+        "weft_forwarded_frames_total{datapath=\"sleeve\"} 2",
+        "weft_forwarded_bytes_total{datapath=\"sleeve\"} 300",
+    ] {
+        assert!(
+            resp.body.lines().any(|l| l == line),
+            "missing {line:?}:\n{}",
+            resp.body
+        );
+    }
+    assert_eq!(h.metrics.get("/status").await.unwrap().status, 404);
+    h.router.shutdown().await.unwrap();
+}
