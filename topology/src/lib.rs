@@ -1,1 +1,33 @@
-//! weft topology core.
+//! weft's topology core: a sans-IO state machine for the mesh control plane.
+//!
+//! Given control messages, connection events and the current time, [`Mesh`] returns messages
+//! to send, deadlines and decisions. It owns no socket, clock, thread or runtime: the router
+//! (a tokio shell) and the simulator (`weft-sim mesh`, a discrete-event loop) drive the same
+//! code. Layers, bottom up:
+//!
+//! - [`peer`]: identity ([`PeerName`], [`PeerUid`], [`ConnId`]) and the immutable, shared peer
+//!   record [`PeerInfo`].
+//! - [`wire`]: the versioned binary encoding of heartbeats and gossip (docs/PROTOCOL.md,
+//!   "Topology gossip"), with bounded lengths and a cheap error type.
+//! - [`peers`]: the peer table, the idempotent and commutative merge, view digests, garbage
+//!   collection of unreachable peers.
+//! - [`routes`]: unicast next hops and broadcast trees over symmetric established connections.
+//! - [`targets`]: which addresses to dial and the back-off between attempts.
+//! - [`mesh`]: the engine tying them together, with heartbeats and gossip scheduling.
+//! - [`mac`]: the MAC → peer learning table used by the data plane.
+//! - [`api`]: serde status types for `weft status` and `weft report`.
+//!
+//! Short peer IDs are not used on the topology wire; the data plane may derive its own (at
+//! least 16 bits) later.
+
+pub mod api;
+pub mod mac;
+pub mod mesh;
+pub mod peer;
+pub mod peers;
+pub mod routes;
+pub mod targets;
+pub mod wire;
+
+pub use mesh::{CloseReason, Config, Connection, Event, Mesh};
+pub use peer::{ConnId, ConnectionSummary, PeerInfo, PeerName, PeerUid, RecordCache, RecordKey};

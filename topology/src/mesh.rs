@@ -1,0 +1,1227 @@
+//! The topology engine: one node's peers, connections, targets, gossip, heartbeats and routes.
+//!
+//! [`Mesh`] is a sans-IO state machine with the quinn shape (STYLE §1.2):
+//!
+//! - **Inputs** (`handle_*`): [`Mesh::handle_connection_up`], [`Mesh::handle_connection_down`],
+//!   [`Mesh::handle_control`] (every control message: gossip and heartbeats),
+//!   [`Mesh::handle_dial_started`], [`Mesh::handle_dial_failed`], [`Mesh::handle_timeout`].
+//! - **Commands**: [`Mesh::add_target`], [`Mesh::forget_target`], [`Mesh::remove_peer`].
+//! - **Outputs**, drained after every input in this order: [`Mesh::poll_transmit`] until None,
+//!   then [`Mesh::poll_timeout`] (call `handle_timeout` when it passes), then
+//!   [`Mesh::poll_event`] until None.
+//! - **Getters** for status: [`Mesh::peers`], [`Mesh::connections`], [`Mesh::targets`],
+//!   [`Mesh::routes`], [`Mesh::unicast_next_hop`], [`Mesh::broadcast_next_hops`],
+//!   [`Mesh::stats`], [`Mesh::status`].
+//!
+//! Time is a monotonic `Instant` passed in; randomness comes from the seed given to
+//! [`Mesh::new`]. The same inputs in the same order give the same outputs.
+//!
+//! # Gossip
+//!
+//! Each node owns one record (its connection list) and bumps its version on every change.
+//! News travels as *announcements* (summaries of name, uid, version) to every neighbour except
+//! those that announced the same version to us, batched every `gossip_interval`; a receiver
+//! that lacks the version *requests* it and gets the record in an *update*. Every heartbeat
+//! carries the sender's view digest; a digest that has differed for `anti_entropy_delay`
+//! starts anti-entropy: 64 bucket digests, then complete summaries of the differing buckets,
+//! then requests and updates both ways. A new connection starts with the same exchange over
+//! every differing bucket (the full-state exchange). At steady state only heartbeats flow, so
+//! the bytes per node per second depend on the node's degree, not on the mesh size.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::api;
+use crate::peer::{ConnId, ConnectionSummary, PeerInfo, PeerName, PeerUid, RecordCache, RecordKey};
+use crate::peers::{Applied, Peers, bucket_of};
+use crate::routes::Routes;
+use crate::targets::{Backoff, Target, TargetState, Targets};
+use crate::wire::{self, BUCKETS, ENTRY_LEN, Entry, Message};
+
+/// Engine settings. [`Config::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Our name.
+    pub name: PeerName,
+    /// Our nickname (truncated to 255 bytes on the wire).
+    pub nickname: String,
+    /// The most control connections we keep or dial (default 100).
+    pub conn_limit: usize,
+    /// Dial addresses learnt from gossip (default true).
+    pub discovery: bool,
+    /// The control port peers listen on; used for addresses discovered from inbound
+    /// connections, whose source port is ephemeral (default 6783).
+    pub listen_port: u16,
+    /// Heartbeat period on every connection (default 500 ms).
+    pub heartbeat_interval: Duration,
+    /// Silence after which a connection is closed (default 1.5 s).
+    pub heartbeat_timeout: Duration,
+    /// Batching delay of announcements (default 50 ms).
+    pub gossip_interval: Duration,
+    /// How long a neighbour's digest must differ before anti-entropy starts (default 1 s).
+    pub anti_entropy_delay: Duration,
+    /// Least time between two anti-entropy rounds on one connection (default 2 s).
+    pub anti_entropy_interval: Duration,
+    /// Most summary bytes one periodic anti-entropy round sends (default 16 KiB).
+    pub anti_entropy_budget: usize,
+    /// How long a request is awaited before the record may be requested again (default 1 s).
+    pub request_timeout: Duration,
+    /// Debounce of route recalculation; None leaves routes to [`Mesh::recalculate_routes`]
+    /// (default 100 ms).
+    pub route_recalc_delay: Option<Duration>,
+    /// Delay before removing peers orphaned by a removed connection (default 50 ms).
+    pub gc_delay: Duration,
+    /// Least time between searches for cut-off components, and the delay before collecting
+    /// orphans that arrived as such (default 1 s).
+    pub gc_interval: Duration,
+    /// Dial back-off (default 1 s × 1.5ⁿ, capped at 60 s, ±50 % jitter).
+    pub backoff: Backoff,
+    /// How long a dial may take before the target is retried (default 30 s).
+    pub dial_timeout: Duration,
+    /// Most bytes queued for one connection; beyond it messages are dropped and counted
+    /// (anti-entropy repairs what they carried) (default 1 MiB).
+    pub max_queue_bytes: usize,
+    /// Emit [`Event::PeerAdded`] and [`Event::PeerRemoved`] (default true).
+    pub peer_events: bool,
+    /// An optional intern table shared between engines in one process.
+    pub record_cache: Option<RecordCache>,
+}
+
+impl Config {
+    /// Returns the defaults for a node.
+    pub fn new(name: PeerName, nickname: impl Into<String>) -> Self {
+        Self {
+            name,
+            nickname: nickname.into(),
+            conn_limit: 100,
+            discovery: true,
+            listen_port: 6783,
+            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_timeout: Duration::from_millis(1500),
+            gossip_interval: Duration::from_millis(50),
+            anti_entropy_delay: Duration::from_secs(1),
+            anti_entropy_interval: Duration::from_secs(2),
+            anti_entropy_budget: 16 * 1024,
+            request_timeout: Duration::from_secs(1),
+            route_recalc_delay: Some(Duration::from_millis(100)),
+            gc_delay: Duration::from_millis(50),
+            gc_interval: Duration::from_secs(1),
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+            dial_timeout: Duration::from_secs(30),
+            max_queue_bytes: 1 << 20,
+            peer_events: true,
+            record_cache: None,
+        }
+    }
+}
+
+/// Something the shell must act on or may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Close this connection; the core has already forgotten it.
+    CloseConnection {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Dial this address; report with `handle_dial_started`, then `handle_connection_up` or
+    /// `handle_dial_failed`.
+    Dial(SocketAddr),
+    /// A peer record was added.
+    PeerAdded(PeerName),
+    /// A peer was forgotten (unreachable, or removed by command).
+    PeerRemoved(PeerName),
+    /// The unicast routes changed.
+    RoutesChanged,
+}
+
+/// Why the core asks to close a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The remote is ourselves.
+    ConnectToSelf,
+    /// The connection limit is reached.
+    ConnectionLimit,
+    /// Another connection to the same peer won the tie-break (the one dialled by the peer with
+    /// the lower name; between two in the same direction, the older).
+    Duplicate,
+    /// Nothing arrived for `heartbeat_timeout`.
+    HeartbeatTimeout,
+    /// The peer was removed by command.
+    PeerRemoved,
+}
+
+impl CloseReason {
+    /// Returns a short description for logs and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectToSelf => "cannot connect to ourselves",
+            Self::ConnectionLimit => "connection limit reached",
+            Self::Duplicate => "duplicate connection",
+            Self::HeartbeatTimeout => "heartbeat timeout",
+            Self::PeerRemoved => "peer removed",
+        }
+    }
+}
+
+/// One of our live control connections.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The shell's id.
+    pub id: ConnId,
+    /// The remote peer.
+    pub remote: PeerName,
+    /// Its incarnation.
+    pub remote_uid: PeerUid,
+    /// Its nickname as it told us.
+    pub nickname: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// True when we dialled.
+    pub outbound: bool,
+    /// When it came up.
+    pub since: Instant,
+    last_recv: Instant,
+    queued: usize,
+    mismatch_since: Option<Instant>,
+    last_anti_entropy: Option<Instant>,
+}
+
+/// The topology engine of one node. See the module documentation for the calling contract.
+#[derive(Debug)]
+pub struct Mesh {
+    config: Config,
+    rng: ChaCha8Rng,
+    uid: PeerUid,
+    version: u64,
+    peers: Peers,
+    conns: BTreeMap<ConnId, Connection>,
+    by_peer: BTreeMap<PeerName, ConnId>,
+    targets: Targets,
+    pending: BTreeMap<PeerName, (RecordKey, Vec<ConnId>)>,
+    requested: BTreeMap<PeerName, (RecordKey, Instant)>,
+    transmit: VecDeque<(ConnId, Vec<u8>)>,
+    events: VecDeque<Event>,
+    routes: Routes,
+    last_now: Instant,
+    next_heartbeat: Instant,
+    flush_at: Option<Instant>,
+    recalc_at: Option<Instant>,
+    orphan_gc_at: Option<Instant>,
+    component_gc_at: Option<Instant>,
+    last_component_gc: Option<Instant>,
+    stats: api::GossipStats,
+}
+
+impl Mesh {
+    /// Makes an engine at time `now`; `seed` drives every random choice (uid, jitter).
+    pub fn new(config: Config, now: Instant, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let uid = PeerUid(rng.r#gen::<u64>() | 1);
+        let own = Arc::new(PeerInfo {
+            name: config.name,
+            uid,
+            version: 1,
+            nickname: wire::truncate_utf8(&config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
+            connections: Vec::new(),
+        });
+        let first_beat = config.heartbeat_interval.mul_f64(rng.gen_range(0.0..1.0));
+        let mut mesh = Self {
+            peers: Peers::new(Arc::clone(&own)),
+            routes: Routes::default(),
+            config,
+            rng,
+            uid,
+            version: 1,
+            conns: BTreeMap::new(),
+            by_peer: BTreeMap::new(),
+            targets: Targets::default(),
+            pending: BTreeMap::new(),
+            requested: BTreeMap::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            last_now: now,
+            next_heartbeat: now + first_beat,
+            flush_at: None,
+            recalc_at: None,
+            orphan_gc_at: None,
+            component_gc_at: None,
+            last_component_gc: None,
+            stats: api::GossipStats::default(),
+        };
+        if mesh.config.route_recalc_delay.is_some() {
+            mesh.recalculate_routes();
+        }
+        mesh
+    }
+
+    // ---- getters ----
+
+    /// Returns our name.
+    pub fn name(&self) -> PeerName {
+        self.config.name
+    }
+
+    /// Returns our incarnation.
+    pub fn uid(&self) -> PeerUid {
+        self.uid
+    }
+
+    /// Returns our record's version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Returns the settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Returns the peer table (our own record included).
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// Returns our live connections in id order.
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.conns.values()
+    }
+
+    /// Returns the connection to `peer`, if any.
+    pub fn connection_to(&self, peer: PeerName) -> Option<&Connection> {
+        self.by_peer.get(&peer).and_then(|id| self.conns.get(id))
+    }
+
+    /// Returns the connection targets.
+    pub fn targets(&self) -> &Targets {
+        &self.targets
+    }
+
+    /// Returns the routes as of the last recalculation.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Returns the neighbour to send to for `dst` (as of the last recalculation).
+    pub fn unicast_next_hop(&self, dst: PeerName) -> Option<PeerName> {
+        self.routes.unicast_next_hop(dst)
+    }
+
+    /// Returns the neighbours to forward a broadcast from `origin` to (ourselves for frames we
+    /// originate).
+    pub fn broadcast_next_hops(&self, origin: PeerName) -> Vec<PeerName> {
+        self.routes.broadcast_next_hops(origin)
+    }
+
+    /// Computes fresh routes from the current peer table without storing them.
+    pub fn calculate_routes(&self) -> Routes {
+        Routes::calculate(&self.peers, self.config.name)
+    }
+
+    /// Returns the record count and digest of our view (see [`Peers::digest`]).
+    pub fn view_digest(&self) -> (u32, u64) {
+        self.peers.digest()
+    }
+
+    /// Returns the gossip counters.
+    pub fn stats(&self) -> api::GossipStats {
+        self.stats
+    }
+
+    /// Returns a serialisable snapshot of everything above.
+    pub fn status(&self, now: Instant) -> api::MeshStatus {
+        let peers = self
+            .peers
+            .records()
+            .into_iter()
+            .map(|r| api::PeerStatus {
+                name: r.name,
+                nickname: r.nickname.clone(),
+                uid: r.uid.0,
+                version: r.version,
+                connections: r
+                    .connections
+                    .iter()
+                    .map(|c| api::PeerConnectionStatus {
+                        name: c.remote,
+                        address: c.addr.to_string(),
+                        outbound: c.outbound,
+                        established: c.established,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut connections: Vec<api::ConnectionStatus> = self
+            .conns
+            .values()
+            .map(|c| api::ConnectionStatus {
+                conn_id: c.id.0,
+                name: c.remote,
+                nickname: c.nickname.clone(),
+                address: c.addr.to_string(),
+                outbound: c.outbound,
+                state: "established".into(),
+                up_s: now.saturating_duration_since(c.since).as_secs_f64(),
+            })
+            .collect();
+        connections.sort_by_key(|c| c.name);
+        let targets = self
+            .targets
+            .iter()
+            .map(|t| {
+                let (state, last_error, next) = match &t.state {
+                    TargetState::Connecting { .. } | TargetState::Requested { .. } => {
+                        ("connecting", None, None)
+                    }
+                    TargetState::Established { .. } => ("established", None, None),
+                    TargetState::Failed { last_error } => {
+                        ("failed", Some(last_error.clone()), None)
+                    }
+                    TargetState::Pending => ("pending", None, None),
+                    TargetState::Retrying {
+                        next_attempt,
+                        last_error,
+                    } => (
+                        "retrying",
+                        Some(last_error.clone()),
+                        Some(next_attempt.saturating_duration_since(now).as_secs_f64()),
+                    ),
+                };
+                api::TargetStatus {
+                    address: t.addr.to_string(),
+                    direct: t.direct,
+                    state: state.into(),
+                    attempts: t.attempts,
+                    last_error,
+                    next_attempt_in_s: next,
+                    peer: t.peer,
+                }
+            })
+            .collect();
+        let routes = self
+            .routes
+            .unicast()
+            .into_iter()
+            .map(|(destination, next_hop)| api::RouteStatus {
+                destination,
+                next_hop,
+            })
+            .collect();
+        api::MeshStatus {
+            name: self.config.name,
+            nickname: self.config.nickname.clone(),
+            uid: self.uid.0,
+            version: self.version,
+            peers,
+            connections,
+            targets,
+            routes,
+            gossip: self.stats,
+        }
+    }
+
+    // ---- inputs ----
+
+    /// Reports a control connection that finished its handshake.
+    ///
+    /// The core may answer with [`Event::CloseConnection`] (ourselves, limit, duplicate).
+    pub fn handle_connection_up(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        remote: PeerName,
+        remote_uid: PeerUid,
+        nickname: &str,
+        addr: SocketAddr,
+        outbound: bool,
+    ) {
+        self.last_now = now;
+        if remote == self.config.name {
+            self.events.push_back(Event::CloseConnection {
+                conn,
+                reason: CloseReason::ConnectToSelf,
+            });
+            if let Some(t) = self.targets.get_mut(addr).filter(|_| outbound) {
+                t.state = TargetState::Failed {
+                    last_error: CloseReason::ConnectToSelf.as_str().into(),
+                };
+            }
+            return;
+        }
+        if let Some(&old_id) = self.by_peer.get(&remote) {
+            let old_outbound = self.conns.get(&old_id).is_some_and(|c| c.outbound);
+            let lower_dials = self.config.name < remote;
+            // Both ends keep the connection dialled by the lower name; same direction: the older.
+            let keep_new = old_outbound != outbound && outbound == lower_dials;
+            if keep_new {
+                self.close(now, old_id, CloseReason::Duplicate);
+            } else {
+                self.events.push_back(Event::CloseConnection {
+                    conn,
+                    reason: CloseReason::Duplicate,
+                });
+                if let Some(t) = self.targets.get_mut(addr).filter(|_| outbound) {
+                    t.state = TargetState::Established { conn: old_id };
+                    t.peer = Some(remote);
+                }
+                return;
+            }
+        }
+        if self.conns.len() >= self.config.conn_limit {
+            self.events.push_back(Event::CloseConnection {
+                conn,
+                reason: CloseReason::ConnectionLimit,
+            });
+            let (b, rng) = (self.config.backoff, &mut self.rng);
+            if let Some(t) = self.targets.get_mut(addr).filter(|_| outbound) {
+                t.fail(now, CloseReason::ConnectionLimit.as_str(), b, rng);
+            }
+            return;
+        }
+        self.conns.insert(
+            conn,
+            Connection {
+                id: conn,
+                remote,
+                remote_uid,
+                nickname: wire::truncate_utf8(nickname, wire::MAX_NICKNAME_LEN).to_owned(),
+                addr,
+                outbound,
+                since: now,
+                last_recv: now,
+                queued: 0,
+                mismatch_since: None,
+                last_anti_entropy: None,
+            },
+        );
+        self.by_peer.insert(remote, conn);
+        for t in self.targets.iter_mut() {
+            let matches = if outbound {
+                t.addr == addr
+            } else {
+                t.addr.ip() == addr.ip()
+            };
+            let idle = !matches!(
+                t.state,
+                TargetState::Established { .. } | TargetState::Failed { .. }
+            );
+            if matches && (idle || t.addr == addr) {
+                t.state = TargetState::Established { conn };
+                t.peer = Some(remote);
+                t.connected_at = Some(now);
+            }
+        }
+        self.rebuild_own(now);
+        let (count, digest) = self.peers.digest();
+        let mut hb = Vec::with_capacity(14);
+        wire::encode_heartbeat(count, digest, &mut hb);
+        self.send(conn, hb);
+        let mut bd = Vec::with_capacity(4 + 8 * BUCKETS);
+        wire::encode_bucket_digest(true, self.peers.bucket_digests(), &mut bd);
+        self.send(conn, bd);
+    }
+
+    /// Reports that a control connection closed (for any reason, including our own request).
+    pub fn handle_connection_down(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        self.last_now = now;
+        let _ = reason;
+        self.remove_conn(now, conn);
+    }
+
+    /// Handles one control message from a connection.
+    ///
+    /// # Errors
+    ///
+    /// Returns the decoder's error for a malformed message, which is dropped and counted; the
+    /// shell may close the connection.
+    pub fn handle_control(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        bytes: &[u8],
+    ) -> Result<(), wire::Error> {
+        self.last_now = now;
+        self.stats.received_bytes += bytes.len() as u64;
+        self.stats.received_messages += 1;
+        let msg = match Message::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.rejected_messages += 1;
+                return Err(e);
+            }
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        c.last_recv = now;
+        match msg {
+            Message::Heartbeat { count, digest } => self.on_heartbeat(now, conn, (count, digest)),
+            Message::BucketDigest { full, buckets } => self.on_bucket_digest(conn, full, &buckets),
+            Message::Summary { complete, entries } => {
+                self.on_summary(now, conn, complete, &entries)
+            }
+            Message::Request { names } => self.on_request(conn, &names),
+            Message::Update { records } => self.on_update(now, conn, records),
+        }
+        Ok(())
+    }
+
+    /// Reports that the shell started dialling `addr` (after an [`Event::Dial`] or on its own).
+    pub fn handle_dial_started(&mut self, now: Instant, addr: SocketAddr) {
+        self.last_now = now;
+        if let Some(t) = self.targets.get_mut(addr) {
+            t.state = TargetState::Connecting { since: now };
+        }
+    }
+
+    /// Reports that dialling or the handshake with `addr` failed; the core schedules a retry.
+    pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: &str) {
+        self.last_now = now;
+        let (b, rng) = (self.config.backoff, &mut self.rng);
+        if let Some(t) = self.targets.get_mut(addr)
+            && !matches!(
+                t.state,
+                TargetState::Established { .. } | TargetState::Failed { .. }
+            )
+        {
+            t.fail(now, reason, b, rng);
+        }
+    }
+
+    /// Runs whatever is due at `now`: heartbeats and their timeouts, announcement batches,
+    /// garbage collection, route recalculation, dials.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        let timeout = self.config.heartbeat_timeout;
+        let dead: Vec<ConnId> = self
+            .conns
+            .values()
+            .filter(|c| now.saturating_duration_since(c.last_recv) >= timeout)
+            .map(|c| c.id)
+            .collect();
+        for id in dead {
+            self.close(now, id, CloseReason::HeartbeatTimeout);
+        }
+        if now >= self.next_heartbeat {
+            while self.next_heartbeat <= now {
+                self.next_heartbeat += self.config.heartbeat_interval;
+            }
+            let (count, digest) = self.peers.digest();
+            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+            for id in ids {
+                let mut hb = Vec::with_capacity(14);
+                wire::encode_heartbeat(count, digest, &mut hb);
+                self.stats.sent_heartbeats += 1;
+                self.send(id, hb);
+            }
+            self.requested.retain(|_, (_, deadline)| *deadline > now);
+        }
+        if self.flush_at.is_some_and(|t| t <= now) {
+            self.flush_at = None;
+            self.flush();
+        }
+        if self.orphan_gc_at.is_some_and(|t| t <= now) {
+            self.orphan_gc_at = None;
+            let removed = self.peers.remove_orphans();
+            self.after_removal(now, removed);
+        }
+        if self.component_gc_at.is_some_and(|t| t <= now) {
+            self.component_gc_at = None;
+            self.last_component_gc = Some(now);
+            let removed = self.peers.remove_unreachable();
+            self.after_removal(now, removed);
+        }
+        if self.recalc_at.is_some_and(|t| t <= now) {
+            self.recalc_at = None;
+            self.recalculate_routes();
+            if self.config.discovery {
+                self.discover();
+            }
+        }
+        self.drive_targets(now);
+    }
+
+    // ---- commands ----
+
+    /// Adds a direct target: an address to stay connected to.
+    pub fn add_target(&mut self, addr: SocketAddr) {
+        self.targets.add(addr, true);
+    }
+
+    /// Forgets a target; an existing connection to it stays up.
+    pub fn forget_target(&mut self, addr: SocketAddr) {
+        self.targets.remove(addr);
+    }
+
+    /// Forgets a peer: closes our connection to it, drops discovered targets that reached it,
+    /// and removes its record (which returns if the peer is alive and gossiped about).
+    pub fn remove_peer(&mut self, now: Instant, peer: PeerName) {
+        self.last_now = now;
+        if let Some(&id) = self.by_peer.get(&peer) {
+            self.close(now, id, CloseReason::PeerRemoved);
+        }
+        self.targets.retain(|_, t| t.direct || t.peer != Some(peer));
+        if self.peers.remove(peer).is_some() {
+            self.after_removal(now, vec![peer]);
+        }
+    }
+
+    /// Recomputes the stored routes now, emitting [`Event::RoutesChanged`] if they differ.
+    pub fn recalculate_routes(&mut self) {
+        let fresh = self.calculate_routes();
+        if fresh.unicast() != self.routes.unicast() {
+            self.events.push_back(Event::RoutesChanged);
+        }
+        self.routes = fresh;
+    }
+
+    // ---- outputs ----
+
+    /// Returns the next control message to send and its connection.
+    pub fn poll_transmit(&mut self) -> Option<(ConnId, Vec<u8>)> {
+        while let Some((id, bytes)) = self.transmit.pop_front() {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            c.queued = c.queued.saturating_sub(bytes.len());
+            self.stats.sent_bytes += bytes.len() as u64;
+            self.stats.sent_messages += 1;
+            return Some((id, bytes));
+        }
+        None
+    }
+
+    /// Returns when [`Mesh::handle_timeout`] must next be called, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        let mut best: Option<(Instant, &'static str)> = None;
+        let mut consider = |t: Option<Instant>, why: &'static str| {
+            if let Some(t) = t
+                && best.is_none_or(|(b, _)| t < b)
+            {
+                best = Some((t, why));
+            }
+        };
+        consider(Some(self.next_heartbeat), "heartbeat");
+        consider(
+            self.conns
+                .values()
+                .map(|c| c.last_recv)
+                .min()
+                .map(|t| t + self.config.heartbeat_timeout),
+            "heartbeat timeout",
+        );
+        consider(self.flush_at, "gossip batch");
+        consider(self.orphan_gc_at, "orphan gc");
+        consider(self.component_gc_at, "component gc");
+        consider(self.recalc_at, "route recalculation");
+        consider(
+            self.targets.next_deadline(self.config.dial_timeout),
+            "target retry",
+        );
+        let pending = self.targets.iter().any(|t| t.state == TargetState::Pending);
+        consider(pending.then_some(self.last_now), "target pending");
+        best
+    }
+
+    /// Returns the next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---- message handlers ----
+
+    fn on_heartbeat(&mut self, now: Instant, conn: ConnId, theirs: (u32, u64)) {
+        let ours = self.peers.digest();
+        let (delay, interval) = (
+            self.config.anti_entropy_delay,
+            self.config.anti_entropy_interval,
+        );
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if theirs == ours {
+            c.mismatch_since = None;
+            return;
+        }
+        let since = *c.mismatch_since.get_or_insert(now);
+        let due = c
+            .last_anti_entropy
+            .is_none_or(|t| now.saturating_duration_since(t) >= interval);
+        if now.saturating_duration_since(since) >= delay && due {
+            c.last_anti_entropy = Some(now);
+            let mut bd = Vec::with_capacity(4 + 8 * BUCKETS);
+            wire::encode_bucket_digest(false, self.peers.bucket_digests(), &mut bd);
+            self.send(conn, bd);
+        }
+    }
+
+    fn on_bucket_digest(&mut self, conn: ConnId, full: bool, theirs: &[u64; BUCKETS]) {
+        let ours = self.peers.bucket_digests();
+        let differing: Vec<usize> = (0..BUCKETS).filter(|&b| ours[b] != theirs[b]).collect();
+        if differing.is_empty() {
+            return;
+        }
+        let start = if full {
+            0
+        } else {
+            self.rng.gen_range(0..differing.len())
+        };
+        let mut budget = if full {
+            usize::MAX
+        } else {
+            self.config.anti_entropy_budget
+        };
+        let mut mask = 0u64;
+        let mut entries: Vec<Entry> = Vec::new();
+        for k in 0..differing.len() {
+            let b = differing[(start + k) % differing.len()];
+            let bucket = self.peers.entries_in(1 << b);
+            let bytes = bucket.len() * ENTRY_LEN;
+            if mask != 0 && bytes > budget {
+                break;
+            }
+            budget = budget.saturating_sub(bytes);
+            if mask != 0 && (entries.len() + bucket.len()) * ENTRY_LEN > SUMMARY_CHUNK_BYTES {
+                self.send_summary(conn, mask, &entries);
+                mask = 0;
+                entries.clear();
+            }
+            mask |= 1 << b;
+            entries.extend(bucket);
+        }
+        if mask != 0 {
+            self.send_summary(conn, mask, &entries);
+        }
+    }
+
+    fn on_summary(&mut self, now: Instant, conn: ConnId, complete: u64, entries: &[Entry]) {
+        let Some(remote) = self.conns.get(&conn).map(|c| c.remote) else {
+            return;
+        };
+        let mut want: Vec<PeerName> = Vec::new();
+        let mut push: Vec<Arc<PeerInfo>> = Vec::new();
+        let mut bumped = false;
+        for e in entries {
+            let key = RecordKey {
+                version: e.version,
+                uid: e.uid,
+            };
+            if e.name == self.config.name {
+                if e.uid != self.uid && e.version >= self.version {
+                    self.version = e.version;
+                    bumped = true;
+                }
+                continue;
+            }
+            match self.peers.key(e.name) {
+                Some(held) if held == key => {
+                    if let Some((k, excl)) = self.pending.get_mut(&e.name)
+                        && *k == key
+                        && !excl.contains(&conn)
+                    {
+                        excl.push(conn);
+                    }
+                }
+                Some(held) if held > key => {
+                    if complete & (1 << bucket_of(e.name)) != 0 && e.name != remote {
+                        push.extend(self.peers.get(e.name).cloned());
+                    }
+                }
+                Some(_) | None => {
+                    let inflight = self
+                        .requested
+                        .get(&e.name)
+                        .is_some_and(|(k, deadline)| *k >= key && *deadline > now);
+                    if !inflight {
+                        self.requested
+                            .insert(e.name, (key, now + self.config.request_timeout));
+                        want.push(e.name);
+                    }
+                }
+            }
+        }
+        if complete != 0 {
+            let listed: BTreeSet<PeerName> = entries.iter().map(|e| e.name).collect();
+            for e in self.peers.entries_in(complete) {
+                if !listed.contains(&e.name) && e.name != remote {
+                    push.extend(self.peers.get(e.name).cloned());
+                }
+            }
+        }
+        if bumped {
+            self.rebuild_own(now);
+        }
+        for chunk in want.chunks(wire::MAX_ENTRIES) {
+            let mut out = Vec::with_capacity(wire::LIST_HEADER_LEN + chunk.len() * 6);
+            wire::encode_request(chunk, &mut out);
+            self.send(conn, out);
+        }
+        self.send_records(conn, &push);
+    }
+
+    fn on_request(&mut self, conn: ConnId, names: &[PeerName]) {
+        let recs: Vec<Arc<PeerInfo>> = names
+            .iter()
+            .filter_map(|n| self.peers.get(*n).cloned())
+            .collect();
+        self.send_records(conn, &recs);
+    }
+
+    fn on_update(&mut self, now: Instant, conn: ConnId, records: Vec<Arc<PeerInfo>>) {
+        let mut changed = false;
+        let mut removal = false;
+        let mut bumped = false;
+        for rec in records {
+            if rec.name == self.config.name {
+                if rec.uid != self.uid && rec.version >= self.version {
+                    self.version = rec.version;
+                    bumped = true;
+                }
+                continue;
+            }
+            if self
+                .requested
+                .get(&rec.name)
+                .is_some_and(|(k, _)| rec.key() >= *k)
+            {
+                self.requested.remove(&rec.name);
+            }
+            if !self.peers.is_newer(&rec) {
+                continue;
+            }
+            let rec = match &self.config.record_cache {
+                Some(cache) => cache.intern(rec),
+                None => rec,
+            };
+            let name = rec.name;
+            match self.peers.apply(rec) {
+                Applied::Added => {
+                    if self.config.peer_events {
+                        self.events.push_back(Event::PeerAdded(name));
+                    }
+                    self.peer_reappeared(now, name);
+                }
+                Applied::Replaced {
+                    removed_connections,
+                } => removal |= removed_connections,
+                Applied::Ignored => continue,
+            }
+            self.stats.records_applied += 1;
+            changed = true;
+            self.mark_changed(now, name, Some(conn));
+        }
+        if bumped {
+            self.rebuild_own(now);
+        }
+        if changed {
+            self.topology_changed(now, removal);
+        }
+    }
+
+    // ---- helpers ----
+
+    fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        let max = self.config.max_queue_bytes;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.queued + bytes.len() > max {
+            self.stats.dropped_messages += 1;
+            return;
+        }
+        c.queued += bytes.len();
+        self.transmit.push_back((conn, bytes));
+    }
+
+    fn send_summary(&mut self, conn: ConnId, complete: u64, entries: &[Entry]) {
+        let mut out = Vec::with_capacity(wire::SUMMARY_HEADER_LEN + entries.len() * ENTRY_LEN);
+        wire::encode_summary(complete, entries, &mut out);
+        self.send(conn, out);
+    }
+
+    fn send_records(&mut self, conn: ConnId, recs: &[Arc<PeerInfo>]) {
+        let mut start = 0;
+        while start < recs.len() {
+            let mut end = start;
+            let mut len = wire::LIST_HEADER_LEN;
+            while let Some(r) = recs.get(end) {
+                let l = wire::record_len(r);
+                if end > start && (len + l > UPDATE_CHUNK_BYTES || end - start >= wire::MAX_ENTRIES)
+                {
+                    break;
+                }
+                len += l;
+                end += 1;
+            }
+            let mut out = Vec::with_capacity(len);
+            wire::encode_update(recs[start..end].iter().map(|r| &**r), &mut out);
+            self.send(conn, out);
+            start = end;
+        }
+    }
+
+    /// Notes that the record for `name` changed, to be announced to every neighbour except
+    /// `from` (which sent it) at the next batch.
+    fn mark_changed(&mut self, now: Instant, name: PeerName, from: Option<ConnId>) {
+        let Some(key) = self.peers.key(name) else {
+            return;
+        };
+        let entry = self.pending.entry(name).or_insert((key, Vec::new()));
+        if entry.0 != key {
+            *entry = (key, Vec::new());
+        }
+        if let Some(f) = from
+            && !entry.1.contains(&f)
+        {
+            entry.1.push(f);
+        }
+        if self.flush_at.is_none() {
+            self.flush_at = Some(now + self.config.gossip_interval);
+        }
+    }
+
+    fn flush(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return;
+        }
+        let ids: Vec<(ConnId, PeerName)> = self.conns.values().map(|c| (c.id, c.remote)).collect();
+        for (id, remote) in ids {
+            let entries: Vec<Entry> = pending
+                .iter()
+                .filter(|(name, (_, excl))| **name != remote && !excl.contains(&id))
+                .filter_map(|(name, _)| self.peers.get(*name))
+                .map(|r| Entry {
+                    name: r.name,
+                    uid: r.uid,
+                    version: r.version,
+                })
+                .collect();
+            for chunk in entries.chunks(SUMMARY_CHUNK_BYTES / ENTRY_LEN) {
+                self.send_summary(id, 0, chunk);
+            }
+        }
+    }
+
+    fn rebuild_own(&mut self, now: Instant) {
+        self.version += 1;
+        let mut connections: Vec<ConnectionSummary> = self
+            .conns
+            .values()
+            .map(|c| ConnectionSummary {
+                remote: c.remote,
+                addr: c.addr,
+                outbound: c.outbound,
+                established: true,
+            })
+            .collect();
+        connections.sort_unstable_by_key(|c| c.remote);
+        let own = Arc::new(PeerInfo {
+            name: self.config.name,
+            uid: self.uid,
+            version: self.version,
+            nickname: wire::truncate_utf8(&self.config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
+            connections,
+        });
+        let removed = self.peers.set_own(own);
+        self.mark_changed(now, self.config.name, None);
+        self.topology_changed(now, removed);
+    }
+
+    /// Schedules the work that follows any change of the peer table.
+    fn topology_changed(&mut self, now: Instant, removal: bool) {
+        if let Some(d) = self.config.route_recalc_delay {
+            self.recalc_at.get_or_insert(now + d);
+        } else if self.config.discovery {
+            self.recalc_at
+                .get_or_insert(now + Duration::from_millis(100));
+        }
+        if self.peers.has_orphans() {
+            // An orphan made by a removal is dead; one that arrived as such may be waiting for
+            // the records that point at it, so it gets longer.
+            let delay = if removal {
+                self.config.gc_delay
+            } else {
+                self.config.gc_interval
+            };
+            let at = now + delay;
+            if self.orphan_gc_at.is_none_or(|t| at < t) {
+                self.orphan_gc_at = Some(at);
+            }
+        }
+        if removal && self.component_gc_at.is_none() {
+            let earliest = self
+                .last_component_gc
+                .map_or(now, |t| t + self.config.gc_interval);
+            self.component_gc_at = Some(earliest.max(now + self.config.gc_delay));
+        }
+    }
+
+    fn after_removal(&mut self, now: Instant, removed: Vec<PeerName>) {
+        if removed.is_empty() {
+            return;
+        }
+        for name in removed {
+            self.pending.remove(&name);
+            if self.config.peer_events {
+                self.events.push_back(Event::PeerRemoved(name));
+            }
+        }
+        self.topology_changed(now, true);
+    }
+
+    fn close(&mut self, now: Instant, conn: ConnId, reason: CloseReason) {
+        if self.conns.contains_key(&conn) {
+            self.events
+                .push_back(Event::CloseConnection { conn, reason });
+            self.remove_conn(now, conn);
+        }
+    }
+
+    fn remove_conn(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if self.by_peer.get(&c.remote) == Some(&conn) {
+            self.by_peer.remove(&c.remote);
+        }
+        for excl in self.pending.values_mut() {
+            excl.1.retain(|id| *id != conn);
+        }
+        let (b, rng) = (self.config.backoff, &mut self.rng);
+        for t in self.targets.iter_mut() {
+            if t.state == (TargetState::Established { conn }) {
+                t.disconnected(now, b, rng);
+            }
+        }
+        self.rebuild_own(now);
+    }
+
+    /// A target whose peer was collected and is back in the topology is retried soon.
+    fn peer_reappeared(&mut self, now: Instant, name: PeerName) {
+        let initial = self.config.backoff.initial;
+        let rng = &mut self.rng;
+        for t in self.targets.iter_mut() {
+            if t.peer == Some(name)
+                && let TargetState::Retrying { next_attempt, .. } = &mut t.state
+            {
+                let soon = now + initial.mul_f64(rng.gen_range(0.0..1.0));
+                if soon < *next_attempt {
+                    *next_attempt = soon;
+                }
+            }
+        }
+    }
+
+    fn discover(&mut self) {
+        let mut wanted: BTreeSet<SocketAddr> = BTreeSet::new();
+        for rec in self.peers.records() {
+            if rec.name == self.config.name {
+                continue;
+            }
+            for c in &rec.connections {
+                if c.remote == self.config.name || self.by_peer.contains_key(&c.remote) {
+                    continue;
+                }
+                let addr = if c.outbound {
+                    c.addr
+                } else {
+                    SocketAddr::new(c.addr.ip(), self.config.listen_port)
+                };
+                wanted.insert(addr);
+            }
+        }
+        self.targets.retain(|addr, t| {
+            t.direct
+                || wanted.contains(addr)
+                || matches!(
+                    t.state,
+                    TargetState::Established { .. } | TargetState::Connecting { .. }
+                )
+        });
+        for addr in wanted {
+            if self.targets.len() >= self.config.conn_limit {
+                break;
+            }
+            self.targets.add(addr, false);
+        }
+    }
+
+    fn drive_targets(&mut self, now: Instant) {
+        let mut active = self.conns.len()
+            + self
+                .targets
+                .iter()
+                .filter(|t| {
+                    matches!(
+                        t.state,
+                        TargetState::Connecting { .. } | TargetState::Requested { .. }
+                    )
+                })
+                .count();
+        let (limit, dial_timeout, b) = (
+            self.config.conn_limit,
+            self.config.dial_timeout,
+            self.config.backoff,
+        );
+        let conns = &self.conns;
+        let by_peer = &self.by_peer;
+        let rng = &mut self.rng;
+        let mut dials = Vec::new();
+        for t in self.targets.iter_mut() {
+            match &t.state {
+                TargetState::Requested { since } | TargetState::Connecting { since } => {
+                    if now.saturating_duration_since(*since) >= dial_timeout {
+                        t.fail(now, "dial timed out", b, rng);
+                        active = active.saturating_sub(1);
+                    }
+                    continue;
+                }
+                TargetState::Retrying { next_attempt, .. } if *next_attempt <= now => {}
+                TargetState::Pending => {}
+                TargetState::Retrying { .. }
+                | TargetState::Established { .. }
+                | TargetState::Failed { .. } => {
+                    continue;
+                }
+            }
+            // Already connected to the peer, or to something at that address: nothing to dial.
+            let existing = t.peer.and_then(|p| by_peer.get(&p).copied()).or_else(|| {
+                conns
+                    .values()
+                    .find(|c| c.addr.ip() == t.addr.ip() && !c.outbound)
+                    .map(|c| c.id)
+            });
+            if let Some(conn) = existing {
+                t.state = TargetState::Established { conn };
+                continue;
+            }
+            if active >= limit {
+                continue;
+            }
+            active += 1;
+            t.state = TargetState::Requested { since: now };
+            dials.push(t.addr);
+        }
+        self.events.extend(dials.into_iter().map(Event::Dial));
+    }
+}
+
+impl Target {
+    /// Returns true when the target has a live connection.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, TargetState::Established { .. })
+    }
+}
+
+const SUMMARY_CHUNK_BYTES: usize = 64 * 1024;
+const UPDATE_CHUNK_BYTES: usize = 64 * 1024;

@@ -1,0 +1,271 @@
+//! Peer identity and the immutable peer record that topology gossip carries.
+//!
+//! A [`PeerInfo`] is one incarnation of one peer at one version: its name, its per-start
+//! [`PeerUid`], its nickname and the list of connections it has established. Records are
+//! immutable and shared through `Arc`, so a table of thousands of peers (or thousands of
+//! simulated nodes holding the same records, see [`RecordCache`]) costs one copy per version.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// A peer's stable 48-bit name, shown as `aa:bb:cc:dd:ee:ff`.
+///
+/// The crypto crate derives the six bytes from the node's public key; topology only treats them
+/// as an opaque identifier. The all-zero name is reserved and never valid on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct PeerName([u8; 6]);
+
+impl PeerName {
+    /// Makes a name from its six bytes.
+    pub const fn from_bytes(bytes: [u8; 6]) -> Self {
+        Self(bytes)
+    }
+
+    /// Returns the six bytes of the name.
+    pub const fn bytes(&self) -> [u8; 6] {
+        self.0
+    }
+
+    /// Returns true for the reserved all-zero name.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+impl fmt::Display for PeerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for PeerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The error returned when a string is not a peer name of the form `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid peer name (expected six hex octets like aa:bb:cc:dd:ee:ff)")]
+pub struct ParsePeerNameError;
+
+impl FromStr for PeerName {
+    type Err = ParsePeerNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or(ParsePeerNameError)?;
+            if part.is_empty() || part.len() > 2 {
+                return Err(ParsePeerNameError);
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| ParsePeerNameError)?;
+        }
+        if parts.next().is_some() {
+            return Err(ParsePeerNameError);
+        }
+        Ok(Self(out))
+    }
+}
+
+impl serde::Serialize for PeerName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PeerName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A random non-zero number chosen at every start of a peer; it tells incarnations apart.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct PeerUid(pub u64);
+
+impl fmt::Display for PeerUid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The shell's handle for one control connection; unique among the live connections of a node.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One connection as its owner announces it in gossip.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ConnectionSummary {
+    /// The peer at the other end.
+    pub remote: PeerName,
+    /// The remote address as the owner sees it: the dialled address for outbound connections,
+    /// the source address (ephemeral port) for inbound ones.
+    pub addr: SocketAddr,
+    /// True when the owner dialled the connection.
+    pub outbound: bool,
+    /// True when the connection carries traffic; only established connections count for routes.
+    pub established: bool,
+}
+
+/// One incarnation of one peer at one version, as gossip carries it. Immutable once built.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct PeerInfo {
+    /// The peer's name.
+    pub name: PeerName,
+    /// The incarnation.
+    pub uid: PeerUid,
+    /// Bumped by the owner on every change of its connection list.
+    pub version: u64,
+    /// A human name (host or Kubernetes node name), at most [`crate::wire::MAX_NICKNAME_LEN`] bytes.
+    pub nickname: String,
+    /// The owner's connections, sorted by remote name, at most one per remote.
+    pub connections: Vec<ConnectionSummary>,
+}
+
+impl PeerInfo {
+    /// Returns the merge key: records with a greater key replace records with a smaller one.
+    pub fn key(&self) -> RecordKey {
+        RecordKey {
+            version: self.version,
+            uid: self.uid,
+        }
+    }
+
+    /// Returns the connection to `remote`, if this record lists one.
+    pub fn connection_to(&self, remote: PeerName) -> Option<&ConnectionSummary> {
+        self.connections
+            .binary_search_by(|c| c.remote.cmp(&remote))
+            .ok()
+            .and_then(|i| self.connections.get(i))
+    }
+
+    /// Orders two records of the same peer: by key, then by content, so that merging is
+    /// commutative even for (invalid) records that share a key but differ in content.
+    pub fn precedence(&self, other: &Self) -> Ordering {
+        self.key()
+            .cmp(&other.key())
+            .then_with(|| self.nickname.cmp(&other.nickname))
+            .then_with(|| self.connections.cmp(&other.connections))
+    }
+}
+
+/// The version-then-uid key by which records of one peer are ordered.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct RecordKey {
+    /// The owner's version counter.
+    pub version: u64,
+    /// Ties between incarnations go to the higher uid.
+    pub uid: PeerUid,
+}
+
+/// A shared intern table of immutable peer records, keyed by name, uid and version.
+///
+/// Optional. The simulator gives one cache to all of its nodes, so that 5,000 nodes holding
+/// 5,000 records each keep one copy of each record. A cached record is reused only when its
+/// content is equal to the decoded one, so a cache can never change what a node believes.
+#[derive(Clone, Default)]
+pub struct RecordCache {
+    inner: Arc<Mutex<CacheInner>>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<(PeerName, PeerUid, u64), Arc<PeerInfo>>,
+    prune_at: usize,
+}
+
+impl fmt::Debug for RecordCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordCache").finish_non_exhaustive()
+    }
+}
+
+impl RecordCache {
+    /// Makes an empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns the shared copy of `rec`, inserting it if no equal record is cached.
+    pub fn intern(&self, rec: Arc<PeerInfo>) -> Arc<PeerInfo> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (rec.name, rec.uid, rec.version);
+        if let Some(found) = inner.map.get(&key)
+            && **found == *rec
+        {
+            return Arc::clone(found);
+        }
+        inner.map.insert(key, Arc::clone(&rec));
+        if inner.map.len() > inner.prune_at {
+            // Drop records nobody but the cache holds; amortised by doubling the threshold.
+            inner.map.retain(|_, v| Arc::strong_count(v) > 1);
+            inner.prune_at = (inner.map.len() * 2).max(1024);
+        }
+        rec
+    }
+
+    /// Returns the number of records cached.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len()
+    }
+
+    /// Returns true when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_round_trips_through_text() {
+        let n = PeerName::from_bytes([0xaa, 0xbb, 0x0c, 0xdd, 0xee, 0x01]);
+        assert_eq!(n.to_string(), "aa:bb:0c:dd:ee:01");
+        assert_eq!("aa:bb:0c:dd:ee:01".parse::<PeerName>(), Ok(n));
+        assert_eq!("aa:bb:c:dd:ee:1".parse::<PeerName>(), Ok(n));
+        assert!("aa:bb:cc:dd:ee".parse::<PeerName>().is_err());
+        assert!("aa:bb:cc:dd:ee:ff:00".parse::<PeerName>().is_err());
+        assert!("aa:bb:cc:dd:ee:fff".parse::<PeerName>().is_err());
+        assert!("aa:bb:cc:dd:ee:zz".parse::<PeerName>().is_err());
+    }
+
+    #[test]
+    fn cache_shares_equal_records() {
+        let cache = RecordCache::new();
+        let rec = PeerInfo {
+            name: PeerName::from_bytes([1; 6]),
+            uid: PeerUid(7),
+            version: 3,
+            nickname: "a".into(),
+            connections: vec![],
+        };
+        let a = cache.intern(Arc::new(rec.clone()));
+        let b = cache.intern(Arc::new(rec));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(cache.len(), 1);
+    }
+}

@@ -1,0 +1,453 @@
+//! The peer table: what one node believes about every peer, the merge of gossiped records, the
+//! view digests used for anti-entropy, and garbage collection of unreachable peers.
+//!
+//! Merge rule: for each name the table keeps the record with the greatest
+//! [`PeerInfo::precedence`] (version, then uid, then content). Applying records is therefore
+//! idempotent, commutative and associative: the table after applying any multiset of records,
+//! in any order, any number of times, is the per-name maximum.
+//!
+//! Garbage collection follows Weave: a peer is kept while it is reachable from us by following
+//! connections (in either state) that known records list. Two paths find unreachable peers:
+//! a cheap one that removes *orphans* (records no known record points at), cascading, and a
+//! breadth-first search for whole components cut off from us.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use crate::peer::{PeerInfo, PeerName, RecordKey};
+use crate::wire::{BUCKETS, Entry};
+
+/// What applying one record did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Applied {
+    /// The name was unknown; the record was added.
+    Added,
+    /// The record was not newer than the one held; nothing changed.
+    Ignored,
+    /// The record replaced an older one.
+    Replaced {
+        /// True when the new record lists fewer connections than the old (some were removed).
+        removed_connections: bool,
+    },
+}
+
+/// The peer table of one node. Always holds the node's own record.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    ours: PeerName,
+    slots: HashMap<PeerName, Slot, NameHashBuilder>,
+    records: usize,
+    digest: u64,
+    buckets: [u64; BUCKETS],
+    orphans: BTreeSet<PeerName>,
+    mark: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    rec: Option<Arc<PeerInfo>>,
+    /// How many held records (other than this peer's own) list a connection to this peer.
+    indegree: u32,
+    mark: u32,
+}
+
+impl Peers {
+    /// Makes a table holding only our own record.
+    pub fn new(own: Arc<PeerInfo>) -> Self {
+        let mut p = Self {
+            ours: own.name,
+            slots: HashMap::with_hasher(NameHashBuilder),
+            records: 0,
+            digest: 0,
+            buckets: [0; BUCKETS],
+            orphans: BTreeSet::new(),
+            mark: 0,
+        };
+        p.install(own);
+        p
+    }
+
+    /// Returns our own name.
+    pub fn ours(&self) -> PeerName {
+        self.ours
+    }
+
+    /// Returns the record held for `name`.
+    pub fn get(&self, name: PeerName) -> Option<&Arc<PeerInfo>> {
+        self.slots.get(&name).and_then(|s| s.rec.as_ref())
+    }
+
+    /// Returns the key of the record held for `name`.
+    pub fn key(&self, name: PeerName) -> Option<RecordKey> {
+        self.get(name).map(|r| r.key())
+    }
+
+    /// Returns the number of records held (ourselves included).
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// Returns true when only... never: the table always holds our own record.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Returns true when `rec` would replace what the table holds (or is about an unknown name).
+    pub fn is_newer(&self, rec: &PeerInfo) -> bool {
+        match self.get(rec.name) {
+            None => true,
+            Some(held) => rec.precedence(held).is_gt(),
+        }
+    }
+
+    /// Merges one record. Our own record is only changed through [`Peers::set_own`].
+    pub fn apply(&mut self, rec: Arc<PeerInfo>) -> Applied {
+        if rec.name == self.ours || !self.is_newer(&rec) {
+            return Applied::Ignored;
+        }
+        match self.install(rec) {
+            None => Applied::Added,
+            Some(removed_connections) => Applied::Replaced {
+                removed_connections,
+            },
+        }
+    }
+
+    /// Replaces our own record.
+    ///
+    /// Returns true when connections were removed.
+    pub fn set_own(&mut self, rec: Arc<PeerInfo>) -> bool {
+        debug_assert_eq!(rec.name, self.ours);
+        self.install(rec).unwrap_or(false)
+    }
+
+    /// Removes the record for `name` (never our own). Returns it.
+    pub fn remove(&mut self, name: PeerName) -> Option<Arc<PeerInfo>> {
+        if name == self.ours {
+            return None;
+        }
+        let slot = self.slots.get_mut(&name)?;
+        let old = slot.rec.take()?;
+        let indegree = slot.indegree;
+        if indegree == 0 {
+            self.slots.remove(&name);
+        }
+        self.orphans.remove(&name);
+        self.records -= 1;
+        self.account(&old, false);
+        for c in &old.connections {
+            self.dec_indegree(c.remote);
+        }
+        Some(old)
+    }
+
+    /// Returns the number of records and the view digest: a sum of per-record hashes of
+    /// (name, uid, version), independent of the order in which records arrived.
+    pub fn digest(&self) -> (u32, u64) {
+        (u32::try_from(self.records).unwrap_or(u32::MAX), self.digest)
+    }
+
+    /// Returns the digest of each anti-entropy bucket.
+    pub fn bucket_digests(&self) -> &[u64; BUCKETS] {
+        &self.buckets
+    }
+
+    /// Returns every record name, sorted.
+    pub fn names(&self) -> Vec<PeerName> {
+        #[allow(clippy::disallowed_methods)] // sorted before use
+        let mut v: Vec<PeerName> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.rec.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Returns every record, sorted by name.
+    pub fn records(&self) -> Vec<&Arc<PeerInfo>> {
+        #[allow(clippy::disallowed_methods)] // sorted before use
+        let mut v: Vec<&Arc<PeerInfo>> =
+            self.slots.values().filter_map(|s| s.rec.as_ref()).collect();
+        v.sort_unstable_by_key(|r| r.name);
+        v
+    }
+
+    /// Returns the summary entries of every record in the buckets set in `mask`, sorted.
+    pub fn entries_in(&self, mask: u64) -> Vec<Entry> {
+        #[allow(clippy::disallowed_methods)] // sorted before use
+        let mut v: Vec<Entry> = self
+            .slots
+            .values()
+            .filter_map(|s| s.rec.as_ref())
+            .filter(|r| mask & (1 << bucket_of(r.name)) != 0)
+            .map(|r| Entry {
+                name: r.name,
+                uid: r.uid,
+                version: r.version,
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Returns true when some record is an orphan: no held record lists a connection to it.
+    /// Orphans are unreachable; [`Peers::remove_orphans`] drops them.
+    pub fn has_orphans(&self) -> bool {
+        !self.orphans.is_empty()
+    }
+
+    /// Removes orphans, and the orphans that removing them makes, and returns their names.
+    pub fn remove_orphans(&mut self) -> Vec<PeerName> {
+        let mut removed = Vec::new();
+        while let Some(name) = self.orphans.pop_first() {
+            if self.remove(name).is_some() {
+                removed.push(name);
+            }
+        }
+        removed.sort_unstable();
+        removed
+    }
+
+    /// Removes every peer not reachable from us over listed connections; returns their names.
+    pub fn remove_unreachable(&mut self) -> Vec<PeerName> {
+        self.mark = self.mark.wrapping_add(1);
+        if self.mark == 0 {
+            #[allow(clippy::disallowed_methods)] // order does not matter when clearing marks
+            for s in self.slots.values_mut() {
+                s.mark = 0;
+            }
+            self.mark = 1;
+        }
+        let mark = self.mark;
+        let mut queue: Vec<Arc<PeerInfo>> = Vec::new();
+        if let Some(s) = self.slots.get_mut(&self.ours) {
+            s.mark = mark;
+            queue.extend(s.rec.clone());
+        }
+        let mut reached = 0usize;
+        while let Some(rec) = queue.pop() {
+            reached += 1;
+            for c in &rec.connections {
+                if let Some(s) = self.slots.get_mut(&c.remote)
+                    && s.mark != mark
+                {
+                    s.mark = mark;
+                    if let Some(r) = &s.rec {
+                        queue.push(Arc::clone(r));
+                    }
+                }
+            }
+        }
+        if reached == self.records {
+            return Vec::new();
+        }
+        #[allow(clippy::disallowed_methods)] // sorted before use
+        let mut dead: Vec<PeerName> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.rec.is_some() && s.mark != mark)
+            .map(|(n, _)| *n)
+            .collect();
+        dead.sort_unstable();
+        for n in &dead {
+            self.remove(*n);
+        }
+        dead
+    }
+
+    /// Installs `rec` unconditionally. Returns None if the name had no record, else whether the
+    /// replacement removed connections.
+    fn install(&mut self, rec: Arc<PeerInfo>) -> Option<bool> {
+        let name = rec.name;
+        for c in &rec.connections {
+            self.inc_indegree(c.remote);
+        }
+        self.account(&rec, true);
+        let slot = self.slots.entry(name).or_default();
+        let indegree = slot.indegree;
+        let old = slot.rec.replace(rec);
+        if name != self.ours {
+            if indegree == 0 {
+                self.orphans.insert(name);
+            } else {
+                self.orphans.remove(&name);
+            }
+        }
+        let Some(old) = old else {
+            self.records += 1;
+            return None;
+        };
+        self.account(&old, false);
+        let mut removed = false;
+        for c in &old.connections {
+            self.dec_indegree(c.remote);
+            let still = self
+                .get(name)
+                .is_some_and(|r| r.connection_to(c.remote).is_some());
+            removed |= !still;
+        }
+        Some(removed)
+    }
+
+    fn account(&mut self, rec: &PeerInfo, add: bool) {
+        let h = entry_hash(rec.name, rec.uid.0, rec.version);
+        let b = bucket_of(rec.name);
+        if add {
+            self.digest = self.digest.wrapping_add(h);
+            self.buckets[b] = self.buckets[b].wrapping_add(h);
+        } else {
+            self.digest = self.digest.wrapping_sub(h);
+            self.buckets[b] = self.buckets[b].wrapping_sub(h);
+        }
+    }
+
+    fn inc_indegree(&mut self, name: PeerName) {
+        let slot = self.slots.entry(name).or_default();
+        slot.indegree += 1;
+        if slot.indegree == 1 && slot.rec.is_some() {
+            self.orphans.remove(&name);
+        }
+    }
+
+    fn dec_indegree(&mut self, name: PeerName) {
+        let Some(slot) = self.slots.get_mut(&name) else {
+            return;
+        };
+        slot.indegree = slot.indegree.saturating_sub(1);
+        if slot.indegree == 0 {
+            if slot.rec.is_none() {
+                self.slots.remove(&name);
+            } else if name != self.ours {
+                self.orphans.insert(name);
+            }
+        }
+    }
+}
+
+/// Returns the anti-entropy bucket of a name.
+pub fn bucket_of(name: PeerName) -> usize {
+    (mix(name_u64(name) ^ 0x9e37_79b9_7f4a_7c15) >> 58) as usize
+}
+
+/// Returns the digest contribution of one record; the same function at every node.
+pub fn entry_hash(name: PeerName, uid: u64, version: u64) -> u64 {
+    mix(mix(name_u64(name)) ^ mix(uid ^ 0x5851_f42d_4c95_7f2d) ^ version.rotate_left(29))
+}
+
+fn name_u64(name: PeerName) -> u64 {
+    let b = name.bytes();
+    u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
+/// SplitMix64's finaliser: a fast, well-mixing bijection on u64.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A fast hasher for peer-name keys. Names are chosen by authenticated mesh members only, so
+/// flooding attacks on the table are out of scope; lookups never depend on iteration order.
+#[derive(Clone, Copy, Debug, Default)]
+struct NameHashBuilder;
+
+impl BuildHasher for NameHashBuilder {
+    type Hasher = NameHasher;
+    fn build_hasher(&self) -> NameHasher {
+        NameHasher(0)
+    }
+}
+
+struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).rotate_left(5) ^ u64::from(*b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::peer::{ConnectionSummary, PeerUid};
+
+    pub(crate) fn n(b: u8) -> PeerName {
+        PeerName::from_bytes([0, 0, 0, 0, 0, b])
+    }
+
+    pub(crate) fn rec(name: u8, version: u64, conns: &[u8]) -> Arc<PeerInfo> {
+        let addr: SocketAddr = "192.0.2.1:6783".parse().unwrap();
+        let mut connections: Vec<ConnectionSummary> = conns
+            .iter()
+            .map(|&c| ConnectionSummary {
+                remote: n(c),
+                addr,
+                outbound: true,
+                established: true,
+            })
+            .collect();
+        connections.sort();
+        connections.dedup_by_key(|c| c.remote);
+        Arc::new(PeerInfo {
+            name: n(name),
+            uid: PeerUid(1),
+            version,
+            nickname: String::new(),
+            connections,
+        })
+    }
+
+    #[test]
+    fn newer_version_wins_and_digest_follows() {
+        let mut p = Peers::new(rec(1, 1, &[2]));
+        assert_eq!(p.apply(rec(2, 1, &[1])), Applied::Added);
+        let d1 = p.digest();
+        assert_eq!(
+            p.apply(rec(2, 2, &[1, 3])),
+            Applied::Replaced {
+                removed_connections: false
+            }
+        );
+        assert_eq!(p.apply(rec(2, 1, &[1])), Applied::Ignored);
+        assert_eq!(
+            p.apply(rec(2, 3, &[3])),
+            Applied::Replaced {
+                removed_connections: true
+            }
+        );
+        assert_ne!(p.digest(), d1);
+        let mut q = Peers::new(rec(1, 1, &[2]));
+        q.apply(rec(2, 3, &[3]));
+        assert_eq!(p.digest(), q.digest());
+        assert_eq!(p.bucket_digests(), q.bucket_digests());
+    }
+
+    #[test]
+    fn orphans_and_cut_off_components_are_collected() {
+        // 1 - 2 - 3, 4 - 5 (4 and 5 cut off), 6 orphan.
+        let mut p = Peers::new(rec(1, 1, &[2]));
+        p.apply(rec(2, 1, &[1, 3]));
+        p.apply(rec(3, 1, &[2]));
+        p.apply(rec(4, 1, &[5]));
+        p.apply(rec(5, 1, &[4]));
+        p.apply(rec(6, 1, &[2]));
+        assert!(p.has_orphans());
+        assert_eq!(p.remove_orphans(), vec![n(6)]);
+        assert_eq!(p.remove_unreachable(), vec![n(4), n(5)]);
+        assert_eq!(p.names(), vec![n(1), n(2), n(3)]);
+        // 2 drops 3: 3 becomes an orphan.
+        p.apply(rec(2, 2, &[1]));
+        assert_eq!(p.remove_orphans(), vec![n(3)]);
+        assert_eq!(p.len(), 2);
+    }
+}

@@ -1,0 +1,226 @@
+//! Property tests: merge laws, routes against a reference BFS, broadcast exactly once, codec.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use topology::peers::Peers;
+use topology::routes::Routes;
+use topology::wire::{Entry, Message};
+use topology::{ConnectionSummary, PeerInfo, PeerName, PeerUid};
+
+fn name(i: usize) -> PeerName {
+    PeerName::from_bytes([0x02, 0, 0, 0, (i >> 8) as u8, i as u8 + 1])
+}
+
+fn record(i: usize, uid: u64, version: u64, conns: &BTreeSet<usize>) -> Arc<PeerInfo> {
+    let addr: SocketAddr = "192.0.2.1:6783".parse().unwrap();
+    let mut connections: Vec<ConnectionSummary> = conns
+        .iter()
+        .filter(|&&c| c != i)
+        .map(|&c| ConnectionSummary {
+            remote: name(c),
+            addr,
+            outbound: c > i,
+            established: true,
+        })
+        .collect();
+    connections.sort();
+    Arc::new(PeerInfo {
+        name: name(i),
+        uid: PeerUid(uid),
+        version,
+        nickname: format!("n{i}"),
+        connections,
+    })
+}
+
+/// A table whose own record (peer 0) is fixed, with the given records applied in order.
+fn table(records: &[Arc<PeerInfo>]) -> Peers {
+    let mut p = Peers::new(record(0, 1, 1, &BTreeSet::new()));
+    for r in records {
+        p.apply(Arc::clone(r));
+    }
+    p
+}
+
+fn snapshot(p: &Peers) -> Vec<PeerInfo> {
+    p.records().into_iter().map(|r| (**r).clone()).collect()
+}
+
+fn arb_record() -> impl Strategy<Value = Arc<PeerInfo>> {
+    (1usize..6, 1u64..3, 1u64..4, proptest::collection::btree_set(0usize..6, 0..4))
+        .prop_map(|(i, uid, v, conns)| record(i, uid, v, &conns))
+}
+
+/// An undirected graph on `n` nodes as adjacency sets.
+fn arb_graph() -> impl Strategy<Value = Vec<BTreeSet<usize>>> {
+    (2usize..14).prop_flat_map(|n| {
+        proptest::collection::vec((0..n, 0..n), 0..(n * 3)).prop_map(move |edges| {
+            let mut adj = vec![BTreeSet::new(); n];
+            for (a, b) in edges {
+                if a != b {
+                    adj[a].insert(b);
+                    adj[b].insert(a);
+                }
+            }
+            adj
+        })
+    })
+}
+
+fn peers_for(adj: &[BTreeSet<usize>], me: usize, order: &[usize]) -> Peers {
+    let mut p = Peers::new(record(me, 1, 1, &adj[me]));
+    for &i in order {
+        if i != me {
+            p.apply(record(i, 1, 1, &adj[i]));
+        }
+    }
+    p
+}
+
+fn reference_dist(adj: &[BTreeSet<usize>], from: usize) -> Vec<Option<usize>> {
+    let mut dist = vec![None; adj.len()];
+    dist[from] = Some(0);
+    let mut q = VecDeque::from([from]);
+    while let Some(u) = q.pop_front() {
+        for &v in &adj[u] {
+            if dist[v].is_none() {
+                dist[v] = Some(dist[u].unwrap() + 1);
+                q.push_back(v);
+            }
+        }
+    }
+    dist
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn merge_is_commutative_associative_idempotent(
+        a in proptest::collection::vec(arb_record(), 0..8),
+        b in proptest::collection::vec(arb_record(), 0..8),
+        c in proptest::collection::vec(arb_record(), 0..8),
+    ) {
+        let ab_c: Vec<_> = a.iter().chain(&b).chain(&c).cloned().collect();
+        let c_ba: Vec<_> = c.iter().chain(&b).chain(&a).cloned().collect();
+        let twice: Vec<_> = ab_c.iter().chain(&ab_c).cloned().collect();
+        let (x, y, z) = (table(&ab_c), table(&c_ba), table(&twice));
+        prop_assert_eq!(snapshot(&x), snapshot(&y));
+        prop_assert_eq!(snapshot(&x), snapshot(&z));
+        prop_assert_eq!(x.digest(), y.digest());
+        prop_assert_eq!(x.bucket_digests(), z.bucket_digests());
+        // Merging a merged table into another equals merging everything.
+        let mut m = table(&a);
+        for r in table(&b.iter().chain(&c).cloned().collect::<Vec<_>>()).records() {
+            m.apply(Arc::clone(r));
+        }
+        prop_assert_eq!(snapshot(&m), snapshot(&x));
+    }
+
+    #[test]
+    fn unicast_follows_shortest_paths(adj in arb_graph(), seed in any::<u64>()) {
+        let n = adj.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut s = seed;
+        for i in (1..n).rev() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            order.swap(i, (s >> 33) as usize % (i + 1));
+        }
+        for me in 0..n {
+            let routes = Routes::calculate(&peers_for(&adj, me, &order), name(me));
+            let sorted = Routes::calculate(&peers_for(&adj, me, &(0..n).collect::<Vec<_>>()), name(me));
+            prop_assert_eq!(routes.unicast(), sorted.unicast(), "insertion order changed routes");
+            let dist_me = reference_dist(&adj, me);
+            for d in 0..n {
+                let hop = routes.unicast_next_hop(name(d));
+                match dist_me[d] {
+                    None | Some(0) => prop_assert_eq!(hop, None),
+                    Some(k) => {
+                        let h = (0..n).find(|&i| Some(name(i)) == hop);
+                        let h = h.expect("reachable destination has a next hop");
+                        prop_assert!(adj[me].contains(&h), "next hop is a neighbour");
+                        prop_assert_eq!(reference_dist(&adj, d)[h], Some(k - 1));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn broadcast_reaches_every_peer_exactly_once(adj in arb_graph(), origin_pick in any::<usize>()) {
+        let n = adj.len();
+        let origin = origin_pick % n;
+        let all: Vec<usize> = (0..n).collect();
+        let routes: Vec<Routes> =
+            (0..n).map(|me| Routes::calculate(&peers_for(&adj, me, &all), name(me))).collect();
+        let mut received = vec![0usize; n];
+        let mut q = VecDeque::from([origin]);
+        while let Some(u) = q.pop_front() {
+            for hop in routes[u].broadcast_next_hops(name(origin)) {
+                let v = (0..n).find(|&i| name(i) == hop).unwrap();
+                prop_assert!(adj[u].contains(&v));
+                received[v] += 1;
+                q.push_back(v);
+            }
+        }
+        let dist = reference_dist(&adj, origin);
+        for v in 0..n {
+            let expect = usize::from(v != origin && dist[v].is_some());
+            prop_assert_eq!(received[v], expect, "peer {} from origin {}", v, origin);
+        }
+    }
+
+    #[test]
+    fn messages_round_trip(recs in proptest::collection::vec(arb_record(), 0..5), c in any::<u64>()) {
+        let entries: Vec<Entry> =
+            recs.iter().map(|r| Entry { name: r.name, uid: r.uid, version: r.version }).collect();
+        let msgs = [
+            Message::Update { records: recs.clone() },
+            Message::Summary { complete: c, entries },
+            Message::Request { names: recs.iter().map(|r| r.name).collect() },
+            Message::Heartbeat { count: c as u32, digest: c },
+            Message::BucketDigest { full: c & 1 == 1, buckets: Box::new([c; 64]) },
+        ];
+        for m in msgs {
+            let mut out = Vec::new();
+            m.encode(&mut out);
+            prop_assert_eq!(Message::decode(&out), Ok(m));
+        }
+    }
+
+    #[test]
+    fn decoder_never_panics_and_reencodes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        if let Ok(m) = Message::decode(&bytes) {
+            let mut out = Vec::new();
+            m.encode(&mut out);
+            prop_assert_eq!(out, bytes);
+        }
+    }
+}
+
+#[test]
+fn partial_connectivity_relays_through_the_middle() {
+    // A–B, B–C, no A–C.
+    let adj = vec![BTreeSet::from([1]), BTreeSet::from([0, 2]), BTreeSet::from([1])];
+    let routes = Routes::calculate(&peers_for(&adj, 0, &[0, 1, 2]), name(0));
+    assert_eq!(routes.unicast_next_hop(name(2)), Some(name(1)));
+    assert_eq!(routes.unicast_next_hop(name(1)), Some(name(1)));
+    assert_eq!(routes.broadcast_next_hops(name(0)), vec![name(1)]);
+    let b = Routes::calculate(&peers_for(&adj, 1, &[0, 1, 2]), name(1));
+    assert_eq!(b.broadcast_next_hops(name(0)), vec![name(2)]);
+}
+
+#[test]
+fn asymmetric_connections_carry_no_routes() {
+    // A lists B, B does not list A.
+    let a = record(0, 1, 1, &BTreeSet::from([1]));
+    let b = record(1, 1, 1, &BTreeSet::new());
+    let mut p = Peers::new(a);
+    p.apply(b);
+    let routes = Routes::calculate(&p, name(0));
+    assert_eq!(routes.unicast_next_hop(name(1)), None);
+    let _: BTreeMap<(), ()> = BTreeMap::new();
+}
