@@ -52,6 +52,8 @@ pub struct RouterStatus {
     pub connections: Vec<ConnectionStatus>,
     /// Every peer this router knows, itself included, with the connections each reports.
     pub peers: Vec<PeerStatus>,
+    /// Unicast routes: the next hop toward each reachable peer other than this router.
+    pub routes: Vec<RouteStatus>,
     /// IPAM state; `None` until the IPAM work provides it ([`IPAM_NOT_AVAILABLE`]).
     pub ipam: Option<IpamStatus>,
     /// Frame counters per data path; `None` until the data planes exist
@@ -192,6 +194,16 @@ pub struct PeerConnStatus {
     pub established: bool,
 }
 
+/// One unicast route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteStatus {
+    /// The destination peer's name.
+    pub destination: String,
+    /// The name of the directly connected peer that traffic to `destination` goes through
+    /// (the destination itself when it is a neighbour).
+    pub next_hop: String,
+}
+
 /// IPAM state, filled by the IPAM work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpamStatus {
@@ -256,6 +268,7 @@ impl RouterStatus {
             targets: Vec::new(),
             connections: Vec::new(),
             peers: Vec::new(),
+            routes: Vec::new(),
             ipam: None,
             datapaths: None,
         }

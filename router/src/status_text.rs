@@ -277,8 +277,8 @@ const LABEL_WIDTH: usize = 15;
 pub(crate) mod tests {
     use super::*;
     use crate::status::{
-        Datapath, EncryptionStatus, IpamOwner, PeerConnStatus, ProtocolStatus, TargetState,
-        TargetStatus,
+        Datapath, EncryptionStatus, IpamOwner, PeerConnStatus, ProtocolStatus, RouteStatus,
+        TargetState, TargetStatus,
     };
 
     /// The sample committed as docs/status-sample.txt.
@@ -421,6 +421,16 @@ pub(crate) mod tests {
                         established: false,
                         ..conn(h1, "h1", "198.51.100.1:6783", true)
                     }],
+                },
+            ],
+            routes: vec![
+                RouteStatus {
+                    destination: h2.to_owned(),
+                    next_hop: h2.to_owned(),
+                },
+                RouteStatus {
+                    destination: h3.to_owned(),
+                    next_hop: h3.to_owned(),
                 },
             ],
             ipam: None,

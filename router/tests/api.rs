@@ -413,3 +413,28 @@ async fn metrics_are_served_and_count() {
     assert_eq!(h.metrics.get("/status").await.unwrap().status, 404);
     h.router.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_password_never_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "correct horse battery staple\n").unwrap();
+    let mut config = config(&dir);
+    config.password_file = Some(password);
+    let router = start_router(config).await.unwrap();
+    let client = ApiClient::new(ApiAddr::Unix(socket_path(&dir)));
+    let report = client.text("/report").await.unwrap();
+    let parsed: RouterStatus = serde_json::from_str(&report).unwrap();
+    assert!(parsed.encryption.password_set);
+    for path in [
+        "/status",
+        "/status/connections",
+        "/status/peers",
+        "/encryption",
+    ] {
+        let body = client.text(path).await.unwrap();
+        assert!(!body.contains("horse"), "{path}: {body}");
+    }
+    assert!(!report.contains("horse"), "{report}");
+    router.shutdown().await.unwrap();
+}
