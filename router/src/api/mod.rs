@@ -174,7 +174,7 @@ pub struct RmPeerRequest {
     pub name: String,
 }
 
-/// Body of `POST /encryption`, and of `GET /encryption`'s answer's `enabled` key.
+/// Body of `POST /encryption`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptionRequest {
