@@ -354,9 +354,13 @@ impl Session {
         let mut tag_bytes = [0u8; TAG_LEN];
         tag_bytes.copy_from_slice(tag);
         let distance = header.epoch.wrapping_sub(self.recv.current.epoch as u8) & EPOCH_MASK;
-        let key = match distance {
-            0 => &mut self.recv.current,
-            1 => &mut self.recv.next,
+        let epoch = match distance {
+            0 => open_with(&mut self.recv.current, &header, body, &tag_bytes)?,
+            1 => {
+                let epoch = open_with(&mut self.recv.next, &header, body, &tag_bytes)?;
+                self.recv.advance(now, self.config.previous_key_lifetime);
+                epoch
+            }
             2 | 3 => {
                 // The sender rekeyed more than once while every packet of the epochs between
                 // was lost. Verify with a derived key before moving the ratchet.
@@ -365,25 +369,24 @@ impl Session {
                     chain = chain.next();
                 }
                 let mut probe = RecvKey::new(&chain);
-                verify(&mut probe, &header, body, &tag_bytes)?;
-                for _ in 0..distance - 1 {
+                let epoch = open_with(&mut probe, &header, body, &tag_bytes)?;
+                for _ in 0..distance {
                     self.recv.advance(now, self.config.previous_key_lifetime);
                 }
-                &mut self.recv.next
+                // `current` is now the probe's epoch with a fresh window; record the counter.
+                self.recv
+                    .current
+                    .window
+                    .mark(header.counter)
+                    .map_err(replay_error)?;
+                epoch
             }
             EPOCH_PREVIOUS => match &mut self.recv.previous {
-                Some((key, _)) => key,
+                Some((key, _)) => open_with(key, &header, body, &tag_bytes)?,
                 None => return Err(OpenError::StaleEpoch),
             },
             _ => return Err(OpenError::StaleEpoch),
         };
-        key.window.check(header.counter).map_err(replay_error)?;
-        verify(key, &header, body, &tag_bytes)?;
-        key.window.mark(header.counter).map_err(replay_error)?;
-        let epoch = key.epoch;
-        if distance != 0 && distance != EPOCH_PREVIOUS {
-            self.recv.advance(now, self.config.previous_key_lifetime);
-        }
         packet.offset += HEADER_LEN;
         packet.len -= OVERHEAD;
         Ok(Opened {
@@ -439,6 +442,19 @@ impl Header {
             counter: u64::from_be_bytes(counter),
         })
     }
+}
+
+/// Checks the window, verifies (and in sealed mode decrypts) in place, then records the counter.
+fn open_with(
+    key: &mut RecvKey,
+    header: &Header,
+    body: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<u32, OpenError> {
+    key.window.check(header.counter).map_err(replay_error)?;
+    verify(key, header, body, tag)?;
+    key.window.mark(header.counter).map_err(replay_error)?;
+    Ok(key.epoch)
 }
 
 fn verify(
