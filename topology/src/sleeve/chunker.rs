@@ -14,11 +14,11 @@
 
 use std::ops::Range;
 
+use super::Error;
 use super::packet::{
     CHUNK_HEADER_LEN, ChunkPacket, ChunkRepr, HEADER_LEN, MAX_DATAGRAM_LEN, MAX_FRAME_LEN,
     MAX_HOP_LIMIT, MessageType, Packet, Repr,
 };
-use super::Error;
 
 /// Where each part of each datagram goes in a chunk buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,7 +293,10 @@ mod tests {
         let mut c = Chunker::new(ChunkLayout::plain(32).unwrap(), A, B, 7);
         let mut out = [0u8; 96];
         let chunks = c.chunk(b"0123456789", &mut out).unwrap();
-        assert_eq!((chunks.frame_id, chunks.count, chunks.last_data_len), (7, 3, 2));
+        assert_eq!(
+            (chunks.frame_id, chunks.count, chunks.last_data_len),
+            (7, 3, 2)
+        );
         assert_eq!(chunks.segment_len(), 32);
         assert_eq!(chunks.datagram(2), 64..94);
         assert_eq!(chunks.wire_len(), 94);
@@ -303,7 +306,10 @@ mod tests {
             0, 0, 0, 7, 0, 0, 0, 8, 0, 0, 0, 10, b'8', b'9',
         ];
         assert_eq!(&out[chunks.datagram(2)], &expected_last);
-        assert_eq!(&out[chunks.datagram(0)][16..], &[0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 10, b'0', b'1', b'2', b'3']);
+        assert_eq!(
+            &out[chunks.datagram(0)][16..],
+            &[0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 10, b'0', b'1', b'2', b'3']
+        );
         let next = c.chunk(b"x", &mut out).unwrap();
         assert_eq!((next.frame_id, next.count), (8, 1));
     }
@@ -313,15 +319,16 @@ mod tests {
         let layout = ChunkLayout::sealed(64, 4, 16).unwrap();
         let mut c = Chunker::new(layout, A, B, 0);
         let mut out = [0xeeu8; 128];
-        let chunks = c.chunk(&[0x55; 20], &mut out).unwrap();
+        assert_eq!(layout.payload(), 16);
+        let chunks = c.chunk(&[0x55; 16], &mut out).unwrap();
         assert_eq!(chunks.count, 1);
         assert_eq!(out[1], MessageType::SealedChunk.code());
         // Headroom untouched, chunk header right after it, tailroom untouched.
         assert_eq!(&out[16..20], &[0xee; 4]);
-        assert_eq!(chunks.body(0), 20..52);
-        assert_eq!(&out[20..32], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20]);
-        assert_eq!(&out[52..68], &[0xee; 16]);
-        assert_eq!(chunks.datagram_len(0), 68);
+        assert_eq!(chunks.body(0), 20..48);
+        assert_eq!(&out[20..32], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16]);
+        assert_eq!(&out[48..64], &[0xee; 16]);
+        assert_eq!(chunks.datagram_len(0), 64);
     }
 
     #[test]

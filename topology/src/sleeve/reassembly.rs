@@ -289,6 +289,12 @@ mod tests {
     const A: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
+    /// An arbitrary base instant: the code under test only ever compares instants.
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
     fn chunk(frame_id: u32, offset: u32, total: u32, len: usize) -> ChunkRepr {
         ChunkRepr {
             frame_id,
@@ -309,14 +315,29 @@ mod tests {
 
     #[test]
     fn reassembles_out_of_order_and_drops_overlaps() {
-        let now = Instant::now();
+        let now = t0();
         let mut r = small(2, 2);
         let mut c = Counters::default();
-        assert_eq!(r.handle_chunk(now, A, &chunk(1, 4, 10, 4), b"4567", &mut c), Reassembly::Pending);
-        assert_eq!(r.handle_chunk(now, A, &chunk(1, 4, 10, 4), b"4567", &mut c), Reassembly::Drop);
-        assert_eq!(r.handle_chunk(now, A, &chunk(1, 2, 10, 3), b"234", &mut c), Reassembly::Drop);
-        assert_eq!(r.handle_chunk(now, A, &chunk(1, 0, 11, 4), b"0123", &mut c), Reassembly::Drop);
-        assert_eq!(r.handle_chunk(now, A, &chunk(1, 8, 10, 2), b"89", &mut c), Reassembly::Pending);
+        assert_eq!(
+            r.handle_chunk(now, A, &chunk(1, 4, 10, 4), b"4567", &mut c),
+            Reassembly::Pending
+        );
+        assert_eq!(
+            r.handle_chunk(now, A, &chunk(1, 4, 10, 4), b"4567", &mut c),
+            Reassembly::Drop
+        );
+        assert_eq!(
+            r.handle_chunk(now, A, &chunk(1, 2, 10, 3), b"234", &mut c),
+            Reassembly::Drop
+        );
+        assert_eq!(
+            r.handle_chunk(now, A, &chunk(1, 0, 11, 4), b"0123", &mut c),
+            Reassembly::Drop
+        );
+        assert_eq!(
+            r.handle_chunk(now, A, &chunk(1, 8, 10, 2), b"89", &mut c),
+            Reassembly::Pending
+        );
         assert_eq!(
             r.handle_chunk(now, A, &chunk(1, 0, 10, 4), b"0123", &mut c),
             Reassembly::Complete(b"0123456789")
@@ -332,11 +353,11 @@ mod tests {
     fn single_chunk_frames_take_no_slot() {
         let mut r = small(1, 1);
         let mut c = Counters::default();
-        let got = r.handle_chunk(Instant::now(), A, &chunk(9, 0, 3, 3), b"abc", &mut c);
+        let got = r.handle_chunk(t0(), A, &chunk(9, 0, 3, 3), b"abc", &mut c);
         assert_eq!(got, Reassembly::Complete(b"abc"));
         assert_eq!(r.in_flight(), 0);
         assert_eq!(
-            r.handle_chunk(Instant::now(), A, &chunk(9, 0, 65, 1), b"a", &mut c),
+            r.handle_chunk(t0(), A, &chunk(9, 0, 65, 1), b"a", &mut c),
             Reassembly::Drop
         );
         assert_eq!(c.chunks_out_of_range, 1);
@@ -344,7 +365,7 @@ mod tests {
 
     #[test]
     fn evicts_oldest_per_source_then_overall() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let t1 = t0 + Duration::from_millis(1);
         let t2 = t0 + Duration::from_millis(2);
         let mut r = small(3, 2);
@@ -364,7 +385,7 @@ mod tests {
 
     #[test]
     fn times_out() {
-        let t0 = Instant::now();
+        let t0 = t0();
         let mut r = small(2, 2);
         let mut c = Counters::default();
         r.handle_chunk(t0, A, &chunk(1, 0, 8, 1), b"x", &mut c);
@@ -378,7 +399,7 @@ mod tests {
 
     #[test]
     fn too_fragmented_frames_are_dropped() {
-        let now = Instant::now();
+        let now = t0();
         let mut r = small(1, 1);
         let mut c = Counters::default();
         let total = 2 * MAX_PIECES as u32 + 2;
@@ -390,9 +411,18 @@ mod tests {
             let got = r_big.handle_chunk(now, A, &chunk(1, 2 * i, total, 1), b"x", &mut c);
             assert_eq!(got, Reassembly::Pending);
         }
-        let got = r_big.handle_chunk(now, A, &chunk(1, 2 * MAX_PIECES as u32, total, 1), b"x", &mut c);
+        let got = r_big.handle_chunk(
+            now,
+            A,
+            &chunk(1, 2 * MAX_PIECES as u32, total, 1),
+            b"x",
+            &mut c,
+        );
         assert_eq!(got, Reassembly::Drop);
         assert_eq!((c.frames_too_fragmented, r_big.in_flight()), (1, 0));
-        assert_eq!(r.handle_chunk(now, A, &chunk(1, 0, 2, 1), b"x", &mut c), Reassembly::Pending);
+        assert_eq!(
+            r.handle_chunk(now, A, &chunk(1, 0, 2, 1), b"x", &mut c),
+            Reassembly::Pending
+        );
     }
 }
