@@ -206,6 +206,7 @@ impl RouterArgs {
             nickname,
             conn_limit: self.conn_limit,
             bind_addr: self.bind_addr,
+            devices: true,
         })
     }
 }

@@ -46,6 +46,9 @@ pub struct RouterConfig {
     pub conn_limit: u32,
     /// The local address to bind the control and sleeve sockets to; all addresses if `None`.
     pub bind_addr: Option<IpAddr>,
+    /// Whether the router creates and manages the node's devices (bridge, tunnels). Off only
+    /// for tests that run a router in the machine's own namespace.
+    pub devices: bool,
 }
 
 /// Which data paths the router may use.
@@ -61,7 +64,8 @@ pub enum DatapathMode {
 
 impl RouterConfig {
     /// Returns a configuration with every default and the given API and metrics addresses;
-    /// for tests and embedders.
+    /// for tests and embedders. It manages no devices and listens on an ephemeral control
+    /// port, so it can run anywhere without touching the host's network.
     pub fn with_addrs(
         api_socket: PathBuf,
         http_addr: SocketAddr,
@@ -70,7 +74,7 @@ impl RouterConfig {
         Self {
             peers: Vec::new(),
             peers_file: None,
-            port: DEFAULT_PORT,
+            port: 0,
             vxlan_port: DEFAULT_PORT + 1,
             password_file: None,
             encryption: false,
@@ -84,7 +88,8 @@ impl RouterConfig {
             metrics_addr,
             nickname: hostname(),
             conn_limit: 100,
-            bind_addr: None,
+            bind_addr: Some(IpAddr::from([127, 0, 0, 1])),
+            devices: false,
         }
     }
 }

@@ -17,7 +17,9 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod metrics;
+pub mod netlink;
 pub mod status;
 pub mod status_text;
 
@@ -27,17 +29,13 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use crate::api::ApiCommand;
 use crate::api::server::{ApiServer, ApiState, MetricsServer};
-use crate::api::{CommandError, CommandOutcome};
 pub use crate::config::RouterConfig;
 pub use crate::metrics::Metrics;
-use crate::status::{
-    ENCRYPTION_TOGGLE_NOT_AVAILABLE, PeerStatus, RouterStatus, StatusPublisher, TargetState,
-    TargetStatus, status_channel,
-};
+use crate::status::{RouterStatus, StatusPublisher, status_channel};
 
 /// What the engine (the daemon loop) gets from the shell.
 #[derive(Debug)]
@@ -136,11 +134,8 @@ pub async fn start_router(config: RouterConfig) -> anyhow::Result<RunningRouter>
         metrics: metrics.clone(),
         shutdown: stop_rx,
     };
-    // ==== DAEMON HOOK ====
-    // The protocol engine replaces `stub_engine` here with `daemon::run(config, handles)`
-    // (router/src/daemon.rs, `pub async fn run(RouterConfig, EngineHandles) ->
-    // anyhow::Result<()>`), which returns once `handles.shutdown` turns true.
-    let engine = tokio::spawn(stub_engine(config.clone(), handles));
+    // The engine owns all protocol state and returns once `handles.shutdown` turns true.
+    let engine = tokio::spawn(daemon::run(config.clone(), handles));
 
     info!(
         api_socket = %config.api_socket.display(),
@@ -181,92 +176,6 @@ pub async fn run_router(config: RouterConfig) -> anyhow::Result<()> {
     router.shutdown().await?;
     info!("router stopped");
     Ok(())
-}
-
-/// Stands in for the protocol engine until it is wired in: publishes a status with this
-/// router alone, keeps `weft connect`/`forget` targets in memory (state `pending`), and
-/// answers what needs the mesh with an error that says so.
-async fn stub_engine(config: RouterConfig, mut handles: EngineHandles) -> anyhow::Result<()> {
-    warn!("protocol engine not wired in: serving status and API only");
-    let mut status = handles.status.current().as_ref().clone();
-    status.ready = true;
-    status.encryption.enabled = config.encryption;
-    status.encryption.password_set = config.password_file.is_some();
-    status.trusted_subnets = config
-        .trusted_subnets
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    status.peers = vec![PeerStatus {
-        name: status.name.clone(),
-        nickname: status.nickname.clone(),
-        uid: 0,
-        version: 0,
-        connections: Vec::new(),
-    }];
-    for addr in &config.peers {
-        add_target(&mut status, addr);
-    }
-    handles.status.publish(status.clone());
-    loop {
-        let cmd = tokio::select! {
-            cmd = handles.commands.recv() => cmd,
-            r = handles.shutdown.changed() => {
-                if r.is_err() || *handles.shutdown.borrow() { return Ok(()); }
-                continue;
-            }
-        };
-        let Some(cmd) = cmd else { return Ok(()) };
-        match cmd {
-            ApiCommand::Connect { addr, reply } => {
-                let added = add_target(&mut status, &addr);
-                handles.status.publish(status.clone());
-                let msg = if added { "added" } else { "already a target:" };
-                reply.send(Ok(CommandOutcome::new(format!("{msg} {addr}"))));
-            }
-            ApiCommand::Forget { addr, reply } => {
-                let before = status.targets.len();
-                status.targets.retain(|t| t.addr != addr);
-                if status.targets.len() == before {
-                    reply.send(Err(CommandError::not_found(format!(
-                        "{addr} is not a target"
-                    ))));
-                } else {
-                    handles.status.publish(status.clone());
-                    reply.send(Ok(CommandOutcome::new(format!("forgot {addr}"))));
-                }
-            }
-            ApiCommand::RmPeer { name, reply } => {
-                let outcome = if name == status.name || name == status.nickname {
-                    Err(CommandError::bad_request(
-                        "cannot remove this router itself",
-                    ))
-                } else {
-                    Err(CommandError::not_found(format!("no peer named {name}")))
-                };
-                reply.send(outcome);
-            }
-            ApiCommand::SetEncryption { enabled: _, reply } => {
-                reply.send(Err(CommandError::not_available(
-                    ENCRYPTION_TOGGLE_NOT_AVAILABLE,
-                )));
-            }
-        }
-    }
-}
-
-fn add_target(status: &mut RouterStatus, addr: &str) -> bool {
-    if status.targets.iter().any(|t| t.addr == addr) {
-        return false;
-    }
-    status.targets.push(TargetStatus {
-        addr: addr.to_owned(),
-        state: TargetState::Pending,
-        last_error: None,
-        attempts: 0,
-        next_attempt_in_ms: None,
-    });
-    true
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

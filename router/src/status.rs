@@ -103,6 +103,8 @@ pub struct TargetStatus {
 pub enum TargetState {
     /// Being dialled for the first time.
     Connecting,
+    /// Connected to its peer.
+    Established,
     /// Last attempt failed; waiting out the back-off.
     Failed,
     /// Not dialled yet.
@@ -280,6 +282,7 @@ impl TargetState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connecting => "connecting",
+            Self::Established => "established",
             Self::Failed => "failed",
             Self::Pending => "pending",
             Self::Retrying => "retrying",

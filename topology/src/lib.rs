@@ -21,6 +21,7 @@
 //! least 16 bits) later.
 
 pub mod api;
+pub mod channel;
 pub mod mac;
 pub mod mesh;
 pub mod peer;

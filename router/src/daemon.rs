@@ -1,0 +1,854 @@
+//! The daemon loop: one task owns the topology engine ([`Mesh`]) and drives it from control
+//! connections, timers and API commands; one task per TCP connection runs the Noise handshake
+//! and then moves sealed control messages between the socket and the engine.
+//!
+//! The loop holds no protocol logic of its own: it feeds inputs to the engine, then drains the
+//! engine's outputs in quinn's order (`poll_transmit`, `poll_timeout`, `poll_event`) and carries
+//! them out. Status is published as a snapshot the API reads without touching the engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, Result};
+use crypto::{ControlChannel, Handshake, HandshakeConfig, HandshakeError, MeshPassword};
+use rand::RngCore as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use topology::channel::{self, Channel, Hello};
+use topology::{ConnId, Event, Mesh, PeerName};
+use tracing::{debug, info, warn};
+
+use crate::EngineHandles;
+use crate::api::{ApiCommand, CommandError, CommandOutcome};
+use crate::config::RouterConfig;
+use crate::metrics::{DropReason, GossipDirection, HandshakeFailure, Metrics};
+use crate::status::{
+    ConnectionState, ConnectionStatus, PeerConnStatus, PeerStatus, RouteStatus, RouterStatus,
+    TargetState, TargetStatus,
+};
+
+/// Runs the router's engine until `handles.shutdown` turns true.
+///
+/// # Errors
+/// Fails when the node key, password or state directory cannot be used, or the control port
+/// cannot be bound; the message names the file or address.
+pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
+    let identity = Identity::load(&config)?;
+    if config.devices {
+        let netlink = crate::netlink::Netlink::connect()?;
+        let bridge = netlink
+            .ensure_bridge(BRIDGE, config.mtu.unwrap_or(DEFAULT_POD_MTU))
+            .await?;
+        info!(bridge = BRIDGE, index = bridge, "bridge ready");
+    }
+    let bind = SocketAddr::new(
+        config.bind_addr.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        config.port,
+    );
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding the control port {bind}"))?;
+    let port = listener.local_addr()?.port();
+    let mut daemon = Daemon::new(config, identity, handles, port);
+    daemon.add_initial_targets().await;
+    info!(name = %daemon.mesh.name(), port, "mesh engine running");
+    daemon.run(listener).await
+}
+
+/// What identifies this node: its key, its password and the name they give.
+struct Identity {
+    handshake: Arc<HandshakeConfig>,
+    name: PeerName,
+    password_set: bool,
+}
+
+impl Identity {
+    fn load(config: &RouterConfig) -> Result<Self> {
+        create_private_dir(&config.state_dir)?;
+        let key_path = config.state_dir.join(KEY_FILE);
+        let key = crypto::keyfile::load_or_create(&key_path, &mut rand::rngs::OsRng)
+            .with_context(|| format!("node key {}", key_path.display()))?;
+        let password = match &config.password_file {
+            Some(path) => {
+                let bytes = crypto::keyfile::read_password_file(path)
+                    .with_context(|| format!("password file {}", path.display()))?;
+                Some(
+                    MeshPassword::new(&bytes)
+                        .with_context(|| format!("password file {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let name = PeerName::from_bytes(key.public().peer_name());
+        let password_set = password.is_some();
+        Ok(Self {
+            handshake: Arc::new(HandshakeConfig::new(key, password)),
+            name,
+            password_set,
+        })
+    }
+}
+
+/// What connection tasks tell the engine.
+enum Input {
+    /// A handshake and hello finished: the connection carries control messages now.
+    Up {
+        conn: ConnId,
+        remote: PeerName,
+        hello: Hello,
+        addr: SocketAddr,
+        outbound: bool,
+        tx: mpsc::Sender<Vec<u8>>,
+    },
+    /// One control message arrived.
+    Control { conn: ConnId, msg: Vec<u8> },
+    /// An established connection closed.
+    Down { conn: ConnId, reason: String },
+    /// Dialling or the handshake of an outbound connection failed.
+    DialFailed { addr: SocketAddr, reason: String },
+}
+
+struct Daemon {
+    config: RouterConfig,
+    mesh: Mesh,
+    identity: Identity,
+    handles: EngineHandles,
+    inputs_tx: mpsc::Sender<Input>,
+    inputs_rx: mpsc::Receiver<Input>,
+    conns: BTreeMap<ConnId, mpsc::Sender<Vec<u8>>>,
+    next_conn: u64,
+    peers_file_mtime: Option<SystemTime>,
+    persisted: BTreeSet<SocketAddr>,
+    last_publish: Option<Instant>,
+}
+
+impl Daemon {
+    fn new(config: RouterConfig, identity: Identity, handles: EngineHandles, port: u16) -> Self {
+        let mut mesh_config = topology::Config::new(identity.name, config.nickname.clone());
+        mesh_config.listen_port = port;
+        mesh_config.conn_limit = config.conn_limit as usize;
+        mesh_config.dial_timeout = DIAL_TIMEOUT;
+        let mesh = Mesh::new(mesh_config, Instant::now(), rand::rngs::OsRng.next_u64());
+        let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
+        Self {
+            config,
+            mesh,
+            identity,
+            handles,
+            inputs_tx,
+            inputs_rx,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            peers_file_mtime: None,
+            persisted: BTreeSet::new(),
+            last_publish: None,
+        }
+    }
+
+    /// Targets from `--peers`, the peers file and the persisted peers of an earlier run.
+    async fn add_initial_targets(&mut self) {
+        let port = self.config.port;
+        for peer in self.config.peers.clone() {
+            match resolve(&peer, port).await {
+                Some(addr) => self.mesh.add_target(addr),
+                None => warn!(peer = %peer, "--peers: cannot resolve this address; skipped"),
+            }
+        }
+        self.reread_peers_file().await;
+        match load_persisted_peers(&self.persisted_path()) {
+            Ok(addrs) => {
+                for addr in &addrs {
+                    self.mesh.add_target(*addr);
+                }
+                self.persisted = addrs;
+            }
+            Err(e) => warn!("persisted peers ignored: {e:#}"),
+        }
+    }
+
+    async fn run(mut self, listener: TcpListener) -> Result<()> {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self
+                .mesh
+                .poll_timeout()
+                .map_or_else(|| Instant::now() + HOUSEKEEPING, |(t, _)| t);
+            tokio::select! {
+                input = self.inputs_rx.recv() => {
+                    // The daemon holds a sender itself, so the channel never closes.
+                    if let Some(input) = input {
+                        self.handle_input(input);
+                    }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => self.spawn_connection(stream, addr, false),
+                    Err(e) => warn!("accepting a control connection: {e}"),
+                },
+                cmd = self.handles.commands.recv() => {
+                    if let Some(cmd) = cmd {
+                        self.handle_command(cmd).await;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    self.mesh.handle_timeout(Instant::now());
+                }
+                _ = housekeeping.tick() => self.housekeeping().await,
+                changed = self.handles.shutdown.changed() => {
+                    if changed.is_err() || *self.handles.shutdown.borrow() {
+                        info!("engine stopping");
+                        return Ok(());
+                    }
+                }
+            }
+            self.drain();
+            self.maybe_publish(false);
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Up {
+                conn,
+                remote,
+                hello,
+                addr,
+                outbound,
+                tx,
+            } => {
+                info!(peer = %remote, nickname = %hello.nickname, %addr, outbound, "connection established");
+                self.conns.insert(conn, tx);
+                self.mesh.handle_connection_up(
+                    now,
+                    conn,
+                    remote,
+                    hello.uid,
+                    &hello.nickname,
+                    addr,
+                    outbound,
+                );
+            }
+            Input::Control { conn, msg } => {
+                self.handles
+                    .metrics
+                    .add_gossip_bytes(GossipDirection::Received, msg.len() as u64);
+                match channel::split(&msg) {
+                    Ok((Channel::Topology, body)) => {
+                        if let Err(e) = self.mesh.handle_control(now, conn, body) {
+                            debug!(conn = conn.0, "malformed topology message: {e}");
+                            self.handles.metrics.add_dropped(DropReason::Malformed, 1);
+                        }
+                    }
+                    // IPAM messages have no consumer yet; a second hello is harmless.
+                    Ok((Channel::Ipam | Channel::Hello, _)) => {}
+                    Err(e) => {
+                        debug!(conn = conn.0, "malformed control message: {e}");
+                        self.handles.metrics.add_dropped(DropReason::Malformed, 1);
+                    }
+                }
+            }
+            Input::Down { conn, reason } => {
+                if self.conns.remove(&conn).is_some() {
+                    info!(conn = conn.0, %reason, "connection closed");
+                    self.mesh.handle_connection_down(now, conn, &reason);
+                }
+            }
+            Input::DialFailed { addr, reason } => {
+                info!(%addr, %reason, "connecting failed");
+                self.mesh.handle_dial_failed(now, addr, &reason);
+            }
+        }
+    }
+
+    /// Carries out what the engine asked for: messages to send, dials, closes.
+    fn drain(&mut self) {
+        while let Some((conn, body)) = self.mesh.poll_transmit() {
+            let Some(tx) = self.conns.get(&conn) else {
+                continue;
+            };
+            let msg = channel::envelope(Channel::Topology, &body);
+            let len = msg.len() as u64;
+            if tx.try_send(msg).is_ok() {
+                self.handles
+                    .metrics
+                    .add_gossip_bytes(GossipDirection::Sent, len);
+            } else {
+                // The engine bounds its own queues; a full socket queue means a stalled peer,
+                // which the heartbeat timeout will close.
+                self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
+            }
+        }
+        while let Some(event) = self.mesh.poll_event() {
+            let now = Instant::now();
+            match event {
+                Event::Dial(addr) => {
+                    self.mesh.handle_dial_started(now, addr);
+                    self.spawn_dial(addr);
+                }
+                Event::CloseConnection { conn, reason } => {
+                    debug!(
+                        conn = conn.0,
+                        reason = reason.as_str(),
+                        "closing connection"
+                    );
+                    // Dropping the sender ends the connection's task, which closes the socket.
+                    self.conns.remove(&conn);
+                    self.mesh.handle_connection_down(now, conn, reason.as_str());
+                }
+                Event::PeerAdded(peer) => info!(%peer, "peer added"),
+                Event::PeerRemoved(peer) => info!(%peer, "peer removed"),
+                Event::RoutesChanged => debug!("routes changed"),
+            }
+        }
+    }
+
+    async fn handle_command(&mut self, cmd: ApiCommand) {
+        match cmd {
+            ApiCommand::Connect { addr, reply } => {
+                let outcome = match resolve(&addr, self.config.port).await {
+                    Some(sock) => {
+                        self.mesh.add_target(sock);
+                        Ok(CommandOutcome::new(format!("connecting to {sock}")))
+                    }
+                    None => Err(CommandError::bad_request(format!(
+                        "cannot resolve {addr:?}: give an IP address or host, with an optional :port"
+                    ))),
+                };
+                reply.send(outcome);
+            }
+            ApiCommand::Forget { addr, reply } => {
+                let outcome = match resolve(&addr, self.config.port).await {
+                    Some(sock) if self.mesh.targets().get(sock).is_some() => {
+                        self.mesh.forget_target(sock);
+                        self.persisted.remove(&sock);
+                        self.save_persisted();
+                        Ok(CommandOutcome::new(format!("forgot {sock}")))
+                    }
+                    _ => Err(CommandError::not_found(format!("{addr} is not a target"))),
+                };
+                reply.send(outcome);
+            }
+            ApiCommand::RmPeer { name, reply } => {
+                let outcome = match self.find_peer(&name) {
+                    Some(peer) if peer == self.mesh.name() => Err(CommandError::bad_request(
+                        "cannot remove this router itself",
+                    )),
+                    Some(peer) => {
+                        self.mesh.remove_peer(Instant::now(), peer);
+                        Ok(CommandOutcome::new(format!(
+                            "removed peer {peer}; reclaiming its IP space needs the IPAM work"
+                        )))
+                    }
+                    None => Err(CommandError::not_found(format!("no peer named {name}"))),
+                };
+                reply.send(outcome);
+            }
+            ApiCommand::SetEncryption { enabled: _, reply } => {
+                reply.send(Err(CommandError::not_available(
+                    crate::status::ENCRYPTION_TOGGLE_NOT_AVAILABLE,
+                )));
+            }
+        }
+        self.drain();
+        self.maybe_publish(true);
+    }
+
+    fn find_peer(&self, name: &str) -> Option<PeerName> {
+        let records = self.mesh.peers().records();
+        records
+            .iter()
+            .find(|r| r.name.to_string() == name || r.nickname == name)
+            .map(|r| r.name)
+    }
+
+    /// Slow periodic work: the peers file, persisted peers.
+    async fn housekeeping(&mut self) {
+        self.reread_peers_file().await;
+        let established: BTreeSet<SocketAddr> = self
+            .mesh
+            .targets()
+            .iter()
+            .filter(|t| t.is_established())
+            .map(|t| t.addr)
+            .collect();
+        let new: Vec<SocketAddr> = established.difference(&self.persisted).copied().collect();
+        if !new.is_empty() {
+            self.persisted.extend(new);
+            self.save_persisted();
+        }
+    }
+
+    async fn reread_peers_file(&mut self) {
+        let Some(path) = self.config.peers_file.clone() else {
+            return;
+        };
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if mtime.is_none() || mtime == self.peers_file_mtime {
+            return;
+        }
+        self.peers_file_mtime = mtime;
+        match crate::config::read_peers_file(&path) {
+            Ok(peers) => {
+                for peer in peers {
+                    match resolve(&peer, self.config.port).await {
+                        Some(addr) => self.mesh.add_target(addr),
+                        None => warn!(file = %path.display(), peer = %peer, "cannot resolve"),
+                    }
+                }
+            }
+            Err(e) => warn!(file = %path.display(), "reading the peers file: {e}"),
+        }
+    }
+
+    fn persisted_path(&self) -> PathBuf {
+        self.config.state_dir.join(PEERS_FILE)
+    }
+
+    fn save_persisted(&self) {
+        if let Err(e) = save_persisted_peers(&self.persisted_path(), &self.persisted) {
+            warn!("saving persisted peers: {e:#}");
+        }
+    }
+
+    fn next_conn_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
+    }
+
+    fn spawn_dial(&mut self, addr: SocketAddr) {
+        let conn = self.next_conn_id();
+        let task = self.connection_task(conn);
+        tokio::spawn(async move {
+            match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => task.run(stream, addr, true).await,
+                Ok(Err(e)) => task.dial_failed(addr, e.to_string()).await,
+                Err(_) => task.dial_failed(addr, "connect timed out".into()).await,
+            }
+        });
+    }
+
+    fn spawn_connection(&mut self, stream: TcpStream, addr: SocketAddr, outbound: bool) {
+        let conn = self.next_conn_id();
+        let task = self.connection_task(conn);
+        tokio::spawn(task.run(stream, addr, outbound));
+    }
+
+    fn connection_task(&self, conn: ConnId) -> ConnectionTask {
+        ConnectionTask {
+            conn,
+            handshake: Arc::clone(&self.identity.handshake),
+            hello: Hello {
+                uid: self.mesh.uid(),
+                nickname: self.config.nickname.clone(),
+            },
+            inputs: self.inputs_tx.clone(),
+            metrics: self.handles.metrics.clone(),
+        }
+    }
+
+    /// Publishes a fresh status snapshot at most every [`PUBLISH_INTERVAL`] (or now, if forced).
+    fn maybe_publish(&mut self, force: bool) {
+        let now = Instant::now();
+        if !force
+            && self
+                .last_publish
+                .is_some_and(|t| now - t < PUBLISH_INTERVAL)
+        {
+            return;
+        }
+        self.last_publish = Some(now);
+        let status = self.status(now);
+        self.handles.status.publish(status);
+    }
+
+    fn status(&self, now: Instant) -> RouterStatus {
+        let ms = self.mesh.status(now);
+        let mut status = self.handles.status.current().as_ref().clone();
+        status.ready = true;
+        status.name = ms.name.to_string();
+        status.nickname = ms.nickname.clone();
+        status.port = self.config.port;
+        status.encryption.enabled = self.config.encryption;
+        status.encryption.password_set = self.identity.password_set;
+        status.peer_discovery = self.mesh.config().discovery;
+        status.trusted_subnets = self
+            .config
+            .trusted_subnets
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let nick: BTreeMap<PeerName, String> = ms
+            .peers
+            .iter()
+            .map(|p| (p.name, p.nickname.clone()))
+            .collect();
+        let nick_of = |n: &PeerName| nick.get(n).cloned().unwrap_or_default();
+        status.peers = ms
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                name: p.name.to_string(),
+                nickname: p.nickname.clone(),
+                uid: p.uid,
+                version: p.version,
+                connections: p
+                    .connections
+                    .iter()
+                    .map(|c| PeerConnStatus {
+                        remote_name: c.name.to_string(),
+                        remote_nickname: nick_of(&c.name),
+                        addr: c.address.clone(),
+                        outbound: c.outbound,
+                        established: c.established,
+                    })
+                    .collect(),
+            })
+            .collect();
+        status.connections = ms
+            .connections
+            .iter()
+            .map(|c| ConnectionStatus {
+                outbound: c.outbound,
+                remote_addr: c.address.clone(),
+                remote_name: Some(c.name.to_string()),
+                remote_nickname: Some(c.nickname.clone()),
+                state: ConnectionState::Established,
+                last_error: None,
+                next_attempt_in_ms: None,
+                datapath: None,
+                datapath_reason: None,
+                encrypted: false,
+                mtu: None,
+            })
+            .collect();
+        status.targets = Vec::new();
+        for t in &ms.targets {
+            let next_ms = t.next_attempt_in_s.map(|s| (s * 1000.0) as u64);
+            let (target_state, conn_state) = match t.state.as_str() {
+                "established" => {
+                    status.targets.push(TargetStatus {
+                        addr: t.address.clone(),
+                        state: TargetState::Established,
+                        last_error: None,
+                        attempts: t.attempts,
+                        next_attempt_in_ms: None,
+                    });
+                    continue;
+                }
+                "connecting" if t.attempts > 0 => {
+                    (TargetState::Retrying, ConnectionState::Retrying)
+                }
+                "connecting" => (TargetState::Connecting, ConnectionState::Connecting),
+                "failed" => (TargetState::Failed, ConnectionState::Failed),
+                "retrying" => (TargetState::Failed, ConnectionState::Failed),
+                _ => (TargetState::Pending, ConnectionState::Pending),
+            };
+            status.targets.push(TargetStatus {
+                addr: t.address.clone(),
+                state: target_state,
+                last_error: t.last_error.clone(),
+                attempts: t.attempts,
+                next_attempt_in_ms: next_ms,
+            });
+            status.connections.push(ConnectionStatus {
+                outbound: true,
+                remote_addr: t.address.clone(),
+                remote_name: t.peer.map(|p| p.to_string()),
+                remote_nickname: t.peer.map(|p| nick_of(&p)),
+                state: conn_state,
+                last_error: t.last_error.clone(),
+                next_attempt_in_ms: next_ms,
+                datapath: None,
+                datapath_reason: None,
+                encrypted: false,
+                mtu: None,
+            });
+        }
+        status.routes = ms
+            .routes
+            .iter()
+            .map(|r| RouteStatus {
+                destination: r.destination.to_string(),
+                next_hop: r.next_hop.to_string(),
+            })
+            .collect();
+        status
+    }
+}
+
+/// One TCP connection: handshake, hello, then control messages both ways.
+struct ConnectionTask {
+    conn: ConnId,
+    handshake: Arc<HandshakeConfig>,
+    hello: Hello,
+    inputs: mpsc::Sender<Input>,
+    metrics: Metrics,
+}
+
+/// Why a connection ended before or after it was established.
+enum ConnError {
+    Handshake(HandshakeError),
+    Io(String),
+    Protocol(String),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Handshake(e) => write!(f, "{e}"),
+            Self::Io(e) | Self::Protocol(e) => f.write_str(e),
+        }
+    }
+}
+
+impl ConnectionTask {
+    async fn dial_failed(self, addr: SocketAddr, reason: String) {
+        let _ = self.inputs.send(Input::DialFailed { addr, reason }).await;
+    }
+
+    async fn run(self, mut stream: TcpStream, addr: SocketAddr, outbound: bool) {
+        let _ = stream.set_nodelay(true);
+        let opened =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.open(&mut stream, outbound)).await;
+        let opened = opened.unwrap_or(Err(ConnError::Handshake(HandshakeError::Timeout)));
+        let (remote, hello, control) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                self.count_failure(&e);
+                if outbound {
+                    self.dial_failed(addr, e.to_string()).await;
+                } else {
+                    // Anyone can open the port: keep unauthenticated failures out of the log.
+                    debug!(%addr, "inbound handshake failed: {e}");
+                }
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel(CONN_QUEUE);
+        let up = Input::Up {
+            conn: self.conn,
+            remote,
+            hello,
+            addr,
+            outbound,
+            tx,
+        };
+        if self.inputs.send(up).await.is_err() {
+            return;
+        }
+        let reason = match self.carry(stream, control, rx).await {
+            Ok(()) => "closed".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        let _ = self
+            .inputs
+            .send(Input::Down {
+                conn: self.conn,
+                reason,
+            })
+            .await;
+    }
+
+    /// Runs the handshake and exchanges hellos.
+    /// The side that opened the TCP connection is the Noise initiator.
+    async fn open(
+        &self,
+        stream: &mut TcpStream,
+        outbound: bool,
+    ) -> Result<(PeerName, Hello, ControlChannel), ConnError> {
+        let mut out = Vec::new();
+        let mut rng = rand::rngs::OsRng;
+        let mut hs = if outbound {
+            Handshake::initiate(&self.handshake, &mut rng, &mut out)
+        } else {
+            Handshake::respond(&self.handshake, &mut rng, &mut out)
+        };
+        write_all(stream, &mut out).await?;
+        let mut buf = vec![0u8; READ_BUF];
+        let established = loop {
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| ConnError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(ConnError::Io(
+                    "the peer closed the connection during the handshake".into(),
+                ));
+            }
+            let result = hs.handle_input(&buf[..n], &mut out);
+            // A failed handshake may still have a REJECT frame to tell the peer why.
+            let _ = write_all(stream, &mut out).await;
+            match result {
+                Ok(Some(est)) => break est,
+                Ok(None) => {}
+                Err(e) => return Err(ConnError::Handshake(e)),
+            }
+        };
+        let remote = PeerName::from_bytes(established.peer_name());
+        let (mut control, _data_keys) = established.into_parts();
+        control
+            .seal_message(&self.hello.encode(), &mut out)
+            .map_err(|e| ConnError::Protocol(e.to_string()))?;
+        write_all(stream, &mut out).await?;
+        loop {
+            if let Some(msg) = control
+                .poll_message()
+                .map_err(|e| ConnError::Protocol(e.to_string()))?
+            {
+                let hello = match channel::split(&msg) {
+                    Ok((Channel::Hello, body)) => Hello::decode(body),
+                    Ok(_) => Err(channel::Error::UnknownChannel),
+                    Err(e) => Err(e),
+                };
+                let hello = hello.map_err(|e| ConnError::Protocol(format!("bad hello: {e}")))?;
+                return Ok((remote, hello, control));
+            }
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| ConnError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(ConnError::Io(
+                    "the peer closed the connection before its hello".into(),
+                ));
+            }
+            control
+                .handle_input(&buf[..n])
+                .map_err(|e| ConnError::Protocol(e.to_string()))?;
+        }
+    }
+
+    /// Moves control messages between the socket and the engine until either side closes.
+    async fn carry(
+        &self,
+        stream: TcpStream,
+        mut control: ControlChannel,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+    ) -> Result<(), ConnError> {
+        let (mut rd, mut wr) = stream.into_split();
+        let mut buf = vec![0u8; READ_BUF];
+        let mut out = Vec::new();
+        loop {
+            tokio::select! {
+                read = rd.read(&mut buf) => {
+                    let n = read.map_err(|e| ConnError::Io(e.to_string()))?;
+                    if n == 0 {
+                        return Err(ConnError::Io("the peer closed the connection".into()));
+                    }
+                    control.handle_input(&buf[..n]).map_err(|e| ConnError::Protocol(e.to_string()))?;
+                    while let Some(msg) = control.poll_message().map_err(|e| ConnError::Protocol(e.to_string()))? {
+                        let conn = self.conn;
+                        if self.inputs.send(Input::Control { conn, msg }).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                msg = rx.recv() => {
+                    // The engine dropped our sender: it closed this connection.
+                    let Some(msg) = msg else { return Ok(()) };
+                    control.seal_message(&msg, &mut out).map_err(|e| ConnError::Protocol(e.to_string()))?;
+                    wr.write_all(&out).await.map_err(|e| ConnError::Io(e.to_string()))?;
+                    out.clear();
+                }
+            }
+        }
+    }
+
+    fn count_failure(&self, e: &ConnError) {
+        let reason = match e {
+            ConnError::Io(_) => HandshakeFailure::Io,
+            ConnError::Protocol(_) => HandshakeFailure::Malformed,
+            ConnError::Handshake(h) => match h {
+                HandshakeError::Timeout => HandshakeFailure::Timeout,
+                HandshakeError::UnknownVersion { .. } => HandshakeFailure::ProtocolVersion,
+                HandshakeError::PasswordMismatch { .. }
+                | HandshakeError::WrongPassword
+                | HandshakeError::Rejected => HandshakeFailure::Auth,
+                HandshakeError::BadMagic
+                | HandshakeError::Internal
+                | HandshakeError::Malformed
+                | HandshakeError::UnexpectedFrame => HandshakeFailure::Malformed,
+            },
+        };
+        self.metrics.inc_handshake_failure(reason);
+    }
+}
+
+async fn write_all(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<(), ConnError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let r = stream
+        .write_all(out)
+        .await
+        .map_err(|e| ConnError::Io(e.to_string()));
+    out.clear();
+    r
+}
+
+/// Resolves `host`, `ip`, `ip:port` or `host:port` with `default_port` where none is given.
+async fn resolve(peer: &str, default_port: u16) -> Option<SocketAddr> {
+    let peer = peer.trim();
+    if let Ok(addr) = peer.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    if let Ok(ip) = peer.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, default_port));
+    }
+    let with_port = if peer.contains(':') {
+        peer.to_owned()
+    } else {
+        format!("{peer}:{default_port}")
+    };
+    tokio::net::lookup_host(with_port).await.ok()?.next()
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the state directory {}", dir.display()))
+}
+
+fn load_persisted_peers(path: &Path) -> Result<BTreeSet<SocketAddr>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<Vec<SocketAddr>>(&bytes)
+            .map(|v| v.into_iter().collect())
+            .with_context(|| format!("{} is not a JSON list of addresses", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes the peers atomically: a crash leaves the old list or the new one, never half.
+fn save_persisted_peers(path: &Path, peers: &BTreeSet<SocketAddr>) -> Result<()> {
+    let list: Vec<&SocketAddr> = peers.iter().collect();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&list)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// The node's bridge.
+pub const BRIDGE: &str = "weft";
+/// Pod MTU when `--mtu` is not given: a 1500-byte underlay less the VXLAN overhead.
+pub const DEFAULT_POD_MTU: u32 = 1450;
+/// The node key's file in the state directory.
+const KEY_FILE: &str = "node.key";
+/// The persisted peers' file in the state directory.
+const PEERS_FILE: &str = "peers.json";
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+const HOUSEKEEPING: Duration = Duration::from_secs(2);
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+const INPUT_QUEUE: usize = 1024;
+const CONN_QUEUE: usize = 256;
+const READ_BUF: usize = 64 * 1024;
