@@ -1,0 +1,390 @@
+//! The sleeve's UDP socket: batched sends with UDP GSO (`UDP_SEGMENT`) through `sendmmsg`,
+//! batched receives with UDP GRO (`UDP_GRO`) through `recvmmsg`.
+//!
+//! Shell only: it moves byte ranges the caller owns and reports lengths and segment sizes; the
+//! sleeve codec (`topology::sleeve`) decides what the bytes mean. Nothing here allocates per
+//! call: message headers and control buffers live on the stack, bounded by [`MAX_BATCH`].
+//!
+//! Behaviour measured on kernel 6.18 (shared/probes/RESULTS.md): every GSO segment but the last
+//! must be exactly `segment_size` bytes, one call carries at most 65,507 bytes over IPv4, and a
+//! GRO receive reports its segment size in a `(SOL_UDP, UDP_GRO)` control message. A connected
+//! socket reports an ICMP port-unreachable as `ECONNREFUSED` on its next call; callers count it
+//! and carry on (see [`is_refused`]).
+
+use std::io::{self, IoSlice};
+use std::mem::{self, MaybeUninit};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::ptr;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Most messages one [`UdpSocket::send_batch`] or [`UdpSocket::recv_batch`] call handles.
+pub const MAX_BATCH: usize = 32;
+/// The most bytes one UDP send may carry over IPv4 (65,535 − 20 − 8), GSO included.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// The most segments the kernel accepts in one GSO send (`UDP_MAX_SEGMENTS`).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Options for [`UdpSocket::bind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpOptions {
+    /// `SO_RCVBUF` to ask for (forced past `rmem_max` when the process may).
+    pub recv_buffer: usize,
+    /// `SO_SNDBUF` to ask for (forced past `wmem_max` when the process may).
+    pub send_buffer: usize,
+    /// Turn on UDP GRO for receives.
+    pub gro: bool,
+}
+
+impl Default for UdpOptions {
+    fn default() -> Self {
+        Self {
+            recv_buffer: 8 << 20,
+            send_buffer: 8 << 20,
+            gro: true,
+        }
+    }
+}
+
+/// One message to send: gathered from `bufs`, split by the kernel into `segment_size` datagrams
+/// when set (UDP GSO), else sent as one datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct Transmit<'a> {
+    /// The message bytes, gathered in order.
+    pub bufs: &'a [IoSlice<'a>],
+    /// The GSO segment size; `None` sends one datagram.
+    pub segment_size: Option<u16>,
+}
+
+/// What one received message holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes received into the buffer.
+    pub len: usize,
+    /// The GRO segment size: datagrams sit every `segment_size` bytes (the last may be
+    /// shorter). Equal to `len` when the kernel coalesced nothing.
+    pub segment_size: usize,
+    /// The message did not fit the buffer and was cut.
+    pub truncated: bool,
+}
+
+/// A UDP socket set up for the sleeve.
+#[derive(Debug)]
+pub struct UdpSocket {
+    socket: Socket,
+    gro: bool,
+}
+
+impl UdpSocket {
+    /// Binds a UDP socket to `addr` with large buffers and, if asked and supported, GRO.
+    ///
+    /// # Errors
+    /// Fails when the socket cannot be created or bound.
+    pub fn bind(addr: SocketAddr, options: &UdpOptions) -> io::Result<Self> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        set_buffer(&socket, libc::SO_RCVBUFFORCE, options.recv_buffer)
+            .or_else(|_| socket.set_recv_buffer_size(options.recv_buffer))?;
+        set_buffer(&socket, libc::SO_SNDBUFFORCE, options.send_buffer)
+            .or_else(|_| socket.set_send_buffer_size(options.send_buffer))?;
+        socket.bind(&addr.into())?;
+        let gro = options.gro && set_int(&socket, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+        Ok(Self { socket, gro })
+    }
+
+    /// Connects the socket to `peer`, so sends need no address and only `peer` is received.
+    ///
+    /// # Errors
+    /// Fails as `connect(2)`.
+    pub fn connect(&self, peer: SocketAddr) -> io::Result<()> {
+        self.socket.connect(&peer.into())
+    }
+
+    /// Returns whether receives are GRO-coalesced.
+    pub fn gro(&self) -> bool {
+        self.gro
+    }
+
+    /// Returns the bound address.
+    ///
+    /// # Errors
+    /// Fails as `getsockname(2)`.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+    }
+
+    /// Returns the receive buffer size the kernel granted.
+    ///
+    /// # Errors
+    /// Fails as `getsockopt(2)`.
+    pub fn recv_buffer_size(&self) -> io::Result<usize> {
+        self.socket.recv_buffer_size()
+    }
+
+    /// Sends up to [`MAX_BATCH`] messages with one `sendmmsg` to `dest` (or the connected peer
+    /// when `None`), and returns how many the kernel took; a short count leaves the rest to
+    /// send again.
+    ///
+    /// # Errors
+    /// Fails as `sendmmsg(2)` when not even the first message was sent (`ECONNREFUSED`
+    /// included: see [`is_refused`]).
+    pub fn send_batch(&self, dest: Option<&SockAddr>, msgs: &[Transmit<'_>]) -> io::Result<usize> {
+        let n = msgs.len().min(MAX_BATCH);
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut cmsgs = [CmsgBuf::ZERO; MAX_BATCH];
+        // SAFETY: mmsghdr is plain old data; all-zero is a valid empty value.
+        let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
+        for ((msg, hdr), cmsg) in msgs.iter().zip(&mut hdrs).zip(&mut cmsgs).take(n) {
+            let h = &mut hdr.msg_hdr;
+            if let Some(addr) = dest {
+                h.msg_name = addr.as_ptr().cast_mut().cast();
+                h.msg_namelen = addr.len();
+            }
+            // IoSlice is guaranteed ABI-compatible with `struct iovec` on Unix; the kernel only
+            // reads through this pointer.
+            h.msg_iov = msg.bufs.as_ptr().cast_mut().cast();
+            h.msg_iovlen = msg.bufs.len();
+            if let Some(seg) = msg.segment_size {
+                h.msg_control = cmsg.0.as_mut_ptr().cast();
+                h.msg_controllen = cmsg_space(size_of::<u16>());
+                // SAFETY: msg_control points to `cmsg`, aligned for cmsghdr and large enough for
+                // one u16 control message (CMSG_SPACE(2) <= 64), so CMSG_FIRSTHDR is non-null
+                // and CMSG_DATA has room for the u16.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                    ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+                }
+            }
+        }
+        // SAFETY: `hdrs[..n]` are initialised headers whose pointers (names, iovecs, control
+        // buffers) stay valid for the call: they borrow `dest`, `msgs` and `cmsgs`.
+        let rc = unsafe { libc::sendmmsg(self.fd(), hdrs.as_mut_ptr(), n as u32, 0) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc as usize)
+    }
+
+    /// Receives up to `bufs.len()` (at most [`MAX_BATCH`]) messages with one non-blocking
+    /// `recvmmsg`, filling `meta` for each, and returns how many arrived.
+    ///
+    /// # Errors
+    /// `WouldBlock` when nothing is queued; otherwise as `recvmmsg(2)` (`ECONNREFUSED`
+    /// included).
+    pub fn recv_batch(&self, bufs: &mut [&mut [u8]], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        let n = bufs.len().min(meta.len()).min(MAX_BATCH);
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut cmsgs = [CmsgBuf::ZERO; MAX_BATCH];
+        let mut iovs = [MaybeUninit::<libc::iovec>::uninit(); MAX_BATCH];
+        // SAFETY: mmsghdr is plain old data; all-zero is a valid empty value.
+        let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
+        for i in 0..n {
+            let iov = iovs[i].write(libc::iovec {
+                iov_base: bufs[i].as_mut_ptr().cast(),
+                iov_len: bufs[i].len(),
+            });
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+            h.msg_controllen = CMSG_BUF_LEN;
+        }
+        // SAFETY: `hdrs[..n]` point at `iovs` (which point at the caller's distinct mutable
+        // buffers) and at `cmsgs`, all alive and exclusively borrowed for the call.
+        let rc = unsafe {
+            libc::recvmmsg(
+                self.fd(),
+                hdrs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+                ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let got = rc as usize;
+        for (hdr, m) in hdrs.iter().zip(meta.iter_mut()).take(got) {
+            let len = hdr.msg_len as usize;
+            *m = RecvMeta {
+                len,
+                segment_size: gro_segment(&hdr.msg_hdr).unwrap_or(len).max(1),
+                truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            };
+        }
+        Ok(got)
+    }
+
+    /// Waits until the socket is readable or `timeout` passes; returns whether it is readable.
+    ///
+    /// # Errors
+    /// Fails as `poll(2)` (except `EINTR`, reported as not readable).
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        poll_readable(self.socket.as_fd(), timeout)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl AsFd for UdpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+/// Returns whether `e` is the `ECONNREFUSED` a connected UDP socket reports after an ICMP
+/// port-unreachable (the peer was not listening yet); callers count it and continue.
+pub fn is_refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECONNREFUSED)
+}
+
+/// Waits until `fd` is readable or `timeout` passes; returns whether it is readable.
+///
+/// # Errors
+/// Fails as `poll(2)`; `EINTR` counts as not readable.
+pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(rc > 0)
+}
+
+/// Reads the GRO segment size from a received message's control data.
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: `h` was filled by recvmmsg; msg_control/msg_controllen describe our buffer and
+    // the kernel's control messages in it, which the CMSG_* macros walk within bounds.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let v = ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(v).ok();
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+fn cmsg_space(len: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    unsafe { libc::CMSG_SPACE(len as u32) as usize }
+}
+
+fn set_int(socket: &Socket, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn set_buffer(socket: &Socket, name: i32, size: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    set_int(socket, libc::SOL_SOCKET, name, value)
+}
+
+/// `UDP_SEGMENT` (linux/udp.h): the GSO segment size, as a send control message.
+const UDP_SEGMENT: i32 = 103;
+/// `UDP_GRO` (linux/udp.h): the socket option, and the receive control message.
+const UDP_GRO: i32 = 104;
+/// Control buffer per message: room for a few control messages.
+const CMSG_BUF_LEN: usize = 64;
+
+/// A control-message buffer aligned for `cmsghdr`.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_BUF_LEN]);
+
+impl CmsgBuf {
+    const ZERO: Self = Self([0; CMSG_BUF_LEN]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gso_send_and_gro_receive_over_loopback() {
+        let opts = UdpOptions::default();
+        let a = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        b.connect(a.local_addr().unwrap()).unwrap();
+        // 10 segments of 1000 bytes, the last one 500, in one GSO message; then one plain one.
+        let mut big = vec![0u8; 9_500];
+        for (i, b) in big.iter_mut().enumerate() {
+            *b = (i / 1000) as u8;
+        }
+        let iov = [IoSlice::new(&big)];
+        let small = [IoSlice::new(b"hello")];
+        let msgs = [
+            Transmit {
+                bufs: &iov,
+                segment_size: Some(1000),
+            },
+            Transmit {
+                bufs: &small,
+                segment_size: None,
+            },
+        ];
+        assert_eq!(a.send_batch(None, &msgs).unwrap(), 2);
+        let mut bufs = vec![vec![0u8; 65_536]; 4];
+        let mut meta = [RecvMeta::default(); 4];
+        let mut datagrams = Vec::new();
+        while datagrams.len() < 11 {
+            assert!(b.wait_readable(Duration::from_secs(2)).unwrap());
+            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+            let n = b.recv_batch(&mut slices, &mut meta).unwrap();
+            for (buf, m) in bufs.iter().zip(&meta).take(n) {
+                assert!(!m.truncated);
+                for d in buf[..m.len].chunks(m.segment_size) {
+                    datagrams.push(d.to_vec());
+                }
+            }
+        }
+        assert_eq!(datagrams.len(), 11);
+        for (i, d) in datagrams.iter().take(9).enumerate() {
+            assert_eq!(d.len(), 1000);
+            assert!(d.iter().all(|b| *b == i as u8));
+        }
+        assert_eq!(datagrams[9].len(), 500);
+        assert_eq!(datagrams[10], b"hello");
+    }
+}

@@ -1,0 +1,631 @@
+//! `weft-sim bench`: pod-to-pod TCP throughput and RTT over weft's data paths against a kernel
+//! VXLAN baseline, in network namespaces on this machine (needs root, iperf3 and ping).
+//!
+//! ```text
+//!  B-h1-ps  B-h1-pv          B-h1                       B-u             B-h2
+//!  eth0 ─── vs ─[weft]─ weft-tap ◀▶ relay ─┐                       ┌─ relay ◀▶ weft-tap ─[weft]─ ...
+//!  eth0 ─── vv ─[vxbr]─ vx (VNI 42, 4789) ─┴─ eth0 ═══ [ubr] ═══ eth0 ─┴─ vx ─[vxbr]─ ...
+//! ```
+//!
+//! Each host namespace has two bridges at the same pod MTU: `weft` with the sleeve's TAP,
+//! served by an in-process [`weft_router::sleeve_io::Relay`] (TAP offloads, UDP GSO/GRO, static
+//! peer, plain), and `vxbr` with a kernel VXLAN device, the baseline. Each has its own pod
+//! namespace per host, both pods numbered 10.32.0.I/12. The underlay (192.0.2.0/24, MTU 1500)
+//! is a bridge in its own namespace; nothing is linked to the root namespace. Runs interleave
+//! the configurations (baseline, then each config, repeated), each run bounded by iperf3's
+//! `-t` and a wall-clock deadline; the report gives medians and ratios to the baseline. A
+//! [`Namespaces`] guard deletes every namespace on drop, panics included.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+use weft_router::sleeve_io::{Relay, RelayConfig, RelayStats};
+use weft_router::tap::{Tap, TapOptions};
+use weft_router::udp::{UdpOptions, UdpSocket};
+
+use crate::lab::netns;
+
+/// The baseline configuration's name.
+pub const BASELINE: &str = "kernel-vxlan";
+/// Configurations this bench can run, baseline first.
+pub const CONFIGS: [&str; 2] = [BASELINE, "sleeve"];
+
+/// `weft-sim bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Comma-separated configurations (kernel-vxlan, sleeve); the baseline always runs.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Runs per configuration and stream count (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+    /// Pod MTU (the underlay is 1500).
+    #[arg(long, default_value_t = 1450)]
+    pub mtu: u32,
+}
+
+/// The bench's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// One row per configuration, baseline first.
+    pub rows: Vec<BenchRow>,
+    /// Runs per configuration and stream count.
+    pub runs: usize,
+    /// Seconds per iperf3 run.
+    pub seconds: u32,
+    /// Pod MTU.
+    pub pod_mtu: u32,
+    /// Counters of the two sleeve relays (h1, h2) at the end, when the sleeve ran.
+    pub sleeve_relays: Vec<RelayStats>,
+}
+
+/// One configuration's medians and the ratios to the baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// `kernel-vxlan`, `sleeve`, ...
+    pub config: String,
+    /// Median Gb/s, 1 TCP stream.
+    pub gbps_1: f64,
+    /// Median Gb/s, 4 TCP streams.
+    pub gbps_4: f64,
+    /// Median idle ping RTT, µs.
+    pub rtt_us: f64,
+    /// `gbps_1` / baseline's.
+    pub ratio_gbps_1: f64,
+    /// `gbps_4` / baseline's.
+    pub ratio_gbps_4: f64,
+    /// `rtt_us` / baseline's.
+    pub ratio_rtt: f64,
+    /// RTT added over the baseline, µs.
+    pub added_rtt_us: f64,
+    /// Every run's Gb/s, 1 stream.
+    pub runs_gbps_1: Vec<f64>,
+    /// Every run's Gb/s, 4 streams.
+    pub runs_gbps_4: Vec<f64>,
+    /// TCP retransmits per 1-stream run.
+    pub retransmits_1: Vec<u64>,
+    /// Machine CPU busy during the 1-stream runs, % of all cores (median).
+    pub cpu_busy_pct_1: f64,
+    /// CPU of the relay threads during the 1-stream runs, % of one core (median; sum of both
+    /// hosts' send and receive threads), for relay configurations.
+    pub relay_cpu_pct_1: Option<f64>,
+}
+
+impl BenchReport {
+    /// Renders the report as a text table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<14} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>9}",
+            "config",
+            "gbps_1",
+            "gbps_4",
+            "rtt_us",
+            "ratio_1",
+            "ratio_4",
+            "ratio_rtt",
+            "cpu%",
+            "relay%"
+        );
+        for r in &self.rows {
+            let relay = r
+                .relay_cpu_pct_1
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}"));
+            let _ = writeln!(
+                s,
+                "{:<14} {:>8.2} {:>8.2} {:>8.0} {:>7.2} {:>7.2} {:>9.2} {:>6.0} {:>9}",
+                r.config,
+                r.gbps_1,
+                r.gbps_4,
+                r.rtt_us,
+                r.ratio_gbps_1,
+                r.ratio_gbps_4,
+                r.ratio_rtt,
+                r.cpu_busy_pct_1,
+                relay
+            );
+        }
+        let _ = writeln!(
+            s,
+            "(iperf3 TCP -t {} pod to pod, median of {} interleaved runs; pod MTU {}; RTT = median \
+             idle ping)",
+            self.seconds, self.runs, self.pod_mtu
+        );
+        s
+    }
+}
+
+/// Builds the namespaces, runs the configurations interleaved, tears everything down.
+///
+/// # Errors
+/// Fails when not root, a tool is missing, the topology cannot be built, a path does not
+/// carry pings, or a run fails.
+pub fn run(args: &BenchArgs) -> Result<BenchReport> {
+    ensure!(args.runs > 0 && args.runs <= 20, "--runs must be 1..=20");
+    ensure!(
+        args.seconds > 0 && args.seconds <= 60,
+        "--seconds must be 1..=60"
+    );
+    ensure!((576..=1500).contains(&args.mtu), "--mtu must be 576..=1500");
+    let mut configs = vec![BASELINE.to_owned()];
+    for c in &args.only {
+        ensure!(
+            CONFIGS.contains(&c.as_str()),
+            "unknown config {c} (known: {CONFIGS:?})"
+        );
+        if !configs.contains(c) {
+            configs.push(c.clone());
+        }
+    }
+    if args.only.is_empty() {
+        configs = CONFIGS.iter().map(|c| (*c).to_owned()).collect();
+    }
+    let prefix = format!("wbench{}", std::process::id());
+    let ns = Namespaces::new(&prefix);
+    build(&ns, args.mtu)?;
+    let mut relays = Vec::new();
+    if configs.iter().any(|c| c == "sleeve") {
+        for i in 1..=2 {
+            relays.push(start_relay(&ns, i, args.mtu)?);
+        }
+    }
+    let mut servers = Vec::new();
+    for c in &configs {
+        servers.push(Server::start(&ns.pod(2, c))?);
+    }
+    for c in &configs {
+        warm_up(&ns.pod(1, c)).with_context(|| format!("{c}: pods do not reach each other"))?;
+    }
+    let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
+    let tids: Vec<i32> = relays.iter().flat_map(|r| r.thread_ids()).collect();
+    for _ in 0..args.runs {
+        for (c, sample) in configs.iter().zip(&mut samples) {
+            let pod = ns.pod(1, c);
+            sample.rtt_us.push(ping_median_us(&pod)?);
+            for streams in [1, 4] {
+                let cpu0 = CpuSnapshot::take(&tids);
+                let r = iperf(&pod, streams, args.seconds)?;
+                let cpu = CpuSnapshot::take(&tids).since(&cpu0);
+                if streams == 1 {
+                    sample.gbps_1.push(r.gbps);
+                    sample.retransmits_1.push(r.retransmits);
+                    sample.busy_1.push(cpu.busy_pct);
+                    if c != BASELINE {
+                        sample.relay_1.push(cpu.threads_pct);
+                    }
+                } else {
+                    sample.gbps_4.push(r.gbps);
+                }
+            }
+        }
+    }
+    drop(servers);
+    let sleeve_relays = relays.into_iter().map(Relay::stop).collect();
+    drop(ns);
+    let base = samples[0].medians();
+    let rows = configs
+        .iter()
+        .zip(&samples)
+        .map(|(c, s)| {
+            let m = s.medians();
+            BenchRow {
+                config: c.clone(),
+                gbps_1: round(m.0, 2),
+                gbps_4: round(m.1, 2),
+                rtt_us: round(m.2, 0),
+                ratio_gbps_1: round(m.0 / base.0, 2),
+                ratio_gbps_4: round(m.1 / base.1, 2),
+                ratio_rtt: round(m.2 / base.2, 2),
+                added_rtt_us: round(m.2 - base.2, 0),
+                runs_gbps_1: s.gbps_1.iter().map(|g| round(*g, 2)).collect(),
+                runs_gbps_4: s.gbps_4.iter().map(|g| round(*g, 2)).collect(),
+                retransmits_1: s.retransmits_1.clone(),
+                cpu_busy_pct_1: round(median(&s.busy_1), 0),
+                relay_cpu_pct_1: (!s.relay_1.is_empty()).then(|| round(median(&s.relay_1), 0)),
+            }
+        })
+        .collect();
+    Ok(BenchReport {
+        rows,
+        runs: args.runs,
+        seconds: args.seconds,
+        pod_mtu: args.mtu,
+        sleeve_relays,
+    })
+}
+
+/// The namespaces of one bench, deleted on drop (also while a panic unwinds).
+#[derive(Debug)]
+pub struct Namespaces {
+    prefix: String,
+}
+
+impl Namespaces {
+    fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn underlay(&self) -> String {
+        format!("{}-u", self.prefix)
+    }
+
+    fn host(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+
+    fn pod(&self, i: usize, config: &str) -> String {
+        let kind = if config == BASELINE { "pv" } else { "ps" };
+        format!("{}-h{i}-{kind}", self.prefix)
+    }
+
+    fn all(&self) -> Vec<String> {
+        let mut v = vec![self.underlay()];
+        for i in 1..=2 {
+            v.push(self.host(i));
+            v.push(self.pod(i, BASELINE));
+            v.push(self.pod(i, "sleeve"));
+        }
+        v
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // Pods first, so their veths go before the hosts'; `delete` ignores missing ones.
+        for ns in self.all().iter().rev() {
+            let _ = netns::delete(ns);
+        }
+    }
+}
+
+fn build(ns: &Namespaces, mtu: u32) -> Result<()> {
+    for n in ns.all() {
+        ensure!(
+            !netns::netns_path(&n).exists(),
+            "network namespace {n} exists already"
+        );
+        netns::ip(&["netns", "add", &n])?;
+        netns::ip(&["-n", &n, "link", "set", "lo", "up"])?;
+    }
+    let u = ns.underlay();
+    netns::ip(&["-n", &u, "link", "add", "ubr", "type", "bridge"])?;
+    netns::ip(&["-n", &u, "link", "set", "ubr", "up"])?;
+    let mtu_s = mtu.to_string();
+    for i in 1..=2 {
+        let h = ns.host(i);
+        let peer = 3 - i;
+        let port = format!("h{i}");
+        netns::ip(&[
+            "-n", &u, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &h,
+        ])?;
+        netns::ip(&["-n", &u, "link", "set", &port, "master", "ubr", "up"])?;
+        netns::ip(&[
+            "-n",
+            &h,
+            "addr",
+            "add",
+            &format!("192.0.2.{i}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        netns::ip(&["-n", &h, "link", "set", "eth0", "up"])?;
+        // br_netfilter is per namespace; bridged pod traffic must not go through iptables.
+        let _ = netns::sysctl(&h, "net.bridge.bridge-nf-call-iptables", "0");
+        let _ = netns::sysctl(&h, "net.bridge.bridge-nf-call-ip6tables", "0");
+        for (bridge, port, config) in [("weft", "vs", "sleeve"), ("vxbr", "vv", BASELINE)] {
+            let pod = ns.pod(i, config);
+            netns::ip(&["-n", &h, "link", "add", bridge, "type", "bridge"])?;
+            netns::ip(&["-n", &h, "link", "set", bridge, "up"])?;
+            netns::ip(&[
+                "-n", &h, "link", "add", port, "mtu", &mtu_s, "type", "veth", "peer", "name",
+                "eth0", "mtu", &mtu_s, "netns", &pod,
+            ])?;
+            netns::ip(&["-n", &h, "link", "set", port, "master", bridge, "up"])?;
+            netns::ip(&[
+                "-n",
+                &pod,
+                "addr",
+                "add",
+                &format!("10.32.0.{i}/12"),
+                "dev",
+                "eth0",
+            ])?;
+            netns::ip(&["-n", &pod, "link", "set", "eth0", "up"])?;
+        }
+        netns::ip(&[
+            "-n",
+            &h,
+            "link",
+            "add",
+            "vx",
+            "mtu",
+            &mtu_s,
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "local",
+            &format!("192.0.2.{i}"),
+            "remote",
+            &format!("192.0.2.{peer}"),
+            "dstport",
+            "4789",
+            "dev",
+            "eth0",
+        ])?;
+        netns::ip(&["-n", &h, "link", "set", "vx", "master", "vxbr", "up"])?;
+    }
+    Ok(())
+}
+
+fn start_relay(ns: &Namespaces, i: usize, mtu: u32) -> Result<Relay> {
+    let h = ns.host(i);
+    let local = SocketAddr::from((Ipv4Addr::new(192, 0, 2, i as u8), SLEEVE_PORT));
+    let peer = SocketAddr::from((Ipv4Addr::new(192, 0, 2, (3 - i) as u8), SLEEVE_PORT));
+    let (tap, socket) = netns::in_netns(&h, move || {
+        let tap = Tap::open("weft-tap", &TapOptions::default()).context("opening weft-tap")?;
+        let socket = UdpSocket::bind(local, &UdpOptions::default()).context("binding UDP")?;
+        socket.connect(peer)?;
+        Ok((tap, socket))
+    })?;
+    netns::ip(&[
+        "-n",
+        &h,
+        "link",
+        "set",
+        "weft-tap",
+        "mtu",
+        &mtu.to_string(),
+        "master",
+        "weft",
+        "up",
+    ])?;
+    let name = |n: usize| [0x02, 0, 0, 0, 0, n as u8];
+    let mut config = RelayConfig::new(name(i), name(3 - i));
+    config.first_frame_id = (std::process::id() << 8) ^ i as u32;
+    Ok(Relay::start(tap, socket, config)?)
+}
+
+/// An `iperf3 -s` in a pod namespace, killed on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(pod: &str) -> Result<Self> {
+        let child = netns::command_in(pod, "iperf3")?
+            .args(["-s", "-B", "0.0.0.0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s (is iperf3 installed?)")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn warm_up(pod: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = run_bounded(
+            netns::command_in(pod, "ping")?.args(["-c", "1", "-W", "1", PEER_POD]),
+            Duration::from_secs(3),
+        )?;
+        if out.0 {
+            // Let iperf3 -s come up too.
+            std::thread::sleep(Duration::from_millis(200));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no ping reply from {PEER_POD} in {pod}");
+        }
+    }
+}
+
+fn ping_median_us(pod: &str) -> Result<f64> {
+    let (ok, out) = run_bounded(
+        netns::command_in(pod, "ping")?.args(["-c", "20", "-i", "0.05", "-W", "1", PEER_POD]),
+        Duration::from_secs(10),
+    )?;
+    ensure!(ok, "ping in {pod} failed: {out}");
+    let mut times: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.trim_end_matches(" ms").trim().parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    ensure!(!times.is_empty(), "no RTTs in ping output: {out}");
+    // The first reply may include neighbour resolution; the median shrugs it off anyway.
+    times.sort_by(f64::total_cmp);
+    Ok(median(&times))
+}
+
+struct IperfResult {
+    gbps: f64,
+    retransmits: u64,
+}
+
+fn iperf(pod: &str, streams: u32, seconds: u32) -> Result<IperfResult> {
+    let (ok, out) = run_bounded(
+        netns::command_in(pod, "iperf3")?.args([
+            "-c",
+            PEER_POD,
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ]),
+        Duration::from_secs(u64::from(seconds) + 20),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .with_context(|| format!("iperf3 in {pod} printed no JSON (ok={ok})"))?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("iperf3 in {pod}: {e}");
+    }
+    let end = &v["end"];
+    let bps = end["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 JSON without end.sum_received.bits_per_second")?;
+    Ok(IperfResult {
+        gbps: bps / 1e9,
+        retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Runs a command to completion or kills it at `limit`; returns (success, stdout).
+fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<(bool, String)> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let mut stdout = child.stdout.take().context("no stdout pipe")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("output reader panicked"))?;
+    Ok((status.success(), out))
+}
+
+#[derive(Default)]
+struct Samples {
+    gbps_1: Vec<f64>,
+    gbps_4: Vec<f64>,
+    rtt_us: Vec<f64>,
+    retransmits_1: Vec<u64>,
+    busy_1: Vec<f64>,
+    relay_1: Vec<f64>,
+}
+
+impl Samples {
+    fn medians(&self) -> (f64, f64, f64) {
+        (
+            median(&self.gbps_1),
+            median(&self.gbps_4),
+            median(&self.rtt_us),
+        )
+    }
+}
+
+/// CPU counters: the machine's busy and total jiffies, and the listed threads' jiffies.
+struct CpuSnapshot {
+    at: Instant,
+    busy: u64,
+    total: u64,
+    threads: u64,
+}
+
+struct CpuUse {
+    busy_pct: f64,
+    threads_pct: f64,
+}
+
+impl CpuSnapshot {
+    fn take(tids: &[i32]) -> Self {
+        let (busy, total) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?.to_owned();
+                let v: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                let total: u64 = v.iter().sum();
+                // idle and iowait are fields 4 and 5.
+                let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+                Some((total - idle, total))
+            })
+            .unwrap_or((0, 0));
+        let threads = tids
+            .iter()
+            .filter_map(|tid| std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok())
+            .filter_map(|s| {
+                // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .sum();
+        Self {
+            at: Instant::now(),
+            busy,
+            total,
+            threads,
+        }
+    }
+
+    fn since(&self, before: &Self) -> CpuUse {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let busy = self.busy.saturating_sub(before.busy) as f64;
+        // Jiffies are 1/100 s (USER_HZ) for per-thread times.
+        let secs = self.at.duration_since(before.at).as_secs_f64().max(1e-3);
+        let threads = self.threads.saturating_sub(before.threads) as f64 / 100.0;
+        CpuUse {
+            busy_pct: 100.0 * busy / total,
+            threads_pct: 100.0 * threads / secs,
+        }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (v * p).round() / p
+}
+
+/// The sleeve's UDP port (DESIGN.md).
+const SLEEVE_PORT: u16 = 6783;
+/// The far pod, whichever the configuration.
+const PEER_POD: &str = "10.32.0.2";
