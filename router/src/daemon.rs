@@ -124,6 +124,8 @@ struct Daemon {
     peers_file_mtime: Option<SystemTime>,
     persisted: BTreeSet<SocketAddr>,
     last_publish: Option<Instant>,
+    /// The control port actually bound (`--port 0` picks one).
+    port: u16,
 }
 
 impl Daemon {
@@ -146,6 +148,7 @@ impl Daemon {
             peers_file_mtime: None,
             persisted: BTreeSet::new(),
             last_publish: None,
+            port,
         }
     }
 
@@ -171,6 +174,7 @@ impl Daemon {
     }
 
     async fn run(mut self, listener: TcpListener) -> Result<()> {
+        self.maybe_publish(true);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -311,9 +315,12 @@ impl Daemon {
         match cmd {
             ApiCommand::Connect { addr, reply } => {
                 let outcome = match resolve(&addr, self.config.port).await {
+                    Some(sock) if self.mesh.targets().get(sock).is_some() => {
+                        Ok(CommandOutcome::new(format!("already a target: {addr}")))
+                    }
                     Some(sock) => {
                         self.mesh.add_target(sock);
-                        Ok(CommandOutcome::new(format!("connecting to {sock}")))
+                        Ok(CommandOutcome::new(format!("added {addr}")))
                     }
                     None => Err(CommandError::bad_request(format!(
                         "cannot resolve {addr:?}: give an IP address or host, with an optional :port"
@@ -327,7 +334,7 @@ impl Daemon {
                         self.mesh.forget_target(sock);
                         self.persisted.remove(&sock);
                         self.save_persisted();
-                        Ok(CommandOutcome::new(format!("forgot {sock}")))
+                        Ok(CommandOutcome::new(format!("forgot {addr}")))
                     }
                     _ => Err(CommandError::not_found(format!("{addr} is not a target"))),
                 };
@@ -473,7 +480,7 @@ impl Daemon {
         status.ready = true;
         status.name = ms.name.to_string();
         status.nickname = ms.nickname.clone();
-        status.port = self.config.port;
+        status.port = self.port;
         status.encryption.enabled = self.config.encryption;
         status.encryption.password_set = self.identity.password_set;
         status.peer_discovery = self.mesh.config().discovery;

@@ -1,4 +1,4 @@
-//! The local API end to end: a stub router in-process on a temporary socket and ephemeral
+//! The local API end to end: a router in-process on a temporary socket and ephemeral
 //! ports, driven through the client the `weft` subcommands use.
 //!
 //! Never binds the fixed ports (6782-6784); every file lives in a temporary directory that is
@@ -66,7 +66,7 @@ fn config(dir: &TempDir) -> RouterConfig {
     );
     config.nickname = "h1".to_owned();
     config.state_dir = dir.path().join("state");
-    config.peers = vec!["192.0.2.1".to_owned()];
+    config.peers = vec!["127.0.0.1:1".to_owned()];
     config
 }
 
@@ -110,12 +110,12 @@ async fn read_only_routes_answer_on_both_listeners() {
         }
         let status = client.text("/status").await.unwrap();
         assert!(status.contains("        Service: router\n"), "{status}");
-        assert!(
-            status.contains("           Name: 00:00:00:00:00:00(h1)\n"),
-            "{status}"
-        );
+        // The name derives from the node key created in the state directory.
+        let name_line = status.lines().find(|l| l.starts_with("           Name: ")).unwrap();
+        assert!(name_line.ends_with("(h1)"), "{status}");
+        assert!(!name_line.contains("00:00:00:00:00:00"), "{status}");
         assert!(status.contains("        Targets: 1\n"), "{status}");
-        assert_eq!(client.text("/status/targets").await.unwrap(), "192.0.2.1\n");
+        assert_eq!(client.text("/status/targets").await.unwrap(), "127.0.0.1:1\n");
         let report: RouterStatus = client.report().await.unwrap();
         assert_eq!(report.nickname, "h1");
         assert!(report.ready);
@@ -128,8 +128,8 @@ async fn read_only_routes_answer_on_both_listeners() {
 async fn state_changing_routes_are_refused_over_http() {
     let h = Harness::start().await;
     for (path, body) in [
-        ("/connect", r#"{"addr": "192.0.2.7"}"#),
-        ("/forget", r#"{"addr": "192.0.2.1"}"#),
+        ("/connect", r#"{"addr": "127.0.0.1:7"}"#),
+        ("/forget", r#"{"addr": "127.0.0.1:1"}"#),
         ("/rmpeer", r#"{"name": "h2"}"#),
         ("/encryption", r#"{"enabled": true}"#),
     ] {
@@ -146,7 +146,7 @@ async fn state_changing_routes_are_refused_over_http() {
         );
     }
     // Nothing changed.
-    assert_eq!(h.unix.text("/status/targets").await.unwrap(), "192.0.2.1\n");
+    assert_eq!(h.unix.text("/status/targets").await.unwrap(), "127.0.0.1:1\n");
     h.router.shutdown().await.unwrap();
 }
 
@@ -154,29 +154,29 @@ async fn state_changing_routes_are_refused_over_http() {
 async fn connect_and_forget_through_the_socket() {
     let h = Harness::start().await;
     assert_eq!(
-        h.unix.connect("192.0.2.7:6783").await.unwrap(),
-        "added 192.0.2.7:6783"
+        h.unix.connect("127.0.0.1:7").await.unwrap(),
+        "added 127.0.0.1:7"
     );
     assert_eq!(
         h.unix.text("/status/targets").await.unwrap(),
-        "192.0.2.1\n192.0.2.7:6783\n"
+        "127.0.0.1:1\n127.0.0.1:7\n"
     );
     assert_eq!(
-        h.unix.forget("192.0.2.1").await.unwrap(),
-        "forgot 192.0.2.1"
+        h.unix.forget("127.0.0.1:1").await.unwrap(),
+        "forgot 127.0.0.1:1"
     );
     assert_eq!(
         h.http.text("/status/targets").await.unwrap(),
-        "192.0.2.7:6783\n"
+        "127.0.0.1:7\n"
     );
     let report = h.unix.report().await.unwrap();
     assert_eq!(report.targets.len(), 1);
-    let Err(ClientError::Api { status, message }) = h.unix.forget("192.0.2.99").await else {
+    let Err(ClientError::Api { status, message }) = h.unix.forget("127.0.0.1:99").await else {
         panic!("forgetting an unknown target succeeded");
     };
     assert_eq!(
         (status, message.as_str()),
-        (404, "192.0.2.99 is not a target")
+        (404, "127.0.0.1:99 is not a target")
     );
     h.router.shutdown().await.unwrap();
 }
@@ -289,7 +289,7 @@ async fn cli_commands_print_weave_layout_and_fail_in_one_line() {
         view: Some(StatusView::Targets),
     };
     run_client_command(&api, &view, &mut out).await.unwrap();
-    assert_eq!(out, b"192.0.2.1\n");
+    assert_eq!(out, b"127.0.0.1:1\n");
 
     let mut out = Vec::new();
     let enc = Command::Encryption {
@@ -313,7 +313,7 @@ async fn cli_commands_print_weave_layout_and_fail_in_one_line() {
 
     let mut out = Vec::new();
     let connect = Command::Connect {
-        addr: "192.0.2.8".to_owned(),
+        addr: "127.0.0.1:8".to_owned(),
     };
     let err = run_client_command(&h.http.addr().clone(), &connect, &mut out)
         .await

@@ -1,0 +1,121 @@
+//! Two or three routers in-process on loopback (no devices, ephemeral ports): persistence of
+//! learned peers, the peers file, connect/forget/rmpeer through the API.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use weft_router::api::ApiAddr;
+use weft_router::api::client::ApiClient;
+use weft_router::status::{ConnectionState, RouterStatus};
+use weft_router::{RouterConfig, RunningRouter, start_router};
+
+async fn start(dir: &Path, nick: &str, peers: &[String]) -> (RunningRouter, ApiClient) {
+    let mut config = RouterConfig::with_addrs(
+        dir.join(nick).join("weft.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.nickname = nick.to_owned();
+    config.state_dir = dir.join(nick).join("state");
+    config.peers = peers.to_vec();
+    let client = ApiClient::new(ApiAddr::Unix(config.api_socket.clone()));
+    (start_router(config).await.unwrap(), client)
+}
+
+async fn report(client: &ApiClient) -> RouterStatus {
+    client.report().await.unwrap()
+}
+
+fn established(r: &RouterStatus) -> usize {
+    r.connections.iter().filter(|c| c.state == ConnectionState::Established).count()
+}
+
+async fn wait_for(client: &ApiClient, what: &str, f: impl Fn(&RouterStatus) -> bool) -> RouterStatus {
+    let start = Instant::now();
+    loop {
+        let r = report(client).await;
+        if f(&r) {
+            return r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}: {r:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_router_reconnects_to_the_peers_it_learned() {
+    let dir = TempDir::new().unwrap();
+    let (a, ca) = start(dir.path(), "a", &[]).await;
+    let a_addr = format!("127.0.0.1:{}", report(&ca).await.port);
+    let (b, cb) = start(dir.path(), "b", std::slice::from_ref(&a_addr)).await;
+    wait_for(&cb, "b to connect", |r| established(r) == 1).await;
+    // Give housekeeping time to persist what b learned.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    b.shutdown().await.unwrap();
+    wait_for(&ca, "a to notice b left", |r| established(r) == 0).await;
+
+    let (b, cb) = start(dir.path(), "b", &[]).await;
+    let r = wait_for(&cb, "b to reconnect without --peers", |r| established(r) == 1).await;
+    assert_eq!(r.connections[0].remote_nickname.as_deref(), Some("a"));
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn peers_connect_forget_and_rmpeer_through_the_api() {
+    let dir = TempDir::new().unwrap();
+    let (a, ca) = start(dir.path(), "a", &[]).await;
+    let (b, cb) = start(dir.path(), "b", &[]).await;
+    let (c, cc) = start(dir.path(), "c", &[]).await;
+    let b_addr = format!("127.0.0.1:{}", report(&cb).await.port);
+    let c_addr = format!("127.0.0.1:{}", report(&cc).await.port);
+    assert_eq!(ca.connect(&b_addr).await.unwrap(), format!("added {b_addr}"));
+    assert_eq!(ca.connect(&c_addr).await.unwrap(), format!("added {c_addr}"));
+    let r = wait_for(&ca, "a to know 3 peers", |r| established(r) == 2 && r.peers.len() == 3).await;
+    assert_eq!(r.targets.len(), 2);
+    assert!(ca.connect("not an address at all").await.is_err());
+
+    // c leaves for good; a forgets it and removes it from its peer list.
+    c.shutdown().await.unwrap();
+    wait_for(&ca, "a to notice c left", |r| established(r) == 1).await;
+    assert_eq!(ca.forget(&c_addr).await.unwrap(), format!("forgot {c_addr}"));
+    let rm = ca.rmpeer("c").await;
+    // c may already be gone from a's view (unreachable peers are collected); both are fine,
+    // but afterwards a must not list it.
+    if let Err(e) = &rm {
+        assert!(e.to_string().contains("no peer named c"), "{e}");
+    }
+    let r = wait_for(&ca, "c to vanish", |r| r.peers.iter().all(|p| p.nickname != "c")).await;
+    assert_eq!(r.targets.len(), 1);
+    assert!(ca.rmpeer("a").await.is_err(), "a router cannot remove itself");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_peers_file_is_read_again_when_it_changes() {
+    let dir = TempDir::new().unwrap();
+    let (a, ca) = start(dir.path(), "a", &[]).await;
+    let a_addr = format!("127.0.0.1:{}", report(&ca).await.port);
+    let file = dir.path().join("peers");
+    std::fs::write(&file, "# nobody yet\n").unwrap();
+    let mut config = RouterConfig::with_addrs(
+        dir.path().join("b.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.nickname = "b".into();
+    config.state_dir = dir.path().join("b-state");
+    config.peers_file = Some(file.clone());
+    let cb = ApiClient::new(ApiAddr::Unix(config.api_socket.clone()));
+    let b = start_router(config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(established(&report(&cb).await), 0);
+    std::fs::write(&file, format!("# a appeared\n{a_addr}\n")).unwrap();
+    wait_for(&cb, "b to read the peers file again", |r| established(r) == 1).await;
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
