@@ -1,0 +1,1455 @@
+//! IPAM: the address ring shared by all peers, allocation per container, space donation and
+//! reclaim of dead peers' space. Pure: no clock, no I/O (docs/IPAM.md explains the design).
+//!
+//! [`Ipam`] is a sans-IO state machine with the quinn shape (STYLE §1.2):
+//!
+//! - **Inputs**: [`Ipam::handle_gossip`] (every IPAM message from a peer),
+//!   [`Ipam::handle_peer_seen`] and [`Ipam::handle_peer_gone`] (driven by the topology's peer
+//!   set), [`Ipam::handle_timeout`].
+//! - **Commands**: [`Ipam::allocate`], [`Ipam::gateway`], [`Ipam::release`], [`Ipam::gc`],
+//!   [`Ipam::claim`], [`Ipam::rmpeer`].
+//! - **Outputs**, drained after every input in this order: [`Ipam::poll_snapshot`] (persist
+//!   it, fsync included, *before* anything else: before sending the messages it caused and
+//!   before answering the CNI call), then [`Ipam::poll_transmit`] until None, then
+//!   [`Ipam::poll_timeout`], then [`Ipam::poll_event`] until None.
+//! - **Getters**: [`Ipam::status`], [`Ipam::snapshot`], [`Ipam::lookup`].
+//!
+//! Addresses cross the API as [`IpAddr`]; the ring is IPv4-only inside: offsets are `u32`
+//! within one CIDR of prefix 8..=30 ([`Range`]). Offset 0 (network) and the last offset
+//! (broadcast) are never allocated.
+
+mod paxos;
+mod ring;
+mod snapshot;
+mod status;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub use self::paxos::{Ballot, Claims};
+pub use self::ring::{Entry, Merged, Ring, RingError, TAKEOVER_BUMP};
+pub use self::snapshot::{SNAPSHOT_VERSION, Snapshot, SnapshotError};
+pub use self::status::{IpamStatus, OwnerStatus, render_service_lines, render_status_ipam};
+pub use self::wire::{Message, PeerRecord, RingState, Vote};
+use crate::peer::PeerName;
+
+/// The container ID the node's bridge gateway address is allocated under.
+pub const GATEWAY_CONTAINER: &str = "_weft_gateway";
+/// The interface name of the gateway allocation.
+pub const GATEWAY_IFNAME: &str = "weft";
+/// The longest container ID accepted, in bytes.
+pub const MAX_CONTAINER_ID_LEN: usize = 512;
+/// The longest interface name accepted, in bytes.
+pub const MAX_IFNAME_LEN: usize = 64;
+
+/// An IPv4 CIDR the ring covers. Prefix 8..=30, no host bits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Range {
+    base: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Range {
+    /// Makes a range; None if the prefix is outside 8..=30 or host bits are set.
+    pub fn new(base: Ipv4Addr, prefix: u8) -> Option<Self> {
+        if !(8..=30).contains(&prefix) {
+            return None;
+        }
+        let size = 1u32 << (32 - prefix);
+        (u32::from(base) & (size - 1) == 0).then_some(Self { base, prefix })
+    }
+
+    /// Returns the network address.
+    pub fn base(&self) -> Ipv4Addr {
+        self.base
+    }
+
+    /// Returns the prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Returns the number of addresses.
+    pub fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+
+    /// Returns the address at `offset`.
+    pub fn addr(&self, offset: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(u32::from(self.base).wrapping_add(offset)))
+    }
+
+    /// Returns the offset of `addr`, if it lies in the range.
+    pub fn offset(&self, addr: IpAddr) -> Option<u32> {
+        let IpAddr::V4(v4) = addr else { return None };
+        let off = u32::from(v4).wrapping_sub(u32::from(self.base));
+        (off < self.size()).then_some(off)
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// The error for a string that is not an IPv4 CIDR with prefix 8..=30 and no host bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid IPAM range (expected an IPv4 CIDR like 10.32.0.0/12, prefix 8 to 30)")]
+pub struct ParseRangeError;
+
+impl FromStr for Range {
+    type Err = ParseRangeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = s.split_once('/').ok_or(ParseRangeError)?;
+        let base: Ipv4Addr = a.parse().map_err(|_| ParseRangeError)?;
+        let prefix: u8 = p.parse().map_err(|_| ParseRangeError)?;
+        Self::new(base, prefix).ok_or(ParseRangeError)
+    }
+}
+
+/// How the ring comes into being when no peer has one.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Init {
+    /// Paxos among ring-less peers; the ring is created once `quorum` agree on the seeds.
+    /// With quorum 1 a lone peer seeds at its first allocation and owns everything.
+    Consensus {
+        /// Agreeing peers needed.
+        quorum: usize,
+    },
+    /// Never votes, never seeds; waits to hear a ring.
+    Observer,
+    /// The ring is these peers' (sorted, deduplicated), split evenly, made at once by anyone.
+    Seed(Vec<PeerName>),
+}
+
+impl Init {
+    /// Returns weave's default: consensus with quorum `(targets + 1) / 2 + 1`, `targets` being
+    /// the number of `--peers` given.
+    pub fn default_for_targets(targets: usize) -> Self {
+        Self::Consensus {
+            quorum: (targets + 1) / 2 + 1,
+        }
+    }
+}
+
+/// Engine settings. [`Config::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Our name.
+    pub name: PeerName,
+    /// The whole allocation range (default 10.32.0.0/12).
+    pub range: Range,
+    /// How the ring is created.
+    pub init: Init,
+    /// Owners gone from the topology this long are reclaimed once the live owners agree;
+    /// None disables auto-reclaim (default 10 min).
+    pub reclaim_after: Option<Duration>,
+    /// Period of the full-state broadcast (default 30 s).
+    pub gossip_interval: Duration,
+    /// How long a space request waits before trying another donor (default 2 s).
+    pub request_timeout: Duration,
+    /// Base delay between consensus proposals (default 5 s, plus up to 50 % jitter).
+    pub propose_interval: Duration,
+}
+
+impl Config {
+    /// Returns the defaults for `name`: range 10.32.0.0/12, consensus with quorum 1.
+    pub fn new(name: PeerName) -> Self {
+        Self {
+            name,
+            range: Range {
+                base: Ipv4Addr::new(10, 32, 0, 0),
+                prefix: 12,
+            },
+            init: Init::Consensus { quorum: 1 },
+            reclaim_after: Some(Duration::from_secs(600)),
+            gossip_interval: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(2),
+            propose_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a message goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Destination {
+    /// Every directly connected peer. Receivers re-broadcast what was new to them.
+    Broadcast,
+    /// One peer (routed by the shell); losing it is harmless, requests are retried.
+    Peer(PeerName),
+}
+
+/// The key of an allocation: a container and one of its interfaces.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct AllocKey {
+    /// The container (CNI `CNI_CONTAINERID`).
+    pub container_id: String,
+    /// The interface in the container (CNI `CNI_IFNAME`).
+    pub ifname: String,
+}
+
+impl AllocKey {
+    /// Makes a key, checking lengths.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::BadKey`] when a part is empty or too long.
+    pub fn new(container_id: &str, ifname: &str) -> Result<Self, AllocError> {
+        if container_id.is_empty()
+            || container_id.len() > MAX_CONTAINER_ID_LEN
+            || ifname.is_empty()
+            || ifname.len() > MAX_IFNAME_LEN
+        {
+            return Err(AllocError::BadKey);
+        }
+        Ok(Self {
+            container_id: container_id.to_owned(),
+            ifname: ifname.to_owned(),
+        })
+    }
+
+    fn gateway() -> Self {
+        Self {
+            container_id: GATEWAY_CONTAINER.to_owned(),
+            ifname: GATEWAY_IFNAME.to_owned(),
+        }
+    }
+}
+
+/// An allocated address with the prefix length of the range.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Address {
+    /// The address.
+    pub addr: IpAddr,
+    /// The prefix length pods use (the range's).
+    pub prefix_len: u8,
+}
+
+/// The answer to [`Ipam::allocate`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Allocation {
+    /// Allocated (or already allocated to this key).
+    Allocated(Address),
+    /// Waiting; [`Event::Allocated`] follows, or the caller retries, or gives up and calls
+    /// [`Ipam::release`] so nothing stays pending.
+    Pending(Waiting),
+}
+
+/// What a pending allocation waits for; also the status line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Waiting {
+    /// No ring yet: seeding consensus needs more peers.
+    Consensus,
+    /// This peer is cut off from a majority of owners and could be reclaimed; it does not
+    /// allocate until it sees them again.
+    Fenced,
+    /// An observer waits to hear a ring.
+    Ring,
+    /// Space was requested from another peer.
+    Space,
+    /// Every other owner is unreachable or has no free space.
+    Unreachable,
+}
+
+impl Waiting {
+    /// Returns a short description for status and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consensus => "awaiting consensus",
+            Self::Fenced => "cut off from a majority of IP range owners: not allocating",
+            Self::Ring => "waiting to hear the IP ring from peers (observer)",
+            Self::Space => "waiting for IP space from peers",
+            Self::Unreachable => {
+                "all free IP ranges owned by unreachable peers - use 'weft rmpeer' if they are dead"
+            }
+        }
+    }
+}
+
+/// Why an allocation or claim was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum AllocError {
+    /// The container ID or interface name is empty or too long.
+    #[error("container ID or interface name empty or too long")]
+    BadKey,
+    /// The claimed address is held by another container.
+    #[error("address already allocated to another container")]
+    Taken,
+    /// The claimed address is not in the range.
+    #[error("address outside the IPAM range")]
+    OutOfRange,
+    /// The claimed address belongs to another peer.
+    #[error("address owned by another peer")]
+    NotOwned,
+    /// The claimed address is the network or broadcast address.
+    #[error("network or broadcast address")]
+    Reserved,
+}
+
+/// Why `rmpeer` was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum RmPeerError {
+    /// The peer is in the topology; taking a live peer's space could give an address twice.
+    #[error("peer is alive (still in the topology)")]
+    Alive,
+    /// No ring yet.
+    #[error("no IP ring yet")]
+    NoRing,
+    /// A peer cannot remove itself.
+    #[error("cannot remove this router itself")]
+    Ourselves,
+}
+
+/// What the shell may want to act on.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Event {
+    /// A pending allocation completed.
+    Allocated {
+        /// The key.
+        key: AllocKey,
+        /// The address.
+        address: Address,
+    },
+    /// Ranges of ours were taken over by another peer; allocations inside them may clash.
+    Conflict {
+        /// Our allocations now inside someone else's range.
+        addresses: Vec<IpAddr>,
+    },
+    /// A dead peer's space was taken over (by rmpeer or agreed reclaim).
+    Reclaimed {
+        /// The dead peer.
+        peer: PeerName,
+        /// Addresses taken over.
+        addresses: u64,
+    },
+}
+
+/// One node's IPAM engine.
+#[derive(Debug)]
+pub struct Ipam {
+    config: Config,
+    started: Instant,
+    rng: ChaCha8Rng,
+    ring: Option<Ring>,
+    seeds: Vec<PeerName>,
+    paxos: paxos::Paxos,
+    allocs: BTreeMap<u32, AllocKey>,
+    by_key: BTreeMap<AllocKey, u32>,
+    pending: BTreeMap<AllocKey, u64>,
+    pending_seq: u64,
+    cursor: u32,
+    records: BTreeMap<PeerName, PeerRecord>,
+    live: BTreeMap<PeerName, Liveness>,
+    request: Option<Request>,
+    tried: BTreeSet<PeerName>,
+    next_gossip: Instant,
+    next_propose: Option<Instant>,
+    minority_since: Option<Instant>,
+    resync: BTreeSet<PeerName>,
+    next_check: Option<Instant>,
+    broadcast: bool,
+    dirty: bool,
+    transmit: VecDeque<(Destination, Vec<u8>)>,
+    events: VecDeque<Event>,
+    conflicts: BTreeSet<u32>,
+    refused: BTreeMap<PeerName, &'static str>,
+    stats: Stats,
+}
+
+/// Counters for status and metrics.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Stats {
+    /// Messages that failed to decode.
+    pub bad_messages: u64,
+    /// Addresses donated to others.
+    pub donated: u64,
+    /// Space requests denied (nothing to give).
+    pub denied: u64,
+    /// Peers whose space we reclaimed.
+    pub reclaimed: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Liveness {
+    seen: bool,
+    since: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    donor: PeerName,
+    deadline: Instant,
+}
+
+impl Ipam {
+    /// Starts an engine with no ring. `seed` seeds the RNG (jitter and donor choice).
+    pub fn new(config: Config, now: Instant, seed: u64) -> Self {
+        let observer = config.init == Init::Observer;
+        let quorum = match &config.init {
+            Init::Consensus { quorum } => *quorum,
+            Init::Observer | Init::Seed(_) => usize::MAX,
+        };
+        let mut records = BTreeMap::new();
+        records.insert(config.name, PeerRecord::default());
+        let mut this = Self {
+            paxos: paxos::Paxos::new(config.name, quorum, observer),
+            started: now,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            ring: None,
+            seeds: Vec::new(),
+            allocs: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_seq: 0,
+            cursor: 1,
+            records,
+            live: BTreeMap::new(),
+            request: None,
+            tried: BTreeSet::new(),
+            next_gossip: now,
+            next_propose: None,
+            minority_since: None,
+            resync: BTreeSet::new(),
+            next_check: None,
+            broadcast: false,
+            dirty: false,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            conflicts: BTreeSet::new(),
+            refused: BTreeMap::new(),
+            stats: Stats::default(),
+            config,
+        };
+        if let Init::Seed(seeds) = &this.config.init {
+            let mut seeds = seeds.clone();
+            seeds.sort_unstable();
+            seeds.dedup();
+            if !seeds.is_empty() {
+                this.install_ring(Ring::seeded(this.config.range.size(), &seeds), seeds);
+            }
+        }
+        this
+    }
+
+    /// Starts an engine from a persisted snapshot: its ring and allocations.
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::NameMismatch`] or [`SnapshotError::RangeMismatch`] when the snapshot
+    /// belongs to another peer name or range (the shell then starts afresh and says so).
+    pub fn restore(
+        config: Config,
+        now: Instant,
+        seed: u64,
+        snap: &Snapshot,
+    ) -> Result<Self, SnapshotError> {
+        if snap.name != config.name {
+            return Err(SnapshotError::NameMismatch);
+        }
+        if snap.range != config.range {
+            return Err(SnapshotError::RangeMismatch);
+        }
+        let mut this = Self::new(config, now, seed);
+        if let Some(rs) = &snap.ring {
+            let ring = Ring::from_entries(this.config.range.size(), rs.entries.clone())
+                .map_err(|_| SnapshotError::Corrupt)?;
+            this.ring = None;
+            this.install_ring(ring, rs.seeds.clone());
+        }
+        if let Some(me) = this.records.get_mut(&this.config.name) {
+            me.seq = snap.seq;
+        }
+        for (key, off) in &snap.allocations {
+            this.allocs.insert(*off, key.clone());
+            this.by_key.insert(key.clone(), *off);
+            this.cursor = off.saturating_add(1);
+        }
+        this.dirty = false;
+        this.update_free();
+        Ok(this)
+    }
+
+    /// Returns our name.
+    pub fn name(&self) -> PeerName {
+        self.config.name
+    }
+
+    /// Returns the range.
+    pub fn range(&self) -> Range {
+        self.config.range
+    }
+
+    /// Returns the ring, once there is one.
+    pub fn ring(&self) -> Option<&Ring> {
+        self.ring.as_ref()
+    }
+
+    /// Returns the counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Returns the address allocated to a key, if any.
+    pub fn lookup(&self, container_id: &str, ifname: &str) -> Option<Address> {
+        let key = AllocKey::new(container_id, ifname).ok()?;
+        self.by_key.get(&key).map(|&o| self.address(o))
+    }
+
+    /// Returns our allocations that lie in ranges another peer took over (reported conflicts).
+    pub fn conflicts(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.conflicts.iter().map(|&o| self.config.range.addr(o))
+    }
+
+    /// Returns every allocation, by address.
+    pub fn allocations(&self) -> impl Iterator<Item = (IpAddr, &AllocKey)> + '_ {
+        self.allocs
+            .iter()
+            .map(|(&o, k)| (self.config.range.addr(o), k))
+    }
+
+    /// Allocates an address for `container_id`/`ifname`, or returns the one it already has.
+    ///
+    /// Without free space of our own the allocation is pending and space is requested; the
+    /// engine completes it when space arrives ([`Event::Allocated`]).
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::BadKey`] for an empty or oversized key.
+    pub fn allocate(
+        &mut self,
+        now: Instant,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Allocation, AllocError> {
+        let key = AllocKey::new(container_id, ifname)?;
+        Ok(self.allocate_key(now, key))
+    }
+
+    /// Allocates (idempotently) the node's bridge gateway address, under a reserved key that
+    /// [`Ipam::gc`] never releases.
+    pub fn gateway(&mut self, now: Instant) -> Allocation {
+        self.allocate_key(now, AllocKey::gateway())
+    }
+
+    /// Releases a key's address (or its pending request). Returns the address released.
+    pub fn release(&mut self, container_id: &str, ifname: &str) -> Option<IpAddr> {
+        let key = AllocKey::new(container_id, ifname).ok()?;
+        self.release_key(&key)
+    }
+
+    /// Releases every allocation whose key is not in `valid` (the gateway excepted), and
+    /// every pending request likewise. Returns what was released.
+    pub fn gc(&mut self, valid: &[(String, String)]) -> Vec<(AllocKey, IpAddr)> {
+        let keep: BTreeSet<(&str, &str)> = valid
+            .iter()
+            .map(|(c, i)| (c.as_str(), i.as_str()))
+            .collect();
+        let stale: Vec<AllocKey> = self
+            .by_key
+            .keys()
+            .chain(self.pending.keys())
+            .filter(|k| {
+                k.container_id != GATEWAY_CONTAINER
+                    && !keep.contains(&(k.container_id.as_str(), k.ifname.as_str()))
+            })
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for k in stale {
+            if let Some(a) = self.release_key(&k) {
+                out.push((k, a));
+            }
+        }
+        out
+    }
+
+    /// Records an existing address for a key (a pod found on the bridge at start). The
+    /// address must lie in a range we own and be free or already this key's.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError`] says why the claim is refused.
+    pub fn claim(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+        addr: IpAddr,
+    ) -> Result<(), AllocError> {
+        let key = AllocKey::new(container_id, ifname)?;
+        let off = self
+            .config
+            .range
+            .offset(addr)
+            .ok_or(AllocError::OutOfRange)?;
+        if off == 0 || off == self.config.range.size() - 1 {
+            return Err(AllocError::Reserved);
+        }
+        match self.allocs.get(&off) {
+            Some(k) if *k == key => return Ok(()),
+            Some(_) => return Err(AllocError::Taken),
+            None => {}
+        }
+        let owned = self
+            .ring
+            .as_ref()
+            .and_then(|r| r.owner_of(off))
+            .is_some_and(|(_, _, e)| e.owner == self.config.name);
+        if !owned {
+            return Err(AllocError::NotOwned);
+        }
+        if let Some(old) = self.by_key.remove(&key) {
+            self.allocs.remove(&old);
+        }
+        self.pending.remove(&key);
+        self.allocs.insert(off, key.clone());
+        self.by_key.insert(key, off);
+        self.changed_allocs();
+        Ok(())
+    }
+
+    /// Takes over a dead peer's ranges (`weft rmpeer NAME`). Returns the addresses taken.
+    ///
+    /// # Errors
+    ///
+    /// [`RmPeerError::Alive`] when the peer is in the topology: run it only for peers that are
+    /// gone, and on one node only.
+    pub fn rmpeer(&mut self, now: Instant, peer: PeerName) -> Result<u64, RmPeerError> {
+        if peer == self.config.name {
+            return Err(RmPeerError::Ourselves);
+        }
+        if self.live.get(&peer).is_some_and(|l| l.seen) {
+            return Err(RmPeerError::Alive);
+        }
+        let me = self.config.name;
+        let ring = self.ring.as_mut().ok_or(RmPeerError::NoRing)?;
+        let taken = ring.take_over(peer, me);
+        if taken > 0 {
+            self.stats.reclaimed += 1;
+            self.events.push_back(Event::Reclaimed {
+                peer,
+                addresses: taken,
+            });
+            self.changed_ring(now);
+        }
+        Ok(taken)
+    }
+
+    /// Handles one IPAM message from `from`.
+    ///
+    /// # Errors
+    ///
+    /// [`wire::Error`] when the message does not decode; nothing is applied then.
+    pub fn handle_gossip(
+        &mut self,
+        now: Instant,
+        from: PeerName,
+        bytes: &[u8],
+    ) -> Result<(), wire::Error> {
+        let msg = match Message::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.bad_messages += 1;
+                return Err(e);
+            }
+        };
+        match msg {
+            Message::SpaceRequest { want } => self.donate(now, from, want),
+            Message::State {
+                range,
+                ring,
+                peers,
+                paxos,
+            } => {
+                if range != self.config.range {
+                    self.refused.insert(from, "uses a different IP range");
+                    return Ok(());
+                }
+                let resyncing = self.resync.remove(&from);
+                if let Some(rs) = ring {
+                    self.merge_ring(now, from, rs);
+                }
+                self.merge_records(&peers);
+                if resyncing && self.resync.is_empty() {
+                    self.broadcast = true;
+                }
+                if self.ring.is_none() {
+                    if let Some(claims) = paxos {
+                        if self.paxos.merge(&claims) {
+                            self.broadcast = true;
+                        }
+                        self.check_decided(now);
+                    }
+                }
+                self.after_change(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that `peer` is in the topology (reachable through the mesh).
+    pub fn handle_peer_seen(&mut self, now: Instant, peer: PeerName) {
+        if peer == self.config.name {
+            return;
+        }
+        let was = self.live.insert(
+            peer,
+            Liveness {
+                seen: true,
+                since: now,
+            },
+        );
+        if !was.is_some_and(|l| l.seen) {
+            // A new neighbour learns our state at once.
+            self.broadcast = true;
+            self.tried.remove(&peer);
+            self.after_change(now);
+        }
+    }
+
+    /// Notes that `peer` left the topology.
+    pub fn handle_peer_gone(&mut self, now: Instant, peer: PeerName) {
+        if peer == self.config.name {
+            return;
+        }
+        if self.live.get(&peer).is_none_or(|l| l.seen) {
+            self.live.insert(
+                peer,
+                Liveness {
+                    seen: false,
+                    since: now,
+                },
+            );
+        }
+        if self.request.is_some_and(|r| r.donor == peer) {
+            self.request = None;
+        }
+        self.resync.remove(&peer);
+        self.after_change(now);
+    }
+
+    /// Runs what is due: periodic gossip, request retries, proposals, votes and reclaims.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_gossip {
+            self.broadcast = true;
+            self.next_gossip = now + self.config.gossip_interval;
+        }
+        if self.request.is_some_and(|r| now >= r.deadline) {
+            if let Some(r) = self.request.take() {
+                self.tried.insert(r.donor);
+            }
+        }
+        if self.next_propose.is_some_and(|t| now >= t) {
+            self.next_propose = None;
+            if self.ring.is_none() {
+                self.paxos.propose();
+                self.broadcast = true;
+                self.check_decided(now);
+            }
+        }
+        self.after_change(now);
+    }
+
+    /// Returns the state to persist when it changed since the last call. Persist it durably
+    /// before sending anything from [`Ipam::poll_transmit`] and before answering the CNI.
+    pub fn poll_snapshot(&mut self) -> Option<Snapshot> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        Some(self.snapshot())
+    }
+
+    /// Returns the next message to send.
+    pub fn poll_transmit(&mut self) -> Option<(Destination, Vec<u8>)> {
+        if self.broadcast {
+            self.broadcast = false;
+            let msg = self.state_message();
+            self.transmit
+                .push_back((Destination::Broadcast, msg.to_bytes()));
+        }
+        self.transmit.pop_front()
+    }
+
+    /// Returns the next deadline and why; call [`Ipam::handle_timeout`] when it passes.
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        let mut best = (self.next_gossip, "ipam gossip");
+        if let Some(r) = self.request {
+            if r.deadline < best.0 {
+                best = (r.deadline, "ipam space request");
+            }
+        }
+        if let Some(t) = self.next_propose {
+            if t < best.0 {
+                best = (t, "ipam consensus proposal");
+            }
+        }
+        if let Some(t) = self.next_check {
+            if t < best.0 {
+                best = (t, "ipam reclaim check");
+            }
+        }
+        Some(best)
+    }
+
+    /// Returns the next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Returns the persistent state: ring and our allocations.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            name: self.config.name,
+            range: self.config.range,
+            seq: self.records.get(&self.config.name).map_or(0, |r| r.seq),
+            ring: self.ring.as_ref().map(|r| RingState {
+                seeds: self.seeds.clone(),
+                entries: r.entries().clone(),
+            }),
+            allocations: self.allocs.iter().map(|(&o, k)| (k.clone(), o)).collect(),
+        }
+    }
+
+    /// Returns what `weft status ipam` shows.
+    pub fn status(&self, now: Instant) -> IpamStatus {
+        let me = self.config.name;
+        let mut owners = Vec::new();
+        if let Some(ring) = &self.ring {
+            let totals = ring.totals();
+            let mine = totals.get(&me).copied().unwrap_or(0);
+            owners.push(OwnerStatus {
+                name: me,
+                nickname: String::new(),
+                ips: mine,
+                active: Some(self.allocs.len() as u64),
+                reachable: true,
+            });
+            for (&p, &ips) in &totals {
+                if p != me {
+                    owners.push(OwnerStatus {
+                        name: p,
+                        nickname: String::new(),
+                        ips,
+                        active: None,
+                        reachable: self.live.get(&p).is_some_and(|l| l.seen),
+                    });
+                }
+            }
+        }
+        let mut notes: Vec<String> = self
+            .refused
+            .iter()
+            .map(|(p, why)| format!("peer {p} {why}"))
+            .collect();
+        if !self.conflicts.is_empty() {
+            notes.push(format!(
+                "{} allocated address(es) now in ranges another peer took over",
+                self.conflicts.len()
+            ));
+        }
+        IpamStatus {
+            status: self.status_line(now),
+            range: self.config.range.to_string(),
+            default_subnet: self.config.range.to_string(),
+            range_num_ips: u64::from(self.config.range.size()),
+            owners,
+            pending: self.pending.len(),
+            notes,
+        }
+    }
+
+    // ---- helpers ----
+
+    fn address(&self, off: u32) -> Address {
+        Address {
+            addr: self.config.range.addr(off),
+            prefix_len: self.config.range.prefix(),
+        }
+    }
+
+    fn allocate_key(&mut self, now: Instant, key: AllocKey) -> Allocation {
+        if let Some(&o) = self.by_key.get(&key) {
+            return Allocation::Allocated(self.address(o));
+        }
+        if self.ring.is_none()
+            && matches!(self.config.init, Init::Consensus { .. })
+            && !self.paxos.started()
+        {
+            // Lazy seeding: the first allocation starts consensus (at once with quorum 1).
+            self.paxos.propose();
+            self.broadcast = true;
+            self.check_decided(now);
+        }
+        if self.blocked(now).is_none() {
+            if let Some(o) = self.find_free() {
+                self.pending.remove(&key);
+                self.insert_alloc(o, key);
+                self.after_change(now);
+                return Allocation::Allocated(self.address(o));
+            }
+        }
+        self.enqueue(key.clone());
+        self.after_change(now);
+        if let Some(&o) = self.by_key.get(&key) {
+            return Allocation::Allocated(self.address(o));
+        }
+        Allocation::Pending(self.blocked(now).unwrap_or_else(|| self.space_wait()))
+    }
+
+    fn enqueue(&mut self, key: AllocKey) {
+        if !self.pending.contains_key(&key) {
+            self.pending_seq += 1;
+            self.pending.insert(key, self.pending_seq);
+        }
+    }
+
+    fn insert_alloc(&mut self, o: u32, key: AllocKey) {
+        self.allocs.insert(o, key.clone());
+        self.by_key.insert(key, o);
+        self.cursor = o.saturating_add(1);
+        self.changed_allocs();
+    }
+
+    fn release_key(&mut self, key: &AllocKey) -> Option<IpAddr> {
+        self.pending.remove(key);
+        let o = self.by_key.remove(key)?;
+        self.allocs.remove(&o);
+        self.conflicts.remove(&o);
+        self.changed_allocs();
+        Some(self.config.range.addr(o))
+    }
+
+    fn changed_allocs(&mut self) {
+        self.dirty = true;
+        self.update_free();
+    }
+
+    fn changed_ring(&mut self, now: Instant) {
+        self.dirty = true;
+        self.broadcast = true;
+        self.after_change(now);
+    }
+
+    /// Why allocation cannot proceed from our own space right now, if it cannot.
+    fn blocked(&self, now: Instant) -> Option<Waiting> {
+        if self.ring.is_none() {
+            return Some(if self.config.init == Init::Observer {
+                Waiting::Ring
+            } else {
+                Waiting::Consensus
+            });
+        }
+        if !self.resync.is_empty() {
+            return Some(Waiting::Fenced);
+        }
+        let after = self.config.reclaim_after?;
+        let since = self.minority_since?;
+        (now >= since + after / 2).then_some(Waiting::Fenced)
+    }
+
+    fn space_wait(&self) -> Waiting {
+        if self.choose_donor().is_some() || self.request.is_some() {
+            Waiting::Space
+        } else {
+            Waiting::Unreachable
+        }
+    }
+
+    /// Lowest free offset at or after the cursor in our ranges, wrapping once.
+    fn find_free(&self) -> Option<u32> {
+        let ring = self.ring.as_ref()?;
+        let owned = ring.owned_by(self.config.name);
+        let last = self.config.range.size() - 1;
+        let scan = |from: u32, to: u32| -> Option<u32> {
+            for &(s, e) in &owned {
+                let lo = s.max(from).max(1);
+                let hi = e.min(to).min(last);
+                if lo >= hi {
+                    continue;
+                }
+                let mut cand = lo;
+                for &a in self.allocs.range(lo..hi).map(|(a, _)| a) {
+                    if a != cand {
+                        break;
+                    }
+                    cand += 1;
+                }
+                if cand < hi {
+                    return Some(cand);
+                }
+            }
+            None
+        };
+        scan(self.cursor, u32::MAX).or_else(|| scan(0, self.cursor))
+    }
+
+    fn free_count(&self) -> u32 {
+        let Some(ring) = &self.ring else { return 0 };
+        let last = self.config.range.size() - 1;
+        let mut free = 0u32;
+        for (s, e) in ring.owned_by(self.config.name) {
+            let lo = s.max(1);
+            let hi = e.min(last);
+            if lo < hi {
+                let used = u32::try_from(self.allocs.range(lo..hi).count()).unwrap_or(u32::MAX);
+                free = free.saturating_add((hi - lo).saturating_sub(used));
+            }
+        }
+        free
+    }
+
+    fn update_free(&mut self) {
+        let free = self.free_count();
+        let me = self.config.name;
+        if let Some(r) = self.records.get_mut(&me) {
+            if r.free != free {
+                r.free = free;
+                r.seq += 1;
+                self.broadcast = true;
+            }
+        }
+    }
+
+    /// The largest free run in our ranges, as `[start, end)`.
+    fn largest_free_run(&self) -> Option<(u32, u32)> {
+        let ring = self.ring.as_ref()?;
+        let last = self.config.range.size() - 1;
+        let mut best: Option<(u32, u32)> = None;
+        let mut consider = |s: u32, e: u32| {
+            if e > s && best.is_none_or(|(bs, be)| e - s > be - bs) {
+                best = Some((s, e));
+            }
+        };
+        for (s, e) in ring.owned_by(self.config.name) {
+            let lo = s.max(1);
+            let hi = e.min(last);
+            if lo >= hi {
+                continue;
+            }
+            let mut cur = lo;
+            for &a in self.allocs.range(lo..hi).map(|(a, _)| a) {
+                consider(cur, a);
+                cur = a + 1;
+            }
+            consider(cur, hi);
+        }
+        best
+    }
+
+    fn donate(&mut self, now: Instant, to: PeerName, want: u32) {
+        if to == self.config.name || self.ring.is_none() {
+            return;
+        }
+        // A fenced peer gives nothing away, nor does one waiting for space itself.
+        if self.blocked(now).is_some() || !self.pending.is_empty() {
+            self.stats.denied += 1;
+            self.broadcast = true;
+            return;
+        }
+        // Half our free space at most, as weave does; `want` is a hint for future use.
+        let _ = want;
+        let free = self.free_count();
+        let give_max = free / 2;
+        let me = self.config.name;
+        let Some((s, e)) = self.largest_free_run() else {
+            self.stats.denied += 1;
+            self.broadcast = true;
+            return;
+        };
+        let give = give_max.min(e - s);
+        if give == 0 {
+            self.stats.denied += 1;
+            self.broadcast = true;
+            return;
+        }
+        // Give the top of the run, keeping our allocations' neighbourhood.
+        let start = e - give;
+        let mut done = true;
+        if let Some(ring) = self.ring.as_mut() {
+            // The run may span several of our entries; transfer each piece.
+            let mut from = start;
+            while from < e {
+                let Some((_, ee, _)) = ring.owner_of(from) else {
+                    break;
+                };
+                let to_end = ee.min(e);
+                done &= ring.transfer(from, to_end, me, to);
+                from = to_end;
+            }
+        }
+        if done {
+            self.stats.donated += u64::from(give);
+        }
+        self.update_free();
+        self.changed_ring(now);
+    }
+
+    fn merge_ring(&mut self, now: Instant, from: PeerName, rs: RingState) {
+        let size = self.config.range.size();
+        let Ok(theirs) = Ring::from_entries(size, rs.entries) else {
+            return;
+        };
+        match &mut self.ring {
+            None => {
+                // Adopting is safe: without a ring we never allocated.
+                self.install_ring(theirs, rs.seeds);
+                self.refused.remove(&from);
+                self.changed_ring(now);
+            }
+            Some(ours) => {
+                if rs.seeds != self.seeds {
+                    // Two rings seeded apart may overlap; never merge them (docs/IPAM.md).
+                    self.refused
+                        .insert(from, "holds an IP ring seeded by different peers");
+                    return;
+                }
+                self.refused.remove(&from);
+                let merged = ours.merge(&theirs, self.config.name);
+                if merged.changed {
+                    let mut clash = Vec::new();
+                    for (s, e) in merged.lost {
+                        for (&o, _) in self.allocs.range(s..e) {
+                            if self.conflicts.insert(o) {
+                                clash.push(self.config.range.addr(o));
+                            }
+                        }
+                    }
+                    if !clash.is_empty() {
+                        self.events.push_back(Event::Conflict { addresses: clash });
+                    }
+                    self.update_free();
+                    self.changed_ring(now);
+                }
+            }
+        }
+    }
+
+    fn install_ring(&mut self, ring: Ring, seeds: Vec<PeerName>) {
+        self.ring = Some(ring);
+        self.seeds = seeds;
+        self.next_propose = None;
+        self.dirty = true;
+        self.broadcast = true;
+        self.update_free();
+    }
+
+    fn merge_records(&mut self, peers: &BTreeMap<PeerName, PeerRecord>) {
+        let me = self.config.name;
+        for (&name, rec) in peers {
+            if name == me {
+                // A record of ours newer than what we hold comes from a previous incarnation:
+                // jump past it so our current record wins everywhere.
+                if let Some(mine) = self.records.get_mut(&me) {
+                    if rec.seq >= mine.seq && *rec != *mine {
+                        mine.seq = rec.seq + 1;
+                        self.broadcast = true;
+                    }
+                }
+                continue;
+            }
+            match self.records.get_mut(&name) {
+                Some(ours) if ours.seq >= rec.seq => {}
+                Some(ours) => {
+                    *ours = rec.clone();
+                    self.broadcast = true;
+                }
+                None => {
+                    if self.records.len() < wire::MAX_PEERS {
+                        self.records.insert(name, rec.clone());
+                        self.broadcast = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_decided(&mut self, _now: Instant) {
+        if self.ring.is_some() {
+            return;
+        }
+        if let Some(seeds) = self.paxos.decided() {
+            if !seeds.is_empty() {
+                let ring = Ring::seeded(self.config.range.size(), &seeds);
+                self.install_ring(ring, seeds);
+            }
+        }
+    }
+
+    /// Re-evaluates everything that depends on the ring, liveness and pending work.
+    fn after_change(&mut self, now: Instant) {
+        self.update_fence(now);
+        self.update_vote(now);
+        self.try_reclaim(now);
+        self.fill_pending(now);
+        self.request_space(now);
+        self.next_check = self.compute_next_check(now);
+        if self.ring.is_none()
+            && !self.pending.is_empty()
+            && self.next_propose.is_none()
+            && matches!(self.config.init, Init::Consensus { .. })
+        {
+            let base = self.config.propose_interval;
+            let jitter = self.rng.gen_range(0..=base.as_millis() as u64 / 2);
+            self.next_propose = Some(now + base + Duration::from_millis(jitter));
+        }
+    }
+
+    fn fill_pending(&mut self, now: Instant) {
+        if self.pending.is_empty() || self.blocked(now).is_some() {
+            return;
+        }
+        let mut order: Vec<(u64, AllocKey)> =
+            self.pending.iter().map(|(k, &s)| (s, k.clone())).collect();
+        order.sort();
+        for (_, key) in order {
+            let Some(o) = self.find_free() else { break };
+            self.pending.remove(&key);
+            self.insert_alloc(o, key.clone());
+            self.events.push_back(Event::Allocated {
+                key,
+                address: self.address(o),
+            });
+        }
+    }
+
+    fn choose_donor(&self) -> Option<PeerName> {
+        let ring = self.ring.as_ref()?;
+        let owners = ring.totals();
+        self.records
+            .iter()
+            .filter(|&(&p, r)| {
+                p != self.config.name
+                    && r.free > 1
+                    && owners.contains_key(&p)
+                    && !self.tried.contains(&p)
+                    && self.live.get(&p).is_some_and(|l| l.seen)
+            })
+            .max_by_key(|&(&p, r)| (r.free, p))
+            .map(|(&p, _)| p)
+    }
+
+    fn request_space(&mut self, now: Instant) {
+        if self.pending.is_empty() || self.request.is_some() || self.blocked(now).is_some() {
+            return;
+        }
+        let donor = match self.choose_donor() {
+            Some(d) => d,
+            None if !self.tried.is_empty() => {
+                self.tried.clear();
+                match self.choose_donor() {
+                    Some(d) => d,
+                    None => return,
+                }
+            }
+            None => return,
+        };
+        let want = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
+        self.transmit.push_back((
+            Destination::Peer(donor),
+            Message::SpaceRequest { want }.to_bytes(),
+        ));
+        self.request = Some(Request {
+            donor,
+            deadline: now + self.config.request_timeout,
+        });
+    }
+
+    /// Tracks whether the owners we cannot see could form a majority without us.
+    fn update_fence(&mut self, now: Instant) {
+        let Some(ring) = &self.ring else { return };
+        let owners = ring.totals();
+        let me = self.config.name;
+        let unseen = owners
+            .keys()
+            .filter(|&&p| p != me && !self.live.get(&p).is_some_and(|l| l.seen))
+            .count();
+        let minority = unseen * 2 > owners.len();
+        match (minority, self.minority_since) {
+            (true, None) => self.minority_since = Some(now),
+            (false, Some(since)) => {
+                self.minority_since = None;
+                let fenced = self
+                    .config
+                    .reclaim_after
+                    .is_some_and(|after| now >= since + after / 2);
+                if fenced {
+                    // We may have been reclaimed meanwhile: allocate again only after every
+                    // live owner has told us its ring.
+                    self.resync = owners
+                        .keys()
+                        .filter(|&&p| p != me && self.live.get(&p).is_some_and(|l| l.seen))
+                        .copied()
+                        .collect();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dead_owners(&self, now: Instant) -> Vec<PeerName> {
+        let (Some(after), Some(ring)) = (self.config.reclaim_after, &self.ring) else {
+            return Vec::new();
+        };
+        ring.totals()
+            .keys()
+            .filter(|&&p| p != self.config.name)
+            .filter(|&&p| match self.live.get(&p) {
+                Some(l) => !l.seen && now >= l.since + after,
+                None => now >= self.started + after,
+            })
+            .take(wire::MAX_VOTE_TARGETS)
+            .copied()
+            .collect()
+    }
+
+    fn update_vote(&mut self, now: Instant) {
+        let Some(ring) = &self.ring else { return };
+        let dead = self.dead_owners(now);
+        let vote = if dead.is_empty() || self.blocked(now).is_some() {
+            None
+        } else {
+            Some(Vote {
+                owners_hash: owners_hash(ring.totals().keys().copied()),
+                dead,
+            })
+        };
+        let me = self.config.name;
+        if let Some(r) = self.records.get_mut(&me) {
+            if r.vote != vote {
+                r.vote = vote;
+                r.seq += 1;
+                self.broadcast = true;
+            }
+        }
+    }
+
+    /// Performs an agreed reclaim: we are the lowest-named live owner, every owner not voted
+    /// dead voted the same dead set under the same owner set, and they are a strict majority.
+    fn try_reclaim(&mut self, now: Instant) {
+        let me = self.config.name;
+        let Some(my_vote) = self.records.get(&me).and_then(|r| r.vote.clone()) else {
+            return;
+        };
+        let Some(ring) = &self.ring else { return };
+        let owners: Vec<PeerName> = ring.totals().keys().copied().collect();
+        let voters: Vec<PeerName> = owners
+            .iter()
+            .filter(|p| !my_vote.dead.contains(p))
+            .copied()
+            .collect();
+        if voters.first() != Some(&me) || voters.len() * 2 <= owners.len() {
+            return;
+        }
+        let agreed = voters.iter().all(|p| {
+            self.records
+                .get(p)
+                .and_then(|r| r.vote.as_ref())
+                .is_some_and(|v| *v == my_vote)
+        });
+        if !agreed {
+            return;
+        }
+        for dead in my_vote.dead {
+            if let Some(ring) = self.ring.as_mut() {
+                let taken = ring.take_over(dead, me);
+                if taken > 0 {
+                    self.stats.reclaimed += 1;
+                    self.events.push_back(Event::Reclaimed {
+                        peer: dead,
+                        addresses: taken,
+                    });
+                }
+            }
+        }
+        self.update_free();
+        self.dirty = true;
+        self.broadcast = true;
+        self.update_vote(now);
+        self.fill_pending(now);
+    }
+
+    fn state_message(&self) -> Message {
+        Message::State {
+            range: self.config.range,
+            ring: self.ring.as_ref().map(|r| RingState {
+                seeds: self.seeds.clone(),
+                entries: r.entries().clone(),
+            }),
+            peers: self.records.clone(),
+            paxos: if self.ring.is_none() && self.paxos.started() {
+                Some(self.paxos.claims().clone())
+            } else {
+                None
+            },
+        }
+    }
+
+    fn status_line(&self, now: Instant) -> String {
+        if self.ring.is_none() {
+            return match self.config.init {
+                Init::Observer => "priming (observer: waiting to hear the IP ring)".to_owned(),
+                Init::Consensus { quorum } if self.paxos.started() || !self.pending.is_empty() => {
+                    format!(
+                        "awaiting consensus (quorum: {quorum}, known: {})",
+                        self.paxos.known()
+                    )
+                }
+                Init::Consensus { .. } | Init::Seed(_) => "idle".to_owned(),
+            };
+        }
+        if let Some(w) = self.blocked(now) {
+            return w.as_str().to_owned();
+        }
+        if !self.pending.is_empty() {
+            return self.space_wait().as_str().to_owned();
+        }
+        if !self.refused.is_empty() || !self.conflicts.is_empty() {
+            return "ready (with conflicts: see 'weft status ipam')".to_owned();
+        }
+        "ready".to_owned()
+    }
+
+    /// The next instant at which a liveness threshold passes (a vote or fence may change).
+    fn compute_next_check(&self, now: Instant) -> Option<Instant> {
+        let after = self.config.reclaim_after?;
+        let ring = self.ring.as_ref()?;
+        let mut edges: Vec<Instant> = ring
+            .totals()
+            .keys()
+            .filter(|&&p| p != self.config.name)
+            .filter_map(|p| match self.live.get(p) {
+                Some(l) if l.seen => None,
+                Some(l) => Some(l.since + after),
+                None => Some(self.started + after),
+            })
+            .collect();
+        if let Some(m) = self.minority_since {
+            edges.push(m + after / 2);
+        }
+        edges.into_iter().filter(|&t| t > now).min()
+    }
+}
+
+/// FNV-1a over the sorted owner names: the owner set a reclaim vote was cast under.
+pub fn owners_hash(owners: impl Iterator<Item = PeerName>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in owners {
+        for b in p.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}

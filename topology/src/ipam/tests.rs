@@ -1,0 +1,642 @@
+//! Engine tests: unit scenarios and a model of peers gossiping over a partitioned network.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn n(b: u8) -> PeerName {
+    PeerName::from_bytes([0x0a, 0, 0, 0, 0, b])
+}
+
+fn cfg(b: u8, range: &str, init: Init) -> Config {
+    let mut c = Config::new(n(b));
+    c.range = range.parse().unwrap();
+    c.init = init;
+    c
+}
+
+/// N engines, a virtual clock, and a network partitioned into groups.
+struct Net {
+    now: Instant,
+    peers: Vec<Ipam>,
+    group: Vec<u8>,
+    queue: VecDeque<(usize, Destination, Vec<u8>)>,
+    /// What each peer persisted last (the "disk").
+    disk: Vec<Option<Snapshot>>,
+}
+
+impl Net {
+    fn new(count: u8, range: &str, init: impl Fn(u8) -> Init, reclaim: Option<Duration>) -> Self {
+        let now = Instant::now();
+        let peers = (1..=count)
+            .map(|i| {
+                let mut c = cfg(i, range, init(i));
+                c.reclaim_after = reclaim;
+                Ipam::new(c, now, u64::from(i))
+            })
+            .collect();
+        let mut net = Self {
+            now,
+            peers,
+            group: vec![0; usize::from(count)],
+            queue: VecDeque::new(),
+            disk: vec![None; usize::from(count)],
+        };
+        net.update_liveness();
+        net
+    }
+
+    fn update_liveness(&mut self) {
+        let now = self.now;
+        for i in 0..self.peers.len() {
+            for j in 0..self.peers.len() {
+                if i == j {
+                    continue;
+                }
+                let name = self.peers[j].name();
+                if self.group[i] == self.group[j] {
+                    self.peers[i].handle_peer_seen(now, name);
+                } else {
+                    self.peers[i].handle_peer_gone(now, name);
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        if let Some(s) = self.peers[i].poll_snapshot() {
+            self.disk[i] = Some(s);
+        }
+        while let Some((d, b)) = self.peers[i].poll_transmit() {
+            self.queue.push_back((i, d, b));
+        }
+        while self.peers[i].poll_event().is_some() {}
+    }
+
+    fn deliver_all(&mut self) {
+        for i in 0..self.peers.len() {
+            self.drain(i);
+        }
+        let mut budget = 10_000;
+        while let Some((from, dest, bytes)) = self.queue.pop_front() {
+            budget -= 1;
+            assert!(budget > 0, "gossip does not quiesce");
+            let from_name = self.peers[from].name();
+            for j in 0..self.peers.len() {
+                if j == from || self.group[j] != self.group[from] {
+                    continue;
+                }
+                let to_me = match dest {
+                    Destination::Broadcast => true,
+                    Destination::Peer(p) => p == self.peers[j].name(),
+                };
+                if to_me {
+                    let now = self.now;
+                    self.peers[j].handle_gossip(now, from_name, &bytes).unwrap();
+                    self.drain(j);
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        for i in 0..self.peers.len() {
+            if self.peers[i]
+                .poll_timeout()
+                .is_some_and(|(t, _)| t <= self.now)
+            {
+                let now = self.now;
+                self.peers[i].handle_timeout(now);
+            }
+        }
+        self.deliver_all();
+    }
+
+    /// Every address held by at most one (peer, key); owned ranges pairwise disjoint;
+    /// every allocation inside its holder's own ranges.
+    fn check_safety(&self) {
+        self.check(true);
+    }
+
+    /// With `ownership`, also checks that no two peers believe they own one address and that
+    /// every allocation lies in its holder's own range; a reclaimed (fenced) peer breaks both
+    /// until it hears the takeover, so the reclaim model checks addresses only.
+    fn check(&self, ownership: bool) {
+        if !ownership {
+            return;
+        }
+        let mut held: BTreeMap<IpAddr, (PeerName, AllocKey)> = BTreeMap::new();
+        for p in &self.peers {
+            for (a, k) in p.allocations() {
+                if let Some(prev) = held.insert(a, (p.name(), k.clone())) {
+                    panic!("{a} held by {prev:?} and {:?}", (p.name(), k));
+                }
+            }
+        }
+        let owned: Vec<(PeerName, Vec<(u32, u32)>)> = self
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.name(), p.ring()?.owned_by(p.name()))))
+            .collect();
+        for (i, (a, ra)) in owned.iter().enumerate() {
+            for (b, rb) in &owned[i + 1..] {
+                for &(s1, e1) in ra {
+                    for &(s2, e2) in rb {
+                        assert!(
+                            e1 <= s2 || e2 <= s1,
+                            "{a} and {b} both own {s1}..{e1} ∩ {s2}..{e2}"
+                        );
+                    }
+                }
+            }
+        }
+        for p in &self.peers {
+            let Some(ring) = p.ring() else {
+                assert_eq!(p.allocations().count(), 0);
+                continue;
+            };
+            for (a, _) in p.allocations() {
+                let off = p.range().offset(a).unwrap();
+                assert_eq!(
+                    ring.owner_of(off).unwrap().2.owner,
+                    p.name(),
+                    "{a} outside own range"
+                );
+            }
+        }
+    }
+
+    fn total_allocated(&self) -> usize {
+        self.peers.iter().map(|p| p.allocations().count()).sum()
+    }
+}
+
+#[test]
+fn lone_peer_seeds_and_owns_everything() {
+    let now = Instant::now();
+    let mut a = Ipam::new(
+        cfg(1, "10.32.0.0/12", Init::Consensus { quorum: 1 }),
+        now,
+        1,
+    );
+    assert_eq!(a.status(now).status, "idle");
+    let Allocation::Allocated(x) = a.allocate(now, "c1", "eth0").unwrap() else {
+        panic!("pending")
+    };
+    assert_eq!(x.addr, "10.32.0.1".parse::<IpAddr>().unwrap());
+    assert_eq!(x.prefix_len, 12);
+    assert_eq!(
+        a.allocate(now, "c1", "eth0").unwrap(),
+        Allocation::Allocated(x),
+        "idempotent"
+    );
+    let Allocation::Allocated(g) = a.gateway(now) else {
+        panic!()
+    };
+    assert_ne!(g.addr, x.addr);
+    assert_eq!(a.status(now).status, "ready");
+    assert_eq!(a.status(now).owners[0].ips, 1 << 20);
+    assert_eq!(a.release("c1", "eth0"), Some(x.addr));
+    assert_eq!(a.release("c1", "eth0"), None);
+    assert!(a.poll_snapshot().is_some());
+}
+
+#[test]
+fn quorum_two_waits_and_says_why_then_agrees() {
+    let mut net = Net::new(2, "10.0.0.0/24", |_| Init::Consensus { quorum: 2 }, None);
+    net.group = vec![0, 1];
+    net.update_liveness();
+    let now = net.now;
+    assert_eq!(
+        net.peers[0].allocate(now, "c", "eth0").unwrap(),
+        Allocation::Pending(Waiting::Consensus)
+    );
+    net.deliver_all();
+    assert_eq!(
+        net.peers[0].status(now).status,
+        "awaiting consensus (quorum: 2, known: 1)"
+    );
+    net.group = vec![0, 0];
+    net.update_liveness();
+    net.deliver_all();
+    for _ in 0..10 {
+        net.advance(Duration::from_secs(3));
+    }
+    assert!(
+        net.peers[0].lookup("c", "eth0").is_some(),
+        "{:?}",
+        net.peers[0].status(net.now)
+    );
+    assert_eq!(net.peers[0].ring(), net.peers[1].ring());
+    assert_eq!(net.peers[0].ring().unwrap().owned_by(n(2)).len(), 1);
+    net.check_safety();
+}
+
+#[test]
+fn donation_gives_space_to_a_newcomer() {
+    let mut net = Net::new(3, "10.0.0.0/24", |_| Init::Seed(vec![n(1)]), None);
+    net.deliver_all();
+    let now = net.now;
+    assert!(matches!(
+        net.peers[2].allocate(now, "c", "eth0").unwrap(),
+        Allocation::Pending(Waiting::Space)
+    ));
+    net.deliver_all();
+    assert!(net.peers[2].lookup("c", "eth0").is_some());
+    let ev = net.peers[2].ring().unwrap().owned_by(n(3));
+    assert!(!ev.is_empty());
+    net.check_safety();
+    assert_eq!(net.peers[0].stats().donated, 127);
+}
+
+#[test]
+fn range_exhaustion_is_pending_not_double() {
+    let mut net = Net::new(2, "10.0.0.0/29", |_| Init::Seed(vec![n(1), n(2)]), None);
+    let now = net.now;
+    let mut got = 0;
+    for i in 0..10 {
+        let p = i % 2;
+        if matches!(
+            net.peers[p]
+                .allocate(now, &format!("c{i}"), "eth0")
+                .unwrap(),
+            Allocation::Allocated(_)
+        ) {
+            got += 1;
+        }
+        net.deliver_all();
+        net.check_safety();
+    }
+    assert!(got <= 6);
+    assert_eq!(net.total_allocated(), 6, "/29 has 6 usable addresses");
+}
+
+#[test]
+fn rmpeer_frees_a_dead_peers_space() {
+    let mut net = Net::new(
+        3,
+        "10.0.0.0/24",
+        |_| Init::Seed(vec![n(1), n(2), n(3)]),
+        None,
+    );
+    net.group = vec![0, 0, 1];
+    net.update_liveness();
+    let now = net.now;
+    assert_eq!(net.peers[0].rmpeer(now, n(2)), Err(RmPeerError::Alive));
+    assert_eq!(net.peers[0].rmpeer(now, n(1)), Err(RmPeerError::Ourselves));
+    let taken = net.peers[0].rmpeer(now, n(3)).unwrap();
+    assert_eq!(taken, 86);
+    net.deliver_all();
+    assert_eq!(net.peers[1].ring().unwrap().totals().get(&n(3)), None);
+    let st = net.peers[1].status(now);
+    assert_eq!(st.owners.len(), 2);
+}
+
+#[test]
+fn auto_reclaim_needs_agreement_and_happens() {
+    let after = Duration::from_secs(600);
+    let mut net = Net::new(
+        3,
+        "10.0.0.0/24",
+        |_| Init::Seed(vec![n(1), n(2), n(3)]),
+        Some(after),
+    );
+    net.deliver_all();
+    net.group = vec![0, 0, 1];
+    net.update_liveness();
+    net.deliver_all();
+    net.advance(Duration::from_secs(300));
+    assert!(net.peers[0].ring().unwrap().totals().contains_key(&n(3)));
+    // The isolated peer fences itself (it could be reclaimed) instead of allocating.
+    let now = net.now;
+    assert_eq!(
+        net.peers[2].allocate(now, "x", "eth0").unwrap(),
+        Allocation::Pending(Waiting::Fenced)
+    );
+    for _ in 0..4 {
+        net.advance(Duration::from_secs(100));
+    }
+    assert_eq!(net.peers[0].ring().unwrap().totals().get(&n(3)), None);
+    assert_eq!(net.peers[1].ring().unwrap().totals().get(&n(3)), None);
+    assert_eq!(net.peers[2].allocations().count(), 0);
+    // The fenced peer still believes in its old range until it hears the takeover.
+    net.group = vec![0, 0, 0];
+    net.update_liveness();
+    net.deliver_all();
+    net.check_safety();
+    assert_eq!(net.peers[2].ring(), net.peers[0].ring());
+    net.advance(Duration::from_secs(3));
+    assert!(net.peers[2].lookup("x", "eth0").is_some(), "gets space by donation after heal");
+    net.check_safety();
+}
+
+#[test]
+fn two_peers_cannot_reclaim_each_other() {
+    let after = Duration::from_secs(60);
+    let mut net = Net::new(
+        2,
+        "10.0.0.0/24",
+        |_| Init::Seed(vec![n(1), n(2)]),
+        Some(after),
+    );
+    net.group = vec![0, 1];
+    net.update_liveness();
+    for _ in 0..10 {
+        net.advance(Duration::from_secs(60));
+    }
+    let now = net.now;
+    // Neither is a minority that could be reclaimed: both keep allocating in their halves.
+    assert!(matches!(
+        net.peers[0].allocate(now, "a", "e").unwrap(),
+        Allocation::Allocated(_)
+    ));
+    assert!(matches!(
+        net.peers[1].allocate(now, "b", "e").unwrap(),
+        Allocation::Allocated(_)
+    ));
+    assert_eq!(net.peers[0].ring().unwrap().totals().len(), 2);
+    net.group = vec![0, 0];
+    net.update_liveness();
+    net.deliver_all();
+    net.check_safety();
+}
+
+#[test]
+fn different_seeds_are_refused_and_reported() {
+    let now = Instant::now();
+    let mut a = Ipam::new(cfg(1, "10.0.0.0/24", Init::Consensus { quorum: 1 }), now, 1);
+    let mut b = Ipam::new(cfg(2, "10.0.0.0/24", Init::Consensus { quorum: 1 }), now, 2);
+    a.allocate(now, "a", "eth0").unwrap();
+    b.allocate(now, "b", "eth0").unwrap();
+    b.handle_peer_seen(now, n(1));
+    while let Some((_, m)) = a.poll_transmit() {
+        b.handle_gossip(now, n(1), &m).unwrap();
+    }
+    let st = b.status(now);
+    assert!(st.status.contains("conflicts"), "{}", st.status);
+    assert_eq!(
+        st.notes,
+        vec!["peer 0a:00:00:00:00:01 holds an IP ring seeded by different peers"]
+    );
+    assert_eq!(b.ring().unwrap().totals().len(), 1, "rings not merged");
+}
+
+#[test]
+fn restart_from_snapshot_keeps_allocations() {
+    let now = Instant::now();
+    let c = cfg(1, "10.32.0.0/12", Init::Consensus { quorum: 1 });
+    let mut a = Ipam::new(c.clone(), now, 1);
+    let Allocation::Allocated(x) = a.allocate(now, "c1", "eth0").unwrap() else {
+        panic!()
+    };
+    let snap = a.poll_snapshot().unwrap();
+    let bytes = snap.to_bytes();
+    let back = Snapshot::decode(&bytes).unwrap();
+    assert_eq!(back, snap);
+    let mut b = Ipam::restore(c.clone(), now, 2, &back).unwrap();
+    assert_eq!(
+        b.allocate(now, "c1", "eth0").unwrap(),
+        Allocation::Allocated(x)
+    );
+    let Allocation::Allocated(y) = b.allocate(now, "c2", "eth0").unwrap() else {
+        panic!()
+    };
+    assert_ne!(x, y);
+    let mut other = c;
+    other.name = n(9);
+    assert_eq!(
+        Ipam::restore(other, now, 1, &back).err(),
+        Some(SnapshotError::NameMismatch)
+    );
+    for cut in 0..bytes.len() {
+        assert!(Snapshot::decode(&bytes[..cut]).is_err());
+    }
+}
+
+#[test]
+fn claim_rules() {
+    let now = Instant::now();
+    let mut a = Ipam::new(cfg(1, "10.0.0.0/24", Init::Seed(vec![n(1), n(2)])), now, 1);
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(a.claim("c", "eth0", ip("10.0.0.5")), Ok(()));
+    assert_eq!(a.claim("c", "eth0", ip("10.0.0.5")), Ok(()));
+    assert_eq!(a.claim("d", "eth0", ip("10.0.0.5")), Err(AllocError::Taken));
+    assert_eq!(
+        a.claim("d", "eth0", ip("10.0.0.200")),
+        Err(AllocError::NotOwned)
+    );
+    assert_eq!(
+        a.claim("d", "eth0", ip("10.0.1.1")),
+        Err(AllocError::OutOfRange)
+    );
+    assert_eq!(
+        a.claim("d", "eth0", ip("10.0.0.0")),
+        Err(AllocError::Reserved)
+    );
+    assert_eq!(a.lookup("c", "eth0").unwrap().addr, ip("10.0.0.5"));
+}
+
+#[test]
+fn gc_keeps_valid_and_gateway() {
+    let now = Instant::now();
+    let mut a = Ipam::new(cfg(1, "10.0.0.0/24", Init::Seed(vec![n(1)])), now, 1);
+    a.gateway(now);
+    a.allocate(now, "keep", "eth0").unwrap();
+    a.allocate(now, "drop", "eth0").unwrap();
+    let gone = a.gc(&[("keep".into(), "eth0".into())]);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].0.container_id, "drop");
+    assert_eq!(a.allocations().count(), 2);
+}
+
+#[test]
+fn churn_200_cycles_across_3_nodes_leaks_nothing() {
+    let mut net = Net::new(3, "10.32.0.0/16", |_| Init::Consensus { quorum: 2 }, None);
+    net.deliver_all();
+    for cycle in 0..200u32 {
+        let p = (cycle % 3) as usize;
+        let now = net.now;
+        let id = format!("pod{cycle}");
+        let _ = net.peers[p].allocate(now, &id, "eth0").unwrap();
+        net.deliver_all();
+        net.advance(Duration::from_secs(3));
+        assert!(net.peers[p].lookup(&id, "eth0").is_some(), "cycle {cycle}");
+        net.check_safety();
+        assert_eq!(net.peers[p].release(&id, "eth0").is_some(), true);
+        net.deliver_all();
+    }
+    assert_eq!(net.total_allocated(), 0, "leaked addresses");
+    for p in &net.peers {
+        assert_eq!(p.status(net.now).pending, 0);
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc(u8, u8),
+    Release(u8, u8),
+    Partition(Vec<u8>),
+    Heal,
+    Tick(u16),
+    Restart(u8),
+}
+
+fn op(peers: u8) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..peers, 0..24u8).prop_map(|(p, k)| Op::Alloc(p, k)),
+        3 => (0..peers, 0..24u8).prop_map(|(p, k)| Op::Release(p, k)),
+        1 => proptest::collection::vec(0..2u8, usize::from(peers)).prop_map(Op::Partition),
+        1 => Just(Op::Heal),
+        3 => (1..5000u16).prop_map(Op::Tick),
+        1 => (0..peers).prop_map(Op::Restart),
+    ]
+}
+
+fn run_model(peers: u8, ops: Vec<Op>, quorum: usize) -> (usize, u64) {
+    run_model_with(peers, ops, quorum, None)
+}
+
+fn run_model_with(
+    peers: u8,
+    ops: Vec<Op>,
+    quorum: usize,
+    reclaim: Option<Duration>,
+) -> (usize, u64) {
+    // A /27 keeps the space tight, so donation, exhaustion and contention all happen.
+    let mut net = Net::new(peers, "10.0.0.0/27", |_| Init::Consensus { quorum }, reclaim);
+    let strict = reclaim.is_none();
+    let mut peak = 0;
+    for o in ops {
+        let now = net.now;
+        match o {
+            Op::Alloc(p, k) => {
+                let _ = net.peers[usize::from(p)].allocate(now, &format!("c{k}"), "eth0");
+            }
+            Op::Release(p, k) => {
+                net.peers[usize::from(p)].release(&format!("c{k}"), "eth0");
+            }
+            Op::Partition(g) => {
+                net.group = g;
+                net.update_liveness();
+            }
+            Op::Heal => {
+                net.group = vec![0; usize::from(peers)];
+                net.update_liveness();
+            }
+            Op::Tick(ms) => net.advance(Duration::from_millis(u64::from(ms))),
+            Op::Restart(p) => {
+                // A crash right after the last persist: the engine restarts from its disk.
+                let i = usize::from(p);
+                let c = net.peers[i].config.clone();
+                net.peers[i] = match &net.disk[i] {
+                    Some(s) => Ipam::restore(c, now, 99, s).unwrap(),
+                    None => Ipam::new(c, now, 99),
+                };
+                net.update_liveness();
+            }
+        }
+        net.deliver_all();
+        net.check(strict);
+        peak = peak.max(net.total_allocated());
+    }
+    // Heal and let gossip settle: everyone converges on one ring.
+    net.group = vec![0; usize::from(peers)];
+    net.update_liveness();
+    for _ in 0..20 {
+        net.advance(Duration::from_secs(6));
+    }
+    net.check(strict);
+    if !strict {
+        // With auto-reclaim, a peer cut off for longer than reclaim_after while holding
+        // addresses can see them reused by the majority; every such duplicate must be
+        // reported as a conflict once the partition heals.
+        let mut held: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        for p in &net.peers {
+            for (a, _) in p.allocations() {
+                *held.entry(a).or_insert(0) += 1;
+            }
+        }
+        let reported: BTreeSet<IpAddr> =
+            net.peers.iter().flat_map(|p| p.conflicts().collect::<Vec<_>>()).collect();
+        for (a, count) in held {
+            assert!(count == 1 || reported.contains(&a), "{a} duplicated and not reported");
+        }
+    }
+    let rings: Vec<_> = net.peers.iter().map(|p| p.ring().cloned()).collect();
+    if rings.iter().any(Option::is_some) {
+        for r in &rings {
+            assert_eq!(r, &rings[0], "rings did not converge");
+        }
+    }
+    (peak, net.peers.iter().map(|p| p.stats().donated).sum())
+}
+
+#[test]
+fn model_exercises_allocation_and_donation() {
+    // A fixed run through the model, to show it is not vacuous.
+    let mut ops = Vec::new();
+    for i in 0..40u8 {
+        ops.push(Op::Alloc(i % 4, i % 24));
+        ops.push(Op::Tick(2500));
+        if i == 10 {
+            ops.push(Op::Partition(vec![0, 0, 0, 1]));
+        }
+        if i == 25 {
+            ops.push(Op::Heal);
+        }
+    }
+    let (peak, donated) = run_model(4, ops, 3);
+    assert!(peak >= 20, "peak {peak}");
+    assert!(donated > 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn partitions_never_double_allocate(
+        ops in proptest::collection::vec(op(4), 1..80),
+        quorum in 3..5usize,
+    ) {
+        // A majority quorum: a smaller one lets two partitions seed two rings, which is the
+        // misconfiguration `different_seeds_are_refused_and_reported` covers.
+        run_model(4, ops, quorum);
+    }
+
+    #[test]
+    fn partitions_with_auto_reclaim_never_double_allocate(
+        ops in proptest::collection::vec(op(5), 1..120),
+    ) {
+        // Ticks of up to 5 s against a 20 s reclaim time: isolated peers get fenced and
+        // reclaimed while the rest keep allocating, then heal.
+        run_model_with(5, ops, 3, Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn ring_merge_is_a_join(ops in proptest::collection::vec((0..3u8, 0..64u32, 1..32u32), 0..12)) {
+        let mut rings = vec![Ring::seeded(64, &[n(1), n(2), n(3)]); 3];
+        for (p, s, len) in ops {
+            let me = n(p + 1);
+            let e = (s + len).min(64);
+            let to = n((p + 1) % 3 + 1);
+            rings[usize::from(p)].transfer(s, e, me, to);
+            let snapshot = rings[usize::from(p)].clone();
+            let other = usize::from((p + 1) % 3);
+            rings[other].merge(&snapshot, to);
+        }
+        let (a, b, c) = (rings[0].clone(), rings[1].clone(), rings[2].clone());
+        let mut ab = a.clone(); ab.merge(&b, n(9));
+        let mut ba = b.clone(); ba.merge(&a, n(9));
+        prop_assert_eq!(&ab, &ba);
+        let mut ab_c = ab.clone(); ab_c.merge(&c, n(9));
+        let mut bc = b.clone(); bc.merge(&c, n(9));
+        let mut a_bc = a.clone(); a_bc.merge(&bc, n(9));
+        prop_assert_eq!(&ab_c, &a_bc);
+        let mut aa = a.clone(); aa.merge(&a, n(9));
+        prop_assert_eq!(&aa, &a);
+    }
+}
