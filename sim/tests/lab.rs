@@ -56,7 +56,10 @@ fn three_nodes_two_pods_ping_on_one_node_and_leave_nothing() {
     let name = unique("a");
     {
         let guard = LabGuard::new(&name);
-        let info = lab::up(&spec(&name, 3, 2)).unwrap();
+        let mut with_routers = spec(&name, 3, 2);
+        with_routers.routers = true;
+        let info = lab::up(&with_routers).unwrap();
+        assert!(info.ready_s.is_some());
         assert_eq!(info.nodes.len(), 3);
         for node in &info.nodes {
             assert_eq!(node.pods.len(), 2);
@@ -71,6 +74,16 @@ fn three_nodes_two_pods_ping_on_one_node_and_leave_nothing() {
         drop(guard);
     }
     assert!(lab::lab_namespaces(&name).is_empty());
+    assert!(!std::path::Path::new(lab::RUN_DIR).join(&name).exists());
+    let procs = Command::new("pgrep")
+        .args(["-f", &format!("{}/{name}/", lab::RUN_DIR)])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "routers left: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
 }
 
 #[test]

@@ -242,6 +242,9 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
             }
             router::start(spec, i)?;
         }
+        // A ready router has made its bridge, which the pods attach to.
+        router::wait_ready(spec, Duration::from_secs(20))?;
+        info.ready_s = Some(started.elapsed().as_secs_f64());
     }
     for i in 1..=spec.nodes {
         for j in 1..=spec.pods {
@@ -253,14 +256,6 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
         spec: spec.clone(),
         info: info.clone(),
     })?;
-    if spec.routers {
-        router::wait_ready(spec, Duration::from_secs(20))?;
-        info.ready_s = Some(started.elapsed().as_secs_f64());
-        save(&StateFile {
-            spec: spec.clone(),
-            info: info.clone(),
-        })?;
-    }
     Ok(info)
 }
 
