@@ -287,7 +287,10 @@ mod tests {
             // Crash while writing the temp file (any prefix of it on disk).
             fs::write(dir.path().join(TMP_NAME), &new_image[..cut]).unwrap();
             let snap = store.load().unwrap().unwrap();
-            assert!(!dir.path().join(TMP_NAME).exists(), "stale temp file removed");
+            assert!(
+                !dir.path().join(TMP_NAME).exists(),
+                "stale temp file removed"
+            );
             let mut restarted = Ipam::restore(ipam_config(), now, 2, &snap).unwrap();
             assert_eq!(restarted.lookup("a", "eth0").unwrap().addr, a, "kept");
             // "b" was never acknowledged; whoever asks again gets an address, never "a"'s.
@@ -299,10 +302,12 @@ mod tests {
         // Crash after the temp file is complete and synced, before the rename: old state.
         fs::write(dir.path().join(TMP_NAME), &new_image).unwrap();
         let snap = store.load().unwrap().unwrap();
-        assert!(Ipam::restore(ipam_config(), now, 2, &snap)
-            .unwrap()
-            .lookup("b", "eth0")
-            .is_none());
+        assert!(
+            Ipam::restore(ipam_config(), now, 2, &snap)
+                .unwrap()
+                .lookup("b", "eth0")
+                .is_none()
+        );
         // Crash after the rename: new state, with both.
         fs::write(dir.path().join(FILE_NAME), &new_image).unwrap();
         let snap = store.load().unwrap().unwrap();
@@ -328,7 +333,10 @@ mod tests {
         for (bytes, want) in [
             (image[..image.len() - 3].to_vec(), "truncated"),
             (b"garbage!".to_vec(), "truncated header"),
-            ([&b"XXXXXXXX"[..], &image[8..]].concat(), "not an IPAM state file"),
+            (
+                [&b"XXXXXXXX"[..], &image[8..]].concat(),
+                "not an IPAM state file",
+            ),
             (
                 {
                     let mut v = image.clone();

@@ -139,7 +139,7 @@ impl Init {
     /// the number of `--peers` given.
     pub fn default_for_targets(targets: usize) -> Self {
         Self::Consensus {
-            quorum: (targets + 1) / 2 + 1,
+            quorum: targets.div_ceil(2) + 1,
         }
     }
 }
@@ -684,13 +684,13 @@ impl Ipam {
                 if resyncing && self.resync.is_empty() {
                     self.broadcast = true;
                 }
-                if self.ring.is_none() {
-                    if let Some(claims) = paxos {
-                        if self.paxos.merge(&claims) {
-                            self.broadcast = true;
-                        }
-                        self.check_decided(now);
+                if self.ring.is_none()
+                    && let Some(claims) = paxos
+                {
+                    if self.paxos.merge(&claims) {
+                        self.broadcast = true;
                     }
+                    self.check_decided(now);
                 }
                 self.after_change(now);
             }
@@ -745,10 +745,10 @@ impl Ipam {
             self.broadcast = true;
             self.next_gossip = now + self.config.gossip_interval;
         }
-        if self.request.is_some_and(|r| now >= r.deadline) {
-            if let Some(r) = self.request.take() {
-                self.tried.insert(r.donor);
-            }
+        if self.request.is_some_and(|r| now >= r.deadline)
+            && let Some(r) = self.request.take()
+        {
+            self.tried.insert(r.donor);
         }
         if self.next_propose.is_some_and(|t| now >= t) {
             self.next_propose = None;
@@ -785,20 +785,20 @@ impl Ipam {
     /// Returns the next deadline and why; call [`Ipam::handle_timeout`] when it passes.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
         let mut best = (self.next_gossip, "ipam gossip");
-        if let Some(r) = self.request {
-            if r.deadline < best.0 {
-                best = (r.deadline, "ipam space request");
-            }
+        if let Some(r) = self.request
+            && r.deadline < best.0
+        {
+            best = (r.deadline, "ipam space request");
         }
-        if let Some(t) = self.next_propose {
-            if t < best.0 {
-                best = (t, "ipam consensus proposal");
-            }
+        if let Some(t) = self.next_propose
+            && t < best.0
+        {
+            best = (t, "ipam consensus proposal");
         }
-        if let Some(t) = self.next_check {
-            if t < best.0 {
-                best = (t, "ipam reclaim check");
-            }
+        if let Some(t) = self.next_check
+            && t < best.0
+        {
+            best = (t, "ipam reclaim check");
         }
         Some(best)
     }
@@ -892,13 +892,13 @@ impl Ipam {
             self.broadcast = true;
             self.check_decided(now);
         }
-        if self.blocked(now).is_none() {
-            if let Some(o) = self.find_free() {
-                self.pending.remove(&key);
-                self.insert_alloc(o, key);
-                self.after_change(now);
-                return Allocation::Allocated(self.address(o));
-            }
+        if self.blocked(now).is_none()
+            && let Some(o) = self.find_free()
+        {
+            self.pending.remove(&key);
+            self.insert_alloc(o, key);
+            self.after_change(now);
+            return Allocation::Allocated(self.address(o));
         }
         self.enqueue(key.clone());
         self.after_change(now);
@@ -1013,12 +1013,12 @@ impl Ipam {
     fn update_free(&mut self) {
         let free = self.free_count();
         let me = self.config.name;
-        if let Some(r) = self.records.get_mut(&me) {
-            if r.free != free {
-                r.free = free;
-                r.seq += 1;
-                self.broadcast = true;
-            }
+        if let Some(r) = self.records.get_mut(&me)
+            && r.free != free
+        {
+            r.free = free;
+            r.seq += 1;
+            self.broadcast = true;
         }
     }
 
@@ -1151,11 +1151,12 @@ impl Ipam {
             if name == me {
                 // A record of ours newer than what we hold comes from a previous incarnation:
                 // jump past it so our current record wins everywhere.
-                if let Some(mine) = self.records.get_mut(&me) {
-                    if rec.seq >= mine.seq && *rec != *mine {
-                        mine.seq = rec.seq + 1;
-                        self.broadcast = true;
-                    }
+                if let Some(mine) = self.records.get_mut(&me)
+                    && rec.seq >= mine.seq
+                    && *rec != *mine
+                {
+                    mine.seq = rec.seq + 1;
+                    self.broadcast = true;
                 }
                 continue;
             }
@@ -1179,11 +1180,11 @@ impl Ipam {
         if self.ring.is_some() {
             return;
         }
-        if let Some(seeds) = self.paxos.decided() {
-            if !seeds.is_empty() {
-                let ring = Ring::seeded(self.config.range.size(), &seeds);
-                self.install_ring(ring, seeds);
-            }
+        if let Some(seeds) = self.paxos.decided()
+            && !seeds.is_empty()
+        {
+            let ring = Ring::seeded(self.config.range.size(), &seeds);
+            self.install_ring(ring, seeds);
         }
     }
 
@@ -1326,12 +1327,12 @@ impl Ipam {
             })
         };
         let me = self.config.name;
-        if let Some(r) = self.records.get_mut(&me) {
-            if r.vote != vote {
-                r.vote = vote;
-                r.seq += 1;
-                self.broadcast = true;
-            }
+        if let Some(r) = self.records.get_mut(&me)
+            && r.vote != vote
+        {
+            r.vote = vote;
+            r.seq += 1;
+            self.broadcast = true;
         }
     }
 

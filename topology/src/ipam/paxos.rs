@@ -166,15 +166,14 @@ impl Paxos {
             ours.promise = top;
         }
         // Acceptor: accept the value some node accepted under the proposal we promised.
-        if ours.accepted != ours.promise {
-            if let Some(c) = self
+        if ours.accepted != ours.promise
+            && let Some(c) = self
                 .knows
                 .values()
                 .find(|c| !c.accepted.is_none() && c.accepted == ours.promise)
-            {
-                ours.accepted = c.accepted;
-                ours.value = c.value.clone();
-            }
+        {
+            ours.accepted = c.accepted;
+            ours.value = c.value.clone();
         }
         // Proposer: a quorum promised our proposal and nobody accepted under it yet.
         if ours.promise.proposer == self.me

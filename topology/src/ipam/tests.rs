@@ -30,6 +30,7 @@ struct Net {
 
 impl Net {
     fn new(count: u8, range: &str, init: impl Fn(u8) -> Init, reclaim: Option<Duration>) -> Self {
+        #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
         let now = Instant::now();
         let peers = (1..=count)
             .map(|i| {
@@ -177,6 +178,7 @@ impl Net {
 
 #[test]
 fn lone_peer_seeds_and_owns_everything() {
+    #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
     let now = Instant::now();
     let mut a = Ipam::new(
         cfg(1, "10.32.0.0/12", Init::Consensus { quorum: 1 }),
@@ -330,7 +332,10 @@ fn auto_reclaim_needs_agreement_and_happens() {
     net.check_safety();
     assert_eq!(net.peers[2].ring(), net.peers[0].ring());
     net.advance(Duration::from_secs(3));
-    assert!(net.peers[2].lookup("x", "eth0").is_some(), "gets space by donation after heal");
+    assert!(
+        net.peers[2].lookup("x", "eth0").is_some(),
+        "gets space by donation after heal"
+    );
     net.check_safety();
 }
 
@@ -367,6 +372,7 @@ fn two_peers_cannot_reclaim_each_other() {
 
 #[test]
 fn different_seeds_are_refused_and_reported() {
+    #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
     let now = Instant::now();
     let mut a = Ipam::new(cfg(1, "10.0.0.0/24", Init::Consensus { quorum: 1 }), now, 1);
     let mut b = Ipam::new(cfg(2, "10.0.0.0/24", Init::Consensus { quorum: 1 }), now, 2);
@@ -387,6 +393,7 @@ fn different_seeds_are_refused_and_reported() {
 
 #[test]
 fn restart_from_snapshot_keeps_allocations() {
+    #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
     let now = Instant::now();
     let c = cfg(1, "10.32.0.0/12", Init::Consensus { quorum: 1 });
     let mut a = Ipam::new(c.clone(), now, 1);
@@ -419,6 +426,7 @@ fn restart_from_snapshot_keeps_allocations() {
 
 #[test]
 fn claim_rules() {
+    #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
     let now = Instant::now();
     let mut a = Ipam::new(cfg(1, "10.0.0.0/24", Init::Seed(vec![n(1), n(2)])), now, 1);
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
@@ -442,6 +450,7 @@ fn claim_rules() {
 
 #[test]
 fn gc_keeps_valid_and_gateway() {
+    #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
     let now = Instant::now();
     let mut a = Ipam::new(cfg(1, "10.0.0.0/24", Init::Seed(vec![n(1)])), now, 1);
     a.gateway(now);
@@ -466,7 +475,7 @@ fn churn_200_cycles_across_3_nodes_leaks_nothing() {
         net.advance(Duration::from_secs(3));
         assert!(net.peers[p].lookup(&id, "eth0").is_some(), "cycle {cycle}");
         net.check_safety();
-        assert_eq!(net.peers[p].release(&id, "eth0").is_some(), true);
+        assert!(net.peers[p].release(&id, "eth0").is_some());
         net.deliver_all();
     }
     assert_eq!(net.total_allocated(), 0, "leaked addresses");
@@ -507,7 +516,12 @@ fn run_model_with(
     reclaim: Option<Duration>,
 ) -> (usize, u64) {
     // A /27 keeps the space tight, so donation, exhaustion and contention all happen.
-    let mut net = Net::new(peers, "10.0.0.0/27", |_| Init::Consensus { quorum }, reclaim);
+    let mut net = Net::new(
+        peers,
+        "10.0.0.0/27",
+        |_| Init::Consensus { quorum },
+        reclaim,
+    );
     let strict = reclaim.is_none();
     let mut peak = 0;
     for o in ops {
@@ -560,10 +574,16 @@ fn run_model_with(
                 *held.entry(a).or_insert(0) += 1;
             }
         }
-        let reported: BTreeSet<IpAddr> =
-            net.peers.iter().flat_map(|p| p.conflicts().collect::<Vec<_>>()).collect();
+        let reported: BTreeSet<IpAddr> = net
+            .peers
+            .iter()
+            .flat_map(|p| p.conflicts().collect::<Vec<_>>())
+            .collect();
         for (a, count) in held {
-            assert!(count == 1 || reported.contains(&a), "{a} duplicated and not reported");
+            assert!(
+                count == 1 || reported.contains(&a),
+                "{a} duplicated and not reported"
+            );
         }
     }
     let rings: Vec<_> = net.peers.iter().map(|p| p.ring().cloned()).collect();
