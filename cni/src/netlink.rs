@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::runtime::Runtime;
@@ -87,24 +87,34 @@ pub(crate) async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMe
     }
 }
 
-/// Creates a veth pair `host`/`peer` in `h`'s namespace, attached to `bridge`, up, with `mtu`.
+/// Creates a veth pair in one request: `host` in `h`'s namespace, attached to `bridge` and up;
+/// its peer directly inside the namespace open as `peer_ns`, named `peer`, still down (the
+/// kernel cannot open a veth before its pair is complete: ENOTCONN). Creating the peer in place
+/// spares moving a device between namespaces, which costs RCU grace periods (tens of ms).
 pub(crate) async fn create_veth(
     h: &Handle,
     host: &str,
     peer: &str,
+    peer_ns: &File,
     bridge: u32,
     mtu: u32,
 ) -> Result<(), NlError> {
+    let peer_msg = LinkUnspec::new_with_name(peer)
+        .mtu(mtu)
+        .setns_by_fd(peer_ns.as_raw_fd())
+        .build();
     let msg = LinkVeth::new(host, peer)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
         .mtu(mtu)
         .controller(bridge)
         .up()
         .build();
-    h.link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(|e| nl(e, format!("create veth pair {host}/{peer}")))
+    h.link().add(msg).execute().await.map_err(|e| {
+        nl(
+            e,
+            format!("create veth pair {host} (host) / {peer} (container)"),
+        )
+    })
 }
 
 /// Sets the hairpin flag of bridge port `index`.
@@ -122,31 +132,14 @@ pub(crate) async fn set_hairpin(
         .map_err(|e| nl(e, format!("set hairpin {on} on bridge port {name}")))
 }
 
-/// Moves link `name` into the namespace open as `ns`.
-pub(crate) async fn move_to_netns(h: &Handle, name: &str, ns: &File) -> Result<(), NlError> {
-    let msg = LinkUnspec::new_with_name(name)
-        .setns_by_fd(ns.as_raw_fd())
-        .build();
+/// Brings link `index` up.
+pub(crate) async fn set_up(h: &Handle, index: u32, name: &str) -> Result<(), NlError> {
+    let msg = LinkUnspec::new_with_index(index).up().build();
     h.link()
         .change(msg)
         .execute()
         .await
-        .map_err(|e| nl(e, format!("move {name} into the container namespace")))
-}
-
-/// Renames link `index` to `name`, sets its MTU and brings it up.
-pub(crate) async fn rename_up(h: &Handle, index: u32, name: &str, mtu: u32) -> Result<(), NlError> {
-    let msg = LinkUnspec::new_with_index(index)
-        .name(name.to_owned())
-        .mtu(mtu)
-        .up()
-        .build();
-    h.link().change(msg).execute().await.map_err(|e| {
-        nl(
-            e,
-            format!("rename the container end to {name} and bring it up"),
-        )
-    })
+        .map_err(|e| nl(e, format!("bring {name} up")))
 }
 
 /// Deletes link `name`; `Ok(false)` when there was none.

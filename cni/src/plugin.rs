@@ -237,7 +237,6 @@ fn add(a: &Attach, conf: &NetConf, version: CniVersion) -> Result<Vec<u8>, CniEr
     let ns = open_netns(netns_path)?;
     let nl = Netlink::new().map_err(|e| io_error("cannot open a netlink socket", &e))?;
     let host_name = host_veth_name(&a.container_id, &a.ifname);
-    let temp_name = temp_veth_name(&a.container_id, &a.ifname);
     let (bridge, existing) = nl
         .block_on(async {
             futures::future::try_join(
@@ -297,26 +296,26 @@ fn add(a: &Attach, conf: &NetConf, version: CniVersion) -> Result<Vec<u8>, CniEr
     // pair wherever the container end is, and the allocation is released.
     let configured = nl.block_on(async {
         let bridge_index = bridge.header.index;
-        netlink::create_veth(nl.host(), &host_name, &temp_name, bridge_index, mtu).await?;
-        let host_link = netlink::link_by_name(nl.host(), &host_name).await?;
-        let host_link = host_link.ok_or_else(|| NlError {
-            text: format!("host veth {host_name} vanished after creation"),
-        })?;
-        netlink::set_hairpin(
-            nl.host(),
-            host_link.header.index,
-            &host_name,
-            conf.hairpin_mode.unwrap_or(true),
+        netlink::create_veth(nl.host(), &host_name, &a.ifname, &ns, bridge_index, mtu).await?;
+        let (host_link, peer) = futures::future::try_join(
+            netlink::link_by_name(nl.host(), &host_name),
+            netlink::link_by_name(&container, &a.ifname),
         )
         .await?;
-        netlink::move_to_netns(nl.host(), &temp_name, &ns).await?;
-        let peer = netlink::link_by_name(&container, &temp_name)
-            .await?
-            .ok_or_else(|| NlError {
-                text: format!("container veth {temp_name} not found after the move"),
-            })?;
+        let (Some(host_link), Some(peer)) = (host_link, peer) else {
+            return Err(NlError {
+                text: format!(
+                    "veth pair {host_name}/{} not found after creation",
+                    a.ifname
+                ),
+            });
+        };
+        // A new bridge port starts with hairpin off.
+        if conf.hairpin_mode.unwrap_or(true) {
+            netlink::set_hairpin(nl.host(), host_link.header.index, &host_name, true).await?;
+        }
         let index = peer.header.index;
-        netlink::rename_up(&container, index, &a.ifname, mtu).await?;
+        netlink::set_up(&container, index, &a.ifname).await?;
         netlink::add_address(&container, index, cidr.addr, cidr.prefix).await?;
         let routed =
             netlink::add_default_route(&container, index, gateway, cidr.contains(gateway)).await?;
@@ -749,7 +748,6 @@ mod tests {
         assert!(a.starts_with("vw"));
         assert_ne!(a, host_veth_name("cnih-cnih-c1", "eth1"));
         assert_ne!(a, host_veth_name("cnih-cnih-c2", "eth0"));
-        assert_eq!(&temp_veth_name("cnih-cnih-c1", "eth0")[2..], &a[2..]);
     }
 
     #[test]
