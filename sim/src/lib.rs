@@ -6,3 +6,4 @@
 
 pub mod demo;
 pub mod lab;
+pub mod mesh;

@@ -23,6 +23,8 @@ enum Command {
     /// Real weft routers in network namespaces on this machine (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Deterministic simulation of N routers running the real topology core.
+    Mesh(weft_sim::mesh::MeshArgs),
 }
 
 #[derive(Subcommand)]
@@ -122,6 +124,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cli.command {
+        Command::Mesh(args) => {
+            let report = weft_sim::mesh::run(&args)?;
+            weft_sim::mesh::print_report(&mut out, &report, args.json)?;
+        }
         Command::Lab(cmd) => match cmd {
             LabCommand::Up {
                 name,

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::PeerName;
 
+pub mod ipam;
+
 /// The whole topology status of one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeshStatus {
@@ -113,6 +115,14 @@ pub struct GossipStats {
     pub sent_messages: u64,
     /// Of which heartbeats.
     pub sent_heartbeats: u64,
+    /// Bytes of bucket digests queued (anti-entropy).
+    pub sent_bucket_digest_bytes: u64,
+    /// Bytes of summaries queued (announcements and anti-entropy).
+    pub sent_summary_bytes: u64,
+    /// Bytes of requests queued.
+    pub sent_request_bytes: u64,
+    /// Bytes of updates queued.
+    pub sent_update_bytes: u64,
     /// Bytes passed to `handle_control`.
     pub received_bytes: u64,
     /// Messages passed to `handle_control`.

@@ -28,7 +28,7 @@
 //! every differing bucket (the full-state exchange). At steady state only heartbeats flow, so
 //! the bytes per node per second depend on the node's degree, not on the mesh size.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +63,13 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Batching delay of announcements (default 50 ms).
     pub gossip_interval: Duration,
+    /// How many connections (by lowest edge hash) each peer picks for announcements; the
+    /// announcement graph is the union of every peer's picks. 0 floods over every connection
+    /// (default 3).
+    pub announce_degree: usize,
+    /// Least time between two versions of our own record, and how long added connections
+    /// wait to be published together (default 300 ms; Weave coalesces for 1 s).
+    pub own_update_interval: Duration,
     /// How long a neighbour's digest must differ before anti-entropy starts (default 1 s).
     pub anti_entropy_delay: Duration,
     /// Least time between two anti-entropy rounds on one connection (default 2 s).
@@ -86,6 +93,10 @@ pub struct Config {
     /// Most bytes queued for one connection; beyond it messages are dropped and counted
     /// (anti-entropy repairs what they carried) (default 1 MiB).
     pub max_queue_bytes: usize,
+    /// How long a collected peer's last record is remembered; older or equal records of it
+    /// are refused meanwhile, so stale copies held by slower neighbours cannot bring it back
+    /// (default 10 s).
+    pub tombstone_ttl: Duration,
     /// Emit [`Event::PeerAdded`] and [`Event::PeerRemoved`] (default true).
     pub peer_events: bool,
     /// An optional intern table shared between engines in one process.
@@ -104,6 +115,8 @@ impl Config {
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_millis(1500),
             gossip_interval: Duration::from_millis(50),
+            own_update_interval: Duration::from_millis(300),
+            announce_degree: 3,
             anti_entropy_delay: Duration::from_secs(1),
             anti_entropy_interval: Duration::from_secs(2),
             anti_entropy_budget: 16 * 1024,
@@ -117,6 +130,7 @@ impl Config {
             },
             dial_timeout: Duration::from_secs(30),
             max_queue_bytes: 1 << 20,
+            tombstone_ttl: Duration::from_secs(10),
             peer_events: true,
             record_cache: None,
         }
@@ -207,8 +221,10 @@ pub struct Mesh {
     conns: BTreeMap<ConnId, Connection>,
     by_peer: BTreeMap<PeerName, ConnId>,
     targets: Targets,
-    pending: BTreeMap<PeerName, (RecordKey, Vec<ConnId>)>,
-    requested: BTreeMap<PeerName, (RecordKey, Instant)>,
+    pending: HashMap<PeerName, (RecordKey, Vec<ConnId>)>,
+    requested: HashMap<PeerName, (RecordKey, Instant)>,
+    tombstones: HashMap<PeerName, (RecordKey, Instant)>,
+    next_tombstone_prune: Instant,
     transmit: VecDeque<(ConnId, Vec<u8>)>,
     events: VecDeque<Event>,
     routes: Routes,
@@ -219,6 +235,12 @@ pub struct Mesh {
     orphan_gc_at: Option<Instant>,
     component_gc_at: Option<Instant>,
     last_component_gc: Option<Instant>,
+    publish_at: Option<Instant>,
+    last_publish: Option<Instant>,
+    unpublished_since: Option<Instant>,
+    unpublished_removal: bool,
+    component_pending: bool,
+    unreachable_suspects: BTreeSet<PeerName>,
     stats: api::GossipStats,
 }
 
@@ -245,8 +267,10 @@ impl Mesh {
             conns: BTreeMap::new(),
             by_peer: BTreeMap::new(),
             targets: Targets::default(),
-            pending: BTreeMap::new(),
-            requested: BTreeMap::new(),
+            pending: HashMap::new(),
+            requested: HashMap::new(),
+            tombstones: HashMap::new(),
+            next_tombstone_prune: now,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             last_now: now,
@@ -256,6 +280,12 @@ impl Mesh {
             orphan_gc_at: None,
             component_gc_at: None,
             last_component_gc: None,
+            publish_at: None,
+            last_publish: None,
+            unpublished_since: None,
+            unpublished_removal: false,
+            component_pending: false,
+            unreachable_suspects: BTreeSet::new(),
             stats: api::GossipStats::default(),
         };
         if mesh.config.route_recalc_delay.is_some() {
@@ -463,7 +493,13 @@ impl Mesh {
             // Both ends keep the connection dialled by the lower name; same direction: the older.
             let keep_new = old_outbound != outbound && outbound == lower_dials;
             if keep_new {
-                self.close(now, old_id, CloseReason::Duplicate);
+                // Replaced without rebuilding our record in between: the peer never
+                // disappears from it, so nobody sees a removal.
+                self.events.push_back(Event::CloseConnection {
+                    conn: old_id,
+                    reason: CloseReason::Duplicate,
+                });
+                self.remove_conn(now, old_id, false);
             } else {
                 self.events.push_back(Event::CloseConnection {
                     conn,
@@ -520,7 +556,7 @@ impl Mesh {
                 t.connected_at = Some(now);
             }
         }
-        self.rebuild_own(now);
+        self.rebuild_own(now, false);
         let (count, digest) = self.peers.digest();
         let mut hb = Vec::with_capacity(14);
         wire::encode_heartbeat(count, digest, &mut hb);
@@ -534,7 +570,7 @@ impl Mesh {
     pub fn handle_connection_down(&mut self, now: Instant, conn: ConnId, reason: &str) {
         self.last_now = now;
         let _ = reason;
-        self.remove_conn(now, conn);
+        self.remove_conn(now, conn, true);
     }
 
     /// Handles one control message from a connection.
@@ -624,6 +660,13 @@ impl Mesh {
                 self.send(id, hb);
             }
             self.requested.retain(|_, (_, deadline)| *deadline > now);
+            if now >= self.next_tombstone_prune {
+                self.tombstones.retain(|_, (_, expiry)| *expiry > now);
+                self.next_tombstone_prune = now + self.config.tombstone_ttl / 8;
+            }
+        }
+        if self.publish_at.is_some_and(|t| t <= now) {
+            self.publish_own(now);
         }
         if self.flush_at.is_some_and(|t| t <= now) {
             self.flush_at = None;
@@ -631,14 +674,12 @@ impl Mesh {
         }
         if self.orphan_gc_at.is_some_and(|t| t <= now) {
             self.orphan_gc_at = None;
-            let removed = self.peers.remove_orphans();
+            let removed = self.peers.remove_dropped_orphans();
             self.after_removal(now, removed);
         }
         if self.component_gc_at.is_some_and(|t| t <= now) {
             self.component_gc_at = None;
-            self.last_component_gc = Some(now);
-            let removed = self.peers.remove_unreachable();
-            self.after_removal(now, removed);
+            self.slow_gc(now);
         }
         if self.recalc_at.is_some_and(|t| t <= now) {
             self.recalc_at = None;
@@ -670,8 +711,8 @@ impl Mesh {
             self.close(now, id, CloseReason::PeerRemoved);
         }
         self.targets.retain(|_, t| t.direct || t.peer != Some(peer));
-        if self.peers.remove(peer).is_some() {
-            self.after_removal(now, vec![peer]);
+        if let Some(rec) = self.peers.remove(peer) {
+            self.after_removal(now, vec![(peer, rec.key())]);
         }
     }
 
@@ -720,6 +761,7 @@ impl Mesh {
             "heartbeat timeout",
         );
         consider(self.flush_at, "gossip batch");
+        consider(self.publish_at, "own record update");
         consider(self.orphan_gc_at, "orphan gc");
         consider(self.component_gc_at, "component gc");
         consider(self.recalc_at, "route recalculation");
@@ -727,7 +769,20 @@ impl Mesh {
             self.targets.next_deadline(self.config.dial_timeout),
             "target retry",
         );
-        let pending = self.targets.iter().any(|t| t.state == TargetState::Pending);
+        let dialling = self
+            .targets
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    TargetState::Connecting { .. } | TargetState::Requested { .. }
+                )
+            })
+            .count();
+        // Pending targets are due at once, unless the connection limit holds them back (then
+        // a connection going down, itself an input, frees a slot).
+        let pending = self.conns.len() + dialling < self.config.conn_limit
+            && self.targets.iter().any(|t| t.state == TargetState::Pending);
         consider(pending.then_some(self.last_now), "target pending");
         best
     }
@@ -822,7 +877,8 @@ impl Mesh {
                 }
                 continue;
             }
-            match self.peers.key(e.name) {
+            let held = self.peers.key(e.name).or_else(|| self.tombstone(e.name));
+            match held {
                 Some(held) if held == key => {
                     if let Some((k, excl)) = self.pending.get_mut(&e.name)
                         && *k == key
@@ -858,7 +914,7 @@ impl Mesh {
             }
         }
         if bumped {
-            self.rebuild_own(now);
+            self.rebuild_own(now, false);
         }
         for chunk in want.chunks(wire::MAX_ENTRIES) {
             let mut out = Vec::with_capacity(wire::LIST_HEADER_LEN + chunk.len() * 6);
@@ -895,7 +951,9 @@ impl Mesh {
             {
                 self.requested.remove(&rec.name);
             }
-            if !self.peers.is_newer(&rec) {
+            if !self.peers.is_newer(&rec)
+                || self.tombstone(rec.name).is_some_and(|k| rec.key() <= k)
+            {
                 continue;
             }
             let rec = match &self.config.record_cache {
@@ -917,10 +975,18 @@ impl Mesh {
             }
             self.stats.records_applied += 1;
             changed = true;
-            self.mark_changed(now, name, Some(conn));
+            // A peer without connections is unreachable for everyone but its neighbours (who
+            // hear it directly); spreading it would only add a version to every table.
+            if self
+                .peers
+                .get(name)
+                .is_some_and(|r| !r.connections.is_empty())
+            {
+                self.mark_changed(now, name, Some(conn));
+            }
         }
         if bumped {
-            self.rebuild_own(now);
+            self.rebuild_own(now, false);
         }
         if changed {
             self.topology_changed(now, removal);
@@ -939,6 +1005,14 @@ impl Mesh {
             return;
         }
         c.queued += bytes.len();
+        let len = bytes.len() as u64;
+        match bytes.get(1).copied() {
+            Some(wire::kind::BUCKET_DIGEST) => self.stats.sent_bucket_digest_bytes += len,
+            Some(wire::kind::SUMMARY) => self.stats.sent_summary_bytes += len,
+            Some(wire::kind::REQUEST) => self.stats.sent_request_bytes += len,
+            Some(wire::kind::UPDATE) => self.stats.sent_update_bytes += len,
+            Some(_) | None => {}
+        }
         self.transmit.push_back((conn, bytes));
     }
 
@@ -994,17 +1068,33 @@ impl Mesh {
         if pending.is_empty() {
             return;
         }
-        let ids: Vec<(ConnId, PeerName)> = self.conns.values().map(|c| (c.id, c.remote)).collect();
+        #[allow(clippy::disallowed_methods)] // sorted below
+        let mut current: Vec<(Entry, Vec<ConnId>)> = pending
+            .into_iter()
+            .filter_map(|(name, (_, excl))| {
+                let r = self.peers.get(name)?;
+                Some((
+                    Entry {
+                        name,
+                        uid: r.uid,
+                        version: r.version,
+                    },
+                    excl,
+                ))
+            })
+            .collect();
+        current.sort_unstable_by_key(|(e, _)| e.name);
+        let ids: Vec<(ConnId, PeerName)> = self
+            .conns
+            .values()
+            .filter(|c| self.announces_to(c.remote))
+            .map(|c| (c.id, c.remote))
+            .collect();
         for (id, remote) in ids {
-            let entries: Vec<Entry> = pending
+            let entries: Vec<Entry> = current
                 .iter()
-                .filter(|(name, (_, excl))| **name != remote && !excl.contains(&id))
-                .filter_map(|(name, _)| self.peers.get(*name))
-                .map(|r| Entry {
-                    name: r.name,
-                    uid: r.uid,
-                    version: r.version,
-                })
+                .filter(|(e, excl)| e.name != remote && !excl.contains(&id))
+                .map(|(e, _)| *e)
                 .collect();
             for chunk in entries.chunks(SUMMARY_CHUNK_BYTES / ENTRY_LEN) {
                 self.send_summary(id, 0, chunk);
@@ -1012,7 +1102,67 @@ impl Mesh {
         }
     }
 
-    fn rebuild_own(&mut self, now: Instant) {
+    /// Returns true when announcements go to `remote`: the connection is one of the
+    /// `announce_degree` connections with the lowest edge hash at our end or, by the remote's
+    /// record, at its end (unknown counts as yes). Every peer floods over the union, a sparse
+    /// subgraph that is connected with high probability; heartbeat digests run over every
+    /// connection and repair what it misses.
+    fn announces_to(&self, remote: PeerName) -> bool {
+        let k = self.config.announce_degree;
+        let me = self.config.name;
+        if k == 0 || self.conns.len() <= k {
+            return true;
+        }
+        let h = edge_hash(me, remote);
+        if self
+            .by_peer
+            .keys()
+            .filter(|&&p| edge_hash(me, p) < h)
+            .count()
+            < k
+        {
+            return true;
+        }
+        let Some(rec) = self.peers.get(remote) else {
+            return true;
+        };
+        if rec.connection_to(me).is_none() || rec.connections.len() <= k {
+            return true;
+        }
+        rec.connections
+            .iter()
+            .filter(|c| edge_hash(remote, c.remote) < h)
+            .count()
+            < k
+    }
+
+    /// Notes that our connections changed. Versions of our record are at least
+    /// `own_update_interval` apart. A removal (a failure) is published as soon as that allows;
+    /// additions wait `own_update_interval` after the first unpublished change, so that the
+    /// burst of connections at start-up or after a partition heals makes one version, not
+    /// one per connection.
+    fn rebuild_own(&mut self, now: Instant, removal: bool) {
+        let delay = self.config.own_update_interval;
+        let first = *self.unpublished_since.get_or_insert(now);
+        self.unpublished_removal |= removal;
+        let min_next = self.last_publish.map_or(now, |t| t + delay).max(now);
+        let due = if self.unpublished_removal {
+            min_next
+        } else {
+            (first + delay).max(min_next)
+        };
+        if due <= now {
+            self.publish_own(now);
+        } else if self.publish_at.is_none_or(|t| due < t) {
+            self.publish_at = Some(due);
+        }
+    }
+
+    fn publish_own(&mut self, now: Instant) {
+        self.publish_at = None;
+        self.unpublished_since = None;
+        self.unpublished_removal = false;
+        self.last_publish = Some(now);
         self.version += 1;
         let mut connections: Vec<ConnectionSummary> = self
             .conns
@@ -1045,20 +1195,21 @@ impl Mesh {
             self.recalc_at
                 .get_or_insert(now + Duration::from_millis(100));
         }
-        if self.peers.has_orphans() {
-            // An orphan made by a removal is dead; one that arrived as such may be waiting for
-            // the records that point at it, so it gets longer.
-            let delay = if removal {
-                self.config.gc_delay
-            } else {
-                self.config.gc_interval
-            };
-            let at = now + delay;
-            if self.orphan_gc_at.is_none_or(|t| at < t) {
-                self.orphan_gc_at = Some(at);
-            }
+        if removal && self.peers.has_dropped_orphans() {
+            // Nobody lists these peers any more: they are gone.
+            self.orphan_gc_at.get_or_insert(now + self.config.gc_delay);
         }
-        if removal && self.component_gc_at.is_none() {
+        // A removal may have cut off a whole component; a fresh orphan may be a stale record.
+        // Both wait for the slow collector, which removes a peer only when it is unreachable
+        // at two runs in a row, `gc_interval` apart.
+        self.component_pending |= removal;
+        if self.component_pending || !self.peers.fresh_orphans_empty() {
+            self.schedule_slow_gc(now);
+        }
+    }
+
+    fn schedule_slow_gc(&mut self, now: Instant) {
+        if self.component_gc_at.is_none() {
             let earliest = self
                 .last_component_gc
                 .map_or(now, |t| t + self.config.gc_interval);
@@ -1066,12 +1217,40 @@ impl Mesh {
         }
     }
 
-    fn after_removal(&mut self, now: Instant, removed: Vec<PeerName>) {
+    fn slow_gc(&mut self, now: Instant) {
+        self.last_component_gc = Some(now);
+        let mut suspects: BTreeSet<PeerName> = self.peers.fresh_orphans().into_iter().collect();
+        if self.component_pending || !self.unreachable_suspects.is_empty() {
+            self.component_pending = false;
+            suspects.extend(self.peers.unreachable());
+        }
+        let (remove, keep): (Vec<PeerName>, Vec<PeerName>) = suspects
+            .into_iter()
+            .partition(|n| self.unreachable_suspects.contains(n));
+        let removed: Vec<(PeerName, RecordKey)> = remove
+            .into_iter()
+            .filter_map(|n| self.peers.remove(n).map(|r| (n, r.key())))
+            .collect();
+        self.unreachable_suspects = keep.into_iter().collect();
+        self.after_removal(now, removed);
+        if !self.unreachable_suspects.is_empty() {
+            self.schedule_slow_gc(now);
+        }
+    }
+
+    /// Returns the key of a recently collected peer's last record.
+    fn tombstone(&self, name: PeerName) -> Option<RecordKey> {
+        self.tombstones.get(&name).map(|(k, _)| *k)
+    }
+
+    fn after_removal(&mut self, now: Instant, removed: Vec<(PeerName, RecordKey)>) {
         if removed.is_empty() {
             return;
         }
-        for name in removed {
+        let expiry = now + self.config.tombstone_ttl;
+        for (name, key) in removed {
             self.pending.remove(&name);
+            self.tombstones.insert(name, (key, expiry));
             if self.config.peer_events {
                 self.events.push_back(Event::PeerRemoved(name));
             }
@@ -1083,11 +1262,11 @@ impl Mesh {
         if self.conns.contains_key(&conn) {
             self.events
                 .push_back(Event::CloseConnection { conn, reason });
-            self.remove_conn(now, conn);
+            self.remove_conn(now, conn, true);
         }
     }
 
-    fn remove_conn(&mut self, now: Instant, conn: ConnId) {
+    fn remove_conn(&mut self, now: Instant, conn: ConnId, rebuild: bool) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -1103,10 +1282,13 @@ impl Mesh {
                 t.disconnected(now, b, rng);
             }
         }
-        self.rebuild_own(now);
+        if rebuild {
+            self.rebuild_own(now, true);
+        }
     }
 
-    /// A target whose peer was collected and is back in the topology is retried soon.
+    /// A target whose peer was collected and is back in the topology is retried within a
+    /// quarter of the initial back-off.
     fn peer_reappeared(&mut self, now: Instant, name: PeerName) {
         let initial = self.config.backoff.initial;
         let rng = &mut self.rng;
@@ -1114,7 +1296,7 @@ impl Mesh {
             if t.peer == Some(name)
                 && let TargetState::Retrying { next_attempt, .. } = &mut t.state
             {
-                let soon = now + initial.mul_f64(rng.gen_range(0.0..1.0));
+                let soon = now + initial.mul_f64(rng.gen_range(0.0..0.25));
                 if soon < *next_attempt {
                     *next_attempt = soon;
                 }
@@ -1206,6 +1388,10 @@ impl Mesh {
                 continue;
             }
             if active >= limit {
+                // Held back by the connection limit: look again later rather than spin.
+                if let TargetState::Retrying { next_attempt, .. } = &mut t.state {
+                    *next_attempt = now + b.initial;
+                }
                 continue;
             }
             active += 1;
@@ -1221,6 +1407,17 @@ impl Target {
     pub fn is_established(&self) -> bool {
         matches!(self.state, TargetState::Established { .. })
     }
+}
+
+/// Returns a hash of the edge between two peers, the same at both ends.
+fn edge_hash(a: PeerName, b: PeerName) -> u64 {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    crate::peers::entry_hash(lo, 0x5eed, u64::from_be_bytes(pad(hi)))
+}
+
+fn pad(n: PeerName) -> [u8; 8] {
+    let b = n.bytes();
+    [0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
 const SUMMARY_CHUNK_BYTES: usize = 64 * 1024;

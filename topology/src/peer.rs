@@ -16,8 +16,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 ///
 /// The crypto crate derives the six bytes from the node's public key; topology only treats them
 /// as an opaque identifier. The all-zero name is reserved and never valid on the wire.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct PeerName([u8; 6]);
+
+impl std::hash::Hash for PeerName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let b = self.0;
+        state.write_u64(u64::from_be_bytes([
+            0, 0, b[0], b[1], b[2], b[3], b[4], b[5],
+        ]));
+    }
+}
 
 impl PeerName {
     /// Makes a name from its six bytes.

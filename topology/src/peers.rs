@@ -11,7 +11,7 @@
 //! a cheap one that removes *orphans* (records no known record points at), cascading, and a
 //! breadth-first search for whole components cut off from us.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -40,7 +40,9 @@ pub struct Peers {
     records: usize,
     digest: u64,
     buckets: [u64; BUCKETS],
-    orphans: BTreeSet<PeerName>,
+    /// Orphans, with true for those made by a removed connection ("dropped") and false for
+    /// those that arrived as orphans ("fresh").
+    orphans: BTreeMap<PeerName, bool>,
     mark: u32,
 }
 
@@ -61,7 +63,7 @@ impl Peers {
             records: 0,
             digest: 0,
             buckets: [0; BUCKETS],
-            orphans: BTreeSet::new(),
+            orphans: BTreeMap::new(),
             mark: 0,
         };
         p.install(own);
@@ -193,26 +195,44 @@ impl Peers {
         v
     }
 
-    /// Returns true when some record is an orphan: no held record lists a connection to it.
-    /// Orphans are unreachable; [`Peers::remove_orphans`] drops them.
-    pub fn has_orphans(&self) -> bool {
-        !self.orphans.is_empty()
+    /// Returns true when some record was orphaned by a removed connection: no held record
+    /// lists a connection to it any more. Such a peer is unreachable;
+    /// [`Peers::remove_dropped_orphans`] drops it.
+    pub fn has_dropped_orphans(&self) -> bool {
+        self.orphans.values().any(|dropped| *dropped)
     }
 
-    /// Removes orphans, and the orphans that removing them makes, and returns their names.
-    pub fn remove_orphans(&mut self) -> Vec<PeerName> {
+    /// Returns the records that arrived as orphans and still are, sorted. During a cold start
+    /// a record often arrives before the records pointing at it, so these are only suspects.
+    pub fn fresh_orphans(&self) -> Vec<PeerName> {
+        self.orphans
+            .iter()
+            .filter(|(_, d)| !**d)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Returns true when no record is a fresh orphan.
+    pub fn fresh_orphans_empty(&self) -> bool {
+        self.orphans.values().all(|d| *d)
+    }
+
+    /// Removes the orphans made by removed connections, and those that removing them makes;
+    /// returns the names and keys of the records removed, sorted by name.
+    pub fn remove_dropped_orphans(&mut self) -> Vec<(PeerName, RecordKey)> {
         let mut removed = Vec::new();
-        while let Some(name) = self.orphans.pop_first() {
-            if self.remove(name).is_some() {
-                removed.push(name);
+        while let Some(name) = self.orphans.iter().find(|(_, d)| **d).map(|(n, _)| *n) {
+            self.orphans.remove(&name);
+            if let Some(rec) = self.remove(name) {
+                removed.push((name, rec.key()));
             }
         }
         removed.sort_unstable();
         removed
     }
 
-    /// Removes every peer not reachable from us over listed connections; returns their names.
-    pub fn remove_unreachable(&mut self) -> Vec<PeerName> {
+    /// Returns every peer not reachable from us over listed connections, sorted.
+    pub fn unreachable(&mut self) -> Vec<PeerName> {
         self.mark = self.mark.wrapping_add(1);
         if self.mark == 0 {
             #[allow(clippy::disallowed_methods)] // order does not matter when clearing marks
@@ -252,9 +272,6 @@ impl Peers {
             .map(|(n, _)| *n)
             .collect();
         dead.sort_unstable();
-        for n in &dead {
-            self.remove(*n);
-        }
         dead
     }
 
@@ -271,7 +288,8 @@ impl Peers {
         let old = slot.rec.replace(rec);
         if name != self.ours {
             if indegree == 0 {
-                self.orphans.insert(name);
+                // A replaced record keeps its kind of orphanhood.
+                self.orphans.entry(name).or_insert(false);
             } else {
                 self.orphans.remove(&name);
             }
@@ -281,13 +299,15 @@ impl Peers {
             return None;
         };
         self.account(&old, false);
-        let mut removed = false;
+        let removed = match self.slots.get(&name).and_then(|s| s.rec.as_ref()) {
+            Some(new) => old
+                .connections
+                .iter()
+                .any(|c| new.connection_to(c.remote).is_none()),
+            None => true,
+        };
         for c in &old.connections {
             self.dec_indegree(c.remote);
-            let still = self
-                .get(name)
-                .is_some_and(|r| r.connection_to(c.remote).is_some());
-            removed |= !still;
         }
         Some(removed)
     }
@@ -321,7 +341,7 @@ impl Peers {
             if slot.rec.is_none() {
                 self.slots.remove(&name);
             } else if name != self.ours {
-                self.orphans.insert(name);
+                self.orphans.insert(name, true);
             }
         }
     }
@@ -371,6 +391,9 @@ impl Hasher for NameHasher {
         for b in bytes {
             self.0 = (self.0 << 8 | u64::from(*b)).rotate_left(5) ^ u64::from(*b);
         }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
     }
 }
 
@@ -441,13 +464,19 @@ mod tests {
         p.apply(rec(4, 1, &[5]));
         p.apply(rec(5, 1, &[4]));
         p.apply(rec(6, 1, &[2]));
-        assert!(p.has_orphans());
-        assert_eq!(p.remove_orphans(), vec![n(6)]);
-        assert_eq!(p.remove_unreachable(), vec![n(4), n(5)]);
+        assert!(!p.has_dropped_orphans());
+        assert_eq!(p.fresh_orphans(), vec![n(6)]);
+        let names =
+            |v: Vec<(PeerName, RecordKey)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(p.unreachable(), vec![n(4), n(5), n(6)]);
+        for x in [4, 5, 6] {
+            p.remove(n(x));
+        }
         assert_eq!(p.names(), vec![n(1), n(2), n(3)]);
         // 2 drops 3: 3 becomes an orphan.
         p.apply(rec(2, 2, &[1]));
-        assert_eq!(p.remove_orphans(), vec![n(3)]);
+        assert!(p.has_dropped_orphans());
+        assert_eq!(names(p.remove_dropped_orphans()), vec![n(3)]);
         assert_eq!(p.len(), 2);
     }
 }

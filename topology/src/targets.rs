@@ -5,7 +5,7 @@
 //! consecutive failure the next attempt waits `U[i/2, 3i/2)` with
 //! `i = initial × 1.5^(n-1)`, capped at `max` (Weave's rule with our constants). A connection
 //! that lived longer than `max` resets the count. A peer that reappears in the topology after
-//! having been collected is retried within `U[0, initial)`, so a healed partition reconnects
+//! having been collected is retried within `U[0, initial / 4)`, so a healed partition reconnects
 //! without waiting out a long back-off.
 
 use std::collections::BTreeMap;

@@ -121,12 +121,18 @@ pub enum Message {
     },
 }
 
-mod kind {
-    pub(super) const HEARTBEAT: u8 = 0x01;
-    pub(super) const BUCKET_DIGEST: u8 = 0x02;
-    pub(super) const SUMMARY: u8 = 0x03;
-    pub(super) const REQUEST: u8 = 0x04;
-    pub(super) const UPDATE: u8 = 0x05;
+/// The message type bytes (the second byte of every message).
+pub mod kind {
+    /// [`super::Message::Heartbeat`].
+    pub const HEARTBEAT: u8 = 0x01;
+    /// [`super::Message::BucketDigest`].
+    pub const BUCKET_DIGEST: u8 = 0x02;
+    /// [`super::Message::Summary`].
+    pub const SUMMARY: u8 = 0x03;
+    /// [`super::Message::Request`].
+    pub const REQUEST: u8 = 0x04;
+    /// [`super::Message::Update`].
+    pub const UPDATE: u8 = 0x05;
 }
 
 mod conn_flags {

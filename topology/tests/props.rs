@@ -1,5 +1,7 @@
 //! Property tests: merge laws, routes against a reference BFS, broadcast exactly once, codec.
 
+#![allow(clippy::unwrap_used, clippy::needless_range_loop)] // test helpers
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,7 +52,12 @@ fn snapshot(p: &Peers) -> Vec<PeerInfo> {
 }
 
 fn arb_record() -> impl Strategy<Value = Arc<PeerInfo>> {
-    (1usize..6, 1u64..3, 1u64..4, proptest::collection::btree_set(0usize..6, 0..4))
+    (
+        1usize..6,
+        1u64..3,
+        1u64..4,
+        proptest::collection::btree_set(0usize..6, 0..4),
+    )
         .prop_map(|(i, uid, v, conns)| record(i, uid, v, &conns))
 }
 
@@ -204,7 +211,11 @@ proptest! {
 #[test]
 fn partial_connectivity_relays_through_the_middle() {
     // A–B, B–C, no A–C.
-    let adj = vec![BTreeSet::from([1]), BTreeSet::from([0, 2]), BTreeSet::from([1])];
+    let adj = vec![
+        BTreeSet::from([1]),
+        BTreeSet::from([0, 2]),
+        BTreeSet::from([1]),
+    ];
     let routes = Routes::calculate(&peers_for(&adj, 0, &[0, 1, 2]), name(0));
     assert_eq!(routes.unicast_next_hop(name(2)), Some(name(1)));
     assert_eq!(routes.unicast_next_hop(name(1)), Some(name(1)));

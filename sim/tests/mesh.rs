@@ -1,0 +1,57 @@
+//! A small `weft-sim mesh` run: converges in every phase, is deterministic, stays under the
+//! steady-state gossip budget. The 1,000- and 5,000-node runs are release-mode runs by hand
+//! (docs/SIMULATOR.md).
+
+#![allow(clippy::unwrap_used, clippy::needless_range_loop)] // test helpers
+
+use weft_sim::mesh::{MeshArgs, run};
+
+fn small() -> MeshArgs {
+    let mut args = MeshArgs::with_nodes(40);
+    args.partition_s = 5.0;
+    args.steady_s = 2.0;
+    args.seed = 7;
+    args
+}
+
+#[test]
+fn small_mesh_converges_deterministically() {
+    let a = run(&small()).unwrap();
+    assert!(a.converged, "{a:?}");
+    assert!(a.cold_start_convergence_s.unwrap() <= 3.0, "{a:?}");
+    assert!(a.leave_convergence_s.unwrap() <= 3.0, "{a:?}");
+    assert!(a.gossip_bytes_per_node_per_s_max <= 10_000.0, "{a:?}");
+    let b = run(&small()).unwrap();
+    assert_eq!(a.cold_start_convergence_s, b.cold_start_convergence_s);
+    assert_eq!(a.leave_convergence_s, b.leave_convergence_s);
+    assert_eq!(
+        a.partition_heal_convergence_s,
+        b.partition_heal_convergence_s
+    );
+    assert_eq!(a.total_gossip_bytes, b.total_gossip_bytes);
+    assert_eq!(a.messages_delivered, b.messages_delivered);
+}
+
+#[test]
+fn json_report_has_the_keys_scripts_use() {
+    let mut args = MeshArgs::with_nodes(10);
+    args.partition_s = 3.0;
+    args.steady_s = 1.0;
+    let report = run(&args).unwrap();
+    let mut out = Vec::new();
+    weft_sim::mesh::print_report(&mut out, &report, true).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for key in [
+        "nodes",
+        "seed",
+        "converged",
+        "cold_start_convergence_s",
+        "leave_convergence_s",
+        "partition_heal_convergence_s",
+        "gossip_bytes_per_node_per_s_mean",
+        "gossip_bytes_per_node_per_s_max",
+        "wall_s",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+}

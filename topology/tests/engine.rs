@@ -1,0 +1,187 @@
+//! Engines wired together in memory (quinn's `Pair` idea): a line A–B–C relays through B,
+//! a crashed peer is noticed by heartbeat and collected, targets back off.
+
+#![allow(clippy::unwrap_used, clippy::needless_range_loop)] // test helpers
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use topology::targets::TargetState;
+use topology::{Config, ConnId, Event, Mesh, PeerName};
+
+struct Net {
+    now: Instant,
+    nodes: Vec<Mesh>,
+    alive: Vec<bool>,
+    /// (deliver at, conn, to, bytes)
+    wire: VecDeque<(Instant, ConnId, usize, Vec<u8>)>,
+    links: Vec<(ConnId, usize, usize)>,
+}
+
+fn name(i: usize) -> PeerName {
+    PeerName::from_bytes([2, 0, 0, 0, 0, i as u8 + 1])
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, i as u8 + 1], 6783))
+}
+
+impl Net {
+    fn new(n: usize) -> Self {
+        #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
+        let now = Instant::now();
+        let nodes = (0..n)
+            .map(|i| Mesh::new(Config::new(name(i), format!("n{i}")), now, i as u64))
+            .collect();
+        Self {
+            now,
+            nodes,
+            alive: vec![true; n],
+            wire: VecDeque::new(),
+            links: Vec::new(),
+        }
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        let id = ConnId(self.links.len() as u64 + 1);
+        self.links.push((id, a, b));
+        let (na, ua) = (name(a), self.nodes[a].uid());
+        let (nb, ub) = (name(b), self.nodes[b].uid());
+        self.nodes[a].handle_connection_up(self.now, id, nb, ub, "", addr(b), true);
+        self.nodes[b].handle_connection_up(self.now, id, na, ua, "", addr(a), false);
+    }
+
+    fn other(&self, conn: ConnId, me: usize) -> Option<usize> {
+        let &(_, a, b) = self.links.iter().find(|l| l.0 == conn)?;
+        Some(if a == me { b } else { a })
+    }
+
+    /// Runs for `d` of virtual time in 1 ms steps with 1 ms links.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(1);
+            for i in 0..self.nodes.len() {
+                if !self.alive[i] {
+                    continue;
+                }
+                if self.nodes[i]
+                    .poll_timeout()
+                    .is_some_and(|(t, _)| t <= self.now)
+                {
+                    self.nodes[i].handle_timeout(self.now);
+                }
+                while let Some((conn, bytes)) = self.nodes[i].poll_transmit() {
+                    if let Some(to) = self.other(conn, i) {
+                        self.wire
+                            .push_back((self.now + Duration::from_millis(1), conn, to, bytes));
+                    }
+                }
+                while self.nodes[i].poll_event().is_some() {}
+            }
+            while self.wire.front().is_some_and(|m| m.0 <= self.now) {
+                let (_, conn, to, bytes) = self.wire.pop_front().unwrap();
+                if self.alive[to] {
+                    self.nodes[to]
+                        .handle_control(self.now, conn, &bytes)
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn line_relays_through_the_middle_and_collects_a_crashed_peer() {
+    let mut net = Net::new(3);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    net.run(Duration::from_secs(2));
+    for i in 0..3 {
+        net.nodes[i].recalculate_routes();
+        assert_eq!(net.nodes[i].peers().len(), 3, "node {i} knows everyone");
+    }
+    assert_eq!(net.nodes[0].unicast_next_hop(name(2)), Some(name(1)));
+    assert_eq!(net.nodes[2].unicast_next_hop(name(0)), Some(name(1)));
+    assert_eq!(net.nodes[0].broadcast_next_hops(name(0)), vec![name(1)]);
+    assert_eq!(net.nodes[1].broadcast_next_hops(name(0)), vec![name(2)]);
+    assert!(net.nodes[2].broadcast_next_hops(name(0)).is_empty());
+    let status = net.nodes[0].status(net.now);
+    assert_eq!(status.routes.len(), 2);
+    assert!(serde_json_like(&status.peers[0].name.to_string()));
+
+    // C crashes: B notices by heartbeat timeout within 1.5 s, and A forgets C.
+    net.alive[2] = false;
+    net.run(Duration::from_secs(3));
+    assert!(net.nodes[1].connection_to(name(2)).is_none());
+    assert!(net.nodes[0].peers().get(name(2)).is_none(), "A collected C");
+    assert!(net.nodes[1].peers().get(name(2)).is_none(), "B collected C");
+}
+
+fn serde_json_like(s: &str) -> bool {
+    s.len() == 17 && s.split(':').count() == 6
+}
+
+#[test]
+fn targets_dial_back_off_and_refuse_ourselves() {
+    let mut net = Net::new(1);
+    let m = &mut net.nodes[0];
+    let t0 = net.now;
+    m.add_target(addr(5));
+    m.handle_timeout(t0);
+    assert_eq!(m.poll_event(), Some(Event::Dial(addr(5))));
+    m.handle_dial_started(t0, addr(5));
+    m.handle_dial_failed(t0, addr(5), "connection refused");
+    let mut waits = Vec::new();
+    let mut now = t0;
+    for _ in 0..6 {
+        let Some(TargetState::Retrying { next_attempt, .. }) =
+            m.targets().get(addr(5)).map(|t| t.state.clone())
+        else {
+            panic!("retrying")
+        };
+        waits.push(next_attempt - now);
+        now = next_attempt;
+        m.handle_timeout(now);
+        assert_eq!(m.poll_event(), Some(Event::Dial(addr(5))));
+        m.handle_dial_failed(now, addr(5), "connection refused");
+    }
+    // Jittered exponential growth: the last wait is well above the first.
+    assert!(waits[5] > waits[0] * 2, "{waits:?}");
+    assert!(waits.iter().all(|w| *w <= Duration::from_secs(90)));
+
+    // Connecting to ourselves closes the connection and stops retrying.
+    m.add_target(addr(0));
+    m.handle_timeout(now);
+    while m.poll_event().is_some() {}
+    let uid = m.uid();
+    m.handle_connection_up(now, ConnId(9), name(0), uid, "", addr(0), true);
+    assert!(matches!(
+        m.poll_event(),
+        Some(Event::CloseConnection { .. })
+    ));
+    assert!(matches!(
+        m.targets().get(addr(0)).unwrap().state,
+        TargetState::Failed { .. }
+    ));
+}
+
+#[test]
+fn duplicate_connections_keep_the_one_the_lower_name_dialled() {
+    let mut net = Net::new(2);
+    net.connect(0, 1); // 0 dials 1: 0 is the lower name, so this one stays.
+    net.connect(1, 0);
+    let closed: Vec<Event> = std::iter::from_fn(|| net.nodes[0].poll_event()).collect();
+    assert!(closed.contains(&Event::CloseConnection {
+        conn: ConnId(2),
+        reason: topology::CloseReason::Duplicate
+    }));
+    let closed: Vec<Event> = std::iter::from_fn(|| net.nodes[1].poll_event()).collect();
+    assert!(closed.contains(&Event::CloseConnection {
+        conn: ConnId(2),
+        reason: topology::CloseReason::Duplicate
+    }));
+    assert_eq!(net.nodes[0].connection_to(name(1)).unwrap().id, ConnId(1));
+    assert_eq!(net.nodes[1].connection_to(name(0)).unwrap().id, ConnId(1));
+}
