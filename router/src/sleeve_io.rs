@@ -59,6 +59,13 @@ pub struct RelayConfig {
     pub reassembly: ReassemblyConfig,
     /// The first frame id (pick it at random).
     pub first_frame_id: u32,
+    /// Nice value for both threads (`setpriority`); negative values need `CAP_SYS_NICE`. A
+    /// raised priority lets a woken relay thread preempt bulk work sooner, which is what
+    /// the added RTT is made of on a busy machine.
+    pub nice: Option<i32>,
+    /// `SCHED_FIFO` priority for both threads (needs `CAP_SYS_NICE`): a woken relay thread
+    /// then preempts ordinary work at once, as the kernel's own softirq path does.
+    pub fifo_priority: Option<i32>,
 }
 
 impl RelayConfig {
@@ -71,6 +78,8 @@ impl RelayConfig {
             frames_per_batch: 8,
             reassembly: ReassemblyConfig::default(),
             first_frame_id: 0,
+            nice: None,
+            fifo_priority: None,
         }
     }
 }
@@ -176,6 +185,7 @@ impl Relay {
                 .name("sleeve-tx".into())
                 .spawn(move || {
                     let _ = tids.send((0, gettid()));
+                    set_priority(config.nice, config.fifo_priority);
                     send_loop(&tap, &socket, layout, &config, &stop)
                 })?
         };
@@ -185,6 +195,7 @@ impl Relay {
                 .name("sleeve-rx".into())
                 .spawn(move || {
                     let _ = tid_tx.send((1, gettid()));
+                    set_priority(config.nice, config.fifo_priority);
                     recv_loop(&tap, &socket, &config, &stop)
                 })?
         };
@@ -433,6 +444,21 @@ fn recv_loop(tap: &Tap, socket: &UdpSocket, config: &RelayConfig, stop: &AtomicB
     }
     stats.codec = *receiver.counters();
     stats
+}
+
+/// Sets the calling thread's nice value and/or real-time priority; failure (no privilege)
+/// leaves the thread as it was.
+fn set_priority(nice: Option<i32>, fifo: Option<i32>) {
+    if let Some(n) = nice {
+        // SAFETY: setpriority on this thread's own id (PRIO_PROCESS with a tid applies to
+        // that thread on Linux); no memory is passed.
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, gettid() as libc::id_t, n) };
+    }
+    if let Some(p) = fifo {
+        let param = libc::sched_param { sched_priority: p };
+        // SAFETY: pid 0 is the calling thread; `param` lives for the call.
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    }
 }
 
 fn gettid() -> i32 {

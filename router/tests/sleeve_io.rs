@@ -10,6 +10,8 @@
 //! Checks a ping both ways and a 1 MB TCP transfer that the pods' TSO turns into super-frames,
 //! which the relay must chunk (UDP GSO) and reassemble (UDP GRO) byte-exactly.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -52,6 +52,12 @@ pub struct BenchArgs {
     /// Pod MTU (the underlay is 1500).
     #[arg(long, default_value_t = 1450)]
     pub mtu: u32,
+    /// Nice value of the sleeve relay threads (0 = unchanged).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub relay_nice: i32,
+    /// SCHED_FIFO priority of the sleeve relay threads (0 = ordinary scheduling).
+    #[arg(long, default_value_t = 0)]
+    pub relay_fifo: i32,
 }
 
 /// The bench's result.
@@ -177,7 +183,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     let mut relays = Vec::new();
     if configs.iter().any(|c| c == "sleeve") {
         for i in 1..=2 {
-            relays.push(start_relay(&ns, i, args.mtu)?);
+            relays.push(start_relay(&ns, i, args)?);
         }
     }
     let mut servers = Vec::new();
@@ -371,7 +377,7 @@ fn build(ns: &Namespaces, mtu: u32) -> Result<()> {
     Ok(())
 }
 
-fn start_relay(ns: &Namespaces, i: usize, mtu: u32) -> Result<Relay> {
+fn start_relay(ns: &Namespaces, i: usize, args: &BenchArgs) -> Result<Relay> {
     let h = ns.host(i);
     let local = SocketAddr::from((Ipv4Addr::new(192, 0, 2, i as u8), SLEEVE_PORT));
     let peer = SocketAddr::from((Ipv4Addr::new(192, 0, 2, (3 - i) as u8), SLEEVE_PORT));
@@ -388,7 +394,7 @@ fn start_relay(ns: &Namespaces, i: usize, mtu: u32) -> Result<Relay> {
         "set",
         "weft-tap",
         "mtu",
-        &mtu.to_string(),
+        &args.mtu.to_string(),
         "master",
         "weft",
         "up",
@@ -396,6 +402,8 @@ fn start_relay(ns: &Namespaces, i: usize, mtu: u32) -> Result<Relay> {
     let name = |n: usize| [0x02, 0, 0, 0, 0, n as u8];
     let mut config = RelayConfig::new(name(i), name(3 - i));
     config.first_frame_id = (std::process::id() << 8) ^ i as u32;
+    config.nice = (args.relay_nice != 0).then_some(args.relay_nice);
+    config.fifo_priority = (args.relay_fifo != 0).then_some(args.relay_fifo);
     Ok(Relay::start(tap, socket, config)?)
 }
 
