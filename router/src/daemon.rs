@@ -18,13 +18,17 @@ use rand::RngCore as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use topology::api::ipam as ipam_api;
 use topology::channel::{self, Channel, Hello};
+use topology::ipam::{self, Allocation, Ipam};
 use topology::{ConnId, Event, Mesh, PeerName};
 use tracing::{debug, info, warn};
 
 use crate::EngineHandles;
+use crate::api::JsonReply;
 use crate::api::{ApiCommand, CommandError, CommandOutcome};
 use crate::config::RouterConfig;
+use crate::ipam_store::IpamStore;
 use crate::metrics::{DropReason, GossipDirection, HandshakeFailure, Metrics};
 use crate::status::{
     ConnectionState, ConnectionStatus, PeerConnStatus, PeerStatus, RouteStatus, RouterStatus,
@@ -38,13 +42,16 @@ use crate::status::{
 /// cannot be bound; the message names the file or address.
 pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
     let identity = Identity::load(&config)?;
-    if config.devices {
+    let bridge = if config.devices {
         let netlink = crate::netlink::Netlink::connect()?;
-        let bridge = netlink
+        let index = netlink
             .ensure_bridge(BRIDGE, config.mtu.unwrap_or(DEFAULT_POD_MTU))
             .await?;
-        info!(bridge = BRIDGE, index = bridge, "bridge ready");
-    }
+        info!(bridge = BRIDGE, index, "bridge ready");
+        Some((netlink, index))
+    } else {
+        None
+    };
     let bind = SocketAddr::new(
         config.bind_addr.unwrap_or(IpAddr::from([0, 0, 0, 0])),
         config.port,
@@ -53,7 +60,8 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
         .await
         .with_context(|| format!("binding the control port {bind}"))?;
     let port = listener.local_addr()?.port();
-    let mut daemon = Daemon::new(config, identity, handles, port);
+    let ipam = start_ipam(&config, identity.name)?;
+    let mut daemon = Daemon::new(config, identity, handles, port, ipam, bridge);
     daemon.add_initial_targets().await;
     info!(name = %daemon.mesh.name(), port, "mesh engine running");
     daemon.run(listener).await
@@ -126,10 +134,34 @@ struct Daemon {
     last_publish: Option<Instant>,
     /// The control port actually bound (`--port 0` picks one).
     port: u16,
+    ipam: Ipam,
+    ipam_store: IpamStore,
+    /// The bridge's netlink handle and index, when the router manages devices.
+    bridge: Option<(crate::netlink::Netlink, u32)>,
+    /// The bridge's gateway address, once IPAM gave it and it is on the bridge.
+    gateway: Option<ipam::Address>,
+    /// CNI allocations waiting for the ring or for space.
+    pending_allocs: Vec<PendingAlloc>,
+    /// Which peer each established connection leads to.
+    conn_peer: BTreeMap<ConnId, PeerName>,
+}
+
+/// An allocation request answered once IPAM can, or with an error at its deadline.
+struct PendingAlloc {
+    request: ipam_api::AllocateRequest,
+    deadline: Instant,
+    reply: JsonReply,
 }
 
 impl Daemon {
-    fn new(config: RouterConfig, identity: Identity, handles: EngineHandles, port: u16) -> Self {
+    fn new(
+        config: RouterConfig,
+        identity: Identity,
+        handles: EngineHandles,
+        port: u16,
+        (ipam, ipam_store): (Ipam, IpamStore),
+        bridge: Option<(crate::netlink::Netlink, u32)>,
+    ) -> Self {
         let mut mesh_config = topology::Config::new(identity.name, config.nickname.clone());
         mesh_config.listen_port = port;
         mesh_config.conn_limit = config.conn_limit as usize;
@@ -149,6 +181,12 @@ impl Daemon {
             persisted: BTreeSet::new(),
             last_publish: None,
             port,
+            ipam,
+            ipam_store,
+            bridge,
+            gateway: None,
+            pending_allocs: Vec::new(),
+            conn_peer: BTreeMap::new(),
         }
     }
 
@@ -178,10 +216,15 @@ impl Daemon {
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let deadline = self
-                .mesh
-                .poll_timeout()
-                .map_or_else(|| Instant::now() + HOUSEKEEPING, |(t, _)| t);
+            let deadline = [
+                self.mesh.poll_timeout().map(|(t, _)| t),
+                self.ipam.poll_timeout().map(|(t, _)| t),
+                self.pending_allocs.iter().map(|p| p.deadline).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + HOUSEKEEPING);
             tokio::select! {
                 input = self.inputs_rx.recv() => {
                     // The daemon holds a sender itself, so the channel never closes.
@@ -199,7 +242,9 @@ impl Daemon {
                     }
                 }
                 () = tokio::time::sleep_until(deadline.into()) => {
-                    self.mesh.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    self.mesh.handle_timeout(now);
+                    self.ipam.handle_timeout(now);
                 }
                 _ = housekeeping.tick() => self.housekeeping().await,
                 changed = self.handles.shutdown.changed() => {
@@ -210,6 +255,7 @@ impl Daemon {
                 }
             }
             self.drain();
+            self.ensure_gateway().await;
             self.maybe_publish(false);
         }
     }
@@ -227,6 +273,7 @@ impl Daemon {
             } => {
                 info!(peer = %remote, nickname = %hello.nickname, %addr, outbound, "connection established");
                 self.conns.insert(conn, tx);
+                self.conn_peer.insert(conn, remote);
                 self.mesh.handle_connection_up(
                     now,
                     conn,
@@ -248,8 +295,17 @@ impl Daemon {
                             self.handles.metrics.add_dropped(DropReason::Malformed, 1);
                         }
                     }
-                    // IPAM messages have no consumer yet; a second hello is harmless.
-                    Ok((Channel::Ipam | Channel::Hello, _)) => {}
+                    Ok((Channel::Ipam, body)) => {
+                        let Some(&from) = self.conn_peer.get(&conn) else {
+                            return;
+                        };
+                        if let Err(e) = self.ipam.handle_gossip(now, from, body) {
+                            debug!(conn = conn.0, "malformed IPAM message: {e}");
+                            self.handles.metrics.add_dropped(DropReason::Malformed, 1);
+                        }
+                    }
+                    // A second hello is harmless.
+                    Ok((Channel::Hello, _)) => {}
                     Err(e) => {
                         debug!(conn = conn.0, "malformed control message: {e}");
                         self.handles.metrics.add_dropped(DropReason::Malformed, 1);
@@ -257,6 +313,7 @@ impl Daemon {
                 }
             }
             Input::Down { conn, reason } => {
+                self.conn_peer.remove(&conn);
                 if self.conns.remove(&conn).is_some() {
                     info!(conn = conn.0, %reason, "connection closed");
                     self.mesh.handle_connection_down(now, conn, &reason);
@@ -302,13 +359,153 @@ impl Daemon {
                     );
                     // Dropping the sender ends the connection's task, which closes the socket.
                     self.conns.remove(&conn);
+                    self.conn_peer.remove(&conn);
                     self.mesh.handle_connection_down(now, conn, reason.as_str());
                 }
-                Event::PeerAdded(peer) => info!(%peer, "peer added"),
-                Event::PeerRemoved(peer) => info!(%peer, "peer removed"),
+                Event::PeerAdded(peer) => {
+                    info!(%peer, "peer added");
+                    self.ipam.handle_peer_seen(now, peer);
+                }
+                Event::PeerRemoved(peer) => {
+                    info!(%peer, "peer removed");
+                    self.ipam.handle_peer_gone(now, peer);
+                }
                 Event::RoutesChanged => debug!("routes changed"),
             }
         }
+        self.drain_ipam();
+    }
+
+    /// Carries out what IPAM asked for, in its order: persist, send, report. Pending CNI
+    /// allocations are retried afterwards, so an answer is never sent before its state is on
+    /// disk.
+    fn drain_ipam(&mut self) {
+        if let Some(snap) = self.ipam.poll_snapshot()
+            && let Err(e) = self.ipam_store.save(&snap)
+        {
+            warn!("saving IPAM state: {e}");
+        }
+        while let Some((dest, body)) = self.ipam.poll_transmit() {
+            let msg = channel::envelope(Channel::Ipam, &body);
+            let conns: Vec<ConnId> = match dest {
+                ipam::Destination::Broadcast => self.conns.keys().copied().collect(),
+                // IPAM retries unanswered requests, so a peer we hold no connection to is
+                // simply skipped.
+                ipam::Destination::Peer(peer) => self
+                    .conn_peer
+                    .iter()
+                    .filter(|&(_, &p)| p == peer)
+                    .map(|(&c, _)| c)
+                    .collect(),
+            };
+            for conn in conns {
+                if let Some(tx) = self.conns.get(&conn) {
+                    let len = msg.len() as u64;
+                    if tx.try_send(msg.clone()).is_ok() {
+                        self.handles
+                            .metrics
+                            .add_gossip_bytes(GossipDirection::Sent, len);
+                    } else {
+                        self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
+                    }
+                }
+            }
+        }
+        while let Some(event) = self.ipam.poll_event() {
+            match event {
+                ipam::Event::Allocated { key, address } => {
+                    debug!(container = %key.container_id, addr = %address.addr, "allocated");
+                }
+                ipam::Event::Conflict { addresses } => {
+                    warn!(
+                        ?addresses,
+                        "IPAM conflict: another peer owns ranges holding our allocations"
+                    );
+                }
+                ipam::Event::Reclaimed { peer, addresses } => {
+                    info!(%peer, addresses, "reclaimed a dead peer's IP space");
+                }
+            }
+        }
+        self.retry_pending_allocs();
+    }
+
+    /// Answers the pending allocations IPAM can now serve, and fails the expired ones.
+    fn retry_pending_allocs(&mut self) {
+        if self.pending_allocs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let pending = std::mem::take(&mut self.pending_allocs);
+        for p in pending {
+            match self.try_allocate(now, &p.request) {
+                Ok(Some(resp)) => {
+                    // Persist before answering: a crash must not forget a given address.
+                    if let Some(snap) = self.ipam.poll_snapshot()
+                        && let Err(e) = self.ipam_store.save(&snap)
+                    {
+                        warn!("saving IPAM state: {e}");
+                    }
+                    p.reply.send(Ok(resp));
+                }
+                Ok(None) if now < p.deadline => self.pending_allocs.push(p),
+                Ok(None) => {
+                    let why = self.ipam.status(now).status;
+                    self.ipam
+                        .release(&p.request.container_id, &p.request.ifname);
+                    p.reply
+                        .send::<()>(Err(CommandError::engine_unavailable(format!(
+                            "no address for {} within {}s: IPAM is {why}",
+                            p.request.container_id,
+                            ALLOC_TIMEOUT.as_secs()
+                        ))));
+                }
+                Err(e) => p.reply.send::<()>(Err(e)),
+            }
+        }
+    }
+
+    /// Allocates the pod's address and makes sure the gateway exists; `None` while waiting.
+    fn try_allocate(
+        &mut self,
+        now: Instant,
+        request: &ipam_api::AllocateRequest,
+    ) -> Result<Option<ipam_api::AllocateResponse>, CommandError> {
+        let gateway = match self.ipam.gateway(now) {
+            Allocation::Allocated(gw) => gw,
+            Allocation::Pending(_) => return Ok(None),
+        };
+        match self
+            .ipam
+            .allocate(now, &request.container_id, &request.ifname)
+        {
+            Ok(Allocation::Allocated(a)) => Ok(Some(ipam_api::AllocateResponse {
+                ip: format!("{}/{}", a.addr, a.prefix_len),
+                gateway: gateway.addr.to_string(),
+            })),
+            Ok(Allocation::Pending(_)) => Ok(None),
+            Err(e) => Err(CommandError::bad_request(format!("cannot allocate: {e}"))),
+        }
+    }
+
+    /// Puts IPAM's gateway address on the bridge once IPAM has one.
+    async fn ensure_gateway(&mut self) {
+        if self.gateway.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let Allocation::Allocated(gw) = self.ipam.gateway(now) else {
+            return;
+        };
+        self.drain_ipam();
+        if let Some((netlink, index)) = &self.bridge
+            && let Err(e) = netlink.ensure_address(*index, gw.addr, gw.prefix_len).await
+        {
+            warn!(addr = %gw.addr, "putting the gateway address on the bridge: {e:#}");
+            return;
+        }
+        info!(gateway = %gw.addr, prefix = gw.prefix_len, "bridge gateway address set");
+        self.gateway = Some(gw);
     }
 
     async fn handle_command(&mut self, cmd: ApiCommand) {
@@ -341,19 +538,67 @@ impl Daemon {
                 reply.send(outcome);
             }
             ApiCommand::RmPeer { name, reply } => {
+                let now = Instant::now();
                 let outcome = match self.find_peer(&name) {
                     Some(peer) if peer == self.mesh.name() => Err(CommandError::bad_request(
                         "cannot remove this router itself",
                     )),
-                    Some(peer) => {
-                        self.mesh.remove_peer(Instant::now(), peer);
-                        Ok(CommandOutcome::new(format!(
-                            "removed peer {peer}; reclaiming its IP space needs the IPAM work"
+                    Some(peer) if self.mesh.connection_to(peer).is_some() => {
+                        Err(CommandError::bad_request(format!(
+                            "{name} is connected to this router: stop it first"
                         )))
                     }
-                    None => Err(CommandError::not_found(format!("no peer named {name}"))),
+                    Some(peer) => {
+                        self.mesh.remove_peer(now, peer);
+                        self.ipam.handle_peer_gone(now, peer);
+                        Ok(self.reclaim(now, peer))
+                    }
+                    // A peer already collected from the topology may still own IP space.
+                    None => match name.parse::<PeerName>() {
+                        Ok(peer) if peer != self.mesh.name() => Ok(self.reclaim(now, peer)),
+                        _ => Err(CommandError::not_found(format!("no peer named {name}"))),
+                    },
                 };
                 reply.send(outcome);
+            }
+            ApiCommand::IpamAllocate { request, reply } => {
+                let now = Instant::now();
+                match self.try_allocate(now, &request) {
+                    Ok(Some(resp)) => {
+                        self.drain_ipam();
+                        reply.send(Ok(resp));
+                    }
+                    Ok(None) => self.pending_allocs.push(PendingAlloc {
+                        request,
+                        deadline: now + ALLOC_TIMEOUT,
+                        reply,
+                    }),
+                    Err(e) => reply.send::<()>(Err(e)),
+                }
+            }
+            ApiCommand::IpamRelease { request, reply } => {
+                let released = self.ipam.release(&request.container_id, &request.ifname);
+                self.drain_ipam();
+                let prefix = self.ipam.range().prefix();
+                reply.send(Ok(ipam_api::ReleaseResponse {
+                    released: released.iter().map(|a| format!("{a}/{prefix}")).collect(),
+                }));
+            }
+            ApiCommand::IpamGc { request, reply } => {
+                let valid: Vec<(String, String)> = request
+                    .valid
+                    .into_iter()
+                    .map(|a| (a.container_id, a.ifname))
+                    .collect();
+                let released = self.ipam.gc(&valid);
+                self.drain_ipam();
+                let prefix = self.ipam.range().prefix();
+                reply.send(Ok(ipam_api::ReleaseResponse {
+                    released: released
+                        .iter()
+                        .map(|(_, a)| format!("{a}/{prefix}"))
+                        .collect(),
+                }));
             }
             ApiCommand::SetEncryption { enabled: _, reply } => {
                 reply.send(Err(CommandError::not_available(
@@ -363,6 +608,18 @@ impl Daemon {
         }
         self.drain();
         self.maybe_publish(true);
+    }
+
+    /// Takes a dead peer's IP space over; says what happened.
+    fn reclaim(&mut self, now: Instant, peer: PeerName) -> CommandOutcome {
+        let outcome = match self.ipam.rmpeer(now, peer) {
+            Ok(n) => CommandOutcome::new(format!("removed peer {peer}; reclaimed {n} addresses")),
+            Err(e) => {
+                CommandOutcome::new(format!("removed peer {peer}; IP space not reclaimed: {e}"))
+            }
+        };
+        self.drain_ipam();
+        outcome
     }
 
     fn find_peer(&self, name: &str) -> Option<PeerName> {
@@ -577,6 +834,24 @@ impl Daemon {
                 mtu: None,
             });
         }
+        let ipam = self.ipam.status(now);
+        status.ipam = Some(crate::status::IpamStatus {
+            status: ipam.status,
+            range: ipam.range,
+            default_subnet: ipam.default_subnet,
+            range_num_ips: ipam.range_num_ips,
+            owners: ipam
+                .owners
+                .iter()
+                .map(|o| crate::status::IpamOwner {
+                    name: o.name.to_string(),
+                    nickname: nick_of(&o.name),
+                    ips: o.ips,
+                    active: o.active,
+                    reachable: o.reachable,
+                })
+                .collect(),
+        });
         status.routes = ms
             .routes
             .iter()
@@ -587,6 +862,42 @@ impl Daemon {
             .collect();
         status
     }
+}
+
+/// Builds the IPAM engine from its persisted state, or afresh.
+fn start_ipam(config: &RouterConfig, name: PeerName) -> Result<(Ipam, IpamStore)> {
+    let net = config.ipalloc_range;
+    let IpAddr::V4(base) = net.network() else {
+        anyhow::bail!("--ipalloc-range {net}: only IPv4 ranges are supported so far");
+    };
+    let range = ipam::Range::new(base, net.prefix_len())
+        .with_context(|| format!("--ipalloc-range {net}: the prefix must be between /8 and /30"))?;
+    let mut ipam_config = ipam::Config::new(name);
+    ipam_config.range = range;
+    ipam_config.init = ipam::Init::default_for_targets(config.peers.len());
+    let store = IpamStore::new(&config.state_dir);
+    let now = Instant::now();
+    let seed = rand::rngs::OsRng.next_u64();
+    let snapshot = store
+        .load()
+        .with_context(|| format!("IPAM state {}", store.path().display()))?;
+    let engine = match snapshot {
+        Some(snap) => match Ipam::restore(ipam_config.clone(), now, seed, &snap) {
+            Ok(engine) => {
+                info!(
+                    allocations = engine.allocations().count(),
+                    "IPAM state restored"
+                );
+                engine
+            }
+            Err(e) => {
+                warn!(file = %store.path().display(), "IPAM state not used ({e}); starting afresh");
+                Ipam::new(ipam_config, now, seed)
+            }
+        },
+        None => Ipam::new(ipam_config, now, seed),
+    };
+    Ok((engine, store))
 }
 
 /// One TCP connection: handshake, hello, then control messages both ways.
@@ -859,3 +1170,5 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 const INPUT_QUEUE: usize = 1024;
 const CONN_QUEUE: usize = 256;
 const READ_BUF: usize = 64 * 1024;
+/// How long a CNI allocation may wait for the ring or for space before it fails.
+const ALLOC_TIMEOUT: Duration = Duration::from_secs(8);

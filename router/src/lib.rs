@@ -18,10 +18,14 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod ipam_store;
 pub mod metrics;
 pub mod netlink;
+pub mod sleeve_io;
 pub mod status;
 pub mod status_text;
+pub mod tap;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -86,6 +86,31 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Puts `addr/prefix_len` on link `index` unless it is there already.
+    ///
+    /// # Errors
+    /// Fails on netlink errors other than "exists".
+    pub async fn ensure_address(
+        &self,
+        index: u32,
+        addr: std::net::IpAddr,
+        prefix_len: u8,
+    ) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .add(index, addr, prefix_len)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding {addr}/{prefix_len} to link {index}")),
+        }
+    }
+}
+
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(msg) => msg.code.map(i32::from),

@@ -32,6 +32,9 @@ pub struct RouterStatus {
     pub version: String,
     /// True once the router has bound its sockets and its engine runs.
     pub ready: bool,
+    /// Why the router is not ready, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready_reason: Option<String>,
     /// This peer's name, `aa:bb:cc:dd:ee:ff`.
     pub name: String,
     /// This peer's nickname (the host name by default).
@@ -253,6 +256,7 @@ impl RouterStatus {
         Self {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ready: false,
+            not_ready_reason: None,
             name: name.to_owned(),
             nickname: nickname.to_owned(),
             protocol: ProtocolStatus {

@@ -321,6 +321,7 @@ pub(crate) mod tests {
         RouterStatus {
             version: "0.1.0".to_owned(),
             ready: true,
+            not_ready_reason: None,
             name: h1.to_owned(),
             nickname: "h1".to_owned(),
             protocol: ProtocolStatus {

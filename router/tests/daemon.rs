@@ -30,17 +30,27 @@ async fn report(client: &ApiClient) -> RouterStatus {
 }
 
 fn established(r: &RouterStatus) -> usize {
-    r.connections.iter().filter(|c| c.state == ConnectionState::Established).count()
+    r.connections
+        .iter()
+        .filter(|c| c.state == ConnectionState::Established)
+        .count()
 }
 
-async fn wait_for(client: &ApiClient, what: &str, f: impl Fn(&RouterStatus) -> bool) -> RouterStatus {
+async fn wait_for(
+    client: &ApiClient,
+    what: &str,
+    f: impl Fn(&RouterStatus) -> bool,
+) -> RouterStatus {
     let start = Instant::now();
     loop {
         let r = report(client).await;
         if f(&r) {
             return r;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}: {r:#?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}: {r:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -58,7 +68,10 @@ async fn a_restarted_router_reconnects_to_the_peers_it_learned() {
     wait_for(&ca, "a to notice b left", |r| established(r) == 0).await;
 
     let (b, cb) = start(dir.path(), "b", &[]).await;
-    let r = wait_for(&cb, "b to reconnect without --peers", |r| established(r) == 1).await;
+    let r = wait_for(&cb, "b to reconnect without --peers", |r| {
+        established(r) == 1
+    })
+    .await;
     assert_eq!(r.connections[0].remote_nickname.as_deref(), Some("a"));
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
@@ -72,25 +85,43 @@ async fn peers_connect_forget_and_rmpeer_through_the_api() {
     let (c, cc) = start(dir.path(), "c", &[]).await;
     let b_addr = format!("127.0.0.1:{}", report(&cb).await.port);
     let c_addr = format!("127.0.0.1:{}", report(&cc).await.port);
-    assert_eq!(ca.connect(&b_addr).await.unwrap(), format!("added {b_addr}"));
-    assert_eq!(ca.connect(&c_addr).await.unwrap(), format!("added {c_addr}"));
-    let r = wait_for(&ca, "a to know 3 peers", |r| established(r) == 2 && r.peers.len() == 3).await;
+    assert_eq!(
+        ca.connect(&b_addr).await.unwrap(),
+        format!("added {b_addr}")
+    );
+    assert_eq!(
+        ca.connect(&c_addr).await.unwrap(),
+        format!("added {c_addr}")
+    );
+    let r = wait_for(&ca, "a to know 3 peers", |r| {
+        established(r) == 2 && r.peers.len() == 3
+    })
+    .await;
     assert_eq!(r.targets.len(), 2);
     assert!(ca.connect("not an address at all").await.is_err());
 
     // c leaves for good; a forgets it and removes it from its peer list.
     c.shutdown().await.unwrap();
     wait_for(&ca, "a to notice c left", |r| established(r) == 1).await;
-    assert_eq!(ca.forget(&c_addr).await.unwrap(), format!("forgot {c_addr}"));
+    assert_eq!(
+        ca.forget(&c_addr).await.unwrap(),
+        format!("forgot {c_addr}")
+    );
     let rm = ca.rmpeer("c").await;
     // c may already be gone from a's view (unreachable peers are collected); both are fine,
     // but afterwards a must not list it.
     if let Err(e) = &rm {
         assert!(e.to_string().contains("no peer named c"), "{e}");
     }
-    let r = wait_for(&ca, "c to vanish", |r| r.peers.iter().all(|p| p.nickname != "c")).await;
+    let r = wait_for(&ca, "c to vanish", |r| {
+        r.peers.iter().all(|p| p.nickname != "c")
+    })
+    .await;
     assert_eq!(r.targets.len(), 1);
-    assert!(ca.rmpeer("a").await.is_err(), "a router cannot remove itself");
+    assert!(
+        ca.rmpeer("a").await.is_err(),
+        "a router cannot remove itself"
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -115,7 +146,62 @@ async fn the_peers_file_is_read_again_when_it_changes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(established(&report(&cb).await), 0);
     std::fs::write(&file, format!("# a appeared\n{a_addr}\n")).unwrap();
-    wait_for(&cb, "b to read the peers file again", |r| established(r) == 1).await;
+    wait_for(&cb, "b to read the peers file again", |r| {
+        established(r) == 1
+    })
+    .await;
     b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ipam_allocates_idempotently_releases_collects_and_survives_a_restart() {
+    use topology::api::ipam::{AllocateResponse, ReleaseResponse};
+    let dir = TempDir::new().unwrap();
+    // No peers: a quorum of one, so this router seeds the ring and owns the whole range.
+    let (a, ca) = start(dir.path(), "a", &[]).await;
+    let body = |cid: &str| serde_json::json!({"container_id": cid, "ifname": "eth0", "network": "weft"});
+    let alloc = |cid: &'static str| {
+        let ca = &ca;
+        async move {
+            let resp = ca.post_json("/ipam/allocate", &body(cid)).await.unwrap();
+            assert_eq!(resp.status, 200, "{}", resp.body);
+            serde_json::from_str::<AllocateResponse>(&resp.body).unwrap()
+        }
+    };
+    let first = alloc("c1").await;
+    assert!(first.ip.ends_with("/12"), "{first:?}");
+    assert_ne!(first.ip.split('/').next(), Some(first.gateway.as_str()));
+    assert_eq!(alloc("c1").await, first, "a repeated ADD gets the same address");
+    let second = alloc("c2").await;
+    assert_ne!(second.ip, first.ip);
+    let third = alloc("c3").await;
+
+    // GC keeps c1 and c3, frees c2.
+    let gc = serde_json::json!({"network": "weft", "valid": [
+        {"container_id": "c1", "ifname": "eth0"}, {"container_id": "c3", "ifname": "eth0"}]});
+    let resp = ca.post_json("/ipam/gc", &gc).await.unwrap();
+    let freed: ReleaseResponse = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(freed.released, vec![second.ip.clone()]);
+
+    let resp = ca.post_json("/ipam/release", &body("c3")).await.unwrap();
+    let freed: ReleaseResponse = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(freed.released, vec![third.ip.clone()]);
+    let resp = ca.post_json("/ipam/release", &body("c3")).await.unwrap();
+    let freed: ReleaseResponse = serde_json::from_str(&resp.body).unwrap();
+    assert!(freed.released.is_empty(), "a second release frees nothing");
+
+    let bad = ca.post_json("/ipam/allocate", &body("")).await.unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // A restarted router keeps its claims: c1 gets the same address back.
+    a.shutdown().await.unwrap();
+    let (a, ca) = start(dir.path(), "a", &[]).await;
+    let resp = ca.post_json("/ipam/allocate", &body("c1")).await.unwrap();
+    let again: AllocateResponse = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(again, first);
+    let status = ca.text("/status/ipam").await.unwrap();
+    assert!(status.contains("(a)"), "{status}");
+    assert!(status.contains("100.0% of total"), "{status}");
     a.shutdown().await.unwrap();
 }

@@ -22,11 +22,13 @@
 
 pub mod api;
 pub mod channel;
+pub mod ipam;
 pub mod mac;
 pub mod mesh;
 pub mod peer;
 pub mod peers;
 pub mod routes;
+pub mod sleeve;
 pub mod targets;
 pub mod wire;
 

@@ -52,6 +52,51 @@ pub enum ApiCommand {
         /// Where to send the outcome.
         reply: Reply,
     },
+    /// `POST /ipam/allocate` (from the CNI plugin).
+    IpamAllocate {
+        /// What to allocate.
+        request: topology::api::ipam::AllocateRequest,
+        /// Answered with an `AllocateResponse`.
+        reply: JsonReply,
+    },
+    /// `POST /ipam/release`.
+    IpamRelease {
+        /// What to release.
+        request: topology::api::ipam::ReleaseRequest,
+        /// Answered with a `ReleaseResponse`.
+        reply: JsonReply,
+    },
+    /// `POST /ipam/gc`.
+    IpamGc {
+        /// What to keep.
+        request: topology::api::ipam::GcRequest,
+        /// Answered with a `ReleaseResponse`.
+        reply: JsonReply,
+    },
+}
+
+/// Where the daemon loop answers a command whose answer is a JSON document.
+#[derive(Debug)]
+pub struct JsonReply(oneshot::Sender<Result<serde_json::Value, CommandError>>);
+
+impl JsonReply {
+    /// Creates a reply and the receiver the API handler waits on.
+    pub fn new() -> (
+        Self,
+        oneshot::Receiver<Result<serde_json::Value, CommandError>>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        (Self(tx), rx)
+    }
+
+    /// Sends the answer; a requester that gave up is ignored.
+    pub fn send<T: Serialize>(self, outcome: Result<T, CommandError>) {
+        let value = outcome.and_then(|v| {
+            serde_json::to_value(v)
+                .map_err(|e| CommandError::engine_unavailable(format!("encoding the answer: {e}")))
+        });
+        let _ = self.0.send(value);
+    }
 }
 
 /// The channel a command's outcome goes back on.
@@ -108,6 +153,8 @@ pub enum CommandErrorKind {
     BadRequest,
     /// The engine is not running or did not answer (503).
     EngineUnavailable,
+    /// The address range has no free address (507).
+    Exhausted,
     /// The feature is not built yet (501).
     NotAvailable,
     /// The named target or peer does not exist (404).
@@ -132,6 +179,14 @@ impl CommandError {
     }
 
     /// A feature that a later piece of work provides (501).
+    /// The address range is full.
+    pub fn exhausted(message: impl Into<String>) -> Self {
+        Self {
+            kind: CommandErrorKind::Exhausted,
+            message: message.into(),
+        }
+    }
+
     pub fn not_available(message: impl Into<String>) -> Self {
         Self {
             kind: CommandErrorKind::NotAvailable,
@@ -152,6 +207,7 @@ impl CommandError {
         match self.kind {
             CommandErrorKind::BadRequest => 400,
             CommandErrorKind::EngineUnavailable => 503,
+            CommandErrorKind::Exhausted => 507,
             CommandErrorKind::NotAvailable => 501,
             CommandErrorKind::NotFound => 404,
         }

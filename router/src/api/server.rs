@@ -26,11 +26,12 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::mpsc;
+use topology::api::ipam as ipam_api;
 use tracing::{debug, info, warn};
 
 use super::{
-    AddrRequest, ApiCommand, CommandError, CommandOutcome, EncryptionRequest, ErrorBody, Reply,
-    RmPeerRequest,
+    AddrRequest, ApiCommand, CommandError, CommandOutcome, EncryptionRequest, ErrorBody, JsonReply,
+    Reply, RmPeerRequest,
 };
 use crate::metrics::{self, Metrics};
 use crate::status::{IPAM_NOT_AVAILABLE, RouterStatus, StatusReader};
@@ -187,6 +188,9 @@ const ROUTES: &[(&str, Method, Access)] = &[
     ("/encryption", Method::POST, Access::ChangesState),
     ("/forget", Method::POST, Access::ChangesState),
     ("/healthz", Method::GET, Access::ReadOnly),
+    ("/ipam/allocate", Method::POST, Access::ChangesState),
+    ("/ipam/gc", Method::POST, Access::ChangesState),
+    ("/ipam/release", Method::POST, Access::ChangesState),
     ("/ready", Method::GET, Access::ReadOnly),
     ("/report", Method::GET, Access::ReadOnly),
     ("/rmpeer", Method::POST, Access::ChangesState),
@@ -307,6 +311,30 @@ async fn handle(req: Request<Incoming>, state: Arc<ApiState>, origin: Origin) ->
                 Err((code, message)) => error(code, message),
             }
         }
+        (Method::POST, "/ipam/allocate") => {
+            match parse_body::<ipam_api::AllocateRequest>(req, "/ipam/allocate").await {
+                Ok(request) => {
+                    json_command(&state, |reply| ApiCommand::IpamAllocate { request, reply }).await
+                }
+                Err((code, msg)) => error(code, msg),
+            }
+        }
+        (Method::POST, "/ipam/release") => {
+            match parse_body::<ipam_api::ReleaseRequest>(req, "/ipam/release").await {
+                Ok(request) => {
+                    json_command(&state, |reply| ApiCommand::IpamRelease { request, reply }).await
+                }
+                Err((code, msg)) => error(code, msg),
+            }
+        }
+        (Method::POST, "/ipam/gc") => {
+            match parse_body::<ipam_api::GcRequest>(req, "/ipam/gc").await {
+                Ok(request) => {
+                    json_command(&state, |reply| ApiCommand::IpamGc { request, reply }).await
+                }
+                Err((code, msg)) => error(code, msg),
+            }
+        }
         (Method::POST, "/rmpeer") => match parse_body::<RmPeerRequest>(req, "/rmpeer").await {
             Ok(b) if b.name.trim().is_empty() => {
                 error(StatusCode::BAD_REQUEST, "\"name\" is empty".to_owned())
@@ -385,6 +413,34 @@ async fn command(state: &ApiState, make: impl FnOnce(Reply) -> ApiCommand) -> Re
     }
 }
 
+/// Sends a command whose answer is a JSON document and returns that document.
+async fn json_command(state: &ApiState, make: impl FnOnce(JsonReply) -> ApiCommand) -> Resp {
+    let (reply, rx) = JsonReply::new();
+    let outcome = tokio::time::timeout(COMMAND_TIMEOUT, async {
+        state
+            .commands
+            .send(make(reply))
+            .await
+            .map_err(|_| not_running())?;
+        rx.await.map_err(|_| not_running())?
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(CommandError::engine_unavailable(format!(
+            "router engine did not answer within {}s",
+            COMMAND_TIMEOUT.as_secs()
+        )))
+    });
+    match outcome {
+        Ok(value) => json(StatusCode::OK, &value),
+        Err(e) => {
+            let code =
+                StatusCode::from_u16(e.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(code, e.message)
+        }
+    }
+}
+
 fn not_running() -> CommandError {
     CommandError::engine_unavailable("router engine not running")
 }
@@ -429,11 +485,28 @@ fn checked_addr(body: AddrRequest) -> Result<AddrRequest, Rejection> {
     Ok(body)
 }
 
+/// `GET /ready`: JSON, as the CNI plugin's STATUS reads it.
 fn ready(status: &RouterStatus) -> Resp {
     if status.ready {
-        text(StatusCode::OK, "ready\n".to_owned())
+        json(
+            StatusCode::OK,
+            &ipam_api::ReadyResponse {
+                ready: true,
+                reason: None,
+            },
+        )
     } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
+        let reason = status
+            .not_ready_reason
+            .clone()
+            .unwrap_or_else(|| "starting".to_owned());
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ipam_api::ReadyResponse {
+                ready: false,
+                reason: Some(reason),
+            },
+        )
     }
 }
 
