@@ -709,6 +709,8 @@ impl Daemon {
             handshake: Arc::clone(&self.identity.handshake),
             hello: Hello {
                 uid: self.mesh.uid(),
+                // The sleeve shares the control port's number (UDP).
+                port: self.port,
                 nickname: self.config.nickname.clone(),
             },
             inputs: self.inputs_tx.clone(),

@@ -85,12 +85,15 @@ pub fn envelope(channel: Channel, body: &[u8]) -> Vec<u8> {
     msg
 }
 
-/// What each side tells the other first: the per-start uid and the nickname. (The peer name
-/// needs no saying: it derives from the key the handshake authenticated.)
+/// What each side tells the other first: the per-start uid, the port its sleeve listens on
+/// (UDP, on the address the connection comes from) and the nickname. (The peer name needs no
+/// saying: it derives from the key the handshake authenticated.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     /// The sender's per-start uid.
     pub uid: PeerUid,
+    /// The sender's sleeve UDP port.
+    pub port: u16,
     /// The sender's nickname (at most [`MAX_NICKNAME_LEN`] bytes of UTF-8).
     pub nickname: String,
 }
@@ -103,6 +106,7 @@ impl Hello {
         out.push(Channel::Hello.to_byte());
         out.push(HELLO_VERSION);
         out.extend_from_slice(&self.uid.0.to_be_bytes());
+        out.extend_from_slice(&self.port.to_be_bytes());
         // truncate_utf8 bounds the nickname to MAX_NICKNAME_LEN (255), so it fits a u8.
         out.push(nick.len() as u8);
         out.extend_from_slice(nick.as_bytes());
@@ -125,6 +129,8 @@ impl Hello {
         if uid == 0 {
             return Err(Error::ZeroUid);
         }
+        let (port, rest) = rest.split_first_chunk::<2>().ok_or(Error::Truncated)?;
+        let port = u16::from_be_bytes(*port);
         let (&len, rest) = rest.split_first().ok_or(Error::Truncated)?;
         let nick = rest.get(..usize::from(len)).ok_or(Error::Truncated)?;
         if rest.len() > nick.len() {
@@ -133,6 +139,7 @@ impl Hello {
         let nickname = std::str::from_utf8(nick).map_err(|_| Error::BadNickname)?;
         Ok(Self {
             uid: PeerUid(uid),
+            port,
             nickname: nickname.to_owned(),
         })
     }
@@ -140,8 +147,8 @@ impl Hello {
 
 /// The hello layout's version.
 pub const HELLO_VERSION: u8 = 1;
-/// Channel byte, version, uid, nickname length.
-const HELLO_FIXED_LEN: usize = 1 + 1 + 8 + 1;
+/// Channel byte, version, uid, port, nickname length.
+const HELLO_FIXED_LEN: usize = 1 + 1 + 8 + 2 + 1;
 
 #[cfg(test)]
 mod tests {
@@ -153,10 +160,16 @@ mod tests {
     fn hello_bytes_are_as_documented() {
         let hello = Hello {
             uid: PeerUid(0x0102_0304_0506_0708),
+            port: 6783,
             nickname: "h1".into(),
         };
         let bytes = hello.encode();
-        assert_eq!(bytes, [0x01, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 2, b'h', b'1']);
+        assert_eq!(
+            bytes,
+            [
+                0x01, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0x1a, 0x7f, 2, b'h', b'1'
+            ]
+        );
         let (channel, body) = split(&bytes).unwrap();
         assert_eq!(channel, Channel::Hello);
         assert_eq!(Hello::decode(body).unwrap(), hello);
@@ -167,37 +180,45 @@ mod tests {
         assert_eq!(split(&[]), Err(Error::Empty));
         assert_eq!(split(&[0x7f]), Err(Error::UnknownChannel));
         assert_eq!(Hello::decode(&[]), Err(Error::Truncated));
+        let uid1 = [0, 0, 0, 0, 0, 0, 0, 1];
+        let hello = |version: u8, uid: [u8; 8], tail: &[u8]| {
+            let mut v = vec![version];
+            v.extend_from_slice(&uid);
+            v.extend_from_slice(&[0x1a, 0x7f]);
+            v.extend_from_slice(tail);
+            v
+        };
+        assert_eq!(Hello::decode(&hello(2, uid1, &[0])), Err(Error::BadVersion));
+        assert_eq!(Hello::decode(&hello(1, [0; 8], &[0])), Err(Error::ZeroUid));
         assert_eq!(
-            Hello::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
-            Err(Error::BadVersion)
+            Hello::decode(&hello(1, uid1, &[2, b'a'])),
+            Err(Error::Truncated)
         );
+        assert_eq!(Hello::decode(&hello(1, uid1, &[])), Err(Error::Truncated));
         assert_eq!(
-            Hello::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            Err(Error::ZeroUid)
-        );
-        assert_eq!(
-            Hello::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 2, b'a']),
+            Hello::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 0x1a]),
             Err(Error::Truncated)
         );
         assert_eq!(
-            Hello::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 9]),
+            Hello::decode(&hello(1, uid1, &[0, 9])),
             Err(Error::TrailingBytes)
         );
         assert_eq!(
-            Hello::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0xff]),
+            Hello::decode(&hello(1, uid1, &[1, 0xff])),
             Err(Error::BadNickname)
         );
     }
 
     proptest! {
         #[test]
-        fn hello_round_trips(uid in 1u64.., nick in "\\PC{0,80}") {
-            let hello = Hello { uid: PeerUid(uid), nickname: nick };
+        fn hello_round_trips(uid in 1u64.., port: u16, nick in "\\PC{0,80}") {
+            let hello = Hello { uid: PeerUid(uid), port, nickname: nick };
             let bytes = hello.encode();
             let (channel, body) = split(&bytes).unwrap();
             prop_assert_eq!(channel, Channel::Hello);
             let back = Hello::decode(body).unwrap();
             prop_assert_eq!(back.uid, hello.uid);
+            prop_assert_eq!(back.port, hello.port);
             prop_assert!(hello.nickname.starts_with(&back.nickname));
         }
 
