@@ -4,6 +4,7 @@
 //! The simulator drives many `topology` cores in one process on a virtual clock; the lab runs
 //! real `weft` routers in network namespaces on one machine.
 
+pub mod bench;
 pub mod demo;
 pub mod lab;
 pub mod mesh;

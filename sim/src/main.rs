@@ -25,6 +25,9 @@ enum Command {
     Lab(LabCommand),
     /// Deterministic simulation of N routers running the real topology core.
     Mesh(weft_sim::mesh::MeshArgs),
+    /// Pod-to-pod throughput and RTT per data path, as ratios to a kernel VXLAN baseline
+    /// measured in the same run (needs root, iperf3).
+    Bench(weft_sim::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -124,6 +127,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cli.command {
+        Command::Bench(args) => {
+            let report = weft_sim::bench::run(&args)?;
+            if args.json {
+                serde_json::to_writer(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", report.table())?;
+            }
+        }
         Command::Mesh(args) => {
             let report = weft_sim::mesh::run(&args)?;
             weft_sim::mesh::print_report(&mut out, &report, args.json)?;
