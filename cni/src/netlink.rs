@@ -132,6 +132,23 @@ pub(crate) async fn set_hairpin(
         .map_err(|e| nl(e, format!("set hairpin {on} on bridge port {name}")))
 }
 
+/// Sets link `index`'s MAC address.
+pub(crate) async fn set_mac(
+    h: &Handle,
+    index: u32,
+    name: &str,
+    mac: [u8; 6],
+) -> Result<(), NlError> {
+    let msg = LinkUnspec::new_with_index(index)
+        .address(mac.to_vec())
+        .build();
+    h.link()
+        .change(msg)
+        .execute()
+        .await
+        .map_err(|e| nl(e, format!("set the MAC of {name}")))
+}
+
 /// Brings link `index` up.
 pub(crate) async fn set_up(h: &Handle, index: u32, name: &str) -> Result<(), NlError> {
     let msg = LinkUnspec::new_with_index(index).up().build();

@@ -115,6 +115,7 @@ fn dispatch(
         container_id: env.container_id.clone().unwrap_or_default(),
         ifname: env.ifname.clone().unwrap_or_default(),
         netns: env.netns.clone(),
+        args: env.args.clone(),
     };
     match command {
         Command::Add => add(&attach(), &conf, v),
@@ -137,6 +138,8 @@ struct Attach {
     container_id: String,
     ifname: String,
     netns: Option<String>,
+    /// `CNI_ARGS`.
+    args: Option<String>,
 }
 
 /// Checks the variables the spec requires for `command`, and the formats of those given.
@@ -266,6 +269,7 @@ fn add(a: &Attach, conf: &NetConf, version: CniVersion) -> Result<Vec<u8>, CniEr
         .mtu
         .or_else(|| netlink::mtu(&bridge))
         .unwrap_or(DEFAULT_MTU);
+    let wanted_mac = requested_mac(a.args.as_deref())?;
     let container = nl.connect_in(&ns).map_err(|e| {
         if e.raw_os_error() == Some(libc::EINVAL) {
             env_error(format!("CNI_NETNS={netns_path} is not a network namespace"))
@@ -315,6 +319,9 @@ fn add(a: &Attach, conf: &NetConf, version: CniVersion) -> Result<Vec<u8>, CniEr
             netlink::set_hairpin(nl.host(), host_link.header.index, &host_name, true).await?;
         }
         let index = peer.header.index;
+        if let Some(mac) = wanted_mac {
+            netlink::set_mac(&container, index, &a.ifname, mac).await?;
+        }
         netlink::set_up(&container, index, &a.ifname).await?;
         netlink::add_address(&container, index, cidr.addr, cidr.prefix).await?;
         let routed =
@@ -692,6 +699,35 @@ fn check_error(details: String) -> CniError {
     )
 }
 
+/// The pod MAC asked for with `MAC=aa:bb:cc:dd:ee:ff` in `CNI_ARGS` (the CNI conventions'
+/// `mac` argument), if any.
+fn requested_mac(args: Option<&str>) -> Result<Option<[u8; 6]>, CniError> {
+    let Some(value) = args
+        .unwrap_or_default()
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("MAC="))
+    else {
+        return Ok(None);
+    };
+    let bytes: Vec<u8> = value
+        .split(':')
+        .map(|b| {
+            if b.len() == 2 {
+                u8::from_str_radix(b, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<Vec<u8>>>()
+        .unwrap_or_default();
+    match <[u8; 6]>::try_from(bytes) {
+        Ok(mac) if mac[0] & 1 == 0 => Ok(Some(mac)),
+        _ => Err(env_error(format!(
+            "CNI_ARGS MAC={value}: expected a unicast MAC like 02:00:00:00:00:01"
+        ))),
+    }
+}
+
 fn env_error(details: String) -> CniError {
     CniError::new(code::INVALID_ENV, "invalid environment variables", details)
 }
@@ -748,6 +784,19 @@ mod tests {
         assert!(a.starts_with("vw"));
         assert_ne!(a, host_veth_name("cnih-cnih-c1", "eth1"));
         assert_ne!(a, host_veth_name("cnih-cnih-c2", "eth0"));
+    }
+
+    #[test]
+    fn mac_comes_from_cni_args() {
+        assert_eq!(requested_mac(None).ok(), Some(None));
+        assert_eq!(requested_mac(Some("IgnoreUnknown=1")).ok(), Some(None));
+        assert_eq!(
+            requested_mac(Some("IgnoreUnknown=1;MAC=02:00:00:00:00:2a")).ok(),
+            Some(Some([2, 0, 0, 0, 0, 0x2a]))
+        );
+        assert!(requested_mac(Some("MAC=03:00:00:00:00:2a")).is_err());
+        assert!(requested_mac(Some("MAC=02:00:00:00:2a")).is_err());
+        assert!(requested_mac(Some("MAC=zz:00:00:00:00:2a")).is_err());
     }
 
     #[test]
