@@ -87,6 +87,36 @@ impl Netlink {
 }
 
 impl Netlink {
+    /// Sets the MTU of link `index`.
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .with_context(|| format!("setting the MTU of link {index} to {mtu}"))
+    }
+
+    /// Makes link `index` a port of bridge `bridge` (`ip link set … master`).
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn set_master(&self, index: u32, bridge: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(bridge)
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .with_context(|| format!("attaching link {index} to bridge {bridge}"))
+    }
+
     /// Puts `addr/prefix_len` on link `index` unless it is there already.
     ///
     /// # Errors
@@ -112,8 +142,9 @@ impl Netlink {
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(i32::from),
-        _ => None,
+    if let rtnetlink::Error::NetlinkError(msg) = e {
+        msg.code.map(i32::from)
+    } else {
+        None
     }
 }

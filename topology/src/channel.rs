@@ -224,10 +224,10 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            if let Ok((Channel::Hello, body)) = split(&bytes) {
-                if let Ok(h) = Hello::decode(body) {
-                    prop_assert_eq!(h.encode(), bytes);
-                }
+            if let Ok((Channel::Hello, body)) = split(&bytes)
+                && let Ok(h) = Hello::decode(body)
+            {
+                prop_assert_eq!(h.encode(), bytes);
             }
         }
     }
