@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
-use crypto::{ControlChannel, Handshake, HandshakeConfig, HandshakeError, MeshPassword};
+use crypto::{ControlChannel, DataKeys, Handshake, HandshakeConfig, HandshakeError, MeshPassword};
 use rand::RngCore as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +30,7 @@ use crate::api::{ApiCommand, CommandError, CommandOutcome};
 use crate::config::RouterConfig;
 use crate::ipam_store::IpamStore;
 use crate::metrics::{DropReason, GossipDirection, HandshakeFailure, Metrics};
+use crate::sleeve::{Sleeve, SleeveConfig, SleeveRoutes};
 use crate::status::{
     ConnectionState, ConnectionStatus, PeerConnStatus, PeerStatus, RouteStatus, RouterStatus,
     TargetState, TargetStatus,
@@ -53,15 +54,43 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
         None
     };
     let bind = SocketAddr::new(
-        config.bind_addr.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        config
+            .bind_addr
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         config.port,
     );
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding the control port {bind}"))?;
     let port = listener.local_addr()?.port();
+    let sleeve = match &bridge {
+        Some((netlink, index)) if config.datapath != crate::config::DatapathMode::Fastdp => {
+            let sleeve_config = SleeveConfig {
+                local: identity.name,
+                // The sleeve shares the control port's number (UDP).
+                bind: SocketAddr::new(bind.ip(), port),
+                tap: TAP.to_owned(),
+                bridge_index: *index,
+                mtu: config.mtu.unwrap_or(DEFAULT_POD_MTU),
+                encryption: config.encryption,
+                max_datagram: UNDERLAY_MAX_DATAGRAM,
+            };
+            let sleeve = Sleeve::start(sleeve_config, netlink, handles.metrics.clone())
+                .await
+                .context("starting the sleeve")?;
+            info!(
+                tap = TAP,
+                port,
+                encryption = config.encryption,
+                "sleeve running"
+            );
+            Some(sleeve)
+        }
+        _ => None,
+    };
     let ipam = start_ipam(&config, identity.name)?;
     let mut daemon = Daemon::new(config, identity, handles, port, ipam, bridge);
+    daemon.sleeve = sleeve;
     daemon.add_initial_targets().await;
     info!(name = %daemon.mesh.name(), port, "mesh engine running");
     daemon.run(listener).await
@@ -111,6 +140,8 @@ enum Input {
         addr: SocketAddr,
         outbound: bool,
         tx: mpsc::Sender<Vec<u8>>,
+        /// The connection's data-plane keys, for the sleeve.
+        keys: DataKeys,
     },
     /// One control message arrived.
     Control { conn: ConnId, msg: Vec<u8> },
@@ -144,6 +175,8 @@ struct Daemon {
     pending_allocs: Vec<PendingAlloc>,
     /// Which peer each established connection leads to.
     conn_peer: BTreeMap<ConnId, PeerName>,
+    /// The sleeve data plane, when the router manages devices.
+    sleeve: Option<Sleeve>,
 }
 
 /// An allocation request answered once IPAM can, or with an error at its deadline.
@@ -187,6 +220,7 @@ impl Daemon {
             gateway: None,
             pending_allocs: Vec::new(),
             conn_peer: BTreeMap::new(),
+            sleeve: None,
         }
     }
 
@@ -270,8 +304,12 @@ impl Daemon {
                 addr,
                 outbound,
                 tx,
+                keys,
             } => {
                 info!(peer = %remote, nickname = %hello.nickname, %addr, outbound, "connection established");
+                if let Some(sleeve) = &self.sleeve {
+                    sleeve.add_peer(conn.0, remote, SocketAddr::new(addr.ip(), hello.port), keys);
+                }
                 self.conns.insert(conn, tx);
                 self.conn_peer.insert(conn, remote);
                 self.mesh.handle_connection_up(
@@ -314,6 +352,9 @@ impl Daemon {
             }
             Input::Down { conn, reason } => {
                 self.conn_peer.remove(&conn);
+                if let Some(sleeve) = &self.sleeve {
+                    sleeve.remove_conn(conn.0);
+                }
                 if self.conns.remove(&conn).is_some() {
                     info!(conn = conn.0, %reason, "connection closed");
                     self.mesh.handle_connection_down(now, conn, &reason);
@@ -360,6 +401,9 @@ impl Daemon {
                     // Dropping the sender ends the connection's task, which closes the socket.
                     self.conns.remove(&conn);
                     self.conn_peer.remove(&conn);
+                    if let Some(sleeve) = &self.sleeve {
+                        sleeve.remove_conn(conn.0);
+                    }
                     self.mesh.handle_connection_down(now, conn, reason.as_str());
                 }
                 Event::PeerAdded(peer) => {
@@ -370,7 +414,12 @@ impl Daemon {
                     info!(%peer, "peer removed");
                     self.ipam.handle_peer_gone(now, peer);
                 }
-                Event::RoutesChanged => debug!("routes changed"),
+                Event::RoutesChanged => {
+                    debug!("routes changed");
+                    if let Some(sleeve) = &self.sleeve {
+                        sleeve.set_routes(SleeveRoutes::from_routes(self.mesh.routes()));
+                    }
+                }
             }
         }
         self.drain_ipam();
@@ -776,23 +825,42 @@ impl Daemon {
                     .collect(),
             })
             .collect();
+        let sleeve = self.sleeve.as_ref();
         status.connections = ms
             .connections
             .iter()
-            .map(|c| ConnectionStatus {
-                outbound: c.outbound,
-                remote_addr: c.address.clone(),
-                remote_name: Some(c.name.to_string()),
-                remote_nickname: Some(c.nickname.clone()),
-                state: ConnectionState::Established,
-                last_error: None,
-                next_attempt_in_ms: None,
-                datapath: None,
-                datapath_reason: None,
-                encrypted: false,
-                mtu: None,
+            .map(|c| {
+                let on_sleeve = sleeve.filter(|s| s.has_peer(c.name));
+                ConnectionStatus {
+                    outbound: c.outbound,
+                    remote_addr: c.address.clone(),
+                    remote_name: Some(c.name.to_string()),
+                    remote_nickname: Some(c.nickname.clone()),
+                    state: ConnectionState::Established,
+                    last_error: None,
+                    next_attempt_in_ms: None,
+                    datapath: on_sleeve.map(|_| crate::status::Datapath::Sleeve),
+                    datapath_reason: on_sleeve.map(|_| SLEEVE_REASON.to_owned()),
+                    encrypted: on_sleeve.is_some_and(Sleeve::encryption),
+                    mtu: on_sleeve.map(Sleeve::mtu),
+                }
             })
             .collect();
+        if sleeve.is_some() {
+            status.datapaths = Some(
+                crate::status::Datapath::ALL
+                    .iter()
+                    .map(|&d| {
+                        let (frames, bytes) = self.handles.metrics.forwarded(d);
+                        crate::status::DatapathCounters {
+                            datapath: d,
+                            frames,
+                            bytes,
+                        }
+                    })
+                    .collect(),
+            );
+        }
         status.targets = Vec::new();
         for t in &ms.targets {
             let next_ms = t.next_attempt_in_s.map(|s| (s * 1000.0) as u64);
@@ -937,7 +1005,7 @@ impl ConnectionTask {
         let opened =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, self.open(&mut stream, outbound)).await;
         let opened = opened.unwrap_or(Err(ConnError::Handshake(HandshakeError::Timeout)));
-        let (remote, hello, control) = match opened {
+        let (remote, hello, control, keys) = match opened {
             Ok(v) => v,
             Err(e) => {
                 self.count_failure(&e);
@@ -958,6 +1026,7 @@ impl ConnectionTask {
             addr,
             outbound,
             tx,
+            keys,
         };
         if self.inputs.send(up).await.is_err() {
             return;
@@ -981,7 +1050,7 @@ impl ConnectionTask {
         &self,
         stream: &mut TcpStream,
         outbound: bool,
-    ) -> Result<(PeerName, Hello, ControlChannel), ConnError> {
+    ) -> Result<(PeerName, Hello, ControlChannel, DataKeys), ConnError> {
         let mut out = Vec::new();
         let mut rng = rand::rngs::OsRng;
         let mut hs = if outbound {
@@ -1011,7 +1080,7 @@ impl ConnectionTask {
             }
         };
         let remote = PeerName::from_bytes(established.peer_name());
-        let (mut control, _data_keys) = established.into_parts();
+        let (mut control, data_keys) = established.into_parts();
         control
             .seal_message(&self.hello.encode(), &mut out)
             .map_err(|e| ConnError::Protocol(e.to_string()))?;
@@ -1027,7 +1096,7 @@ impl ConnectionTask {
                     Err(e) => Err(e),
                 };
                 let hello = hello.map_err(|e| ConnError::Protocol(format!("bad hello: {e}")))?;
-                return Ok((remote, hello, control));
+                return Ok((remote, hello, control, data_keys));
             }
             let n = stream
                 .read(&mut buf)
@@ -1159,6 +1228,12 @@ fn save_persisted_peers(path: &Path, peers: &BTreeSet<SocketAddr>) -> Result<()>
 
 /// The node's bridge.
 pub const BRIDGE: &str = "weft";
+/// The sleeve's TAP device, a port of [`BRIDGE`].
+pub const TAP: &str = "weft-tap";
+/// The largest sleeve datagram: a 1500-byte IPv4 underlay less the IP and UDP headers.
+const UNDERLAY_MAX_DATAGRAM: usize = 1472;
+/// Why connections are on the sleeve, for status.
+const SLEEVE_REASON: &str = "fastdp not implemented yet";
 /// Pod MTU when `--mtu` is not given: a 1500-byte underlay less the VXLAN overhead.
 pub const DEFAULT_POD_MTU: u32 = 1450;
 /// The node key's file in the state directory.

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod ipam_store;
 pub mod metrics;
 pub mod netlink;
+pub mod sleeve;
 pub mod sleeve_io;
 pub mod status;
 pub mod status_text;

@@ -106,9 +106,7 @@ impl Netlink {
     /// # Errors
     /// Fails on netlink errors.
     pub async fn set_master(&self, index: u32, bridge: u32) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index)
-            .controller(bridge)
-            .build();
+        let msg = LinkUnspec::new_with_index(index).controller(bridge).build();
         self.handle
             .link()
             .set(msg)

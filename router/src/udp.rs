@@ -68,6 +68,8 @@ pub struct RecvMeta {
     pub segment_size: usize,
     /// The message did not fit the buffer and was cut.
     pub truncated: bool,
+    /// The sender's address (`None` for an address family other than IPv4/IPv6).
+    pub src: Option<SocketAddr>,
 }
 
 /// A UDP socket set up for the sleeve.
@@ -187,6 +189,8 @@ impl UdpSocket {
         }
         let mut cmsgs = [CmsgBuf::ZERO; MAX_BATCH];
         let mut iovs = [MaybeUninit::<libc::iovec>::uninit(); MAX_BATCH];
+        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
+        let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { mem::zeroed() };
         // SAFETY: mmsghdr is plain old data; all-zero is a valid empty value.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { mem::zeroed() };
         for i in 0..n {
@@ -197,6 +201,8 @@ impl UdpSocket {
             let h = &mut hdrs[i].msg_hdr;
             h.msg_iov = iov;
             h.msg_iovlen = 1;
+            h.msg_name = (&raw mut names[i]).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
             h.msg_controllen = CMSG_BUF_LEN;
         }
@@ -215,12 +221,13 @@ impl UdpSocket {
             return Err(io::Error::last_os_error());
         }
         let got = rc as usize;
-        for (hdr, m) in hdrs.iter().zip(meta.iter_mut()).take(got) {
+        for ((hdr, m), name) in hdrs.iter().zip(meta.iter_mut()).zip(&names).take(got) {
             let len = hdr.msg_len as usize;
             *m = RecvMeta {
                 len,
                 segment_size: gro_segment(&hdr.msg_hdr).unwrap_or(len).max(1),
                 truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                src: sockaddr_to_std(name),
             };
         }
         Ok(got)
@@ -290,6 +297,30 @@ fn gro_segment(h: &libc::msghdr) -> Option<usize> {
         }
     }
     None
+}
+
+/// Converts a kernel-filled socket address to a std one (IPv4 and IPv6 only).
+fn sockaddr_to_std(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(name.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large and
+            // aligned enough for.
+            let a = unsafe { &*(&raw const *name).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(&raw const *name).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::from((
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => None,
+    }
 }
 
 fn cmsg_space(len: usize) -> usize {
@@ -374,6 +405,7 @@ mod tests {
             let n = b.recv_batch(&mut slices, &mut meta).unwrap();
             for (buf, m) in bufs.iter().zip(&meta).take(n) {
                 assert!(!m.truncated);
+                assert_eq!(m.src, Some(a.local_addr().unwrap()));
                 for d in buf[..m.len].chunks(m.segment_size) {
                     datagrams.push(d.to_vec());
                 }

@@ -1,0 +1,938 @@
+//! The routed sleeve: pod frames between the node's TAP (`weft-tap`, on bridge `weft`) and
+//! its peers over UDP, looked up in the MAC table, routed hop by hop along the mesh's routes,
+//! chunked to fit the underlay and sealed with each connection's data-plane keys.
+//!
+//! Shell only: the sleeve codec (`topology::sleeve`), the MAC table (`topology::mac`) and the
+//! sessions (`crypto::Session`) decide; this module moves bytes between them, the TAP and the
+//! UDP socket. Two threads, one per direction, so both cores work (a TAP write runs the bridge
+//! and the receiving pod's stack in the writer's context):
+//!
+//! - TX (TAP → UDP): per wakeup, up to [`FRAMES_PER_BATCH`] frames are read with `readv`
+//!   straight into chunk slots; the MAC table is locked once for the batch; each frame is
+//!   chunked in place toward its destination peer (or [`BROADCAST`]), each chunk sealed in
+//!   place with the next hop's session, and the whole batch leaves in `sendmmsg` calls of
+//!   UDP GSO trains, one call per run of frames with the same next hop.
+//! - RX (UDP → TAP): `recvmmsg` of GRO-coalesced messages; each datagram is checked, opened
+//!   with the session of the hop it came from (by source address), then delivered (MAC
+//!   learned, frame reassembled and written to the TAP), relayed toward its destination
+//!   (hop limit decremented, resealed in place for the next hop), or both for a broadcast
+//!   (relayed along the origin's broadcast tree, so each peer gets it once).
+//!
+//! Every datagram is authenticated: sealed (`--encryption on`) or authenticated-plain, per
+//! the session's mode; a receiver accepts both. Shared state (peers, routes) is a
+//! copy-on-write snapshot that each thread clones once per batch; each peer's session sits
+//! behind its own mutex, locked per frame (TX) or per received message (RX). Buffers are
+//! allocated at start; the loops allocate nothing per packet (a broadcast with several next
+//! hops copies into a preallocated scratch buffer).
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use crypto::{DataKeys, Mode, OpenError, PacketBuf, Session, SessionConfig, TAG_LEN};
+use serde::Serialize;
+use socket2::SockAddr;
+use topology::PeerName;
+use topology::mac::{Learned, MacTable};
+use topology::routes::Routes;
+use topology::sleeve::{
+    ChunkLayout, Chunker, Chunks, HEADER_LEN, MAX_FRAME_LEN, MessageType, Packet, ReassemblyConfig,
+    Received, Receiver, Repr, VNET_HDR_LEN,
+};
+use tracing::debug;
+
+use crate::metrics::{DropReason, Metrics};
+use crate::netlink::Netlink;
+use crate::status::Datapath;
+use crate::tap::{Tap, TapOptions};
+use crate::udp::{
+    self, MAX_BATCH, MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, RecvMeta, Transmit, UdpOptions, UdpSocket,
+};
+
+/// The destination peer name of a broadcast datagram (no real peer name is all ones: names
+/// are hashes of keys, and this one is reserved).
+pub const BROADCAST: [u8; 6] = [0xff; 6];
+/// Frames read per TX wakeup.
+pub const FRAMES_PER_BATCH: usize = 8;
+/// Messages received per `recvmmsg`.
+pub const RX_BATCH: usize = 8;
+
+/// What [`Sleeve::start`] needs.
+#[derive(Debug, Clone)]
+pub struct SleeveConfig {
+    /// This router's peer name.
+    pub local: PeerName,
+    /// The UDP address to bind (the control port's number).
+    pub bind: SocketAddr,
+    /// The TAP device's name (`weft-tap`).
+    pub tap: String,
+    /// The bridge the TAP joins.
+    pub bridge_index: u32,
+    /// The pod MTU, set on the TAP.
+    pub mtu: u32,
+    /// Seal payloads (`--encryption on`); authenticated-plain otherwise.
+    pub encryption: bool,
+    /// Largest UDP payload sent (underlay MTU − 28).
+    pub max_datagram: usize,
+}
+
+/// The routes the sleeve forwards by: a snapshot of the mesh's, by peer-name bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SleeveRoutes {
+    /// Destination → next hop.
+    pub unicast: HashMap<[u8; 6], [u8; 6]>,
+    /// Broadcast origin (this router included) → the neighbours to pass it to.
+    pub broadcast: HashMap<[u8; 6], Vec<[u8; 6]>>,
+}
+
+impl SleeveRoutes {
+    /// Takes a snapshot of `routes` for every peer they know.
+    pub fn from_routes(routes: &Routes) -> Self {
+        let unicast = routes
+            .unicast()
+            .into_iter()
+            .map(|(d, h)| (d.bytes(), h.bytes()))
+            .collect();
+        let broadcast = routes
+            .graph()
+            .names()
+            .iter()
+            .map(|o| {
+                let hops = routes.broadcast_next_hops(*o);
+                (o.bytes(), hops.iter().map(PeerName::bytes).collect())
+            })
+            .collect();
+        Self { unicast, broadcast }
+    }
+}
+
+/// The sleeve's counters beyond the metrics' forwarded and dropped ones.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SleeveCounters {
+    /// Frames read from the TAP.
+    pub tap_frames: u64,
+    /// Frames sent as broadcast (unknown, broadcast or multicast destination MAC).
+    pub tx_broadcast: u64,
+    /// Datagrams sent.
+    pub tx_datagrams: u64,
+    /// Datagrams received.
+    pub rx_datagrams: u64,
+    /// Frames written to the TAP.
+    pub delivered: u64,
+    /// Datagrams relayed to another peer.
+    pub relayed: u64,
+    /// Datagrams dropped, all reasons.
+    pub dropped: u64,
+    /// Datagrams that failed to open (bad tag, wrong key, stale epoch).
+    pub dropped_decrypt: u64,
+    /// Datagrams replayed or older than the replay window.
+    pub dropped_replay: u64,
+    /// Datagrams that did not parse (version, type, header bounds, unauthenticated type).
+    pub dropped_malformed: u64,
+    /// Datagrams from an address that is no connected peer.
+    pub dropped_unknown_peer: u64,
+    /// Frames or datagrams with no route to their destination.
+    pub dropped_no_route: u64,
+    /// MACs seen moving from one peer to another.
+    pub mac_moves: u64,
+    /// Send errors.
+    pub send_errors: u64,
+    /// TAP write errors.
+    pub tap_write_errors: u64,
+}
+
+/// A running sleeve; stops its threads on [`Sleeve::stop`] or drop.
+#[derive(Debug)]
+pub struct Sleeve {
+    shared: Arc<Shared>,
+    tx: Option<JoinHandle<()>>,
+    rx: Option<JoinHandle<()>>,
+    mtu: u32,
+}
+
+impl Sleeve {
+    /// Creates the TAP, attaches it to the bridge with the pod MTU and brings it up, binds
+    /// the UDP socket (GSO/GRO) and starts the two threads.
+    ///
+    /// # Errors
+    /// Fails when the TAP, the netlink calls, the socket or a thread cannot be set up.
+    pub async fn start(config: SleeveConfig, netlink: &Netlink, metrics: Metrics) -> Result<Self> {
+        let layout = ChunkLayout::sealed(config.max_datagram, crypto::HEADER_LEN, TAG_LEN)
+            .map_err(|e| anyhow::anyhow!("sleeve datagram size {}: {e}", config.max_datagram))?;
+        let tap = Tap::open(&config.tap, &TapOptions::default())
+            .with_context(|| format!("opening TAP {}", config.tap))?;
+        let index = netlink
+            .link_index(&config.tap)
+            .await?
+            .with_context(|| format!("TAP {} has no link index", config.tap))?;
+        netlink.set_mtu(index, config.mtu).await?;
+        netlink.set_master(index, config.bridge_index).await?;
+        netlink.set_up(index).await?;
+        let socket = UdpSocket::bind(config.bind, &UdpOptions::default())
+            .with_context(|| format!("binding the sleeve's UDP port {}", config.bind))?;
+        let shared = Arc::new(Shared {
+            local: config.local.bytes(),
+            state: RwLock::new(Arc::new(State::default())),
+            macs: Mutex::new(MacTable::new(
+                MacTable::DEFAULT_CAPACITY,
+                MacTable::DEFAULT_MAX_AGE,
+            )),
+            encryption: AtomicBool::new(config.encryption),
+            stop: AtomicBool::new(false),
+            metrics,
+            counters: AtomicCounters::default(),
+        });
+        let tap = Arc::new(tap);
+        let socket = Arc::new(socket);
+        let first_frame_id = rand::random::<u32>();
+        let tx = {
+            let (tap, socket, shared) = (tap.clone(), socket.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("sleeve-tx".into())
+                .spawn(move || tx_loop(&tap, &socket, &shared, layout, first_frame_id))?
+        };
+        let rx = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("sleeve-rx".into())
+                .spawn(move || rx_loop(&tap, &socket, &shared))?
+        };
+        Ok(Self {
+            shared,
+            tx: Some(tx),
+            rx: Some(rx),
+            mtu: config.mtu,
+        })
+    }
+
+    /// Returns the pod MTU the sleeve carries.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// Returns whether new datagrams are sealed.
+    pub fn encryption(&self) -> bool {
+        self.shared.encryption.load(Ordering::Relaxed)
+    }
+
+    /// Adds (or replaces) the link to `peer` reached at `addr` (its sleeve UDP address),
+    /// sealing with `keys` from connection `conn`.
+    pub fn add_peer(&self, conn: u64, peer: PeerName, addr: SocketAddr, keys: DataKeys) {
+        let mode = mode_of(self.encryption());
+        let link = Arc::new(PeerLink {
+            conn,
+            name: peer.bytes(),
+            dest: SockAddr::from(addr),
+            session: Mutex::new(Session::new(
+                keys,
+                SessionConfig::default(),
+                mode,
+                Instant::now(),
+            )),
+        });
+        self.update(|s| {
+            s.peers.retain(|_, l| l.name != link.name);
+            s.peers.insert(addr, link);
+        });
+    }
+
+    /// Removes the link of connection `conn`, if it is still the one in use.
+    pub fn remove_conn(&self, conn: u64) {
+        let mut gone = None;
+        self.update(|s| {
+            s.peers.retain(|_, l| {
+                let keep = l.conn != conn;
+                if !keep {
+                    gone = Some(l.name);
+                }
+                keep
+            });
+        });
+        if let Some(name) = gone {
+            lock(&self.shared.macs).remove_peer(PeerName::from_bytes(name));
+        }
+    }
+
+    /// Returns whether a link to `peer` is up.
+    pub fn has_peer(&self, peer: PeerName) -> bool {
+        let name = peer.bytes();
+        self.snapshot().peers.values().any(|l| l.name == name)
+    }
+
+    /// Replaces the routes.
+    pub fn set_routes(&self, routes: SleeveRoutes) {
+        let routes = Arc::new(routes);
+        self.update(|s| s.routes = routes.clone());
+    }
+
+    /// Switches sealing on or off for datagrams sent from now on.
+    pub fn set_encryption(&self, on: bool) {
+        self.shared.encryption.store(on, Ordering::Relaxed);
+        for link in self.snapshot().peers.values() {
+            lock(&link.session).set_mode(mode_of(on));
+        }
+    }
+
+    /// Returns the counters.
+    pub fn counters(&self) -> SleeveCounters {
+        self.shared.counters.snapshot()
+    }
+
+    /// Stops both threads.
+    pub fn stop(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for h in [self.tx.take(), self.rx.take()].into_iter().flatten() {
+            let _ = h.join();
+        }
+    }
+
+    fn snapshot(&self) -> Arc<State> {
+        self.shared.snapshot()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        let mut guard = self
+            .shared
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut next = State::clone(&guard);
+        f(&mut next);
+        *guard = Arc::new(next);
+    }
+}
+
+impl Drop for Sleeve {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+/// What both threads share.
+#[derive(Debug)]
+struct Shared {
+    local: [u8; 6],
+    state: RwLock<Arc<State>>,
+    macs: Mutex<MacTable>,
+    encryption: AtomicBool,
+    stop: AtomicBool,
+    metrics: Metrics,
+    counters: AtomicCounters,
+}
+
+impl Shared {
+    fn snapshot(&self) -> Arc<State> {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn drop_datagram(&self, reason: DropReason) {
+        self.metrics.add_dropped(reason, 1);
+        let c = &self.counters;
+        c.dropped.fetch_add(1, Ordering::Relaxed);
+        let which = match reason {
+            DropReason::Decrypt => &c.dropped_decrypt,
+            DropReason::Replay => &c.dropped_replay,
+            DropReason::UnknownPeer => &c.dropped_unknown_peer,
+            DropReason::NoRoute => &c.dropped_no_route,
+            DropReason::Malformed | DropReason::QueueFull | DropReason::TooBig => {
+                &c.dropped_malformed
+            }
+        };
+        which.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Peers and routes, replaced as a whole.
+#[derive(Debug, Clone, Default)]
+struct State {
+    /// Links by the peer's sleeve address.
+    peers: HashMap<SocketAddr, Arc<PeerLink>>,
+    routes: Arc<SleeveRoutes>,
+}
+
+impl State {
+    fn link(&self, name: [u8; 6]) -> Option<&Arc<PeerLink>> {
+        self.peers.values().find(|l| l.name == name)
+    }
+}
+
+/// One connected peer's sleeve link.
+struct PeerLink {
+    conn: u64,
+    name: [u8; 6],
+    dest: SockAddr,
+    session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for PeerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLink")
+            .field("conn", &self.conn)
+            .field("name", &PeerName::from_bytes(self.name))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct AtomicCounters {
+    tap_frames: AtomicU64,
+    tx_broadcast: AtomicU64,
+    tx_datagrams: AtomicU64,
+    rx_datagrams: AtomicU64,
+    delivered: AtomicU64,
+    relayed: AtomicU64,
+    dropped: AtomicU64,
+    dropped_decrypt: AtomicU64,
+    dropped_replay: AtomicU64,
+    dropped_malformed: AtomicU64,
+    dropped_unknown_peer: AtomicU64,
+    dropped_no_route: AtomicU64,
+    mac_moves: AtomicU64,
+    send_errors: AtomicU64,
+    tap_write_errors: AtomicU64,
+}
+
+impl AtomicCounters {
+    fn snapshot(&self) -> SleeveCounters {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SleeveCounters {
+            tap_frames: g(&self.tap_frames),
+            tx_broadcast: g(&self.tx_broadcast),
+            tx_datagrams: g(&self.tx_datagrams),
+            rx_datagrams: g(&self.rx_datagrams),
+            delivered: g(&self.delivered),
+            relayed: g(&self.relayed),
+            dropped: g(&self.dropped),
+            dropped_decrypt: g(&self.dropped_decrypt),
+            dropped_replay: g(&self.dropped_replay),
+            dropped_malformed: g(&self.dropped_malformed),
+            dropped_unknown_peer: g(&self.dropped_unknown_peer),
+            dropped_no_route: g(&self.dropped_no_route),
+            mac_moves: g(&self.mac_moves),
+            send_errors: g(&self.send_errors),
+            tap_write_errors: g(&self.tap_write_errors),
+        }
+    }
+}
+
+fn add(a: &AtomicU64, n: u64) {
+    if n > 0 {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn mode_of(encryption: bool) -> Mode {
+    if encryption {
+        Mode::Sealed
+    } else {
+        Mode::Plain
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One frame of a TX batch, ready to send.
+struct Ready {
+    chunks: Chunks,
+    link: Arc<PeerLink>,
+}
+
+fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, first_id: u32) {
+    let slot_len = layout.slot_len();
+    // One slot more than the largest frame needs, so a longer frame shows as oversize.
+    let slots = layout.chunk_count(MAX_FRAME_LEN) + 1;
+    let mut bufs: Vec<Box<[u8]>> = (0..FRAMES_PER_BATCH)
+        .map(|_| vec![0u8; slots * slot_len].into_boxed_slice())
+        .collect();
+    let mut scratch = vec![0u8; slots * slot_len].into_boxed_slice();
+    let mut lens = [0usize; FRAMES_PER_BATCH];
+    let mut chunker = Chunker::new(layout, shared.local, BROADCAST, first_id);
+    let data_offset = layout.data_offset();
+    let payload = layout.payload();
+    let per_message = (MAX_UDP_PAYLOAD / slot_len).min(MAX_GSO_SEGMENTS);
+    let c = &shared.counters;
+    while !shared.stop.load(Ordering::Relaxed) {
+        match tap.wait_readable(POLL) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => {
+                std::thread::sleep(POLL);
+                continue;
+            }
+        }
+        // Read a batch of frames straight into chunk slots.
+        let mut n = 0;
+        while n < FRAMES_PER_BATCH {
+            let buf = &mut bufs[n];
+            let mut areas = buf
+                .chunks_exact_mut(slot_len)
+                .map(|s| IoSliceMut::new(&mut s[data_offset..data_offset + payload]));
+            let mut iov: [IoSliceMut<'_>; MAX_SLOTS] =
+                std::array::from_fn(|_| areas.next().unwrap_or_else(|| IoSliceMut::new(&mut [])));
+            let len = match tap.read_vectored(&mut iov[..slots.min(MAX_SLOTS)]) {
+                Ok(0) => break,
+                Ok(len) => len,
+                Err(_) => break,
+            };
+            c.tap_frames.fetch_add(1, Ordering::Relaxed);
+            if !(VNET_HDR_LEN + 14..=MAX_FRAME_LEN).contains(&len) {
+                shared.drop_datagram(DropReason::TooBig);
+                continue;
+            }
+            lens[n] = len;
+            n += 1;
+        }
+        if n == 0 {
+            continue;
+        }
+        let state = shared.snapshot();
+        // Destination peer of each frame: one MAC-table lock per batch.
+        let mut dsts = [BROADCAST; FRAMES_PER_BATCH];
+        {
+            let macs = lock(&shared.macs);
+            for (dst, buf) in dsts.iter_mut().zip(&bufs).take(n) {
+                let at = data_offset + VNET_HDR_LEN;
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&buf[at..at + 6]);
+                if mac[0] & 1 == 0
+                    && let Some(peer) = macs.lookup(&mac)
+                {
+                    *dst = peer.bytes();
+                }
+            }
+        }
+        let mut ready: [Option<Ready>; FRAMES_PER_BATCH] = Default::default();
+        let now = Instant::now();
+        for i in 0..n {
+            let (dst, len) = (dsts[i], lens[i]);
+            let buf = &mut bufs[i];
+            if dst == shared.local {
+                // Ours: the bridge delivers it locally; nothing to send.
+                continue;
+            }
+            chunker.set_dst(dst);
+            let Ok(chunks) = chunker.chunk_in_place(len, buf) else {
+                shared.drop_datagram(DropReason::TooBig);
+                continue;
+            };
+            if dst == BROADCAST {
+                c.tx_broadcast.fetch_add(1, Ordering::Relaxed);
+                let Some(hops) = state.routes.broadcast.get(&shared.local) else {
+                    continue;
+                };
+                let mut first = None;
+                for hop in hops {
+                    let Some(link) = state.link(*hop) else {
+                        continue;
+                    };
+                    if first.is_none() {
+                        first = Some(link.clone());
+                        continue;
+                    }
+                    // Further hops: a sealed copy each, sent at once.
+                    let wire = chunks.wire_len();
+                    scratch[..wire].copy_from_slice(&buf[..wire]);
+                    seal_chunks(&link.session, now, &mut scratch, &chunks, layout);
+                    send_frame(socket, shared, &scratch, &chunks, &link.dest, per_message);
+                    shared
+                        .metrics
+                        .add_forwarded(Datapath::Sleeve, 1, len as u64);
+                }
+                if let Some(link) = first {
+                    seal_chunks(&link.session, now, buf, &chunks, layout);
+                    ready[i] = Some(Ready { chunks, link });
+                }
+                continue;
+            }
+            let link = state
+                .routes
+                .unicast
+                .get(&dst)
+                .and_then(|hop| state.link(*hop));
+            let Some(link) = link else {
+                shared.drop_datagram(DropReason::NoRoute);
+                continue;
+            };
+            seal_chunks(&link.session, now, buf, &chunks, layout);
+            ready[i] = Some(Ready {
+                chunks,
+                link: link.clone(),
+            });
+        }
+        send_ready(socket, shared, &bufs, &ready[..n], per_message, &lens[..n]);
+    }
+}
+
+/// Seals every chunk of a frame in place with one session lock.
+fn seal_chunks(
+    session: &Mutex<Session>,
+    now: Instant,
+    buf: &mut [u8],
+    chunks: &Chunks,
+    layout: ChunkLayout,
+) {
+    let mut session = lock(session);
+    let slot_len = layout.slot_len();
+    let body_offset = layout.body_offset();
+    for i in 0..chunks.count {
+        let body = chunks.body(i);
+        let start = i * slot_len;
+        let slot = &mut buf[start..start + slot_len];
+        let mut packet = PacketBuf::new(slot, body_offset, body.len());
+        // The layout reserves the headroom and tailroom, so sealing cannot fail.
+        let _ = session.seal(now, &mut packet);
+    }
+}
+
+/// Sends one frame's datagrams to `dest` as GSO trains.
+fn send_frame(
+    socket: &UdpSocket,
+    shared: &Shared,
+    buf: &[u8],
+    chunks: &Chunks,
+    dest: &SockAddr,
+    per_message: usize,
+) {
+    let mut iov = [IoSlice::new(&[]); MAX_BATCH];
+    let mut segs = [None; MAX_BATCH];
+    let m = trains(buf, chunks, per_message, &mut iov, &mut segs, 0);
+    send_all(socket, shared, dest, &iov[..m], &segs[..m]);
+}
+
+/// Adds a frame's GSO trains to `iov`/`segs` from index `m`; returns the new count (stops
+/// at [`MAX_BATCH`]).
+fn trains<'a>(
+    buf: &'a [u8],
+    chunks: &Chunks,
+    per_message: usize,
+    iov: &mut [IoSlice<'a>; MAX_BATCH],
+    segs: &mut [Option<u16>; MAX_BATCH],
+    mut m: usize,
+) -> usize {
+    let mut first = 0;
+    while first < chunks.count && m < MAX_BATCH {
+        let last = (first + per_message).min(chunks.count) - 1;
+        let start = chunks.datagram(first).start;
+        let end = chunks.datagram(last).end;
+        iov[m] = IoSlice::new(&buf[start..end]);
+        segs[m] = (last > first).then_some(chunks.segment_len() as u16);
+        m += 1;
+        first = last + 1;
+    }
+    m
+}
+
+/// Sends the batch: one `sendmmsg` per run of frames with the same next hop.
+fn send_ready(
+    socket: &UdpSocket,
+    shared: &Shared,
+    bufs: &[Box<[u8]>],
+    ready: &[Option<Ready>],
+    per_message: usize,
+    lens: &[usize],
+) {
+    let mut iov = [IoSlice::new(&[]); MAX_BATCH];
+    let mut segs = [None; MAX_BATCH];
+    let mut m = 0;
+    let mut current: Option<&Arc<PeerLink>> = None;
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    for ((buf, r), len) in bufs.iter().zip(ready).zip(lens) {
+        let Some(r) = r else { continue };
+        frames += 1;
+        bytes += *len as u64;
+        let needed = r.chunks.count.div_ceil(per_message);
+        if let Some(cur) = current
+            && (!Arc::ptr_eq(cur, &r.link) || m + needed > MAX_BATCH)
+        {
+            send_all(socket, shared, &cur.dest, &iov[..m], &segs[..m]);
+            m = 0;
+        }
+        current = Some(&r.link);
+        m = trains(buf, &r.chunks, per_message, &mut iov, &mut segs, m);
+    }
+    if let Some(cur) = current {
+        send_all(socket, shared, &cur.dest, &iov[..m], &segs[..m]);
+    }
+    shared
+        .metrics
+        .add_forwarded(Datapath::Sleeve, frames, bytes);
+}
+
+fn send_all(
+    socket: &UdpSocket,
+    shared: &Shared,
+    dest: &SockAddr,
+    iov: &[IoSlice<'_>],
+    segs: &[Option<u16>],
+) {
+    let mut msgs = [Transmit {
+        bufs: &[],
+        segment_size: None,
+    }; MAX_BATCH];
+    for (i, (m, seg)) in msgs.iter_mut().zip(segs).enumerate().take(iov.len()) {
+        *m = Transmit {
+            bufs: std::slice::from_ref(&iov[i]),
+            segment_size: *seg,
+        };
+    }
+    let datagrams: u64 = iov
+        .iter()
+        .zip(segs)
+        .map(|(b, s)| s.map_or(1, |s| b.len().div_ceil(usize::from(s).max(1))) as u64)
+        .sum();
+    add(&shared.counters.tx_datagrams, datagrams);
+    let mut done = 0;
+    let mut tries = 0;
+    while done < iov.len() && tries < 4 * MAX_BATCH {
+        tries += 1;
+        match socket.send_batch(Some(dest), &msgs[done..iov.len()]) {
+            Ok(k) => done += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    // Socket buffer full: wait for room rather than dropping a train.
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
+                if !udp::is_refused(&e) {
+                    debug!("sleeve send: {e}");
+                }
+                shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                done += 1;
+            }
+        }
+    }
+}
+
+fn rx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared) {
+    let mut receiver = Receiver::new(shared.local, ReassemblyConfig::default());
+    let mut bufs: Vec<Box<[u8]>> = (0..RX_BATCH)
+        .map(|_| vec![0u8; RX_BUF_LEN].into_boxed_slice())
+        .collect();
+    let mut scratch = vec![0u8; RX_BUF_LEN].into_boxed_slice();
+    let mut meta = [RecvMeta::default(); RX_BATCH];
+    let mut next_purge = Instant::now() + POLL;
+    let mut last_learned: Option<([u8; 6], [u8; 6])> = None;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let readable = socket.wait_readable(POLL).unwrap_or(false);
+        let now = Instant::now();
+        if now >= next_purge {
+            receiver.handle_timeout(now);
+            lock(&shared.macs).expire(now);
+            // Re-learn active MACs now and then, so they do not expire while in use.
+            last_learned = None;
+            next_purge = now + POLL;
+        }
+        if !readable {
+            continue;
+        }
+        for _ in 0..8 {
+            let mut it = bufs.iter_mut();
+            let mut slices: [&mut [u8]; RX_BATCH] =
+                std::array::from_fn(|_| it.next().map_or(&mut [][..], |b| &mut b[..]));
+            let got = match socket.recv_batch(&mut slices, &mut meta) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            let state = shared.snapshot();
+            let now = Instant::now();
+            for (buf, m) in bufs.iter_mut().zip(&meta).take(got) {
+                let datagrams = m.len.div_ceil(m.segment_size.max(1)) as u64;
+                add(&shared.counters.rx_datagrams, datagrams);
+                let hop = m.src.and_then(|a| state.peers.get(&a));
+                let Some(hop) = hop else {
+                    for _ in 0..datagrams {
+                        shared.drop_datagram(DropReason::UnknownPeer);
+                    }
+                    continue;
+                };
+                if m.truncated {
+                    shared.drop_datagram(DropReason::Malformed);
+                    continue;
+                }
+                let mut ctx = RxCtx {
+                    tap,
+                    socket,
+                    shared,
+                    state: &state,
+                    hop,
+                    receiver: &mut receiver,
+                    scratch: &mut scratch,
+                    last_learned: &mut last_learned,
+                    now,
+                };
+                let mut session = lock(&hop.session);
+                for datagram in buf[..m.len].chunks_mut(m.segment_size.max(1)) {
+                    ctx.handle(&mut session, datagram);
+                }
+            }
+            if got < RX_BATCH {
+                break;
+            }
+        }
+    }
+}
+
+/// What handling one received datagram needs.
+struct RxCtx<'a> {
+    tap: &'a Tap,
+    socket: &'a UdpSocket,
+    shared: &'a Shared,
+    state: &'a State,
+    hop: &'a Arc<PeerLink>,
+    receiver: &'a mut Receiver,
+    scratch: &'a mut [u8],
+    last_learned: &'a mut Option<([u8; 6], [u8; 6])>,
+    now: Instant,
+}
+
+impl RxCtx<'_> {
+    fn handle(&mut self, session: &mut Session, datagram: &mut [u8]) {
+        let shared = self.shared;
+        let repr = match Packet::new_checked(&*datagram).and_then(|p| Repr::parse(&p)) {
+            Ok(r) if r.msg_type == MessageType::SealedChunk => r,
+            // Plain (unauthenticated) chunks are never sent by this router: refuse them.
+            Ok(_) | Err(_) => {
+                shared.drop_datagram(DropReason::Malformed);
+                return;
+            }
+        };
+        let len = datagram.len();
+        let mut packet = PacketBuf::new(&mut *datagram, HEADER_LEN, len - HEADER_LEN);
+        match session.open(self.now, &mut packet) {
+            Ok(_) => {}
+            Err(OpenError::Replayed | OpenError::TooOld) => {
+                shared.drop_datagram(DropReason::Replay);
+                return;
+            }
+            Err(
+                OpenError::BadTag
+                | OpenError::StaleEpoch
+                | OpenError::Truncated
+                | OpenError::UnknownVersion,
+            ) => {
+                shared.drop_datagram(DropReason::Decrypt);
+                return;
+            }
+        }
+        let (body_at, body_len) = (packet.offset, packet.len);
+        if repr.src == shared.local {
+            // Our own frame came back: a routing loop or a reflection; never deliver it.
+            shared.drop_datagram(DropReason::NoRoute);
+            return;
+        }
+        if repr.dst == shared.local {
+            self.deliver(repr.src, &datagram[body_at..body_at + body_len]);
+        } else if repr.dst == BROADCAST {
+            let hops = self.state.routes.broadcast.get(&repr.src);
+            for hop in hops.into_iter().flatten() {
+                if *hop == self.hop.name {
+                    continue;
+                }
+                let n = datagram.len();
+                self.scratch[..n].copy_from_slice(datagram);
+                self.relay(*hop, repr.hop_limit, n, body_at, body_len, true);
+            }
+            self.deliver(repr.src, &datagram[body_at..body_at + body_len]);
+        } else {
+            let Some(hop) = self.state.routes.unicast.get(&repr.dst).copied() else {
+                shared.drop_datagram(DropReason::NoRoute);
+                return;
+            };
+            let n = datagram.len();
+            self.scratch[..n].copy_from_slice(datagram);
+            self.relay(hop, repr.hop_limit, n, body_at, body_len, false);
+        }
+    }
+
+    /// Reseals the opened datagram in `scratch[..n]` for next hop `hop` and sends it.
+    fn relay(
+        &mut self,
+        hop: [u8; 6],
+        hop_limit: u8,
+        n: usize,
+        body_at: usize,
+        body_len: usize,
+        quiet: bool,
+    ) {
+        let shared = self.shared;
+        let link = match self.state.link(hop) {
+            Some(l) if !Arc::ptr_eq(l, self.hop) => l,
+            _ => {
+                if !quiet {
+                    shared.drop_datagram(DropReason::NoRoute);
+                }
+                return;
+            }
+        };
+        if hop_limit <= 1 {
+            shared.drop_datagram(DropReason::NoRoute);
+            return;
+        }
+        let buf = &mut self.scratch[..n];
+        Packet::new_unchecked(&mut *buf).set_hop_limit(hop_limit - 1);
+        let mut packet = PacketBuf::new(&mut *buf, body_at, body_len);
+        if lock(&link.session).seal(self.now, &mut packet).is_err() {
+            shared.drop_datagram(DropReason::TooBig);
+            return;
+        }
+        let iov = [IoSlice::new(&self.scratch[..n])];
+        send_all(self.socket, shared, &link.dest, &iov, &[None]);
+        shared.counters.relayed.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.add_forwarded(Datapath::Sleeve, 1, n as u64);
+    }
+
+    /// Reassembles an opened chunk body from `src`; a complete frame is learned and written
+    /// to the TAP.
+    fn deliver(&mut self, src: [u8; 6], body: &[u8]) {
+        let shared = self.shared;
+        let Received::Inject { frame, .. } = self.receiver.handle_chunk(self.now, src, body) else {
+            return;
+        };
+        let at = VNET_HDR_LEN + 6;
+        if frame.len() >= at + 6 {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&frame[at..at + 6]);
+            if mac[0] & 1 == 0 && *self.last_learned != Some((mac, src)) {
+                *self.last_learned = Some((mac, src));
+                let learned = lock(&shared.macs).learn(self.now, mac, PeerName::from_bytes(src));
+                if let Learned::Moved { .. } = learned {
+                    shared.counters.mac_moves.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        match self.tap.write(frame) {
+            Ok(_) => {
+                shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                shared
+                    .counters
+                    .tap_write_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The most chunk slots one frame buffer has.
+const MAX_SLOTS: usize = 256;
+/// A receive buffer: one GRO-coalesced message of up to 64 KiB.
+const RX_BUF_LEN: usize = 65_536;
+/// How long a loop sleeps in `poll` before checking the stop flag and timers.
+const POLL: Duration = Duration::from_millis(50);
