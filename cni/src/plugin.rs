@@ -326,7 +326,12 @@ fn add(a: &Attach, conf: &NetConf, version: CniVersion) -> Result<Vec<u8>, CniEr
         netlink::add_address(&container, index, cidr.addr, cidr.prefix).await?;
         let routed =
             netlink::add_default_route(&container, index, gateway, cidr.contains(gateway)).await?;
-        Ok::<_, NlError>((netlink::mac(&host_link), netlink::mac(&peer), routed))
+        // The link message was read before the MAC was set: report the MAC the pod has.
+        let container_mac = match wanted_mac {
+            Some(m) => Some(format_mac(m)),
+            None => netlink::mac(&peer),
+        };
+        Ok::<_, NlError>((netlink::mac(&host_link), container_mac, routed))
     });
     let (host_mac, container_mac, routed) = match configured {
         Ok(macs) => macs,
@@ -696,6 +701,13 @@ fn check_error(details: String) -> CniError {
         code::CHECK_FAILED,
         "the attachment is not as expected",
         details,
+    )
+}
+
+fn format_mac(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
     )
 }
 

@@ -225,3 +225,24 @@ fn pods_can_be_added_and_removed() {
     assert_eq!(lab::lab_namespaces(&name).len(), 1 + 1 + 1);
     assert!(lab::up(&spec(&name, 1, 1)).is_err(), "a lab built twice");
 }
+
+#[test]
+fn pods_attach_through_the_cni_plugin_and_give_their_address_back() {
+    let name = unique("h");
+    let _guard = LabGuard::new(&name);
+    let mut s = spec(&name, 2, 1);
+    s.routers = true;
+    let info = lab::up(&s).unwrap();
+    let p1 = &info.nodes[0].pods[0];
+    assert!(p1.ip.starts_with("10.") && p1.ip.ends_with("/12"), "{p1:?}");
+    // This router's own IPAM share comes first; `active` counts its pods and its gateway.
+    let active =
+        |node: &str| lab::report(&name, node).unwrap()["ipam"]["owners"][0]["active"].as_u64();
+    let before = active("h1").unwrap();
+    let pod = lab::pod_add(&name, "h1", "p2", Some("02:00:00:00:00:42")).unwrap();
+    assert_eq!(pod.mac, "02:00:00:00:00:42");
+    assert_eq!(active("h1"), Some(before + 1));
+    assert!(ping(&name, "h1/p1", &pod.ip));
+    lab::pod_del(&name, "h1", "p2").unwrap();
+    assert_eq!(active("h1"), Some(before), "CNI DEL released the address");
+}

@@ -11,6 +11,7 @@
 //! [`down`], which also sweeps every namespace whose name matches the lab's naming scheme, so a
 //! half-built or crashed lab is cleaned up too. [`LabGuard`] calls it on drop (and so on panic).
 
+mod cni;
 pub mod netns;
 mod router;
 
@@ -236,6 +237,7 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
     })?;
     let started = Instant::now();
     if spec.routers {
+        cni::install(name)?;
         for i in 1..=spec.nodes {
             if let Some(password) = &spec.password {
                 set_password(name, &format!("h{i}"), Some(password))?;
@@ -323,6 +325,20 @@ fn wire_line(spec: &LabSpec) -> Result<()> {
 fn attach_pod(spec: &LabSpec, i: usize, j: usize, mac: Option<&str>) -> Result<PodInfo> {
     let node = node_ns(&spec.name, i);
     let ns = pod_ns(&spec.name, i, j);
+    if spec.routers {
+        add_ns(&ns)?;
+        let attached = cni::add(&spec.name, i, &ns, mac).inspect_err(|_| {
+            // Nothing half-made stays behind: the plugin rolled its part back.
+            let _ = netns::delete(&ns);
+        })?;
+        return Ok(PodInfo {
+            name: format!("p{j}"),
+            netns: ns,
+            ip: attached.ip,
+            mac: attached.mac,
+        });
+    }
+    // Without routers there is no IPAM: a plain veth and a fixed address.
     let mac = mac.map_or_else(|| default_mac(&spec.name, i, j), str::to_owned);
     let ip = format!("10.32.{i}.{j}/12");
     add_ns(&ns)?;
@@ -398,8 +414,12 @@ pub fn pod_del(name: &str, node: &str, pod: &str) -> Result<()> {
     let Some(pos) = pods.iter().position(|p| p.name == pod) else {
         bail!("no pod {node}/{pod} in lab {name}");
     };
+    let ns = pod_ns(name, i, j);
+    if state.spec.routers {
+        cni::del(name, i, &ns)?;
+    }
     // Deleting the pod's namespace destroys its veth pair, and with it the bridge port.
-    netns::delete(&pod_ns(name, i, j))?;
+    netns::delete(&ns)?;
     pods.remove(pos);
     save(&state)
 }
