@@ -114,7 +114,7 @@ fn exec(
 /// `weft-cni` next to the `weft` binary.
 fn weft_cni_binary() -> Result<PathBuf> {
     let weft = weft_binary()?;
-    let dir = weft.parent().unwrap_or(Path::new("."));
+    let dir = weft.parent().unwrap_or_else(|| Path::new("."));
     let plugin = dir.join("weft-cni");
     if !plugin.is_file() {
         bail!(
