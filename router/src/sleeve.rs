@@ -235,9 +235,14 @@ impl Sleeve {
                 Instant::now(),
             )),
         });
+        // A peer may briefly hold two connections (both sides dialled); the mesh closes one.
+        // Until then the newest link sends, and receiving tries every link of the address.
         self.update(|s| {
-            s.peers.retain(|_, l| l.name != link.name);
-            s.peers.insert(addr, link);
+            s.peers.retain(|_, links| {
+                links.retain(|l| l.name != link.name || l.conn != link.conn);
+                !links.is_empty()
+            });
+            s.peers.entry(addr).or_default().push(link);
         });
     }
 
@@ -245,15 +250,20 @@ impl Sleeve {
     pub fn remove_conn(&self, conn: u64) {
         let mut gone = None;
         self.update(|s| {
-            s.peers.retain(|_, l| {
-                let keep = l.conn != conn;
-                if !keep {
-                    gone = Some(l.name);
-                }
-                keep
+            s.peers.retain(|_, links| {
+                links.retain(|l| {
+                    let keep = l.conn != conn;
+                    if !keep {
+                        gone = Some(l.name);
+                    }
+                    keep
+                });
+                !links.is_empty()
             });
         });
-        if let Some(name) = gone {
+        if let Some(name) = gone
+            && self.snapshot().link(name).is_none()
+        {
             lock(&self.shared.macs).remove_peer(PeerName::from_bytes(name));
         }
     }
@@ -261,7 +271,7 @@ impl Sleeve {
     /// Returns whether a link to `peer` is up.
     pub fn has_peer(&self, peer: PeerName) -> bool {
         let name = peer.bytes();
-        self.snapshot().peers.values().any(|l| l.name == name)
+        self.snapshot().link(name).is_some()
     }
 
     /// Replaces the routes.
@@ -273,7 +283,7 @@ impl Sleeve {
     /// Switches sealing on or off for datagrams sent from now on.
     pub fn set_encryption(&self, on: bool) {
         self.shared.encryption.store(on, Ordering::Relaxed);
-        for link in self.snapshot().peers.values() {
+        for link in self.snapshot().peers.values().flatten() {
             lock(&link.session).set_mode(mode_of(on));
         }
     }
@@ -357,14 +367,17 @@ impl Shared {
 /// Peers and routes, replaced as a whole.
 #[derive(Debug, Clone, Default)]
 struct State {
-    /// Links by the peer's sleeve address.
-    peers: HashMap<SocketAddr, Arc<PeerLink>>,
+    /// Links by the peer's sleeve address, oldest first.
+    peers: HashMap<SocketAddr, Vec<Arc<PeerLink>>>,
     routes: Arc<SleeveRoutes>,
 }
 
 impl State {
+    /// The newest link to peer `name`.
     fn link(&self, name: [u8; 6]) -> Option<&Arc<PeerLink>> {
-        self.peers.values().find(|l| l.name == name)
+        self.peers
+            .values()
+            .find_map(|links| links.iter().rev().find(|l| l.name == name))
     }
 }
 
@@ -755,7 +768,7 @@ fn rx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared) {
                 let datagrams = m.len.div_ceil(m.segment_size.max(1)) as u64;
                 add(&shared.counters.rx_datagrams, datagrams);
                 let hop = m.src.and_then(|a| state.peers.get(&a));
-                let Some(hop) = hop else {
+                let Some(hop) = hop.filter(|links| !links.is_empty()) else {
                     for _ in 0..datagrams {
                         shared.drop_datagram(DropReason::UnknownPeer);
                     }
@@ -776,9 +789,8 @@ fn rx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared) {
                     last_learned: &mut last_learned,
                     now,
                 };
-                let mut session = lock(&hop.session);
                 for datagram in buf[..m.len].chunks_mut(m.segment_size.max(1)) {
-                    ctx.handle(&mut session, datagram);
+                    ctx.handle(datagram);
                 }
             }
             if got < RX_BATCH {
@@ -794,7 +806,8 @@ struct RxCtx<'a> {
     socket: &'a UdpSocket,
     shared: &'a Shared,
     state: &'a State,
-    hop: &'a Arc<PeerLink>,
+    /// The links of the address the datagrams came from, newest last.
+    hop: &'a [Arc<PeerLink>],
     receiver: &'a mut Receiver,
     scratch: &'a mut [u8],
     last_learned: &'a mut Option<([u8; 6], [u8; 6])>,
@@ -802,7 +815,7 @@ struct RxCtx<'a> {
 }
 
 impl RxCtx<'_> {
-    fn handle(&mut self, session: &mut Session, datagram: &mut [u8]) {
+    fn handle(&mut self, datagram: &mut [u8]) {
         let shared = self.shared;
         let repr = match Packet::new_checked(&*datagram).and_then(|p| Repr::parse(&p)) {
             Ok(r) if r.msg_type == MessageType::SealedChunk => r,
@@ -814,7 +827,17 @@ impl RxCtx<'_> {
         };
         let len = datagram.len();
         let mut packet = PacketBuf::new(&mut *datagram, HEADER_LEN, len - HEADER_LEN);
-        match session.open(self.now, &mut packet) {
+        let mut result = Err(OpenError::BadTag);
+        let mut from = None;
+        for link in self.hop.iter().rev() {
+            result = lock(&link.session).open(self.now, &mut packet);
+            if !matches!(result, Err(OpenError::BadTag)) {
+                from = Some(link.name);
+                break;
+            }
+        }
+        let from = from.unwrap_or(BROADCAST);
+        match result {
             Ok(_) => {}
             Err(OpenError::Replayed | OpenError::TooOld) => {
                 shared.drop_datagram(DropReason::Replay);
@@ -841,12 +864,12 @@ impl RxCtx<'_> {
         } else if repr.dst == BROADCAST {
             let hops = self.state.routes.broadcast.get(&repr.src);
             for hop in hops.into_iter().flatten() {
-                if *hop == self.hop.name {
+                if *hop == from {
                     continue;
                 }
                 let n = datagram.len();
                 self.scratch[..n].copy_from_slice(datagram);
-                self.relay(*hop, repr.hop_limit, n, body_at, body_len, true);
+                self.relay(*hop, from, repr.hop_limit, n, body_at, body_len, true);
             }
             self.deliver(repr.src, &datagram[body_at..body_at + body_len]);
         } else {
@@ -856,7 +879,7 @@ impl RxCtx<'_> {
             };
             let n = datagram.len();
             self.scratch[..n].copy_from_slice(datagram);
-            self.relay(hop, repr.hop_limit, n, body_at, body_len, false);
+            self.relay(hop, from, repr.hop_limit, n, body_at, body_len, false);
         }
     }
 
@@ -864,6 +887,7 @@ impl RxCtx<'_> {
     fn relay(
         &mut self,
         hop: [u8; 6],
+        from: [u8; 6],
         hop_limit: u8,
         n: usize,
         body_at: usize,
@@ -872,7 +896,7 @@ impl RxCtx<'_> {
     ) {
         let shared = self.shared;
         let link = match self.state.link(hop) {
-            Some(l) if !Arc::ptr_eq(l, self.hop) => l,
+            Some(l) if l.name != from => l,
             _ => {
                 if !quiet {
                     shared.drop_datagram(DropReason::NoRoute);
