@@ -160,7 +160,8 @@ async fn ipam_allocates_idempotently_releases_collects_and_survives_a_restart() 
     let dir = TempDir::new().unwrap();
     // No peers: a quorum of one, so this router seeds the ring and owns the whole range.
     let (a, ca) = start(dir.path(), "a", &[]).await;
-    let body = |cid: &str| serde_json::json!({"container_id": cid, "ifname": "eth0", "network": "weft"});
+    let body =
+        |cid: &str| serde_json::json!({"container_id": cid, "ifname": "eth0", "network": "weft"});
     let alloc = |cid: &'static str| {
         let ca = &ca;
         async move {
@@ -172,7 +173,11 @@ async fn ipam_allocates_idempotently_releases_collects_and_survives_a_restart() 
     let first = alloc("c1").await;
     assert!(first.ip.ends_with("/12"), "{first:?}");
     assert_ne!(first.ip.split('/').next(), Some(first.gateway.as_str()));
-    assert_eq!(alloc("c1").await, first, "a repeated ADD gets the same address");
+    assert_eq!(
+        alloc("c1").await,
+        first,
+        "a repeated ADD gets the same address"
+    );
     let second = alloc("c2").await;
     assert_ne!(second.ip, first.ip);
     let third = alloc("c3").await;
