@@ -1,6 +1,18 @@
 //! `weft-sim bench`: pod-to-pod TCP throughput and RTT over weft's data paths against a kernel
 //! VXLAN baseline, in network namespaces on this machine (needs root, iperf3 and ping).
 //!
+//! Rows:
+//! - `kernel-vxlan`: the baseline (below), always run.
+//! - `sleeve`, `sleeve-encrypted`: the REAL router: a two-node lab (`lab up --datapath sleeve`
+//!   [`--encrypt`]) with one pod per node, iperf3 between the pods; `relay_cpu_pct_1` is then
+//!   the CPU of both `weft router` processes.
+//! - `sleeve-relay`: the static two-host relay harness ([`weft_router::sleeve_io::Relay`]),
+//!   plain, no routing or crypto: the I/O floor the router builds on.
+//!
+//! All of them exist at once and runs interleave, so every row shares the machine's load.
+//!
+//! The baseline and relay harness:
+//!
 //! ```text
 //!  B-h1-ps  B-h1-pv          B-h1                       B-u             B-h2
 //!  eth0 ─── vs ─[weft]─ weft-tap ◀▶ relay ─┐                       ┌─ relay ◀▶ weft-tap ─[weft]─ ...
@@ -18,6 +30,7 @@
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,12 +40,16 @@ use weft_router::sleeve_io::{Relay, RelayConfig, RelayStats};
 use weft_router::tap::{Tap, TapOptions};
 use weft_router::udp::{UdpOptions, UdpSocket};
 
-use crate::lab::netns;
+use crate::lab::{self, LabGuard, LabSpec, netns};
 
 /// The baseline configuration's name.
 pub const BASELINE: &str = "kernel-vxlan";
+/// The relay harness's configuration name.
+pub const RELAY: &str = "sleeve-relay";
 /// Configurations this bench can run, baseline first.
-pub const CONFIGS: [&str; 2] = [BASELINE, "sleeve"];
+pub const CONFIGS: [&str; 4] = [BASELINE, "sleeve", "sleeve-encrypted", RELAY];
+/// Configurations run by default.
+pub const DEFAULT_CONFIGS: [&str; 3] = [BASELINE, "sleeve", "sleeve-encrypted"];
 
 /// `weft-sim bench` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,7 +57,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Comma-separated configurations (kernel-vxlan, sleeve); the baseline always runs.
+    /// Comma-separated configurations (kernel-vxlan, sleeve, sleeve-encrypted, sleeve-relay);
+    /// the baseline always runs. Default: kernel-vxlan, sleeve, sleeve-encrypted.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Runs per configuration and stream count (the median is reported).
@@ -102,8 +120,9 @@ pub struct BenchRow {
     pub retransmits_1: Vec<u64>,
     /// Machine CPU busy during the 1-stream runs, % of all cores (median).
     pub cpu_busy_pct_1: f64,
-    /// CPU of the relay threads during the 1-stream runs, % of one core (median; sum of both
-    /// hosts' send and receive threads), for relay configurations.
+    /// CPU of the data plane during the 1-stream runs, % of one core (median): both relay
+    /// harness threads of both hosts for `sleeve-relay`, both `weft router` processes for
+    /// the lab rows.
     pub relay_cpu_pct_1: Option<f64>,
 }
 
@@ -113,7 +132,7 @@ impl BenchReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<14} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>9}",
+            "{:<17} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>9}",
             "config",
             "gbps_1",
             "gbps_4",
@@ -122,7 +141,7 @@ impl BenchReport {
             "ratio_4",
             "ratio_rtt",
             "cpu%",
-            "relay%"
+            "dp_cpu%"
         );
         for r in &self.rows {
             let relay = r
@@ -130,7 +149,7 @@ impl BenchReport {
                 .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}"));
             let _ = writeln!(
                 s,
-                "{:<14} {:>8.2} {:>8.2} {:>8.0} {:>7.2} {:>7.2} {:>9.2} {:>6.0} {:>9}",
+                "{:<17} {:>8.2} {:>8.2} {:>8.0} {:>7.2} {:>7.2} {:>9.2} {:>6.0} {:>9}",
                 r.config,
                 r.gbps_1,
                 r.gbps_4,
@@ -175,34 +194,54 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         }
     }
     if args.only.is_empty() {
-        configs = CONFIGS.iter().map(|c| (*c).to_owned()).collect();
+        configs = DEFAULT_CONFIGS.iter().map(|c| (*c).to_owned()).collect();
     }
     let prefix = format!("wbench{}", std::process::id());
     let ns = Namespaces::new(&prefix);
     build(&ns, args.mtu)?;
     let mut relays = Vec::new();
-    if configs.iter().any(|c| c == "sleeve") {
+    if configs.iter().any(|c| c == RELAY) {
         for i in 1..=2 {
             relays.push(start_relay(&ns, i, args)?);
         }
     }
-    let mut servers = Vec::new();
+    let relay_stats: Vec<String> = relays
+        .iter()
+        .flat_map(|r| r.thread_ids())
+        .map(|tid| format!("/proc/self/task/{tid}/stat"))
+        .collect();
+    // The lab rows: one two-node lab each, removed on drop (panics included).
+    let mut labs: Vec<LabGuard> = Vec::new();
+    let mut targets = Vec::new();
     for c in &configs {
-        servers.push(Server::start(&ns.pod(2, c))?);
+        let target = match c.as_str() {
+            BASELINE => Target::harness(ns.pod(1, c), ns.pod(2, c), PEER_POD, Vec::new()),
+            RELAY => Target::harness(ns.pod(1, c), ns.pod(2, c), PEER_POD, relay_stats.clone()),
+            _ => {
+                let (guard, target) = start_lab(&prefix, c == "sleeve-encrypted")?;
+                labs.push(guard);
+                target
+            }
+        };
+        targets.push(target);
     }
-    for c in &configs {
-        warm_up(&ns.pod(1, c)).with_context(|| format!("{c}: pods do not reach each other"))?;
+    let mut servers = Vec::new();
+    for t in &targets {
+        servers.push(Server::start(&t.server)?);
+    }
+    for (c, t) in configs.iter().zip(&targets) {
+        warm_up(&t.client, &t.server_ip)
+            .with_context(|| format!("{c}: pods do not reach each other"))?;
     }
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
-    let tids: Vec<i32> = relays.iter().flat_map(|r| r.thread_ids()).collect();
     for _ in 0..args.runs {
-        for (c, sample) in configs.iter().zip(&mut samples) {
-            let pod = ns.pod(1, c);
-            sample.rtt_us.push(ping_median_us(&pod)?);
+        for ((c, sample), t) in configs.iter().zip(&mut samples).zip(&targets) {
+            let pod = &t.client;
+            sample.rtt_us.push(ping_median_us(pod, &t.server_ip)?);
             for streams in [1, 4] {
-                let cpu0 = CpuSnapshot::take(&tids);
-                let r = iperf(&pod, streams, args.seconds)?;
-                let cpu = CpuSnapshot::take(&tids).since(&cpu0);
+                let cpu0 = CpuSnapshot::take(&t.stat_files);
+                let r = iperf(pod, &t.server_ip, streams, args.seconds)?;
+                let cpu = CpuSnapshot::take(&t.stat_files).since(&cpu0);
                 if streams == 1 {
                     sample.gbps_1.push(r.gbps);
                     sample.retransmits_1.push(r.retransmits);
@@ -218,6 +257,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     }
     drop(servers);
     let sleeve_relays = relays.into_iter().map(Relay::stop).collect();
+    drop(labs);
     drop(ns);
     let base = samples[0].medians();
     let rows = configs
@@ -282,7 +322,7 @@ impl Namespaces {
         for i in 1..=2 {
             v.push(self.host(i));
             v.push(self.pod(i, BASELINE));
-            v.push(self.pod(i, "sleeve"));
+            v.push(self.pod(i, RELAY));
         }
         v
     }
@@ -407,6 +447,69 @@ fn start_relay(ns: &Namespaces, i: usize, args: &BenchArgs) -> Result<Relay> {
     Ok(Relay::start(tap, socket, config)?)
 }
 
+/// Where one configuration's traffic runs.
+struct Target {
+    /// The client pod's namespace.
+    client: String,
+    /// The server pod's namespace.
+    server: String,
+    /// The server pod's bare IP.
+    server_ip: String,
+    /// `/proc/…/stat` files whose CPU time is the data plane's.
+    stat_files: Vec<String>,
+}
+
+impl Target {
+    fn harness(client: String, server: String, ip: &str, stat_files: Vec<String>) -> Self {
+        Self {
+            client,
+            server,
+            server_ip: ip.to_owned(),
+            stat_files,
+        }
+    }
+}
+
+/// Brings up a two-node lab with real routers on the sleeve (`--encrypt` if asked) and one
+/// pod per node.
+fn start_lab(prefix: &str, encrypt: bool) -> Result<(LabGuard, Target)> {
+    let name = format!("{prefix}{}", if encrypt { "e" } else { "p" });
+    let guard = LabGuard::new(&name);
+    let mut spec = LabSpec::new(&name);
+    spec.nodes = 2;
+    spec.pods = 1;
+    spec.datapath = lab::Datapath::Sleeve;
+    spec.encrypt = encrypt;
+    let info = lab::up(&spec).with_context(|| format!("lab {name}"))?;
+    let pod = |i: usize| -> Result<&lab::PodInfo> {
+        info.nodes
+            .get(i)
+            .and_then(|n| n.pods.first())
+            .with_context(|| format!("lab {name} has no pod on node {}", i + 1))
+    };
+    let (client, server) = (pod(0)?, pod(1)?);
+    let server_ip = server.ip.split('/').next().unwrap_or_default().to_owned();
+    let stat_files = (1..=2)
+        .filter_map(|i| {
+            let pid = std::fs::read_to_string(
+                PathBuf::from(lab::RUN_DIR)
+                    .join(&name)
+                    .join(format!("h{i}"))
+                    .join("router.pid"),
+            )
+            .ok()?;
+            Some(format!("/proc/{}/stat", pid.trim()))
+        })
+        .collect();
+    let target = Target {
+        client: client.netns.clone(),
+        server: server.netns.clone(),
+        server_ip,
+        stat_files,
+    };
+    Ok((guard, target))
+}
+
 /// An `iperf3 -s` in a pod namespace, killed on drop.
 struct Server(Child);
 
@@ -430,11 +533,11 @@ impl Drop for Server {
     }
 }
 
-fn warm_up(pod: &str) -> Result<()> {
+fn warm_up(pod: &str, peer: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = run_bounded(
-            netns::command_in(pod, "ping")?.args(["-c", "1", "-W", "1", PEER_POD]),
+            netns::command_in(pod, "ping")?.args(["-c", "1", "-W", "1", peer]),
             Duration::from_secs(3),
         )?;
         if out.0 {
@@ -443,14 +546,14 @@ fn warm_up(pod: &str) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("no ping reply from {PEER_POD} in {pod}");
+            bail!("no ping reply from {peer} in {pod}");
         }
     }
 }
 
-fn ping_median_us(pod: &str) -> Result<f64> {
+fn ping_median_us(pod: &str, peer: &str) -> Result<f64> {
     let (ok, out) = run_bounded(
-        netns::command_in(pod, "ping")?.args(["-c", "20", "-i", "0.05", "-W", "1", PEER_POD]),
+        netns::command_in(pod, "ping")?.args(["-c", "20", "-i", "0.05", "-W", "1", peer]),
         Duration::from_secs(10),
     )?;
     ensure!(ok, "ping in {pod} failed: {out}");
@@ -471,11 +574,11 @@ struct IperfResult {
     retransmits: u64,
 }
 
-fn iperf(pod: &str, streams: u32, seconds: u32) -> Result<IperfResult> {
+fn iperf(pod: &str, peer: &str, streams: u32, seconds: u32) -> Result<IperfResult> {
     let (ok, out) = run_bounded(
         netns::command_in(pod, "iperf3")?.args([
             "-c",
-            PEER_POD,
+            peer,
             "-t",
             &seconds.to_string(),
             "-P",
@@ -567,7 +670,7 @@ struct CpuUse {
 }
 
 impl CpuSnapshot {
-    fn take(tids: &[i32]) -> Self {
+    fn take(stat_files: &[String]) -> Self {
         let (busy, total) = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| {
@@ -583,9 +686,9 @@ impl CpuSnapshot {
                 Some((total - idle, total))
             })
             .unwrap_or((0, 0));
-        let threads = tids
+        let threads = stat_files
             .iter()
-            .filter_map(|tid| std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok())
+            .filter_map(|f| std::fs::read_to_string(f).ok())
             .filter_map(|s| {
                 // Fields after the parenthesised name: utime and stime are the 12th and 13th.
                 let rest = s.rsplit_once(')')?.1;
@@ -635,5 +738,5 @@ fn round(v: f64, digits: i32) -> f64 {
 
 /// The sleeve's UDP port (DESIGN.md).
 const SLEEVE_PORT: u16 = 6783;
-/// The far pod, whichever the configuration.
+/// The far pod of the baseline and relay harness.
 const PEER_POD: &str = "10.32.0.2";
