@@ -127,6 +127,5 @@ fn routers_available() -> bool {
     lab::weft_binary().is_ok()
 }
 
-/// Whether routers carry pod frames between nodes. The data planes (sleeve, fastdp) are not
-/// wired in yet, so the demo pings within a node and shows the mesh the routers formed.
-const ROUTERS_CARRY_PODS: bool = false;
+/// Whether routers carry pod frames between nodes (the sleeve does).
+const ROUTERS_CARRY_PODS: bool = true;
