@@ -50,7 +50,7 @@ fn a_containerd_container_gets_a_weft_address_reaches_another_node_and_gives_it_
 
     let cmd = format!("ip -4 addr show eth0; ping -c1 -W2 {remote}; sleep 2");
     let run = {
-        let (conf, plugins, ns) = (conf.clone(), dir.join("cni-bin"), format!("{name}-h1"));
+        let (conf, plugins, ns) = (conf, dir.join("cni-bin"), format!("{name}-h1"));
         std::thread::spawn(move || {
             Command::new("timeout")
                 .arg("120")
