@@ -203,7 +203,7 @@ pub fn run(args: &MeshArgs) -> Result<MeshReport> {
         .sum();
     let mean_conns = conns as f64 / sim.live() as f64;
 
-    sim.debug("// Phase 2: steady state.");
+    sim.debug("cold start converged");
     // Phase 2: steady state.
     let settle_end = sim.now + ns(args.settle_s);
     sim.run_to(settle_end);
@@ -220,14 +220,14 @@ pub fn run(args: &MeshArgs) -> Result<MeshReport> {
     let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
     let max = rates.iter().copied().fold(0.0, f64::max);
 
-    sim.debug("// Phase 3: one node crashes.");
+    sim.debug("steady window measured");
     // Phase 3: one node crashes.
     let victim = sim.rng.gen_range(0..sim.nodes.len());
     sim.nodes[victim].alive = false;
     let t_leave = sim.now;
     let leave = sim.run_until_converged(t_leave, t_leave + cap, check);
 
-    sim.debug("// Phase 4: partition, then he");
+    sim.debug("leave converged");
     // Phase 4: partition, then heal.
     let mut live: Vec<usize> = (0..sim.nodes.len())
         .filter(|&i| sim.nodes[i].alive)
@@ -240,10 +240,10 @@ pub fn run(args: &MeshArgs) -> Result<MeshReport> {
     let heal_at = sim.now + ns(args.partition_s);
     sim.run_to(heal_at);
     sim.partitioned = false;
-    sim.debug("let heal = sim.run_until_conve");
+    sim.debug("partition over");
     let heal = sim.run_until_converged(heal_at, heal_at + cap, check);
 
-    sim.debug("end");
+    sim.debug("heal converged");
     let secs = |t: Option<u64>| t.map(|t| round3(t as f64 / 1e9));
     let route_check = if args.nodes <= args.route_check_all_max {
         "all".to_owned()
@@ -513,7 +513,12 @@ impl<'a> Sim<'a> {
             t.dropped_messages += s.dropped_messages;
             t.records_applied += s.records_applied;
         }
-        eprintln!("[{:.3}s] {what}: {t:?}", self.now as f64 / 1e9);
+        let versions: u64 = self.nodes.iter().map(|n| n.mesh.version()).sum();
+        eprintln!(
+            "[{:.3}s sim, {:.3}s wall] {what}: own versions {versions}, {t:?}",
+            self.now as f64 / 1e9,
+            self.base.elapsed().as_secs_f64()
+        );
     }
 
     /// Processes events up to and including time `t`, then sets the clock to `t`.

@@ -38,7 +38,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::api;
 use crate::peer::{ConnId, ConnectionSummary, PeerInfo, PeerName, PeerUid, RecordCache, RecordKey};
-use crate::peers::{Applied, Peers, bucket_of};
+use crate::peers::{Applied, Peers};
 use crate::routes::Routes;
 use crate::targets::{Backoff, Target, TargetState, Targets};
 use crate::wire::{self, BUCKETS, ENTRY_LEN, Entry, Message};
@@ -241,6 +241,8 @@ pub struct Mesh {
     unpublished_removal: bool,
     component_pending: bool,
     unreachable_suspects: BTreeSet<PeerName>,
+    /// When a record from a neighbour last changed our table.
+    last_news: Option<Instant>,
     stats: api::GossipStats,
 }
 
@@ -286,6 +288,7 @@ impl Mesh {
             unpublished_removal: false,
             component_pending: false,
             unreachable_suspects: BTreeSet::new(),
+            last_news: None,
             stats: api::GossipStats::default(),
         };
         if mesh.config.route_recalc_delay.is_some() {
@@ -588,6 +591,21 @@ impl Mesh {
         self.last_now = now;
         self.stats.received_bytes += bytes.len() as u64;
         self.stats.received_messages += 1;
+        if let Some(parsed) = wire::UpdateView::parse(bytes) {
+            let view = match parsed {
+                Ok(v) => v,
+                Err(e) => {
+                    self.stats.rejected_messages += 1;
+                    return Err(e);
+                }
+            };
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return Ok(());
+            };
+            c.last_recv = now;
+            self.on_update(now, conn, view.records());
+            return Ok(());
+        }
         let msg = match Message::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -602,11 +620,10 @@ impl Mesh {
         match msg {
             Message::Heartbeat { count, digest } => self.on_heartbeat(now, conn, (count, digest)),
             Message::BucketDigest { full, buckets } => self.on_bucket_digest(conn, full, &buckets),
-            Message::Summary { complete, entries } => {
-                self.on_summary(now, conn, complete, &entries)
-            }
+            Message::Summary { entries, .. } => self.on_summary(now, conn, &entries),
             Message::Request { names } => self.on_request(conn, &names),
-            Message::Update { records } => self.on_update(now, conn, records),
+            // Updates are handled above, through a view that decodes only what is kept.
+            Message::Update { .. } => {}
         }
         Ok(())
     }
@@ -811,7 +828,14 @@ impl Mesh {
         let due = c
             .last_anti_entropy
             .is_none_or(|t| now.saturating_duration_since(t) >= interval);
-        if now.saturating_duration_since(since) >= delay && due {
+        // While news keeps arriving, announcements are doing the work and the digests differ
+        // only because they are in flight; anti-entropy waits for a quiet `delay`, or at most
+        // `QUIET_WAIT_FACTOR` delays, so that a mesh that never settles is repaired too.
+        let mismatched = now.saturating_duration_since(since);
+        let quiet = self
+            .last_news
+            .is_none_or(|t| now.saturating_duration_since(t) >= delay);
+        if mismatched >= delay && due && (quiet || mismatched >= delay * QUIET_WAIT_FACTOR) {
             c.last_anti_entropy = Some(now);
             let mut bd = Vec::with_capacity(4 + 8 * BUCKETS);
             wire::encode_bucket_digest(false, self.peers.bucket_digests(), &mut bd);
@@ -825,16 +849,14 @@ impl Mesh {
         if differing.is_empty() {
             return;
         }
-        let start = if full {
-            0
-        } else {
-            self.rng.gen_range(0..differing.len())
-        };
-        let mut budget = if full {
-            usize::MAX
-        } else {
-            self.config.anti_entropy_budget
-        };
+        // Both the exchange on a new connection (`full`) and the periodic one answer for as
+        // many differing buckets as fit in the budget, from a random differing bucket on. A
+        // node that lacks much (a partition heals) hears from several neighbours at once;
+        // unbounded answers would each list the whole table, and announcements of what it
+        // learns spread the rest.
+        let _ = full;
+        let start = self.rng.gen_range(0..differing.len());
+        let mut budget = self.config.anti_entropy_budget;
         let mut mask = 0u64;
         let mut entries: Vec<Entry> = Vec::new();
         for k in 0..differing.len() {
@@ -858,12 +880,15 @@ impl Mesh {
         }
     }
 
-    fn on_summary(&mut self, now: Instant, conn: ConnId, complete: u64, entries: &[Entry]) {
-        let Some(remote) = self.conns.get(&conn).map(|c| c.remote) else {
+    fn on_summary(&mut self, now: Instant, conn: ConnId, entries: &[Entry]) {
+        // Anti-entropy only pulls: both ends compare digests and send their own bucket digest,
+        // so each end requests what it lacks. Pushing what the other end lacks would deliver
+        // the same records once per neighbour that noticed, which after a partition heals is
+        // the whole other half, many times over.
+        if !self.conns.contains_key(&conn) {
             return;
-        };
+        }
         let mut want: Vec<PeerName> = Vec::new();
-        let mut push: Vec<Arc<PeerInfo>> = Vec::new();
         let mut bumped = false;
         for e in entries {
             let key = RecordKey {
@@ -887,11 +912,7 @@ impl Mesh {
                         excl.push(conn);
                     }
                 }
-                Some(held) if held > key => {
-                    if complete & (1 << bucket_of(e.name)) != 0 && e.name != remote {
-                        push.extend(self.peers.get(e.name).cloned());
-                    }
-                }
+                Some(held) if held > key => {}
                 Some(_) | None => {
                     let inflight = self
                         .requested
@@ -905,14 +926,6 @@ impl Mesh {
                 }
             }
         }
-        if complete != 0 {
-            let listed: BTreeSet<PeerName> = entries.iter().map(|e| e.name).collect();
-            for e in self.peers.entries_in(complete) {
-                if !listed.contains(&e.name) && e.name != remote {
-                    push.extend(self.peers.get(e.name).cloned());
-                }
-            }
-        }
         if bumped {
             self.rebuild_own(now, false);
         }
@@ -921,7 +934,6 @@ impl Mesh {
             wire::encode_request(chunk, &mut out);
             self.send(conn, out);
         }
-        self.send_records(conn, &push);
     }
 
     fn on_request(&mut self, conn: ConnId, names: &[PeerName]) {
@@ -932,35 +944,49 @@ impl Mesh {
         self.send_records(conn, &recs);
     }
 
-    fn on_update(&mut self, now: Instant, conn: ConnId, records: Vec<Arc<PeerInfo>>) {
+    fn on_update(&mut self, now: Instant, conn: ConnId, records: &[wire::RecordView<'_>]) {
         let mut changed = false;
         let mut removal = false;
         let mut bumped = false;
-        for rec in records {
-            if rec.name == self.config.name {
-                if rec.uid != self.uid && rec.version >= self.version {
-                    self.version = rec.version;
+        for view in records {
+            let (name, key) = (
+                view.name,
+                RecordKey {
+                    version: view.version,
+                    uid: view.uid,
+                },
+            );
+            if name == self.config.name {
+                if view.uid != self.uid && view.version >= self.version {
+                    self.version = view.version;
                     bumped = true;
                 }
                 continue;
             }
-            if self
-                .requested
-                .get(&rec.name)
-                .is_some_and(|(k, _)| rec.key() >= *k)
-            {
-                self.requested.remove(&rec.name);
+            if self.requested.get(&name).is_some_and(|(k, _)| key >= *k) {
+                self.requested.remove(&name);
             }
-            if !self.peers.is_newer(&rec)
-                || self.tombstone(rec.name).is_some_and(|k| rec.key() <= k)
-            {
+            // Most copies are not newer: the key decides without decoding the record; only an
+            // equal key (which honest peers never send with other content) needs the content.
+            let held = self.peers.key(name);
+            if held.is_some_and(|h| h > key) || self.tombstone(name).is_some_and(|k| key <= k) {
                 continue;
             }
-            let rec = match &self.config.record_cache {
-                Some(cache) => cache.intern(rec),
-                None => rec,
-            };
-            let name = rec.name;
+            let cached = self
+                .config
+                .record_cache
+                .as_ref()
+                .and_then(|c| c.lookup(view));
+            let rec = cached.unwrap_or_else(|| {
+                let rec = Arc::new(view.decode());
+                match &self.config.record_cache {
+                    Some(cache) => cache.intern(rec),
+                    None => rec,
+                }
+            });
+            if held == Some(key) && !self.peers.is_newer(&rec) {
+                continue;
+            }
             match self.peers.apply(rec) {
                 Applied::Added => {
                     if self.config.peer_events {
@@ -989,6 +1015,7 @@ impl Mesh {
             self.rebuild_own(now, false);
         }
         if changed {
+            self.last_news = Some(now);
             self.topology_changed(now, removal);
         }
     }
@@ -1138,9 +1165,10 @@ impl Mesh {
 
     /// Notes that our connections changed. Versions of our record are at least
     /// `own_update_interval` apart. A removal (a failure) is published as soon as that allows;
-    /// additions wait `own_update_interval` after the first unpublished change, so that the
-    /// burst of connections at start-up or after a partition heals makes one version, not
-    /// one per connection.
+    /// additions wait until `own_update_interval` has passed without another one (but at most
+    /// `COALESCE_FACTOR` intervals after the first unpublished change), so that the burst of
+    /// connections at start-up or after a partition heals makes one version, not one per
+    /// connection: every version is a record that every peer fetches.
     fn rebuild_own(&mut self, now: Instant, removal: bool) {
         let delay = self.config.own_update_interval;
         let first = *self.unpublished_since.get_or_insert(now);
@@ -1149,11 +1177,17 @@ impl Mesh {
         let due = if self.unpublished_removal {
             min_next
         } else {
-            (first + delay).max(min_next)
+            (now + delay)
+                .min(first + delay * COALESCE_FACTOR)
+                .max(min_next)
         };
         if due <= now {
             self.publish_own(now);
-        } else if self.publish_at.is_none_or(|t| due < t) {
+        } else if self.unpublished_removal {
+            if self.publish_at.is_none_or(|t| due < t) {
+                self.publish_at = Some(due);
+            }
+        } else {
             self.publish_at = Some(due);
         }
     }
@@ -1421,4 +1455,6 @@ fn pad(n: PeerName) -> [u8; 8] {
 }
 
 const SUMMARY_CHUNK_BYTES: usize = 64 * 1024;
+const QUIET_WAIT_FACTOR: u32 = 4;
+const COALESCE_FACTOR: u32 = 3;
 const UPDATE_CHUNK_BYTES: usize = 64 * 1024;

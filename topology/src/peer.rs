@@ -195,9 +195,14 @@ pub struct RecordCache {
     inner: Arc<Mutex<CacheInner>>,
 }
 
+/// A shared record and its encoding inside an Update.
+type CachedRecord = (Arc<PeerInfo>, Box<[u8]>);
+
 #[derive(Default)]
 struct CacheInner {
-    map: HashMap<(PeerName, PeerUid, u64), Arc<PeerInfo>>,
+    /// Each record with its encoding, so that a received copy is recognised by comparing bytes
+    /// instead of decoding it.
+    map: HashMap<(PeerName, PeerUid, u64), CachedRecord>,
     prune_at: usize,
 }
 
@@ -217,18 +222,29 @@ impl RecordCache {
     pub fn intern(&self, rec: Arc<PeerInfo>) -> Arc<PeerInfo> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (rec.name, rec.uid, rec.version);
-        if let Some(found) = inner.map.get(&key)
+        if let Some((found, _)) = inner.map.get(&key)
             && **found == *rec
         {
             return Arc::clone(found);
         }
-        inner.map.insert(key, Arc::clone(&rec));
+        let mut bytes = Vec::with_capacity(crate::wire::record_len(&rec));
+        crate::wire::encode_record_to(&rec, &mut bytes);
+        inner
+            .map
+            .insert(key, (Arc::clone(&rec), bytes.into_boxed_slice()));
         if inner.map.len() > inner.prune_at {
             // Drop records nobody but the cache holds; amortised by doubling the threshold.
-            inner.map.retain(|_, v| Arc::strong_count(v) > 1);
+            inner.map.retain(|_, (v, _)| Arc::strong_count(v) > 1);
             inner.prune_at = (inner.map.len() * 2).max(1024);
         }
         rec
+    }
+
+    /// Returns the cached record whose encoding is exactly `view`'s bytes, without decoding.
+    pub fn lookup(&self, view: &crate::wire::RecordView<'_>) -> Option<Arc<PeerInfo>> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (rec, bytes) = inner.map.get(&(view.name, view.uid, view.version))?;
+        (**bytes == *view.bytes()).then(|| Arc::clone(rec))
     }
 
     /// Returns the number of records cached.

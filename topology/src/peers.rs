@@ -11,11 +11,11 @@
 //! a cheap one that removes *orphans* (records no known record points at), cascading, and a
 //! breadth-first search for whole components cut off from us.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-use crate::peer::{PeerInfo, PeerName, RecordKey};
+use crate::peer::{ConnectionSummary, PeerInfo, PeerName, RecordKey};
 use crate::wire::{BUCKETS, Entry};
 
 /// What applying one record did.
@@ -40,9 +40,14 @@ pub struct Peers {
     records: usize,
     digest: u64,
     buckets: [u64; BUCKETS],
-    /// Orphans, with true for those made by a removed connection ("dropped") and false for
-    /// those that arrived as orphans ("fresh").
-    orphans: BTreeMap<PeerName, bool>,
+    /// The names holding a record, per anti-entropy bucket, so that a bucket's summary costs
+    /// its own size rather than a pass over the whole table.
+    index: Vec<BTreeSet<PeerName>>,
+    /// Orphans that arrived as such ("fresh"): during a cold start a record often arrives
+    /// before the records pointing at it.
+    fresh_orphans: BTreeSet<PeerName>,
+    /// Orphans made by a removed connection ("dropped"): unreachable.
+    dropped_orphans: BTreeSet<PeerName>,
     mark: u32,
 }
 
@@ -63,7 +68,9 @@ impl Peers {
             records: 0,
             digest: 0,
             buckets: [0; BUCKETS],
-            orphans: BTreeMap::new(),
+            index: vec![BTreeSet::new(); BUCKETS],
+            fresh_orphans: BTreeSet::new(),
+            dropped_orphans: BTreeSet::new(),
             mark: 0,
         };
         p.install(own);
@@ -135,7 +142,10 @@ impl Peers {
         if indegree == 0 {
             self.slots.remove(&name);
         }
-        self.orphans.remove(&name);
+        self.forget_orphan(name);
+        if let Some(set) = self.index.get_mut(bucket_of(name)) {
+            set.remove(&name);
+        }
         self.records -= 1;
         self.account(&old, false);
         for c in &old.connections {
@@ -177,52 +187,59 @@ impl Peers {
         v
     }
 
-    /// Returns the summary entries of every record in the buckets set in `mask`, sorted.
+    /// Returns the summary entries of every record in the buckets set in `mask`, ordered by
+    /// bucket, then by name. Costs the size of the answer, not of the table.
     pub fn entries_in(&self, mask: u64) -> Vec<Entry> {
-        #[allow(clippy::disallowed_methods)] // sorted before use
-        let mut v: Vec<Entry> = self
-            .slots
-            .values()
-            .filter_map(|s| s.rec.as_ref())
-            .filter(|r| mask & (1 << bucket_of(r.name)) != 0)
-            .map(|r| Entry {
-                name: r.name,
-                uid: r.uid,
-                version: r.version,
-            })
-            .collect();
-        v.sort_unstable();
+        let mut v = Vec::new();
+        for (b, names) in self.index.iter().enumerate() {
+            if mask & (1 << b) == 0 {
+                continue;
+            }
+            v.extend(names.iter().filter_map(|&n| {
+                let r = self.get(n)?;
+                Some(Entry {
+                    name: n,
+                    uid: r.uid,
+                    version: r.version,
+                })
+            }));
+        }
         v
+    }
+
+    /// Returns the number of records in the buckets set in `mask`.
+    pub fn count_in(&self, mask: u64) -> usize {
+        self.index
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| mask & (1 << b) != 0)
+            .map(|(_, names)| names.len())
+            .sum()
     }
 
     /// Returns true when some record was orphaned by a removed connection: no held record
     /// lists a connection to it any more. Such a peer is unreachable;
     /// [`Peers::remove_dropped_orphans`] drops it.
     pub fn has_dropped_orphans(&self) -> bool {
-        self.orphans.values().any(|dropped| *dropped)
+        !self.dropped_orphans.is_empty()
     }
 
     /// Returns the records that arrived as orphans and still are, sorted. During a cold start
     /// a record often arrives before the records pointing at it, so these are only suspects.
     pub fn fresh_orphans(&self) -> Vec<PeerName> {
-        self.orphans
-            .iter()
-            .filter(|(_, d)| !**d)
-            .map(|(n, _)| *n)
-            .collect()
+        self.fresh_orphans.iter().copied().collect()
     }
 
     /// Returns true when no record is a fresh orphan.
     pub fn fresh_orphans_empty(&self) -> bool {
-        self.orphans.values().all(|d| *d)
+        self.fresh_orphans.is_empty()
     }
 
     /// Removes the orphans made by removed connections, and those that removing them makes;
     /// returns the names and keys of the records removed, sorted by name.
     pub fn remove_dropped_orphans(&mut self) -> Vec<(PeerName, RecordKey)> {
         let mut removed = Vec::new();
-        while let Some(name) = self.orphans.iter().find(|(_, d)| **d).map(|(n, _)| *n) {
-            self.orphans.remove(&name);
+        while let Some(name) = self.dropped_orphans.pop_first() {
             if let Some(rec) = self.remove(name) {
                 removed.push((name, rec.key()));
             }
@@ -279,37 +296,45 @@ impl Peers {
     /// replacement removed connections.
     fn install(&mut self, rec: Arc<PeerInfo>) -> Option<bool> {
         let name = rec.name;
-        for c in &rec.connections {
-            self.inc_indegree(c.remote);
+        let old = self.slots.get(&name).and_then(|s| s.rec.clone());
+        // Only the connections that differ change in-degrees. A remote listed by both keeps an
+        // in-degree of at least one throughout, so its orphanhood does not change either.
+        let (added, dropped) = match &old {
+            Some(old) => diff_remotes(&old.connections, &rec.connections),
+            None => (
+                rec.connections.iter().map(|c| c.remote).collect(),
+                Vec::new(),
+            ),
+        };
+        for &r in &added {
+            self.inc_indegree(r);
         }
         self.account(&rec, true);
         let slot = self.slots.entry(name).or_default();
         let indegree = slot.indegree;
-        let old = slot.rec.replace(rec);
+        slot.rec = Some(rec);
         if name != self.ours {
             if indegree == 0 {
                 // A replaced record keeps its kind of orphanhood.
-                self.orphans.entry(name).or_insert(false);
+                if !self.dropped_orphans.contains(&name) {
+                    self.fresh_orphans.insert(name);
+                }
             } else {
-                self.orphans.remove(&name);
+                self.forget_orphan(name);
             }
         }
         let Some(old) = old else {
             self.records += 1;
+            if let Some(set) = self.index.get_mut(bucket_of(name)) {
+                set.insert(name);
+            }
             return None;
         };
         self.account(&old, false);
-        let removed = match self.slots.get(&name).and_then(|s| s.rec.as_ref()) {
-            Some(new) => old
-                .connections
-                .iter()
-                .any(|c| new.connection_to(c.remote).is_none()),
-            None => true,
-        };
-        for c in &old.connections {
-            self.dec_indegree(c.remote);
+        for &r in &dropped {
+            self.dec_indegree(r);
         }
-        Some(removed)
+        Some(!dropped.is_empty())
     }
 
     fn account(&mut self, rec: &PeerInfo, add: bool) {
@@ -328,7 +353,7 @@ impl Peers {
         let slot = self.slots.entry(name).or_default();
         slot.indegree += 1;
         if slot.indegree == 1 && slot.rec.is_some() {
-            self.orphans.remove(&name);
+            self.forget_orphan(name);
         }
     }
 
@@ -341,8 +366,51 @@ impl Peers {
             if slot.rec.is_none() {
                 self.slots.remove(&name);
             } else if name != self.ours {
-                self.orphans.insert(name, true);
+                self.fresh_orphans.remove(&name);
+                self.dropped_orphans.insert(name);
             }
+        }
+    }
+
+    fn forget_orphan(&mut self, name: PeerName) {
+        self.fresh_orphans.remove(&name);
+        self.dropped_orphans.remove(&name);
+    }
+}
+
+/// Returns the remotes only `new` lists and those only `old` lists; both lists are sorted by
+/// remote name.
+fn diff_remotes(
+    old: &[ConnectionSummary],
+    new: &[ConnectionSummary],
+) -> (Vec<PeerName>, Vec<PeerName>) {
+    let (mut added, mut dropped) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (old.get(i), new.get(j)) {
+            (Some(o), Some(n)) => match o.remote.cmp(&n.remote) {
+                std::cmp::Ordering::Less => {
+                    dropped.push(o.remote);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    added.push(n.remote);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                }
+            },
+            (Some(o), None) => {
+                dropped.push(o.remote);
+                i += 1;
+            }
+            (None, Some(n)) => {
+                added.push(n.remote);
+                j += 1;
+            }
+            (None, None) => return (added, dropped),
         }
     }
 }
@@ -402,7 +470,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::peer::{ConnectionSummary, PeerUid};
+    use crate::peer::PeerUid;
 
     pub(crate) fn n(b: u8) -> PeerName {
         PeerName::from_bytes([0, 0, 0, 0, 0, b])

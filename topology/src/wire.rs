@@ -232,6 +232,96 @@ impl Message {
     }
 }
 
+/// An Update checked whole without allocating, whose records are decoded only on demand.
+///
+/// [`UpdateView::parse`] applies every check [`Message::decode`] applies to an Update and
+/// fails with the same error, so a receiver may first look at each record's name, uid and
+/// version and decode (allocate) only the records it will keep.
+#[derive(Clone, Debug)]
+pub struct UpdateView<'a> {
+    records: Vec<RecordView<'a>>,
+}
+
+/// One checked record inside an [`UpdateView`].
+#[derive(Clone, Copy, Debug)]
+pub struct RecordView<'a> {
+    /// The peer.
+    pub name: PeerName,
+    /// Its incarnation.
+    pub uid: PeerUid,
+    /// Its version.
+    pub version: u64,
+    bytes: &'a [u8],
+}
+
+impl<'a> UpdateView<'a> {
+    /// Checks an Update message. Returns None when `buf` is not an Update (by its type byte).
+    ///
+    /// # Errors
+    ///
+    /// Returns the error [`Message::decode`] would return for the same bytes.
+    pub fn parse(buf: &'a [u8]) -> Option<Result<Self, Error>> {
+        if buf.len() < 2 || buf[0] != VERSION || buf[1] != kind::UPDATE {
+            return None;
+        }
+        Some(Self::parse_checked(buf))
+    }
+
+    fn parse_checked(buf: &'a [u8]) -> Result<Self, Error> {
+        if buf.len() > MAX_MESSAGE_LEN {
+            return Err(Error::TooLong);
+        }
+        let mut r = Reader { buf: &buf[2..] };
+        let n = r.count(MIN_RECORD_LEN)?;
+        let mut records = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = r.buf;
+            let (name, uid, version) = r.skip_record()?;
+            let used = start.len() - r.buf.len();
+            records.push(RecordView {
+                name,
+                uid,
+                version,
+                bytes: &start[..used],
+            });
+        }
+        if !r.buf.is_empty() {
+            return Err(Error::TrailingBytes);
+        }
+        Ok(Self { records })
+    }
+
+    /// Returns the records in message order.
+    pub fn records(&self) -> &[RecordView<'a>] {
+        &self.records
+    }
+}
+
+impl<'a> RecordView<'a> {
+    /// Returns the record's encoding (as inside an Update).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Decodes the record.
+    pub fn decode(&self) -> PeerInfo {
+        let mut r = Reader { buf: self.bytes };
+        // The bytes passed the same checks when the view was parsed.
+        r.record().unwrap_or_else(|_| PeerInfo {
+            name: self.name,
+            uid: self.uid,
+            version: self.version,
+            nickname: String::new(),
+            connections: Vec::new(),
+        })
+    }
+}
+
+/// Appends the encoding of one record as an Update carries it.
+pub fn encode_record_to(rec: &PeerInfo, out: &mut Vec<u8>) {
+    encode_record(rec, out);
+}
+
 /// Appends a heartbeat.
 pub fn encode_heartbeat(count: u32, digest: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(&[VERSION, kind::HEARTBEAT]);
@@ -404,6 +494,40 @@ impl<'a> Reader<'a> {
             return Err(Error::Truncated);
         }
         Ok(n)
+    }
+
+    /// Checks one record as [`Reader::record`] does, without allocating.
+    fn skip_record(&mut self) -> Result<(PeerName, PeerUid, u64), Error> {
+        let name = self.name()?;
+        let uid = self.uid()?;
+        let version = self.u64()?;
+        let nick_len = usize::from(self.u8()?);
+        std::str::from_utf8(self.take(nick_len)?).map_err(|_| Error::BadNickname)?;
+        let n = usize::from(self.u16()?);
+        if n > MAX_CONNECTIONS {
+            return Err(Error::TooMany);
+        }
+        if n.saturating_mul(6 + 1 + 4 + 2) > self.buf.len() {
+            return Err(Error::Truncated);
+        }
+        let mut prev: Option<PeerName> = None;
+        for _ in 0..n {
+            let remote = self.name()?;
+            if remote == name {
+                return Err(Error::SelfConnection);
+            }
+            if prev.is_some_and(|p| p >= remote) {
+                return Err(Error::NotCanonical);
+            }
+            prev = Some(remote);
+            let flags = self.u8()?;
+            if flags & conn_flags::RESERVED != 0 {
+                return Err(Error::BadFlags);
+            }
+            self.take(if flags & conn_flags::IPV6 != 0 { 16 } else { 4 })?;
+            self.u16()?;
+        }
+        Ok((name, uid, version))
     }
 
     fn record(&mut self) -> Result<PeerInfo, Error> {

@@ -235,3 +235,39 @@ fn asymmetric_connections_carry_no_routes() {
     assert_eq!(routes.unicast_next_hop(name(1)), None);
     let _: BTreeMap<(), ()> = BTreeMap::new();
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The lazy Update view accepts and rejects exactly what the full decoder does, and decodes
+    /// the same records.
+    #[test]
+    fn update_view_agrees_with_the_decoder(
+        recs in proptest::collection::vec(arb_record(), 0..5),
+        cut in any::<usize>(),
+        flip in any::<(usize, u8)>(),
+    ) {
+        let mut good = Vec::new();
+        Message::Update { records: recs }.encode(&mut good);
+        let mut cut_short = good.clone();
+        cut_short.truncate(cut % (good.len() + 1));
+        let mut flipped = good.clone();
+        let i = flip.0 % flipped.len();
+        flipped[i] ^= flip.1;
+        for bytes in [good, cut_short, flipped] {
+            let full = Message::decode(&bytes);
+            match topology::wire::UpdateView::parse(&bytes) {
+                None => {
+                    let is_update = matches!(full, Ok(Message::Update { .. }));
+                    prop_assert!(!is_update);
+                }
+                Some(Err(e)) => prop_assert_eq!(full, Err(e)),
+                Some(Ok(view)) => {
+                    let decoded: Vec<Arc<PeerInfo>> =
+                        view.records().iter().map(|r| Arc::new(r.decode())).collect();
+                    prop_assert_eq!(full, Ok(Message::Update { records: decoded }));
+                }
+            }
+        }
+    }
+}
