@@ -30,6 +30,8 @@
 //! connection and strictly closer to `d` in the true graph (so following next hops always
 //! reaches `d`). With `--nodes` ≤ `--route-check-all-max` every live node is a checked source;
 //! above it, `--route-check-sample` sources drawn with the run's RNG (the report says which).
+//! Because (1) holds, all live nodes hold the same records, so the engine's graph is built once
+//! per check and each source's next hops come from the engine's `Graph::next_hops` on it.
 //! Condition (1) is checked every `--check-interval-ms` of simulated time, (2) when (1) holds.
 
 use std::cmp::Reverse;
@@ -44,6 +46,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use topology::peers::entry_hash;
+use topology::routes::Graph;
 use topology::{ConnId, Event as MeshEvent, Mesh, PeerName, RecordCache};
 
 /// Flags of `weft-sim mesh`.
@@ -604,10 +607,17 @@ impl<'a> Sim<'a> {
                 .collect(),
             None => (0..live.len()).collect(),
         };
+        // Condition (1) holds, so every live node holds the same records: the engine's graph
+        // is built once, from one node's table, and each source's next hops come from the
+        // engine's own computation on it (`Graph::next_hops`, what `Routes::calculate` uses).
+        let graph = Graph::build(self.nodes[live[0]].mesh.peers());
         // Distances from a node, computed on demand (the graph is undirected).
         let mut memo: HashMap<usize, Vec<u32>> = HashMap::new();
         for s in sources {
-            let routes = self.nodes[live[s]].mesh.calculate_routes();
+            let Some(me) = graph.index(self.nodes[live[s]].name) else {
+                return false;
+            };
+            let next_hops = graph.next_hops(me);
             let from_s = memo.entry(s).or_insert_with(|| bfs(&adj, s)).clone();
             for (d, &want) in from_s.iter().enumerate() {
                 if d == s {
@@ -616,7 +626,11 @@ impl<'a> Sim<'a> {
                 if want == u32::MAX {
                     return false; // the live mesh itself is split
                 }
-                let Some(hop) = routes.unicast_next_hop(self.nodes[live[d]].name) else {
+                let hop = graph
+                    .index(self.nodes[live[d]].name)
+                    .and_then(|i| next_hops.get(i as usize))
+                    .and_then(|&h| graph.names().get(h as usize));
+                let Some(&hop) = hop else {
                     return false;
                 };
                 let Some(&h) = index.get(&hop) else {

@@ -49,6 +49,11 @@ pub struct Peers {
     /// Orphans made by a removed connection ("dropped"): unreachable.
     dropped_orphans: BTreeSet<PeerName>,
     mark: u32,
+    /// Records in the reachability tree (ourselves included). The tree is grown on every
+    /// added connection and record; only the loss of a tree edge makes it unsure
+    /// (`tree_broken`), and only then does [`Peers::unreachable`] search the whole table.
+    treed: usize,
+    tree_broken: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -57,6 +62,9 @@ struct Slot {
     /// How many held records (other than this peer's own) list a connection to this peer.
     indegree: u32,
     mark: u32,
+    /// This peer's parent in the reachability tree: a peer in the tree whose record lists a
+    /// connection to this one. None when not in the tree (and for ourselves, the root).
+    parent: Option<PeerName>,
 }
 
 impl Peers {
@@ -72,6 +80,8 @@ impl Peers {
             fresh_orphans: BTreeSet::new(),
             dropped_orphans: BTreeSet::new(),
             mark: 0,
+            treed: 0,
+            tree_broken: false,
         };
         p.install(own);
         p
@@ -139,8 +149,16 @@ impl Peers {
         let slot = self.slots.get_mut(&name)?;
         let old = slot.rec.take()?;
         let indegree = slot.indegree;
+        if slot.parent.is_some() {
+            self.treed -= 1;
+        }
         if indegree == 0 {
             self.slots.remove(&name);
+        }
+        for c in &old.connections {
+            if self.parent_of(c.remote) == Some(name) {
+                self.tree_broken = true;
+            }
         }
         self.forget_orphan(name);
         if let Some(set) = self.index.get_mut(bucket_of(name)) {
@@ -249,7 +267,31 @@ impl Peers {
     }
 
     /// Returns every peer not reachable from us over listed connections, sorted.
+    ///
+    /// Cheap unless a connection on the reachability tree was lost since the last call: the
+    /// tree then is rebuilt by a search of the whole table.
     pub fn unreachable(&mut self) -> Vec<PeerName> {
+        if self.tree_broken {
+            self.rebuild_tree();
+        }
+        if self.treed == self.records {
+            return Vec::new();
+        }
+        let ours = self.ours;
+        #[allow(clippy::disallowed_methods)] // sorted before use
+        let mut dead: Vec<PeerName> = self
+            .slots
+            .iter()
+            .filter(|(n, s)| s.rec.is_some() && s.parent.is_none() && **n != ours)
+            .map(|(n, _)| *n)
+            .collect();
+        dead.sort_unstable();
+        dead
+    }
+
+    /// Searches the table from us and records each reached peer's parent.
+    fn rebuild_tree(&mut self) {
+        self.tree_broken = false;
         self.mark = self.mark.wrapping_add(1);
         if self.mark == 0 {
             #[allow(clippy::disallowed_methods)] // order does not matter when clearing marks
@@ -262,6 +304,7 @@ impl Peers {
         let mut queue: Vec<Arc<PeerInfo>> = Vec::new();
         if let Some(s) = self.slots.get_mut(&self.ours) {
             s.mark = mark;
+            s.parent = None;
             queue.extend(s.rec.clone());
         }
         let mut reached = 0usize;
@@ -272,24 +315,56 @@ impl Peers {
                     && s.mark != mark
                 {
                     s.mark = mark;
+                    s.parent = Some(rec.name);
                     if let Some(r) = &s.rec {
                         queue.push(Arc::clone(r));
                     }
                 }
             }
         }
-        if reached == self.records {
-            return Vec::new();
+        #[allow(clippy::disallowed_methods)] // order does not matter when clearing parents
+        for s in self.slots.values_mut() {
+            if s.mark != mark {
+                s.parent = None;
+            }
         }
-        #[allow(clippy::disallowed_methods)] // sorted before use
-        let mut dead: Vec<PeerName> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.rec.is_some() && s.mark != mark)
-            .map(|(n, _)| *n)
-            .collect();
-        dead.sort_unstable();
-        dead
+        self.treed = reached;
+    }
+
+    fn parent_of(&self, name: PeerName) -> Option<PeerName> {
+        self.slots.get(&name).and_then(|s| s.parent)
+    }
+
+    fn in_tree(&self, name: PeerName) -> bool {
+        name == self.ours || self.parent_of(name).is_some()
+    }
+
+    /// Adds `to` (listed by `from`, which is in the tree) to the tree if it is not there yet,
+    /// and with it every peer newly reachable through it.
+    fn graft(&mut self, from: PeerName, to: PeerName) {
+        if self.in_tree(to) {
+            return;
+        }
+        let mut stack = vec![(from, to)];
+        while let Some((parent, name)) = stack.pop() {
+            let ours = self.ours;
+            let Some(slot) = self.slots.get_mut(&name) else {
+                continue;
+            };
+            if name == ours || slot.parent.is_some() {
+                continue;
+            }
+            slot.parent = Some(parent);
+            let Some(rec) = slot.rec.clone() else {
+                continue;
+            };
+            self.treed += 1;
+            for c in &rec.connections {
+                if !self.in_tree(c.remote) {
+                    stack.push((name, c.remote));
+                }
+            }
+        }
     }
 
     /// Installs `rec` unconditionally. Returns None if the name had no record, else whether the
@@ -328,11 +403,25 @@ impl Peers {
             if let Some(set) = self.index.get_mut(bucket_of(name)) {
                 set.insert(name);
             }
+            if self.in_tree(name) {
+                self.treed += 1;
+                for r in added {
+                    self.graft(name, r);
+                }
+            }
             return None;
         };
         self.account(&old, false);
         for &r in &dropped {
+            if self.parent_of(r) == Some(name) {
+                self.tree_broken = true;
+            }
             self.dec_indegree(r);
+        }
+        if self.in_tree(name) {
+            for r in added {
+                self.graft(name, r);
+            }
         }
         Some(!dropped.is_empty())
     }

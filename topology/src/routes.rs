@@ -86,6 +86,28 @@ impl Graph {
         dist
     }
 
+    /// Returns, for every peer, the index of the neighbour of `me` through which unicast to it
+    /// goes (`u32::MAX` for `me` itself and for unreachable peers): the first hop of the parent
+    /// chain from `me` (see the module's tie rule).
+    pub fn next_hops(&self, me: u32) -> Vec<u32> {
+        let mut next_hop = vec![NONE; self.names.len()];
+        if me as usize >= self.names.len() {
+            return next_hop;
+        }
+        let dist = self.distances(me);
+        let mut order: Vec<u32> = (0..self.names.len() as u32)
+            .filter(|&v| dist[v as usize] != u32::MAX && v != me)
+            .collect();
+        order.sort_unstable_by_key(|&v| dist[v as usize]);
+        for v in order {
+            let Some(p) = self.parent(&dist, v) else {
+                continue;
+            };
+            next_hop[v as usize] = if p == me { v } else { next_hop[p as usize] };
+        }
+        next_hop
+    }
+
     /// Returns the parent of `v` in the tree rooted where `dist` was measured from.
     fn parent(&self, dist: &[u32], v: u32) -> Option<u32> {
         let dv = *dist.get(v as usize)?;
@@ -114,20 +136,10 @@ impl Routes {
     pub fn calculate(peers: &Peers, me: PeerName) -> Self {
         let graph = Graph::build(peers);
         let me_idx = graph.index(me);
-        let mut next_hop = vec![NONE; graph.names.len()];
-        if let Some(m) = me_idx {
-            let dist = graph.distances(m);
-            let mut order: Vec<u32> = (0..graph.names.len() as u32)
-                .filter(|&v| dist[v as usize] != u32::MAX && v != m)
-                .collect();
-            order.sort_unstable_by_key(|&v| dist[v as usize]);
-            for v in order {
-                let Some(p) = graph.parent(&dist, v) else {
-                    continue;
-                };
-                next_hop[v as usize] = if p == m { v } else { next_hop[p as usize] };
-            }
-        }
+        let next_hop = match me_idx {
+            Some(m) => graph.next_hops(m),
+            None => vec![NONE; graph.names.len()],
+        };
         Self {
             graph,
             me: me_idx,

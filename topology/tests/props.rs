@@ -271,3 +271,58 @@ proptest! {
         }
     }
 }
+
+/// The peers with a record that a search from `me` over listed connections does not reach.
+fn reference_unreachable(p: &Peers, me: PeerName) -> Vec<PeerName> {
+    let recs: BTreeMap<PeerName, Arc<PeerInfo>> = p
+        .records()
+        .into_iter()
+        .map(|r| (r.name, Arc::clone(r)))
+        .collect();
+    let mut seen = BTreeSet::from([me]);
+    let mut q = VecDeque::from([me]);
+    while let Some(u) = q.pop_front() {
+        let Some(r) = recs.get(&u) else { continue };
+        for c in &r.connections {
+            if seen.insert(c.remote) {
+                q.push_back(c.remote);
+            }
+        }
+    }
+    recs.keys().filter(|n| !seen.contains(n)).copied().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The incrementally kept reachability tree answers as a fresh search would, whatever the
+    /// order of additions, replacements and removals.
+    #[test]
+    fn unreachable_matches_a_fresh_search(
+        ops in proptest::collection::vec(
+            (0u8..4, 0usize..6, 1u64..6, proptest::collection::btree_set(0usize..6, 0..4)),
+            0..40,
+        ),
+    ) {
+        let mut p = Peers::new(record(0, 1, 1, &BTreeSet::new()));
+        let mut own_version = 1;
+        for (op, i, v, conns) in ops {
+            match op {
+                0 | 1 => {
+                    p.apply(record(i, 1, v, &conns));
+                }
+                2 => {
+                    p.remove(name(i));
+                }
+                _ => {
+                    own_version += 1;
+                    p.set_own(record(0, 1, own_version, &conns));
+                }
+            }
+            if op != 1 {
+                prop_assert_eq!(p.unreachable(), reference_unreachable(&p, name(0)));
+            }
+        }
+        prop_assert_eq!(p.unreachable(), reference_unreachable(&p, name(0)));
+    }
+}
