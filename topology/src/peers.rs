@@ -59,6 +59,9 @@ pub struct Peers {
 #[derive(Clone, Debug, Default)]
 struct Slot {
     rec: Option<Arc<PeerInfo>>,
+    /// The key of `rec` (meaningless without it), kept here so that comparing a summary entry
+    /// with what we hold does not touch the record itself.
+    key: RecordKey,
     /// How many held records (other than this peer's own) list a connection to this peer.
     indegree: u32,
     mark: u32,
@@ -99,7 +102,10 @@ impl Peers {
 
     /// Returns the key of the record held for `name`.
     pub fn key(&self, name: PeerName) -> Option<RecordKey> {
-        self.get(name).map(|r| r.key())
+        self.slots
+            .get(&name)
+            .filter(|s| s.rec.is_some())
+            .map(|s| s.key)
     }
 
     /// Returns the number of records held (ourselves included).
@@ -114,9 +120,13 @@ impl Peers {
 
     /// Returns true when `rec` would replace what the table holds (or is about an unknown name).
     pub fn is_newer(&self, rec: &PeerInfo) -> bool {
-        match self.get(rec.name) {
-            None => true,
-            Some(held) => rec.precedence(held).is_gt(),
+        let Some(slot) = self.slots.get(&rec.name) else {
+            return true;
+        };
+        match (&slot.rec, rec.key().cmp(&slot.key)) {
+            (None, _) => true,
+            (Some(held), std::cmp::Ordering::Equal) => rec.precedence(held).is_gt(),
+            (Some(_), order) => order.is_gt(),
         }
     }
 
@@ -387,6 +397,7 @@ impl Peers {
         self.account(&rec, true);
         let slot = self.slots.entry(name).or_default();
         let indegree = slot.indegree;
+        slot.key = rec.key();
         slot.rec = Some(rec);
         if name != self.ours {
             if indegree == 0 {
