@@ -165,6 +165,8 @@ struct Daemon {
     last_publish: Option<Instant>,
     /// The control port actually bound (`--port 0` picks one).
     port: u16,
+    /// When a throttled status snapshot is to be published.
+    publish_due: Option<Instant>,
     ipam: Ipam,
     ipam_store: IpamStore,
     /// The bridge's netlink handle and index, when the router manages devices.
@@ -214,6 +216,7 @@ impl Daemon {
             persisted: BTreeSet::new(),
             last_publish: None,
             port,
+            publish_due: None,
             ipam,
             ipam_store,
             bridge,
@@ -254,6 +257,7 @@ impl Daemon {
                 self.mesh.poll_timeout().map(|(t, _)| t),
                 self.ipam.poll_timeout().map(|(t, _)| t),
                 self.pending_allocs.iter().map(|p| p.deadline).min(),
+                self.publish_due,
             ]
             .into_iter()
             .flatten()
@@ -775,9 +779,13 @@ impl Daemon {
                 .last_publish
                 .is_some_and(|t| now - t < PUBLISH_INTERVAL)
         {
+            // Published moments ago: publish again when the interval is over, so the last
+            // change before a quiet spell is never left out of the snapshot.
+            self.publish_due = self.last_publish.map(|t| t + PUBLISH_INTERVAL);
             return;
         }
         self.last_publish = Some(now);
+        self.publish_due = None;
         let status = self.status(now);
         self.handles.status.publish(status);
     }

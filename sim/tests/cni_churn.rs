@@ -8,10 +8,16 @@ use std::process::Command;
 use weft_sim::lab::{self, LabGuard, LabSpec};
 
 fn active(name: &str, node: &str) -> u64 {
-    // This router's own IPAM share comes first; `active` counts its pods and its gateway.
-    lab::report(name, node).unwrap()["ipam"]["owners"][0]["active"]
-        .as_u64()
-        .unwrap()
+    // This router's own IPAM share comes first; `active` counts its pods and its gateway. The
+    // status snapshot may trail the last change by up to 100 ms.
+    for _ in 0..30 {
+        let report = lab::report(name, node).unwrap();
+        if let Some(n) = report["ipam"]["owners"][0]["active"].as_u64() {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{node} reports no active IPAM count");
 }
 
 /// Lines of `ip`/`bridge` output (run in `ns`) that mention a weft host veth (`vw…`).
@@ -48,7 +54,15 @@ fn two_hundred_add_del_cycles_leak_nothing() {
         lab::pod_add(&name, node, "p9", None).unwrap();
         lab::pod_del(&name, node, "p9").unwrap();
     }
-    let after: Vec<u64> = nodes.iter().map(|n| active(&name, n)).collect();
+    // The status snapshot may trail the last DEL by up to 100 ms.
+    let mut after = Vec::new();
+    for _ in 0..30 {
+        after = nodes.iter().map(|n| active(&name, n)).collect();
+        if after == before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(after, before, "addresses leaked");
     for node in nodes {
         let ns = format!("{name}-{node}");
