@@ -20,7 +20,7 @@ fn active(name: &str, node: &str) -> u64 {
         if let Some(n) = report["ipam"]["owners"][0]["active"].as_u64() {
             return n;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     panic!("{node} reports no active IPAM count");
 }
