@@ -627,7 +627,13 @@ proptest! {
         run_model(4, ops, quorum);
     }
 
+    // Known bug, found by this very property (seed `1fb444ab…` in
+    // proptest-regressions/ipam/tests.txt): after a partition longer than `reclaim_after`, a heal
+    // and a restart of the cut-off peer, an address can be held twice without a conflict being
+    // reported. Auto-reclaim is therefore off in the router (`reclaim_after: None`) until this is
+    // fixed; run with `cargo test -p weft-topology -- --ignored` to reproduce.
     #[test]
+    #[ignore = "known auto-reclaim bug; auto-reclaim is disabled in the router until fixed"]
     fn partitions_with_auto_reclaim_never_double_allocate(
         ops in proptest::collection::vec(op(5), 1..120),
     ) {
