@@ -25,13 +25,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use topology::api::ipam as ipam_api;
 use tracing::{debug, info, warn};
 
 use super::{
-    AddrRequest, ApiCommand, CommandError, CommandOutcome, EncryptionRequest, ErrorBody, JsonReply,
-    Reply, RmPeerRequest,
+    AddrRequest, ApiCommand, CommandError, EncryptionRequest, ErrorBody, JsonReply, Reply,
+    RmPeerRequest,
 };
 use crate::metrics::{self, Metrics};
 use crate::status::{IPAM_NOT_AVAILABLE, RouterStatus, StatusReader};
@@ -388,40 +388,24 @@ fn metrics_response(req: &Request<Incoming>, metrics: &Metrics, status: &RouterS
 /// Sends a command to the daemon loop and turns its outcome into a response.
 async fn command(state: &ApiState, make: impl FnOnce(Reply) -> ApiCommand) -> Resp {
     let (reply, rx) = Reply::new();
-    let outcome = tokio::time::timeout(COMMAND_TIMEOUT, async {
-        state
-            .commands
-            .send(make(reply))
-            .await
-            .map_err(|_| not_running())?;
-        rx.await.map_err(|_| not_running())?
-    })
-    .await
-    .unwrap_or_else(|_| {
-        Err(CommandError::engine_unavailable(format!(
-            "router engine did not answer within {}s",
-            COMMAND_TIMEOUT.as_secs()
-        )))
-    });
-    match outcome {
-        Ok(outcome) => json::<CommandOutcome>(StatusCode::OK, &outcome),
-        Err(e) => {
-            let code =
-                StatusCode::from_u16(e.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            error(code, e.message)
-        }
-    }
+    respond_with(ask(state, make(reply), rx).await)
 }
 
 /// Sends a command whose answer is a JSON document and returns that document.
 async fn json_command(state: &ApiState, make: impl FnOnce(JsonReply) -> ApiCommand) -> Resp {
     let (reply, rx) = JsonReply::new();
-    let outcome = tokio::time::timeout(COMMAND_TIMEOUT, async {
-        state
-            .commands
-            .send(make(reply))
-            .await
-            .map_err(|_| not_running())?;
+    respond_with(ask(state, make(reply), rx).await)
+}
+
+/// Queues `cmd` for the daemon loop and waits for its answer on `rx`, at most
+/// [`COMMAND_TIMEOUT`].
+async fn ask<T>(
+    state: &ApiState,
+    cmd: ApiCommand,
+    rx: oneshot::Receiver<Result<T, CommandError>>,
+) -> Result<T, CommandError> {
+    tokio::time::timeout(COMMAND_TIMEOUT, async {
+        state.commands.send(cmd).await.map_err(|_| not_running())?;
         rx.await.map_err(|_| not_running())?
     })
     .await
@@ -430,7 +414,11 @@ async fn json_command(state: &ApiState, make: impl FnOnce(JsonReply) -> ApiComma
             "router engine did not answer within {}s",
             COMMAND_TIMEOUT.as_secs()
         )))
-    });
+    })
+}
+
+/// A command's answer as a response: the JSON document, or the error with its status code.
+fn respond_with<T: Serialize>(outcome: Result<T, CommandError>) -> Resp {
     match outcome {
         Ok(value) => json(StatusCode::OK, &value),
         Err(e) => {
