@@ -11,6 +11,8 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+use rtnetlink::packet_route::link::LinkMessage;
+
 use crate::api::{
     ALLOCATE_PATH, AllocateRequest, AllocateResponse, Attachment, GC_PATH, GcRequest, READY_PATH,
     RELEASE_PATH, ReadyResponse, ReleaseRequest, ReleaseResponse,
@@ -240,24 +242,7 @@ fn add(a: &Attach, conf: &NetConf, version: CniVersion) -> Result<Vec<u8>, CniEr
     let ns = open_netns(netns_path)?;
     let nl = Netlink::new().map_err(|e| io_error("cannot open a netlink socket", &e))?;
     let host_name = host_veth_name(&a.container_id, &a.ifname);
-    let (bridge, existing) = nl
-        .block_on(async {
-            futures::future::try_join(
-                netlink::link_by_name(nl.host(), BRIDGE),
-                netlink::link_by_name(nl.host(), &host_name),
-            )
-            .await
-        })
-        .map_err(nl_error)?;
-    let Some(bridge) = bridge else {
-        return Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            "the weft bridge does not exist",
-            format!(
-                "no bridge \"{BRIDGE}\" in this namespace: the weft router creates it; is it running?"
-            ),
-        ));
-    };
+    let (bridge, existing) = bridge_and_host_veth(&nl, &host_name)?;
     if existing.is_some() {
         return Err(env_error(format!(
             "attachment CNI_CONTAINERID={}, CNI_IFNAME={} exists already (host veth {host_name}); \
@@ -444,22 +429,7 @@ fn check(a: &Attach, conf: &NetConf) -> Result<Vec<u8>, CniError> {
     let ns = open_netns(netns_path)?;
     let nl = Netlink::new().map_err(|e| io_error("cannot open a netlink socket", &e))?;
     let host_name = host_veth_name(&a.container_id, &a.ifname);
-    let (bridge, host) = nl
-        .block_on(async {
-            futures::future::try_join(
-                netlink::link_by_name(nl.host(), BRIDGE),
-                netlink::link_by_name(nl.host(), &host_name),
-            )
-            .await
-        })
-        .map_err(nl_error)?;
-    let Some(bridge) = bridge else {
-        return Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            "the weft bridge does not exist",
-            format!("no bridge \"{BRIDGE}\": the weft router creates it; is it running?"),
-        ));
-    };
+    let (bridge, host) = bridge_and_host_veth(&nl, &host_name)?;
     let Some(host) = host else {
         return Err(check_error(format!("host veth {host_name} does not exist")));
     };
@@ -709,6 +679,33 @@ fn format_mac(m: [u8; 6]) -> String {
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
     )
+}
+
+/// Looks up the `weft` bridge (which must exist: the router makes it) and the attachment's
+/// host veth (which may not).
+fn bridge_and_host_veth(
+    nl: &Netlink,
+    host_name: &str,
+) -> Result<(LinkMessage, Option<LinkMessage>), CniError> {
+    let (bridge, host) = nl
+        .block_on(async {
+            futures::future::try_join(
+                netlink::link_by_name(nl.host(), BRIDGE),
+                netlink::link_by_name(nl.host(), host_name),
+            )
+            .await
+        })
+        .map_err(nl_error)?;
+    let Some(bridge) = bridge else {
+        return Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            "the weft bridge does not exist",
+            format!(
+                "no bridge \"{BRIDGE}\" in this namespace: the weft router creates it; is it running?"
+            ),
+        ));
+    };
+    Ok((bridge, host))
 }
 
 /// The pod MAC asked for with `MAC=aa:bb:cc:dd:ee:ff` in `CNI_ARGS` (the CNI conventions'
