@@ -956,6 +956,10 @@ fn start_ipam(config: &RouterConfig, name: PeerName) -> Result<(Ipam, IpamStore)
     // Auto-reclaim has a known double-allocation bug after long partitions (see
     // topology/src/ipam/tests.rs); dead peers' space comes back with `weft rmpeer` only.
     ipam_config.reclaim_after = None;
+    // Routers that start together all propose at their first allocation; a short retry (with
+    // the engine's jitter) settles such duels well inside a CNI request's wait, where the 5 s
+    // default did not always.
+    ipam_config.propose_interval = Duration::from_secs(1);
     let store = IpamStore::new(&config.state_dir);
     let now = Instant::now();
     let seed = rand::rngs::OsRng.next_u64();
