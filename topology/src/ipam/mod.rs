@@ -477,6 +477,9 @@ impl Ipam {
             this.cursor = off.saturating_add(1);
         }
         this.dirty = false;
+        // Allocations left inside ranges taken over while we were away are conflicts again
+        // after a restart (the set is derived from the ring, never only remembered).
+        this.recompute_conflicts();
         this.update_free();
         Ok(this)
     }
@@ -859,6 +862,19 @@ impl Ipam {
                 self.conflicts.len()
             ));
         }
+        let doubled = self.doubled();
+        if !doubled.is_empty() {
+            notes.push(format!(
+                "{} allocated address(es) also held by another peer (split brain: {})",
+                doubled.len(),
+                doubled
+                    .iter()
+                    .take(8)
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         IpamStatus {
             status: self.status_line(now),
             range: self.config.range.to_string(),
@@ -972,6 +988,7 @@ impl Ipam {
         let ring = self.ring.as_ref()?;
         let owned = ring.owned_by(self.config.name);
         let last = self.config.range.size() - 1;
+        let held = self.foreign_held();
         let scan = |from: u32, to: u32| -> Option<u32> {
             for &(s, e) in &owned {
                 let lo = s.max(from).max(1);
@@ -980,7 +997,7 @@ impl Ipam {
                     continue;
                 }
                 let mut cand = lo;
-                for &a in self.allocs.range(lo..hi).map(|(a, _)| a) {
+                for a in self.used_in(&held, lo, hi) {
                     if a != cand {
                         break;
                     }
@@ -998,28 +1015,97 @@ impl Ipam {
     fn free_count(&self) -> u32 {
         let Some(ring) = &self.ring else { return 0 };
         let last = self.config.range.size() - 1;
+        let held = self.foreign_held();
         let mut free = 0u32;
         for (s, e) in ring.owned_by(self.config.name) {
             let lo = s.max(1);
             let hi = e.min(last);
             if lo < hi {
-                let used = u32::try_from(self.allocs.range(lo..hi).count()).unwrap_or(u32::MAX);
+                let used = u32::try_from(self.used_in(&held, lo, hi).len()).unwrap_or(u32::MAX);
                 free = free.saturating_add((hi - lo).saturating_sub(used));
             }
         }
         free
     }
 
+    /// Refreshes our own record: free count and held-foreign offsets.
     fn update_free(&mut self) {
         let free = self.free_count();
+        let held: Vec<u32> = self
+            .conflicts
+            .iter()
+            .take(wire::MAX_HELD)
+            .copied()
+            .collect();
         let me = self.config.name;
         if let Some(r) = self.records.get_mut(&me)
-            && r.free != free
+            && (r.free != free || r.held != held)
         {
             r.free = free;
+            r.held = held;
             r.seq += 1;
             self.broadcast = true;
         }
+    }
+
+    /// Derives the conflict set from the ring: every allocation of ours outside our own
+    /// ranges (they were taken over while we were cut off). New ones are reported.
+    fn recompute_conflicts(&mut self) {
+        let Some(ring) = &self.ring else { return };
+        let me = self.config.name;
+        let now: BTreeSet<u32> = self
+            .allocs
+            .keys()
+            .filter(|&&o| ring.owner_of(o).is_none_or(|(_, _, e)| e.owner != me))
+            .copied()
+            .collect();
+        let fresh: Vec<IpAddr> = now
+            .difference(&self.conflicts)
+            .map(|&o| self.config.range.addr(o))
+            .collect();
+        if !fresh.is_empty() {
+            self.events.push_back(Event::Conflict { addresses: fresh });
+        }
+        self.conflicts = now;
+    }
+
+    /// Offsets other peers still hold inside ranges they lost (their records' `held`), from
+    /// peers that are reachable or still own space: we never hand these out. A peer removed
+    /// from the ring and gone from the topology no longer counts.
+    fn foreign_held(&self) -> BTreeSet<u32> {
+        let me = self.config.name;
+        let owners = self.ring.as_ref().map(Ring::totals).unwrap_or_default();
+        self.records
+            .iter()
+            .filter(|&(&p, r)| {
+                p != me
+                    && !r.held.is_empty()
+                    && (owners.contains_key(&p) || self.live.get(&p).is_some_and(|l| l.seen))
+            })
+            .flat_map(|(_, r)| r.held.iter().copied())
+            .collect()
+    }
+
+    /// Our allocations that another peer also holds (it was cut off, reclaimed, and we or a
+    /// peer we got the space from allocated the same address meanwhile): a true split-brain
+    /// double allocation, reported in status.
+    pub fn doubled(&self) -> Vec<IpAddr> {
+        let held = self.foreign_held();
+        self.allocs
+            .keys()
+            .filter(|o| held.contains(o))
+            .map(|&o| self.config.range.addr(o))
+            .collect()
+    }
+
+    /// Our allocations plus the offsets others hold in lost ranges, within `[lo, hi)`.
+    fn used_in(&self, held: &BTreeSet<u32>, lo: u32, hi: u32) -> Vec<u32> {
+        if held.is_empty() {
+            return self.allocs.range(lo..hi).map(|(&a, _)| a).collect();
+        }
+        let mut v: BTreeSet<u32> = self.allocs.range(lo..hi).map(|(&a, _)| a).collect();
+        v.extend(held.range(lo..hi).copied());
+        v.into_iter().collect()
     }
 
     /// The largest free run in our ranges, as `[start, end)`.
@@ -1032,6 +1118,7 @@ impl Ipam {
                 best = Some((s, e));
             }
         };
+        let held = self.foreign_held();
         for (s, e) in ring.owned_by(self.config.name) {
             let lo = s.max(1);
             let hi = e.min(last);
@@ -1039,7 +1126,7 @@ impl Ipam {
                 continue;
             }
             let mut cur = lo;
-            for &a in self.allocs.range(lo..hi).map(|(a, _)| a) {
+            for a in self.used_in(&held, lo, hi) {
                 consider(cur, a);
                 cur = a + 1;
             }
@@ -1118,17 +1205,7 @@ impl Ipam {
                 self.refused.remove(&from);
                 let merged = ours.merge(&theirs, self.config.name);
                 if merged.changed {
-                    let mut clash = Vec::new();
-                    for (s, e) in merged.lost {
-                        for (&o, _) in self.allocs.range(s..e) {
-                            if self.conflicts.insert(o) {
-                                clash.push(self.config.range.addr(o));
-                            }
-                        }
-                    }
-                    if !clash.is_empty() {
-                        self.events.push_back(Event::Conflict { addresses: clash });
-                    }
+                    self.recompute_conflicts();
                     self.update_free();
                     self.changed_ring(now);
                 }
@@ -1190,6 +1267,8 @@ impl Ipam {
 
     /// Re-evaluates everything that depends on the ring, liveness and pending work.
     fn after_change(&mut self, now: Instant) {
+        // Others' held offsets and liveness change what we count as free.
+        self.update_free();
         self.update_fence(now);
         self.update_vote(now);
         self.try_reclaim(now);
@@ -1416,7 +1495,7 @@ impl Ipam {
         if !self.pending.is_empty() {
             return self.space_wait().as_str().to_owned();
         }
-        if !self.refused.is_empty() || !self.conflicts.is_empty() {
+        if !self.refused.is_empty() || !self.conflicts.is_empty() || !self.doubled().is_empty() {
             return "ready (with conflicts: see 'weft status ipam')".to_owned();
         }
         "ready".to_owned()

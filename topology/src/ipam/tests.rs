@@ -526,6 +526,9 @@ fn run_model_with(
     let mut peak = 0;
     for o in ops {
         let now = net.now;
+        if std::env::var("IPAM_TRACE").is_ok() {
+            eprintln!("op {o:?}");
+        }
         match o {
             Op::Alloc(p, k) => {
                 let _ = net.peers[usize::from(p)].allocate(now, &format!("c{k}"), "eth0");
@@ -554,6 +557,23 @@ fn run_model_with(
             }
         }
         net.deliver_all();
+        if std::env::var("IPAM_TRACE").is_ok() {
+            for p in &net.peers {
+                eprintln!(
+                    "  {} ring={:?} allocs={:?} conflicts={:?} st={}",
+                    p.name(),
+                    p.ring().map(|r| r
+                        .ranges()
+                        .map(|(s, e, x)| (s, e, x.owner.to_string(), x.version))
+                        .collect::<Vec<_>>()),
+                    p.allocations()
+                        .map(|(a, k)| (a, k.container_id.clone()))
+                        .collect::<Vec<_>>(),
+                    p.conflicts().collect::<Vec<_>>(),
+                    p.status(net.now).status
+                );
+            }
+        }
         net.check(strict);
         peak = peak.max(net.total_allocated());
     }
@@ -577,7 +597,7 @@ fn run_model_with(
         let reported: BTreeSet<IpAddr> = net
             .peers
             .iter()
-            .flat_map(|p| p.conflicts().collect::<Vec<_>>())
+            .flat_map(|p| p.conflicts().chain(p.doubled()).collect::<Vec<_>>())
             .collect();
         for (a, count) in held {
             assert!(
@@ -627,13 +647,9 @@ proptest! {
         run_model(4, ops, quorum);
     }
 
-    // Known bug, found by this very property (seed `1fb444ab…` in
-    // proptest-regressions/ipam/tests.txt): after a partition longer than `reclaim_after`, a heal
-    // and a restart of the cut-off peer, an address can be held twice without a conflict being
-    // reported. Auto-reclaim is therefore off in the router (`reclaim_after: None`) until this is
-    // fixed; run with `cargo test -p weft-topology -- --ignored` to reproduce.
+    // Found the held-twice-unreported bug (seed `1fb444ab…` in
+    // proptest-regressions/ipam/tests.txt; unit test `reclaimed_peer_restarts_and_its_addresses_stay_held`).
     #[test]
-    #[ignore = "known auto-reclaim bug; auto-reclaim is disabled in the router until fixed"]
     fn partitions_with_auto_reclaim_never_double_allocate(
         ops in proptest::collection::vec(op(5), 1..120),
     ) {
@@ -665,4 +681,139 @@ proptest! {
         let mut aa = a.clone(); aa.merge(&a, n(9));
         prop_assert_eq!(&aa, &a);
     }
+}
+
+#[test]
+fn reclaimed_peer_restarts_and_its_addresses_stay_held() {
+    // The scenario of the regression seed `1fb444ab…`: a peer holding addresses is cut off for
+    // longer than reclaim_after and reclaimed; the partition heals; the peer restarts from its
+    // state file. Its addresses must stay reported as conflicts and the new owner (and anyone it
+    // donates to) must never hand them out again.
+    let mut net = Net::new(
+        3,
+        "10.0.0.0/27",
+        |_| Init::Seed(vec![n(1), n(2), n(3)]),
+        Some(Duration::from_secs(20)),
+    );
+    net.deliver_all();
+    let now = net.now;
+    let Allocation::Allocated(a0) = net.peers[2].allocate(now, "c0", "eth0").unwrap() else {
+        panic!("pending")
+    };
+    let Allocation::Allocated(a1) = net.peers[2].allocate(now, "c1", "eth0").unwrap() else {
+        panic!("pending")
+    };
+    net.deliver_all();
+    net.group = vec![0, 0, 1];
+    net.update_liveness();
+    for _ in 0..6 {
+        net.advance(Duration::from_secs(5));
+    }
+    assert_eq!(
+        net.peers[0].ring().unwrap().totals().get(&n(3)),
+        None,
+        "the majority reclaimed the cut-off peer"
+    );
+    net.group = vec![0, 0, 0];
+    net.update_liveness();
+    net.deliver_all();
+    let mut conflicts: Vec<IpAddr> = net.peers[2].conflicts().collect();
+    assert_eq!(conflicts, vec![a0.addr, a1.addr]);
+    // Crash and restart from disk: the conflict is derived from the ring, not remembered.
+    let c = net.peers[2].config.clone();
+    let disk = net.disk[2].clone().unwrap();
+    net.peers[2] = Ipam::restore(c, net.now, 7, &disk).unwrap();
+    net.update_liveness();
+    net.deliver_all();
+    conflicts = net.peers[2].conflicts().collect();
+    assert_eq!(
+        conflicts,
+        vec![a0.addr, a1.addr],
+        "still reported after restart"
+    );
+    let st = net.peers[2].status(net.now);
+    assert!(st.status.contains("conflicts"), "{}", st.status);
+    // Everyone else fills the whole range: never with the held addresses.
+    for i in 0..40 {
+        let now = net.now;
+        let _ = net.peers[i % 2].allocate(now, &format!("p{i}"), "eth0");
+        net.deliver_all();
+        net.advance(Duration::from_secs(3));
+    }
+    let others: BTreeSet<IpAddr> = net.peers[..2]
+        .iter()
+        .flat_map(|p| p.allocations().map(|(a, _)| a).collect::<Vec<_>>())
+        .collect();
+    assert!(others.len() >= 25, "the range was filled: {}", others.len());
+    assert!(!others.contains(&a0.addr) && !others.contains(&a1.addr));
+    assert!(net.peers.iter().all(|p| p.doubled().is_empty()));
+    // Releasing a held address lets its owner use it again.
+    assert_eq!(net.peers[2].release("c0", "eth0"), Some(a0.addr));
+    net.deliver_all();
+    for i in 40..44 {
+        let now = net.now;
+        let _ = net.peers[0].allocate(now, &format!("p{i}"), "eth0");
+        let _ = net.peers[1].allocate(now, &format!("p{i}"), "eth0");
+        net.deliver_all();
+        net.advance(Duration::from_secs(3));
+    }
+    let reused = net.peers[..2]
+        .iter()
+        .any(|p| p.allocations().any(|(a, _)| a == a0.addr));
+    assert!(reused, "a released held address becomes free again");
+}
+
+#[test]
+fn split_brain_duplicate_is_reported_by_both_sides() {
+    // A true split brain: the majority reallocates a cut-off peer's address before it heals.
+    // Both holders then report it (the cut-off peer as a conflict, the new holder as doubled).
+    let mut net = Net::new(
+        3,
+        "10.0.0.0/29",
+        |_| Init::Seed(vec![n(1), n(2), n(3)]),
+        Some(Duration::from_secs(20)),
+    );
+    net.deliver_all();
+    let now = net.now;
+    let Allocation::Allocated(a) = net.peers[2].allocate(now, "old", "eth0").unwrap() else {
+        panic!("pending")
+    };
+    net.deliver_all();
+    net.group = vec![0, 0, 1];
+    net.update_liveness();
+    for _ in 0..6 {
+        net.advance(Duration::from_secs(5));
+    }
+    // The /29 is tiny: the majority ends up allocating every usable address, ours included.
+    for i in 0..8 {
+        let now = net.now;
+        let _ = net.peers[i % 2].allocate(now, &format!("n{i}"), "eth0");
+        net.deliver_all();
+        net.advance(Duration::from_secs(3));
+    }
+    let holder = net.peers[..2]
+        .iter()
+        .position(|p| p.allocations().any(|(x, _)| x == a.addr))
+        .expect("the majority reused the address");
+    // Give up the allocations still pending for want of space (as the CNI would on timeout).
+    for i in 0..8 {
+        let p = &mut net.peers[i % 2];
+        if p.lookup(&format!("n{i}"), "eth0").is_none() {
+            p.release(&format!("n{i}"), "eth0");
+        }
+    }
+    net.group = vec![0, 0, 0];
+    net.update_liveness();
+    net.deliver_all();
+    assert_eq!(net.peers[2].conflicts().collect::<Vec<_>>(), vec![a.addr]);
+    assert_eq!(net.peers[holder].doubled(), vec![a.addr]);
+    let st = net.peers[holder].status(net.now);
+    assert!(st.status.contains("conflicts"), "{}", st.status);
+    assert!(
+        st.notes
+            .iter()
+            .any(|l| l.contains("also held by another peer")),
+        "{:?}",
+        st.notes
+    );
 }

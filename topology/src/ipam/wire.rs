@@ -24,6 +24,8 @@ pub const MAX_RING_ENTRIES: usize = 12_000;
 pub const MAX_PEERS: usize = 2_048;
 /// The most dead peers one reclaim vote names.
 pub const MAX_VOTE_TARGETS: usize = 16;
+/// The most held-foreign offsets one peer record lists.
+pub const MAX_HELD: usize = 1_024;
 
 /// Why a message was rejected. Carries no data, so rejecting costs nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +92,9 @@ pub struct PeerRecord {
     pub free: u32,
     /// The peer's reclaim vote, if any.
     pub vote: Option<Vote>,
+    /// Offsets the peer still has allocated inside ranges it no longer owns (its ranges were
+    /// taken over while it was cut off), sorted. Owners treat them as in use.
+    pub held: Vec<u32>,
 }
 
 /// A decoded IPAM message.
@@ -116,6 +121,11 @@ pub enum Message {
 mod kind {
     pub(super) const STATE: u8 = 0x01;
     pub(super) const SPACE_REQUEST: u8 = 0x02;
+}
+
+mod record {
+    pub(super) const VOTE: u8 = 0x01;
+    pub(super) const HELD: u8 = 0x02;
 }
 
 mod flags {
@@ -163,9 +173,13 @@ impl Message {
                     let name = r.sorted_name(&mut last)?;
                     let seq = r.u64()?;
                     let free = r.u32()?;
-                    let vote = match r.u8()? {
+                    let rec_flags = r.u8()?;
+                    if rec_flags & !(record::VOTE | record::HELD) != 0 {
+                        return Err(Error::BadFlags);
+                    }
+                    let vote = match rec_flags & record::VOTE {
                         0 => None,
-                        1 => {
+                        _ => {
                             let owners_hash = r.u64()?;
                             let k = usize::from(r.u8()?);
                             if k > MAX_VOTE_TARGETS {
@@ -176,9 +190,21 @@ impl Message {
                                 dead: r.names(k)?,
                             })
                         }
-                        _ => return Err(Error::BadFlags),
                     };
-                    peers.insert(name, PeerRecord { seq, free, vote });
+                    let held = if rec_flags & record::HELD != 0 {
+                        r.held(range.size())?
+                    } else {
+                        Vec::new()
+                    };
+                    peers.insert(
+                        name,
+                        PeerRecord {
+                            seq,
+                            free,
+                            vote,
+                            held,
+                        },
+                    );
                 }
                 let paxos = if fl & flags::PAXOS != 0 {
                     let n = r.count(CLAIMS_MIN_LEN, MAX_PEERS)?;
@@ -253,15 +279,25 @@ impl Message {
                     out.extend_from_slice(&name.bytes());
                     out.extend_from_slice(&p.seq.to_be_bytes());
                     out.extend_from_slice(&p.free.to_be_bytes());
-                    match &p.vote {
-                        None => out.push(0),
-                        Some(v) => {
-                            out.push(1);
-                            out.extend_from_slice(&v.owners_hash.to_be_bytes());
-                            out.push(u8::try_from(v.dead.len()).unwrap_or(u8::MAX));
-                            for d in &v.dead {
-                                out.extend_from_slice(&d.bytes());
-                            }
+                    let mut rf = 0;
+                    if p.vote.is_some() {
+                        rf |= record::VOTE;
+                    }
+                    if !p.held.is_empty() {
+                        rf |= record::HELD;
+                    }
+                    out.push(rf);
+                    if let Some(v) = &p.vote {
+                        out.extend_from_slice(&v.owners_hash.to_be_bytes());
+                        out.push(u8::try_from(v.dead.len()).unwrap_or(u8::MAX));
+                        for d in &v.dead {
+                            out.extend_from_slice(&d.bytes());
+                        }
+                    }
+                    if !p.held.is_empty() {
+                        put_u16(out, p.held.len());
+                        for o in &p.held {
+                            out.extend_from_slice(&o.to_be_bytes());
                         }
                     }
                 }
@@ -405,6 +441,26 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    /// Reads a held-offsets list: count 1..=[`MAX_HELD`], strictly increasing, below `size`.
+    fn held(&mut self, size: u32) -> Result<Vec<u32>, Error> {
+        let n = self.count(4, MAX_HELD)?;
+        if n == 0 {
+            return Err(Error::NotCanonical);
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let o = self.u32()?;
+            if o >= size {
+                return Err(Error::BadRange);
+            }
+            if out.last().is_some_and(|&l| l >= o) {
+                return Err(Error::NotCanonical);
+            }
+            out.push(o);
+        }
+        Ok(out)
+    }
+
     /// Reads a ring over `size` offsets.
     pub(super) fn ring(&mut self, size: u32) -> Result<RingState, Error> {
         let k = self.count(6, MAX_PEERS)?;
@@ -472,6 +528,7 @@ mod tests {
                     owners_hash: 9,
                     dead: vec![n(2)],
                 }),
+                held: vec![3, 0x0102],
             },
         );
         let m = Message::State {
@@ -492,7 +549,8 @@ mod tests {
             0, 1, 0, 0, 0, 0,  0, 0, 0, 0, 0, 1,  0, 0, 0, 1, // 1 entry
             0, 1, 0, 0, 0, 0, 0, 1,       // 1 peer record: name
             0, 0, 0, 0, 0, 0, 0, 7,  0, 0, 0, 5, // seq, free
-            1, 0, 0, 0, 0, 0, 0, 0, 9, 1, 0, 0, 0, 0, 0, 2, // vote
+            3, 0, 0, 0, 0, 0, 0, 0, 9, 1, 0, 0, 0, 0, 0, 2, // flags = vote|held, vote
+            0, 2, 0, 0, 0, 3, 0, 0, 1, 2, // 2 held offsets
         ];
         assert_eq!(b, want);
         assert_eq!(Message::decode(&b), Ok(m));
