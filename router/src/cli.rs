@@ -7,6 +7,7 @@
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
@@ -100,6 +101,36 @@ pub enum OnOff {
     On,
 }
 
+/// `--ipalloc-reclaim-after`: a duration, or None for `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReclaimAfter(pub Option<Duration>);
+
+/// Parses `off` or a whole number with unit `s`, `m` or `h`, at least 10 s.
+fn parse_reclaim_after(s: &str) -> Result<ReclaimAfter, String> {
+    if s == "off" {
+        return Ok(ReclaimAfter(None));
+    }
+    let (num, unit) = s.split_at(s.trim_end_matches(['s', 'm', 'h']).len());
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "{s:?}: expected off or a number with unit s, m or h (like 10m)"
+            ));
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected off or a number with unit s, m or h (like 10m)"))?;
+    let secs = n.saturating_mul(scale);
+    if secs < 10 {
+        return Err(format!("{s:?}: at least 10s (or off)"));
+    }
+    Ok(ReclaimAfter(Some(Duration::from_secs(secs))))
+}
+
 /// The flags of `weft router`.
 #[derive(Debug, Args)]
 pub struct RouterArgs {
@@ -127,6 +158,10 @@ pub struct RouterArgs {
     /// The IPAM range.
     #[arg(long, default_value = "10.32.0.0/12", value_name = "CIDR")]
     pub ipalloc_range: IpNet,
+    /// Reclaim the IP space of a peer gone this long once the other owners agree (`30s`,
+    /// `10m`, `2h`; at least 10 s), or `off` to leave it to `weft rmpeer`.
+    #[arg(long, default_value = "10m", value_name = "DURATION|off", value_parser = parse_reclaim_after)]
+    pub ipalloc_reclaim_after: ReclaimAfter,
     /// Which data paths to use.
     #[arg(long, value_enum, default_value = "auto")]
     pub datapath: DatapathMode,
@@ -197,6 +232,7 @@ impl RouterArgs {
             encryption: self.encryption == OnOff::On,
             trusted_subnets: self.trusted_subnets,
             ipalloc_range: self.ipalloc_range,
+            ipalloc_reclaim_after: self.ipalloc_reclaim_after.0,
             datapath: self.datapath,
             mtu: self.mtu,
             state_dir: self.state_dir,
@@ -321,6 +357,7 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:6784");
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:6782");
         assert_eq!(c.conn_limit, 100);
+        assert_eq!(c.ipalloc_reclaim_after, Some(Duration::from_secs(600)));
         assert_eq!(c.nickname, "h1");
         assert!(c.peers.is_empty() && c.mtu.is_none() && c.bind_addr.is_none());
     }
@@ -344,6 +381,20 @@ mod tests {
         assert_eq!(c.datapath, DatapathMode::Sleeve);
         assert_eq!(c.mtu, Some(1376));
         assert_eq!(c.password_file, Some(PathBuf::from("/etc/weft/password")));
+        for (v, want) in [
+            ("off", None),
+            ("90s", Some(90)),
+            ("15m", Some(900)),
+            ("2h", Some(7200)),
+        ] {
+            let arg = format!("--ipalloc-reclaim-after={v}");
+            let c = router(&[arg.as_str()]);
+            assert_eq!(
+                c.ipalloc_reclaim_after,
+                want.map(Duration::from_secs),
+                "{v}"
+            );
+        }
     }
 
     #[test]
@@ -356,6 +407,14 @@ mod tests {
                 "--ipalloc-range",
             ),
             (&["router", "--mtu", "100"], "--mtu"),
+            (
+                &["router", "--ipalloc-reclaim-after", "5s"],
+                "--ipalloc-reclaim-after",
+            ),
+            (
+                &["router", "--ipalloc-reclaim-after", "10"],
+                "--ipalloc-reclaim-after",
+            ),
             (&["router", "--encryption", "maybe"], "--encryption"),
             (&["--api", "tcp://x", "status"], "--api"),
         ] {

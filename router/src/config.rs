@@ -6,6 +6,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -28,6 +29,9 @@ pub struct RouterConfig {
     pub trusted_subnets: Vec<IpNet>,
     /// The IPAM range.
     pub ipalloc_range: IpNet,
+    /// How long a peer must be gone before its IP space is reclaimed automatically (once the
+    /// other owners agree); `None` leaves it to `weft rmpeer`.
+    pub ipalloc_reclaim_after: Option<Duration>,
     /// Which data paths the router may use.
     pub datapath: DatapathMode,
     /// The pod MTU; `None` means underlay MTU minus the VXLAN overhead.
@@ -80,6 +84,7 @@ impl RouterConfig {
             encryption: false,
             trusted_subnets: Vec::new(),
             ipalloc_range: default_ipalloc_range(),
+            ipalloc_reclaim_after: Some(DEFAULT_RECLAIM_AFTER),
             datapath: DatapathMode::Auto,
             mtu: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
@@ -112,6 +117,10 @@ pub fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "weft".to_owned())
 }
+
+/// The default of `--ipalloc-reclaim-after`: longer than Kubernetes' ~5 min eviction of an
+/// unreachable node's pods, so a reclaimed node's pods are usually gone already.
+pub const DEFAULT_RECLAIM_AFTER: Duration = Duration::from_secs(600);
 
 /// Returns Weave's default IPAM range, 10.32.0.0/12.
 pub fn default_ipalloc_range() -> IpNet {

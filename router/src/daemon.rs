@@ -929,6 +929,8 @@ impl Daemon {
                     reachable: o.reachable,
                 })
                 .collect(),
+            notes: ipam.notes,
+            conflicting: ipam.conflicting,
         });
         status.routes = ms
             .routes
@@ -953,9 +955,7 @@ fn start_ipam(config: &RouterConfig, name: PeerName) -> Result<(Ipam, IpamStore)
     let mut ipam_config = ipam::Config::new(name);
     ipam_config.range = range;
     ipam_config.init = ipam::Init::default_for_targets(config.peers.len());
-    // Auto-reclaim has a known double-allocation bug after long partitions (see
-    // topology/src/ipam/tests.rs); dead peers' space comes back with `weft rmpeer` only.
-    ipam_config.reclaim_after = None;
+    ipam_config.reclaim_after = config.ipalloc_reclaim_after;
     // Routers that start together all propose at their first allocation; a short retry (with
     // the engine's jitter) settles such duels well inside a CNI request's wait, where the 5 s
     // default did not always.

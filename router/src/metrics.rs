@@ -221,6 +221,15 @@ impl Metrics {
                 reason.as_str()
             );
         }
+        if let Some(ipam) = &status.ipam {
+            header(
+                &mut out,
+                "weft_ipam_conflicting_addresses",
+                "gauge",
+                "Addresses this router allocated that another router may also hold.",
+            );
+            let _ = writeln!(out, "weft_ipam_conflicting_addresses {}", ipam.conflicting);
+        }
         out
     }
 }
@@ -332,7 +341,9 @@ mod tests {
         metrics.inc_handshake_failure(HandshakeFailure::Auth);
         metrics.add_forwarded(Datapath::Sleeve, 3, 4500);
         metrics.add_dropped(DropReason::Replay, 2);
-        metrics.render(&crate::status_text::tests::sample_status())
+        let mut status = crate::status_text::tests::sample_status();
+        status.ipam = Some(crate::status_text::tests::sample_ipam());
+        metrics.render(&status)
     }
 
     #[test]
@@ -351,6 +362,7 @@ mod tests {
             "weft_forwarded_frames_total{datapath=\"fastdp\"} 0",
             "weft_dropped_frames_total{reason=\"replay\"} 2",
             "weft_build_info{version=\"0.1.0\"} 1",
+            "weft_ipam_conflicting_addresses 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -222,6 +222,12 @@ pub struct IpamStatus {
     pub range_num_ips: u64,
     /// Who owns how much of the range; this router first.
     pub owners: Vec<IpamOwner>,
+    /// Conflicts and refused peers, one sentence each (`! ` lines of `weft status ipam`).
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// Our allocations that may be held twice (metric `weft_ipam_conflicting_addresses`).
+    #[serde(default)]
+    pub conflicting: u64,
 }
 
 /// One peer's share of the IPAM range.

@@ -140,6 +140,9 @@ pub fn render_ipam(ipam: &IpamStatus) -> String {
             info
         );
     }
+    for note in &ipam.notes {
+        let _ = writeln!(out, "! {note}");
+    }
     out
 }
 
@@ -582,7 +585,7 @@ pub(crate) mod tests {
         assert_eq!(line.replace("unencrypted ", "")[..weave.len()], *weave);
     }
 
-    fn sample_ipam() -> IpamStatus {
+    pub(crate) fn sample_ipam() -> IpamStatus {
         IpamStatus {
             status: "ready".to_owned(),
             range: "10.32.0.0/12".to_owned(),
@@ -611,6 +614,8 @@ pub(crate) mod tests {
                     reachable: false,
                 },
             ],
+            notes: Vec::new(),
+            conflicting: 0,
         }
     }
 
@@ -624,6 +629,12 @@ pub(crate) mod tests {
 0a:00:00:00:00:03(wv-h3)                 52429 IPs (05.0% of total) - unreachable!
 "
         );
+        let mut with_notes = sample_ipam();
+        with_notes.notes =
+            vec!["2 allocated address(es) now in ranges another peer took over".to_owned()];
+        assert!(render_ipam(&with_notes).ends_with(
+            "unreachable!\n! 2 allocated address(es) now in ranges another peer took over\n"
+        ));
     }
 
     #[test]

@@ -882,6 +882,7 @@ impl Ipam {
             range_num_ips: u64::from(self.config.range.size()),
             owners,
             pending: self.pending.len(),
+            conflicting: (self.conflicts.len() + doubled.len()) as u64,
             notes,
         }
     }

@@ -23,6 +23,10 @@ pub struct IpamStatus {
     pub pending: usize,
     /// Conflicts and refused peers, one sentence each.
     pub notes: Vec<String>,
+    /// Our allocations that may be held twice: inside ranges another peer took over, or also
+    /// held by a peer whose range was taken over (docs/IPAM.md, "Reclaiming").
+    #[serde(default)]
+    pub conflicting: u64,
 }
 
 /// One owner's share.
@@ -125,6 +129,7 @@ mod tests {
             ],
             pending: 0,
             notes: vec![],
+            conflicting: 0,
         };
         assert_eq!(
             render_status_ipam(&st),
