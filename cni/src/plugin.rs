@@ -14,8 +14,9 @@ use std::time::Duration;
 use rtnetlink::packet_route::link::LinkMessage;
 
 use crate::api::{
-    ALLOCATE_PATH, AllocateRequest, AllocateResponse, Attachment, GC_PATH, GcRequest, READY_PATH,
-    RELEASE_PATH, ReadyResponse, ReleaseRequest, ReleaseResponse,
+    ALLOCATE_PATH, AllocateRequest, AllocateResponse, Attachment, GC_PATH, GcRequest, LOOKUP_PATH,
+    LookupRequest, LookupResponse, READY_PATH, RELEASE_PATH, ReadyResponse, ReleaseRequest,
+    ReleaseResponse,
 };
 use crate::client::{Client, ClientError, Response};
 use crate::conf::{
@@ -465,12 +466,16 @@ fn check(a: &Attach, conf: &NetConf) -> Result<Vec<u8>, CniError> {
             )));
         }
     }
-    // The allocation: allocate is idempotent, so the router answers with the address it holds
-    // for this attachment; a different one means the original claim was lost.
+    // The allocation, read-only: CHECK never allocates. None held, or a different address,
+    // means the original claim was lost.
     let client = Client::new(conf.socket_path(), timeout());
-    let (held, _) = allocate(&client, a, conf)?;
+    let Some(held) = lookup(&client, a, conf)? else {
+        return Err(check_error(format!(
+            "the router holds no address for {}/{}",
+            a.container_id, a.ifname
+        )));
+    };
     if !expected.is_empty() && !expected.contains(&held) {
-        let _ = release(&client, a, conf);
         return Err(check_error(format!(
             "the router holds {held} for this attachment, not {}",
             expected
@@ -575,6 +580,30 @@ fn allocate(client: &Client, a: &Attach, conf: &NetConf) -> Result<(Cidr, Ipv4Ad
         .parse()
         .map_err(|_| bad("gateway", &alloc.gateway))?;
     Ok((cidr, gateway))
+}
+
+/// Returns the address the router holds for the attachment, None when it holds none (404).
+fn lookup(client: &Client, a: &Attach, conf: &NetConf) -> Result<Option<Cidr>, CniError> {
+    let req = LookupRequest {
+        container_id: a.container_id.clone(),
+        ifname: a.ifname.clone(),
+        network: conf.network().to_owned(),
+    };
+    let resp = client
+        .post(LOOKUP_PATH, &req)
+        .map_err(|e| router_error(client, &e))?;
+    if resp.status == 404 {
+        return Ok(None);
+    }
+    let held: LookupResponse = expect_ok(&resp, "lookup")?;
+    let cidr = Cidr::parse(&held.ip).ok_or_else(|| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            "cannot decode the router's IPAM answer",
+            format!("ip {:?} is not an IPv4 CIDR", held.ip),
+        )
+    })?;
+    Ok(Some(cidr))
 }
 
 /// Gives the attachment's address back.

@@ -576,10 +576,15 @@ fn check_detects_damage() {
             .code,
         0
     );
-    // The router lost the claim: CHECK says so.
+    // CHECK only looks the address up: it never allocates.
+    assert_eq!(node.ipam.calls("/ipam/allocate").len(), 1, "ADD only");
+    assert_eq!(node.ipam.calls("/ipam/lookup").len(), 1);
+    // The router lost the claim: CHECK says so, and does not allocate a new one.
     node.ipam.forget_all();
     node.run("CHECK", "dmg", Some(&pod.path()), "eth0", &check_conf)
-        .err_code(100, "router holds");
+        .err_code(100, "router holds no address for dmg/eth0");
+    assert!(node.ipam.held().is_empty(), "CHECK allocated");
+    assert_eq!(node.ipam.calls("/ipam/allocate").len(), 1);
     // The address is removed from the interface.
     let addr = result["ips"][0]["address"].as_str().unwrap();
     ip_ok(&["-n", &pod.name, "addr", "del", addr, "dev", "eth0"]);
@@ -1007,6 +1012,10 @@ fn answer(state: &Mutex<IpamState>, path: &str, body: Value) -> (u16, Value) {
             };
             (200, json!({"ip": ip, "gateway": gateway}))
         }
+        ("/ipam/lookup", _) => match st.held.get(&key(&body)) {
+            Some(ip) => (200, json!({"ip": ip})),
+            None => (404, json!({"error": "no address held"})),
+        },
         ("/ipam/release", _) => {
             let released: Vec<String> = st.held.remove(&key(&body)).into_iter().collect();
             (200, json!({"released": released}))

@@ -629,6 +629,19 @@ impl Daemon {
                     Err(e) => reply.send::<()>(Err(e)),
                 }
             }
+            ApiCommand::IpamLookup { request, reply } => {
+                reply.send(
+                    match self.ipam.lookup(&request.container_id, &request.ifname) {
+                        Some(a) => Ok(ipam_api::LookupResponse {
+                            ip: format!("{}/{}", a.addr, a.prefix_len),
+                        }),
+                        None => Err(CommandError::not_found(format!(
+                            "no address held for {}/{}",
+                            request.container_id, request.ifname
+                        ))),
+                    },
+                );
+            }
             ApiCommand::IpamRelease { request, reply } => {
                 let released = self.ipam.release(&request.container_id, &request.ifname);
                 self.drain_ipam();

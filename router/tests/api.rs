@@ -139,6 +139,11 @@ async fn state_changing_routes_are_refused_over_http() {
         ("/forget", r#"{"addr": "127.0.0.1:1"}"#),
         ("/rmpeer", r#"{"name": "h2"}"#),
         ("/encryption", r#"{"enabled": true}"#),
+        // Read-only, but socket-only too: it names containers.
+        (
+            "/ipam/lookup",
+            r#"{"container_id": "c", "ifname": "eth0", "network": "weft"}"#,
+        ),
     ] {
         let resp = h
             .http

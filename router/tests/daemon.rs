@@ -156,7 +156,7 @@ async fn the_peers_file_is_read_again_when_it_changes() {
 
 #[tokio::test]
 async fn ipam_allocates_idempotently_releases_collects_and_survives_a_restart() {
-    use topology::api::ipam::{AllocateResponse, ReleaseResponse};
+    use topology::api::ipam::{AllocateResponse, LookupResponse, ReleaseResponse};
     let dir = TempDir::new().unwrap();
     // No peers: a quorum of one, so this router seeds the ring and owns the whole range.
     let (a, ca) = start(dir.path(), "a", &[]).await;
@@ -178,6 +178,15 @@ async fn ipam_allocates_idempotently_releases_collects_and_survives_a_restart() 
         first,
         "a repeated ADD gets the same address"
     );
+    // Lookup reports what is held and never allocates.
+    let resp = ca.post_json("/ipam/lookup", &body("c1")).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let held: LookupResponse = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(held.ip, first.ip);
+    let resp = ca.post_json("/ipam/lookup", &body("nobody")).await.unwrap();
+    assert_eq!(resp.status, 404, "{}", resp.body);
+    let resp = ca.post_json("/ipam/lookup", &body("nobody")).await.unwrap();
+    assert_eq!(resp.status, 404, "a lookup allocated: {}", resp.body);
     let second = alloc("c2").await;
     assert_ne!(second.ip, first.ip);
     let third = alloc("c3").await;

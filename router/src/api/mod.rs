@@ -59,6 +59,13 @@ pub enum ApiCommand {
         /// Answered with an `AllocateResponse`.
         reply: JsonReply,
     },
+    /// `POST /ipam/lookup` (CNI CHECK): the address held, never allocating.
+    IpamLookup {
+        /// Which attachment.
+        request: topology::api::ipam::LookupRequest,
+        /// Answered with a `LookupResponse`, or 404.
+        reply: JsonReply,
+    },
     /// `POST /ipam/release`.
     IpamRelease {
         /// What to release.

@@ -179,6 +179,8 @@ enum Origin {
 enum Access {
     ReadOnly,
     ChangesState,
+    /// Read-only, but it names containers: served on the unix socket only.
+    SocketOnly,
 }
 
 /// Every route: path, method, access. docs/API.md lists the same.
@@ -190,6 +192,7 @@ const ROUTES: &[(&str, Method, Access)] = &[
     ("/healthz", Method::GET, Access::ReadOnly),
     ("/ipam/allocate", Method::POST, Access::ChangesState),
     ("/ipam/gc", Method::POST, Access::ChangesState),
+    ("/ipam/lookup", Method::POST, Access::SocketOnly),
     ("/ipam/release", Method::POST, Access::ChangesState),
     ("/ready", Method::GET, Access::ReadOnly),
     ("/report", Method::GET, Access::ReadOnly),
@@ -263,6 +266,12 @@ async fn handle(req: Request<Incoming>, state: Arc<ApiState>, origin: Origin) ->
             format!("{method} {path} changes state: use the unix socket (--api-socket)"),
         );
     }
+    if access == Access::SocketOnly && origin == Origin::Http {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("{method} {path} names containers: use the unix socket (--api-socket)"),
+        );
+    }
     let status = state.status.current();
     match (method, path.as_str()) {
         (Method::GET, "/status") => text(StatusCode::OK, status_text::render_status(&status)),
@@ -315,6 +324,14 @@ async fn handle(req: Request<Incoming>, state: Arc<ApiState>, origin: Origin) ->
             match parse_body::<ipam_api::AllocateRequest>(req, "/ipam/allocate").await {
                 Ok(request) => {
                     json_command(&state, |reply| ApiCommand::IpamAllocate { request, reply }).await
+                }
+                Err((code, msg)) => error(code, msg),
+            }
+        }
+        (Method::POST, "/ipam/lookup") => {
+            match parse_body::<ipam_api::LookupRequest>(req, "/ipam/lookup").await {
+                Ok(request) => {
+                    json_command(&state, |reply| ApiCommand::IpamLookup { request, reply }).await
                 }
                 Err((code, msg)) => error(code, msg),
             }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// Route that allocates (or returns the existing) address of one attachment.
 pub const ALLOCATE_PATH: &str = "/ipam/allocate";
+/// Route that returns the address held for one attachment, without allocating (CNI CHECK).
+pub const LOOKUP_PATH: &str = "/ipam/lookup";
 /// Route that releases the addresses of one attachment.
 pub const RELEASE_PATH: &str = "/ipam/release";
 /// Route that releases this node's allocations of a network that are not in a list.
@@ -34,6 +36,25 @@ pub struct AllocateResponse {
     pub ip: String,
     /// The gateway: the address of the node's bridge, e.g. `10.32.0.1`.
     pub gateway: String,
+}
+
+/// Body of `POST /ipam/lookup`: which attachment's address to report. Read-only: nothing is
+/// allocated; an attachment without an address answers 404.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupRequest {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// The netconf `name`.
+    pub network: String,
+}
+
+/// Answer of `POST /ipam/lookup` (HTTP 200).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupResponse {
+    /// Address with prefix length, e.g. `10.32.0.5/12`.
+    pub ip: String,
 }
 
 /// Body of `POST /ipam/release`.
