@@ -557,6 +557,40 @@ mod tests {
     }
 
     #[test]
+    fn held_list_is_canonical() {
+        // State for 10.0.0.0/24 (256 offsets), no ring, one record with flags = held.
+        let msg = |held: &[u8]| {
+            let mut b = vec![1, 1, 0, 10, 0, 0, 0, 24, 0, 1, 0, 0, 0, 0, 0, 1];
+            b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2]);
+            b.extend_from_slice(held);
+            b
+        };
+        let ok = msg(&[0, 2, 0, 0, 0, 3, 0, 0, 0, 255]);
+        let Ok(Message::State { peers, .. }) = Message::decode(&ok) else {
+            panic!("valid held list refused")
+        };
+        assert_eq!(peers[&n(1)].held, vec![3, 255]);
+        assert_eq!(
+            Message::decode(&msg(&[0, 0])),
+            Err(Error::NotCanonical),
+            "flag set, empty list"
+        );
+        assert_eq!(
+            Message::decode(&msg(&[0, 2, 0, 0, 0, 5, 0, 0, 0, 3])),
+            Err(Error::NotCanonical)
+        );
+        assert_eq!(
+            Message::decode(&msg(&[0, 1, 0, 0, 1, 0])),
+            Err(Error::BadRange),
+            "offset 256 outside a /24"
+        );
+        assert_eq!(Message::decode(&msg(&[0, 4, 0, 0])), Err(Error::Truncated));
+        let mut bad_flag = ok.clone();
+        bad_flag[28] = 0x04;
+        assert_eq!(Message::decode(&bad_flag), Err(Error::BadFlags));
+    }
+
+    #[test]
     fn rejects_garbage() {
         assert_eq!(Message::decode(&[]), Err(Error::Truncated));
         assert_eq!(Message::decode(&[2, 1]), Err(Error::UnknownVersion));
