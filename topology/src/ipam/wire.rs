@@ -585,7 +585,7 @@ mod tests {
             "offset 256 outside a /24"
         );
         assert_eq!(Message::decode(&msg(&[0, 4, 0, 0])), Err(Error::Truncated));
-        let mut bad_flag = ok.clone();
+        let mut bad_flag = ok;
         bad_flag[28] = 0x04;
         assert_eq!(Message::decode(&bad_flag), Err(Error::BadFlags));
     }
