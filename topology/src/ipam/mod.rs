@@ -356,6 +356,7 @@ pub struct Ipam {
     tried: BTreeSet<PeerName>,
     next_gossip: Instant,
     next_propose: Option<Instant>,
+    paxos_progress: bool,
     minority_since: Option<Instant>,
     resync: BTreeSet<PeerName>,
     next_check: Option<Instant>,
@@ -420,6 +421,7 @@ impl Ipam {
             tried: BTreeSet::new(),
             next_gossip: now,
             next_propose: None,
+            paxos_progress: false,
             minority_since: None,
             resync: BTreeSet::new(),
             next_check: None,
@@ -680,6 +682,13 @@ impl Ipam {
                     return Ok(());
                 }
                 let resyncing = self.resync.remove(&from);
+                if ring.is_none() && self.ring.is_some() {
+                    // The sender has no ring yet (it may have missed every broadcast of it and
+                    // is still proposing): answer it directly instead of leaving it to the
+                    // periodic gossip.
+                    self.transmit
+                        .push_back((Destination::Peer(from), self.state_message().to_bytes()));
+                }
                 if let Some(rs) = ring {
                     self.merge_ring(now, from, rs);
                 }
@@ -692,6 +701,12 @@ impl Ipam {
                 {
                     if self.paxos.merge(&claims) {
                         self.broadcast = true;
+                        self.paxos_progress = true;
+                    }
+                    if self.paxos.behind(&claims) {
+                        // Push-pull: the sender missed claims we hold (lost messages); tell it.
+                        self.transmit
+                            .push_back((Destination::Peer(from), self.state_message().to_bytes()));
                     }
                     self.check_decided(now);
                 }
@@ -756,7 +771,12 @@ impl Ipam {
         if self.next_propose.is_some_and(|t| now >= t) {
             self.next_propose = None;
             if self.ring.is_none() {
-                self.paxos.propose();
+                // While claims keep changing, the current proposal may still win: repeat our
+                // state (messages get lost) instead of pre-empting it with a higher round. Only
+                // a silent interval starts a new round; that keeps proposers from duelling.
+                if !std::mem::take(&mut self.paxos_progress) {
+                    self.paxos.propose();
+                }
                 self.broadcast = true;
                 self.check_decided(now);
             }

@@ -111,6 +111,14 @@ impl Paxos {
         changed
     }
 
+    /// Returns true when `theirs` lacks claims we know (a node missing, or older): the sender
+    /// should hear our view.
+    pub(super) fn behind(&self, theirs: &BTreeMap<PeerName, Claims>) -> bool {
+        self.knows
+            .iter()
+            .any(|(n, ours)| theirs.get(n).is_none_or(|t| t.key() < ours.key()))
+    }
+
     /// Starts (or restarts) a proposal with a round above any seen.
     pub(super) fn propose(&mut self) {
         if self.observer {
@@ -243,6 +251,21 @@ mod tests {
         let d: Vec<_> = ps.iter().map(Paxos::decided).collect();
         assert!(d[0].is_some());
         assert!(d.iter().all(|x| *x == d[0]));
+    }
+
+    #[test]
+    fn behind_spots_a_sender_missing_claims() {
+        let mut a = Paxos::new(n(1), 2, false);
+        let mut b = Paxos::new(n(2), 2, false);
+        a.propose();
+        assert!(a.behind(b.claims()), "b lacks a's proposal");
+        b.merge(a.claims());
+        assert!(!a.behind(b.claims()), "b now has all a knows");
+        assert!(b.behind(a.claims()), "a lacks b's promise");
+        // a gets the quorum of promises and accepts: now b is the one behind.
+        a.merge(b.claims());
+        assert!(!b.behind(a.claims()));
+        assert!(a.behind(b.claims()), "b lacks a's acceptance");
     }
 
     #[test]

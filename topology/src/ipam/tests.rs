@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 use super::*;
 
@@ -816,4 +818,234 @@ fn split_brain_duplicate_is_reported_by_both_sides() {
         "{:?}",
         st.notes
     );
+}
+
+/// Routers that start together, each proposing at its first allocation, over a full mesh that
+/// delays every message by a random time and loses some. Deterministic for a seed.
+struct Lossy {
+    now: Instant,
+    start: Instant,
+    peers: Vec<Ipam>,
+    /// (deliver at, sequence, from, to, bytes).
+    flight: BTreeMap<(Instant, u64), (usize, usize, Vec<u8>)>,
+    seq: u64,
+    rng: ChaCha8Rng,
+    loss: f64,
+    max_delay: Duration,
+    sent: u64,
+}
+
+/// How one seeding run ended.
+#[derive(Clone, Copy, Debug)]
+struct Settled {
+    /// Virtual time from the first allocation until every router holds the same ring.
+    after: Duration,
+    /// The highest Paxos round anyone reached (1 = the first proposals won).
+    rounds: u32,
+    /// Messages sent.
+    sent: u64,
+}
+
+impl Lossy {
+    fn new(count: usize, seed: u64, loss: f64, max_delay: Duration) -> Self {
+        #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
+        let now = Instant::now();
+        let quorum = count / 2 + 1;
+        let peers: Vec<Ipam> = (1..=count)
+            .map(|i| {
+                let b = u8::try_from(i).unwrap();
+                let mut c = cfg(b, "10.32.0.0/12", Init::Consensus { quorum });
+                // The router's settings (router/src/daemon.rs start_ipam).
+                c.propose_interval = Duration::from_secs(1);
+                Ipam::new(c, now, seed.wrapping_mul(1000).wrapping_add(i as u64))
+            })
+            .collect();
+        let mut net = Self {
+            now,
+            start: now,
+            peers,
+            flight: BTreeMap::new(),
+            seq: 0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            loss,
+            max_delay,
+            sent: 0,
+        };
+        for i in 0..count {
+            for j in 0..count {
+                if i != j {
+                    let name = net.peers[j].name();
+                    net.peers[i].handle_peer_seen(now, name);
+                }
+            }
+            net.drain(i);
+        }
+        net
+    }
+
+    fn drain(&mut self, i: usize) {
+        while self.peers[i].poll_event().is_some() {}
+        let _ = self.peers[i].poll_snapshot();
+        while let Some((dest, bytes)) = self.peers[i].poll_transmit() {
+            for j in 0..self.peers.len() {
+                let to_j = match dest {
+                    Destination::Broadcast => j != i,
+                    Destination::Peer(p) => p == self.peers[j].name(),
+                };
+                if !to_j {
+                    continue;
+                }
+                self.sent += 1;
+                if self.rng.gen_bool(self.loss) {
+                    continue;
+                }
+                let max = u64::try_from(self.max_delay.as_micros()).unwrap();
+                let at = self.now + Duration::from_micros(self.rng.gen_range(0..=max));
+                self.seq += 1;
+                self.flight.insert((at, self.seq), (i, j, bytes.clone()));
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.peers
+            .iter()
+            .map(|p| {
+                let top = p
+                    .paxos
+                    .claims()
+                    .values()
+                    .map(|c| (c.promise.round, c.accepted.round))
+                    .max();
+                format!("{}: ring {} top {:?}; ", p.name(), p.ring().is_some(), top)
+            })
+            .collect()
+    }
+
+    fn settled(&self) -> bool {
+        let first = self.peers[0].ring();
+        first.is_some() && self.peers.iter().all(|p| p.ring() == first)
+    }
+
+    /// Every router allocates within the first 50 ms; then time runs in 5 ms steps until the
+    /// ring is everywhere, or `limit`.
+    fn run(&mut self, limit: Duration) -> Option<Settled> {
+        let count = self.peers.len();
+        let mut starts: Vec<(Duration, usize)> = (0..count)
+            .map(|i| (Duration::from_millis(self.rng.gen_range(0..=50)), i))
+            .collect();
+        starts.sort();
+        let step = Duration::from_millis(5);
+        let mut started = 0;
+        while self.now < self.start + limit {
+            while started < count && self.start + starts[started].0 <= self.now {
+                let i = starts[started].1;
+                let now = self.now;
+                let _ = self.peers[i].allocate(now, "pod", "eth0").unwrap();
+                self.drain(i);
+                started += 1;
+            }
+            while let Some(entry) = self.flight.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let (from, to, bytes) = entry.remove();
+                let (now, name) = (self.now, self.peers[from].name());
+                self.peers[to].handle_gossip(now, name, &bytes).unwrap();
+                self.drain(to);
+            }
+            for i in 0..count {
+                if self.peers[i]
+                    .poll_timeout()
+                    .is_some_and(|(t, _)| t <= self.now)
+                {
+                    let now = self.now;
+                    self.peers[i].handle_timeout(now);
+                    self.drain(i);
+                }
+            }
+            if started == count && self.settled() {
+                let rounds = self
+                    .peers
+                    .iter()
+                    .flat_map(|p| p.paxos.claims().values().map(|c| c.promise.round))
+                    .max()
+                    .unwrap_or(0);
+                return Some(Settled {
+                    after: self.now - self.start,
+                    rounds,
+                    sent: self.sent,
+                });
+            }
+            self.now += step;
+        }
+        None
+    }
+}
+
+/// The bound the seeding model asserts: every run settles within this virtual time, the time
+/// the router lets a CNI ADD wait for the ring (`ALLOC_TIMEOUT` in router/src/daemon.rs)...
+const SEED_BOUND: Duration = Duration::from_secs(8);
+/// ...and within this many Paxos rounds (1: the first proposals won).
+const SEED_ROUNDS: u32 = 4;
+
+#[test]
+fn simultaneous_proposers_settle_the_ring_within_a_bound() {
+    // A deterministic sweep: 2 to 7 routers, up to 30 % loss and 300 ms delay per message,
+    // 40 seeds each. Every run must end with one ring everywhere within SEED_BOUND.
+    let mut worst: BTreeMap<(usize, u32, u64), (Duration, u32, u64)> = BTreeMap::new();
+    for count in [2usize, 3, 5, 7] {
+        for (loss_pct, delay_ms) in [(0u32, 5u64), (0, 300), (10, 100), (30, 300)] {
+            for seed in 0..40u64 {
+                let mut net = Lossy::new(
+                    count,
+                    seed,
+                    f64::from(loss_pct) / 100.0,
+                    Duration::from_millis(delay_ms),
+                );
+                let Some(s) = net.run(SEED_BOUND) else {
+                    panic!(
+                        "{count} routers, {loss_pct}% loss, ≤{delay_ms} ms delay, seed {seed}: \
+                         no common ring after {SEED_BOUND:?}: {}",
+                        net.describe()
+                    );
+                };
+                assert!(
+                    s.rounds <= SEED_ROUNDS,
+                    "{count} routers, {loss_pct}% loss, seed {seed}: {} rounds",
+                    s.rounds
+                );
+                let w = worst
+                    .entry((count, loss_pct, delay_ms))
+                    .or_insert((Duration::ZERO, 0, 0));
+                w.0 = w.0.max(s.after);
+                w.1 = w.1.max(s.rounds);
+                w.2 = w.2.max(s.sent);
+            }
+        }
+    }
+    for ((count, loss, delay), (after, rounds, sent)) in &worst {
+        eprintln!(
+            "seeding: {count} routers, {loss}% loss, ≤{delay} ms delay: worst of 40 seeds \
+             {after:?}, {rounds} round(s), {sent} messages"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn seeding_settles_under_delay_and_loss(
+        count in 2usize..8,
+        seed in any::<u64>(),
+        loss_pct in 0u32..40,
+        delay_ms in 1u64..500,
+    ) {
+        let mut net = Lossy::new(count, seed, f64::from(loss_pct) / 100.0, Duration::from_millis(delay_ms));
+        let settled = net.run(SEED_BOUND);
+        prop_assert!(settled.is_some(), "no common ring after {:?}: {}", SEED_BOUND, net.describe());
+        let rounds = settled.map_or(0, |s| s.rounds);
+        prop_assert!(rounds <= SEED_ROUNDS, "{} rounds", rounds);
+    }
 }
