@@ -13,6 +13,15 @@ use weft_router::status::{ConnectionState, RouterStatus};
 use weft_router::{RouterConfig, RunningRouter, start_router};
 
 async fn start(dir: &Path, nick: &str, peers: &[String]) -> (RunningRouter, ApiClient) {
+    start_with(dir, nick, peers, |_| {}).await
+}
+
+async fn start_with(
+    dir: &Path,
+    nick: &str,
+    peers: &[String],
+    tweak: impl FnOnce(&mut RouterConfig),
+) -> (RunningRouter, ApiClient) {
     let mut config = RouterConfig::with_addrs(
         dir.join(nick).join("weft.sock"),
         "127.0.0.1:0".parse().unwrap(),
@@ -21,6 +30,7 @@ async fn start(dir: &Path, nick: &str, peers: &[String]) -> (RunningRouter, ApiC
     config.nickname = nick.to_owned();
     config.state_dir = dir.join(nick).join("state");
     config.peers = peers.to_vec();
+    tweak(&mut config);
     let client = ApiClient::new(ApiAddr::Unix(config.api_socket.clone()));
     (start_router(config).await.unwrap(), client)
 }
@@ -218,4 +228,56 @@ async fn ipam_allocates_idempotently_releases_collects_and_survives_a_restart() 
     assert!(status.contains("(a)"), "{status}");
     assert!(status.contains("100.0% of total"), "{status}");
     a.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn auto_reclaim_takes_a_dead_routers_space_after_the_configured_time() {
+    let dir = TempDir::new().unwrap();
+    let reclaim = |c: &mut RouterConfig| c.ipalloc_reclaim_after = Some(Duration::from_secs(10));
+    // a has no peers: quorum 1, it seeds the ring at its first allocation; b and c adopt it and
+    // get space by donation.
+    let (a, ca) = start_with(dir.path(), "a", &[], reclaim).await;
+    let a_addr = format!("127.0.0.1:{}", report(&ca).await.port);
+    let (b, cb) = start_with(dir.path(), "b", std::slice::from_ref(&a_addr), reclaim).await;
+    let (c, cc) = start_with(dir.path(), "c", std::slice::from_ref(&a_addr), reclaim).await;
+    wait_for(&ca, "a to know 3 peers", |r| r.peers.len() == 3).await;
+    for (client, cid) in [(&ca, "pa"), (&cb, "pb"), (&cc, "pc")] {
+        let body = serde_json::json!({"container_id": cid, "ifname": "eth0", "network": "weft"});
+        let resp = client.post_json("/ipam/allocate", &body).await.unwrap();
+        assert_eq!(resp.status, 200, "{cid}: {}", resp.body);
+    }
+    let owners = |r: &RouterStatus| -> Vec<String> {
+        let mut v: Vec<String> = r
+            .ipam
+            .iter()
+            .flat_map(|i| i.owners.iter().map(|o| o.nickname.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    wait_for(&ca, "three owners", |r| owners(r) == ["a", "b", "c"]).await;
+    c.shutdown().await.unwrap();
+    let gone = Instant::now();
+    loop {
+        let r = report(&ca).await;
+        if owners(&r) == ["a", "b"] {
+            break;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(40),
+            "c's space not reclaimed: {:#?}",
+            r.ipam
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = gone.elapsed();
+    assert!(
+        took >= Duration::from_secs(10),
+        "reclaimed after {took:?}, before --ipalloc-reclaim-after"
+    );
+    eprintln!("c's space reclaimed {took:?} after it stopped (reclaim after 10 s)");
+    let r = wait_for(&cb, "b to see the takeover", |r| owners(r) == ["a", "b"]).await;
+    assert_eq!(r.ipam.unwrap().conflicting, 0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
