@@ -766,6 +766,31 @@ fn reclaimed_peer_restarts_and_its_addresses_stay_held() {
 }
 
 #[test]
+fn regression_1fb444ab_replays_exactly() {
+    // The shrunk proptest case, op for op: n5 holds two addresses, is cut off from the owners
+    // n1 and n2 longer than reclaim_after, heals, restarts; n3 then allocates. Before the fix
+    // n3 got 10.0.0.22, which n5 still held, and nobody reported it.
+    use Op::{Alloc, Heal, Partition, Restart, Tick};
+    let ops = vec![
+        Alloc(4, 0),
+        Partition(vec![1, 1, 0, 0, 0]),
+        Alloc(4, 1),
+        Tick(2202),
+        Tick(2633),
+        Tick(2363),
+        Tick(2063),
+        Tick(3623),
+        Tick(2342),
+        Tick(4774),
+        Heal,
+        Restart(4),
+        Alloc(2, 0),
+    ];
+    // run_model_with asserts that every address held twice is reported.
+    run_model_with(5, ops, 3, Some(Duration::from_secs(20)));
+}
+
+#[test]
 fn split_brain_duplicate_is_reported_by_both_sides() {
     // A true split brain: the majority reallocates a cut-off peer's address before it heals.
     // Both holders then report it (the cut-off peer as a conflict, the new holder as doubled).
