@@ -576,6 +576,71 @@ mod tests {
         assert!(!seal_decision(true, &trusted, mapped, b).seal);
     }
 
+    /// Routers on a line (0–1–…–n-1, connection i joins i and i+1) pass messages until
+    /// quiet; returns how many were delivered.
+    fn run_line(nodes: &mut [Settings]) -> usize {
+        let n = nodes.len();
+        // Connection ids: on node i, ConnId(i - 1) leads left, ConnId(i) leads right.
+        let mut delivered = 0;
+        for _ in 0..1000 {
+            let mut queue = Vec::new();
+            for (i, node) in nodes.iter_mut().enumerate() {
+                while let Some((dest, msg)) = node.poll_transmit() {
+                    let left = (i > 0).then(|| (ConnId(i as u64 - 1), i - 1));
+                    let right = (i + 1 < n).then(|| (ConnId(i as u64), i + 1));
+                    for (conn, to) in [left, right].into_iter().flatten() {
+                        let send = match dest {
+                            Destination::Conn(c) => c == conn,
+                            Destination::AllExcept(except) => except != Some(conn),
+                        };
+                        if send {
+                            queue.push((to, conn, msg.clone()));
+                        }
+                    }
+                }
+            }
+            if queue.is_empty() {
+                return delivered;
+            }
+            for (to, conn, msg) in queue {
+                delivered += 1;
+                nodes[to].handle_message(conn, &msg[1..], |_| true).unwrap();
+            }
+        }
+        panic!("settings messages never stopped");
+    }
+
+    #[test]
+    fn a_change_floods_along_a_line_and_stops() {
+        let mut nodes: Vec<Settings> = (1..=6)
+            .map(|u| Settings::new(PeerUid(u), rec(false, 0, u)))
+            .collect();
+        for i in 0..nodes.len() {
+            if i > 0 {
+                nodes[i].handle_connection_up(ConnId(i as u64 - 1));
+            }
+            if i + 1 < nodes.len() {
+                nodes[i].handle_connection_up(ConnId(i as u64));
+            }
+        }
+        run_line(&mut nodes);
+        let first = *nodes[0].record();
+        assert!(nodes.iter().all(|s| *s.record() == first));
+        // A change at one end reaches the other end; each link carries it about once.
+        let next = nodes[5].next(true);
+        nodes[5].propose(next).unwrap();
+        let delivered = run_line(&mut nodes);
+        assert!(nodes.iter().all(|s| s.enabled() && s.record().version == 1));
+        assert!(delivered <= 2 * 5, "{delivered} messages for 5 links");
+        // A node that restarts with its flag (version 0) is brought up to date.
+        nodes[2] = Settings::new(PeerUid(99), rec(false, 0, 99));
+        nodes[2].handle_connection_up(ConnId(1));
+        nodes[2].handle_connection_up(ConnId(2));
+        run_line(&mut nodes);
+        assert!(nodes[2].enabled());
+        assert_eq!(nodes[2].record().version, 1);
+    }
+
     fn arb_record() -> impl Strategy<Value = EncryptionRecord> {
         (
             any::<bool>(),
