@@ -239,10 +239,12 @@ pub async fn run_client_command(
                     .map(crate::encryption::settings_key_from_file)
                     .transpose()
                     .map_err(|e| CommandFailure::Usage(format!("--password-file: {e:#}")))?;
-                line(out, &disable(&client, key.as_ref()).await?)?;
+                let message = disable(&client, key.as_ref()).await?;
+                line(out, &settled(&client, message).await)?;
             }
             EncryptionAction::Enable => {
-                line(out, &client.set_encryption(true, None, None).await?)?;
+                let message = client.set_encryption(true, None, None).await?;
+                line(out, &settled(&client, message).await)?;
             }
             EncryptionAction::Status => encryption_status(out, &client.encryption().await?)?,
         },
@@ -323,6 +325,44 @@ async fn disable(
         }
     }
 }
+
+/// Waits (up to [`SETTLE_WAIT`]) until no connection of the router is changing over, and
+/// adds what it saw to the command's message.
+async fn settled(client: &ApiClient, message: String) -> String {
+    use crate::status::EncryptionMode;
+    let start = std::time::Instant::now();
+    loop {
+        let Ok(enc) = client.encryption().await else {
+            return message;
+        };
+        let total = enc.connections.len();
+        let changing = enc
+            .connections
+            .iter()
+            .filter(|c| c.mode == EncryptionMode::Changing)
+            .count();
+        if total == 0 {
+            return message;
+        }
+        let waited = start.elapsed();
+        if changing == 0 {
+            return format!(
+                "{message}; all {total} connections of this router changed over within {:.1} s",
+                waited.as_secs_f64()
+            );
+        }
+        if waited >= SETTLE_WAIT {
+            return format!(
+                "{message}; {changing} of {total} connections of this router still changing over after {} s (see `weft encryption status`)",
+                SETTLE_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// How long `enable`/`disable` wait for the change-over before they return.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// `weft encryption status`: the mesh-wide setting, then one line per connection.
 fn encryption_status(out: &mut dyn Write, enc: &crate::status::EncryptionStatus) -> io::Result<()> {

@@ -411,6 +411,7 @@ fn mesh_encryption_switches_while_traffic_flows() {
     let (ok, out, err) = weft(&name, "h1", &["encryption", "enable"]);
     assert!(ok, "enable failed: {out}{err}");
     let t_returned1 = wall();
+    print!("h1: weft encryption enable: {out}");
     let (known1, settle1) = wait_mode(&name, &nodes, true, "sealed", start, Duration::from_secs(3))
         .expect("not every connection sealed within 3 s of enable");
     std::thread::sleep(Duration::from_secs(2));
@@ -438,6 +439,7 @@ fn mesh_encryption_switches_while_traffic_flows() {
         &["encryption", "disable", "--password-file", &good],
     );
     assert!(ok, "disable failed: {out}{err}");
+    print!("h2: weft encryption disable --password-file F: {out}");
     let (_, settle2) = wait_mode(&name, &nodes, false, "plain", start, Duration::from_secs(3))
         .expect("not every connection plain within 3 s of disable");
     std::thread::sleep(Duration::from_secs(2));
@@ -448,6 +450,7 @@ fn mesh_encryption_switches_while_traffic_flows() {
     let (ok, out, err) = weft(&name, "h3", &["encryption", "enable"]);
     assert!(ok, "second enable failed: {out}{err}");
     let t_returned2 = wall();
+    print!("h3: weft encryption enable: {out}");
     let (known3, settle3) = wait_mode(&name, &nodes, true, "sealed", start, Duration::from_secs(3))
         .expect("not every connection sealed within 3 s of the second enable");
     let switched_by = t0.elapsed();
