@@ -91,6 +91,11 @@ impl MeshPassword {
             .map_err(|_| PasswordError::Kdf)?;
         Ok(Self { psk })
     }
+
+    /// The stretched password, for keys derived from it in this crate.
+    pub(crate) fn psk_bytes(&self) -> &[u8] {
+        &self.psk
+    }
 }
 
 impl fmt::Debug for MeshPassword {

@@ -12,6 +12,8 @@
 //! - [`control`]: framing of the TCP stream and the encrypted [`ControlChannel`].
 //! - [`session`]: the data-plane [`Session`] (epochs, replay window, sealed/plain modes,
 //!   in-place batch API).
+//! - [`settings`]: the [`SettingsKey`] that proves knowledge of the mesh password for
+//!   mesh-wide settings (turning encryption off).
 //!
 //! Wire formats: `docs/PROTOCOL.md` ("Control-channel handshake and framing", "Data-plane
 //! sealing"). AEAD choice and figures: `docs/BENCHMARKS.md` ("Crypto").
@@ -24,6 +26,7 @@ pub mod keyfile;
 pub mod keys;
 mod replay;
 pub mod session;
+pub mod settings;
 
 #[cfg(fuzzing)]
 pub mod fuzzing;
@@ -39,6 +42,7 @@ pub use session::{
     DataKeys, HEADER_LEN, Mode, OVERHEAD, OpenError, Opened, PacketBuf, PacketStatus, SealError,
     Session, SessionConfig,
 };
+pub use settings::SettingsKey;
 
 /// Proof that a peer or a packet authenticated. Only this crate can make one: the handshake
 /// does when the peer proved its static key, and [`Session::open`] does when a packet's tag

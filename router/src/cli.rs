@@ -40,11 +40,15 @@ pub enum Command {
         /// `host` or `host:port`.
         addr: String,
     },
-    /// Show or switch mesh encryption.
+    /// Show or switch mesh encryption (for the whole mesh, at run time).
     Encryption {
         /// What to do.
         #[arg(value_enum)]
         action: EncryptionAction,
+        /// The mesh password file: `disable` proves knowledge of the password with it, which
+        /// routers that have a password require.
+        #[arg(long, env = "WEFT_PASSWORD_FILE", value_name = "FILE")]
+        password_file: Option<PathBuf>,
     },
     /// Remove a connection target (connections already up stay up).
     Forget {
@@ -261,13 +265,24 @@ pub async fn run_client_command(
     let client = ApiClient::new(api.clone());
     match command {
         Command::Connect { addr } => line(out, &client.connect(addr).await?)?,
-        Command::Encryption { action } => match action {
-            EncryptionAction::Disable => line(out, &client.set_encryption(false).await?)?,
-            EncryptionAction::Enable => line(out, &client.set_encryption(true).await?)?,
-            EncryptionAction::Status => {
-                let enc = client.encryption().await?;
-                line(out, if enc.enabled { "enabled" } else { "disabled" })?;
+        Command::Encryption {
+            action,
+            password_file,
+        } => match action {
+            EncryptionAction::Disable => {
+                let key = password_file
+                    .as_deref()
+                    .map(crate::encryption::settings_key_from_file)
+                    .transpose()
+                    .map_err(|e| CommandFailure::Usage(format!("--password-file: {e:#}")))?;
+                let message = disable(&client, key.as_ref()).await?;
+                line(out, &settled(&client, message).await)?;
             }
+            EncryptionAction::Enable => {
+                let message = client.set_encryption(true, None, None).await?;
+                line(out, &settled(&client, message).await)?;
+            }
+            EncryptionAction::Status => encryption_status(out, &client.encryption().await?)?,
         },
         Command::Forget { addr } => line(out, &client.forget(addr).await?)?,
         Command::Report => {
@@ -314,6 +329,107 @@ pub enum CommandFailure {
     /// The subcommand cannot run this way.
     #[error("{0}")]
     Usage(String),
+}
+
+/// Asks for encryption off, with a proof of the password when given one; retries when
+/// another change landed between reading the version and asking.
+async fn disable(
+    client: &ApiClient,
+    key: Option<&crypto::SettingsKey>,
+) -> Result<String, CommandFailure> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (version, proof) = match key {
+            Some(key) => {
+                let enc = client.encryption().await?;
+                let origin = crate::encryption::parse_uid(&enc.local_origin).ok_or_else(|| {
+                    CommandFailure::Usage(format!(
+                        "the router reported no usable local_origin ({:?}); is it older than this weft?",
+                        enc.local_origin
+                    ))
+                })?;
+                let version = enc.version + 1;
+                let proof = crate::encryption::prove_record(key, false, version, origin);
+                (Some(version), Some(proof))
+            }
+            None => (None, None),
+        };
+        match client.set_encryption(false, version, proof).await {
+            Err(ClientError::Api { status: 409, .. }) if attempt < 3 => {}
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Waits (up to [`SETTLE_WAIT`]) until no connection of the router is changing over, and
+/// adds what it saw to the command's message.
+async fn settled(client: &ApiClient, message: String) -> String {
+    use crate::status::EncryptionMode;
+    let start = std::time::Instant::now();
+    loop {
+        let Ok(enc) = client.encryption().await else {
+            return message;
+        };
+        let total = enc.connections.len();
+        let changing = enc
+            .connections
+            .iter()
+            .filter(|c| c.mode == EncryptionMode::Changing)
+            .count();
+        if total == 0 {
+            return message;
+        }
+        let waited = start.elapsed();
+        if changing == 0 {
+            return format!(
+                "{message}; all {total} connections of this router changed over within {:.1} s",
+                waited.as_secs_f64()
+            );
+        }
+        if waited >= SETTLE_WAIT {
+            return format!(
+                "{message}; {changing} of {total} connections of this router still changing over after {} s (see `weft encryption status`)",
+                SETTLE_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long `enable`/`disable` wait for the change-over before they return.
+const SETTLE_WAIT: Duration = Duration::from_secs(3);
+
+/// `weft encryption status`: the mesh-wide setting, then one line per connection.
+fn encryption_status(out: &mut dyn Write, enc: &crate::status::EncryptionStatus) -> io::Result<()> {
+    line(out, if enc.enabled { "enabled" } else { "disabled" })?;
+    writeln!(
+        out,
+        "        Version: {} (set by {})",
+        enc.version,
+        if enc.origin.is_empty() {
+            "-"
+        } else {
+            &enc.origin
+        }
+    )?;
+    let password = if enc.password_set {
+        "set (disable needs --password-file)"
+    } else {
+        "not set (disable needs socket access only)"
+    };
+    writeln!(out, "       Password: {password}")?;
+    for c in &enc.connections {
+        writeln!(
+            out,
+            "{:<21} {:<8} {:<9} {}",
+            c.remote_addr,
+            c.remote_nickname,
+            c.mode.as_str(),
+            c.reason
+        )?;
+    }
+    Ok(())
 }
 
 fn line(out: &mut dyn Write, text: &str) -> io::Result<()> {
@@ -448,10 +564,20 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Encryption {
-                action: EncryptionAction::Enable
+                action: EncryptionAction::Enable,
+                ..
             }
         ));
         assert_eq!(cli.api, ApiAddr::Unix(PathBuf::from("/tmp/x.sock")));
+        let cli = parse(&["encryption", "disable", "--password-file", "/etc/pw"]).unwrap();
+        let Command::Encryption {
+            action: EncryptionAction::Disable,
+            password_file: Some(file),
+        } = cli.command
+        else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!(file, PathBuf::from("/etc/pw"));
         assert!(parse(&["status", "dns"]).is_err());
         assert!(matches!(
             parse(&["rmpeer", "h3"]).unwrap().command,

@@ -13,14 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
-use crypto::{ControlChannel, DataKeys, Handshake, HandshakeConfig, HandshakeError, MeshPassword};
+use crypto::{
+    ControlChannel, DataKeys, Handshake, HandshakeConfig, HandshakeError, MeshPassword, SettingsKey,
+};
 use rand::RngCore as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use topology::api::ipam as ipam_api;
 use topology::channel::{self, Channel, Hello};
 use topology::ipam::{self, Allocation, Ipam};
+use topology::settings::{self as mesh_settings, EncryptionRecord, Settings};
 use topology::{ConnId, Event, Mesh, PeerName};
 use tracing::{debug, info, warn};
 
@@ -28,12 +31,13 @@ use crate::EngineHandles;
 use crate::api::JsonReply;
 use crate::api::{ApiCommand, CommandError, CommandOutcome};
 use crate::config::RouterConfig;
+use crate::encryption::{self, SealPolicy};
 use crate::ipam_store::IpamStore;
 use crate::metrics::{DropReason, GossipDirection, HandshakeFailure, Metrics};
 use crate::sleeve::{Sleeve, SleeveConfig, SleeveRoutes};
 use crate::status::{
-    ConnectionState, ConnectionStatus, PeerConnStatus, PeerStatus, RouteStatus, RouterStatus,
-    TargetState, TargetStatus,
+    ConnectionEncryption, ConnectionState, ConnectionStatus, EncryptionMode, PeerConnStatus,
+    PeerStatus, RouteStatus, RouterStatus, TargetState, TargetStatus,
 };
 
 /// Runs the router's engine until `handles.shutdown` turns true.
@@ -101,6 +105,8 @@ struct Identity {
     handshake: Arc<HandshakeConfig>,
     name: PeerName,
     password_set: bool,
+    /// Proves and checks mesh-setting records (derived from the password, never the PSK).
+    settings_key: Option<SettingsKey>,
 }
 
 impl Identity {
@@ -122,10 +128,12 @@ impl Identity {
         };
         let name = PeerName::from_bytes(key.public().peer_name());
         let password_set = password.is_some();
+        let settings_key = password.as_ref().map(SettingsKey::from_password);
         Ok(Self {
             handshake: Arc::new(HandshakeConfig::new(key, password)),
             name,
             password_set,
+            settings_key,
         })
     }
 }
@@ -138,6 +146,8 @@ enum Input {
         remote: PeerName,
         hello: Hello,
         addr: SocketAddr,
+        /// This router's end of the TCP connection (its underlay address toward the peer).
+        local: SocketAddr,
         outbound: bool,
         tx: mpsc::Sender<Vec<u8>>,
         /// The connection's data-plane keys, for the sleeve.
@@ -179,6 +189,14 @@ struct Daemon {
     conn_peer: BTreeMap<ConnId, PeerName>,
     /// The sleeve data plane, when the router manages devices.
     sleeve: Option<Sleeve>,
+    /// The mesh-wide encryption setting.
+    settings: Settings,
+    /// The underlay addresses (local, remote) of each established connection.
+    conn_addrs: BTreeMap<ConnId, (IpAddr, IpAddr)>,
+    /// The effective encryption rule, for data paths that follow it (fastdp).
+    seal_policy: watch::Sender<SealPolicy>,
+    /// Setting records refused for a missing or wrong proof.
+    settings_rejected: u64,
 }
 
 /// An allocation request answered once IPAM can, or with an error at its deadline.
@@ -203,6 +221,16 @@ impl Daemon {
         mesh_config.dial_timeout = DIAL_TIMEOUT;
         let mesh = Mesh::new(mesh_config, Instant::now(), rand::rngs::OsRng.next_u64());
         let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
+        let initial = encryption::sign(
+            identity.settings_key.as_ref(),
+            EncryptionRecord::initial(config.encryption, mesh.uid()),
+        );
+        let settings = Settings::new(mesh.uid(), initial);
+        let (seal_policy, _) = watch::channel(SealPolicy {
+            enabled: config.encryption,
+            version: 0,
+            trusted: config.trusted_subnets.clone(),
+        });
         Self {
             config,
             mesh,
@@ -224,6 +252,141 @@ impl Daemon {
             pending_allocs: Vec::new(),
             conn_peer: BTreeMap::new(),
             sleeve: None,
+            settings,
+            conn_addrs: BTreeMap::new(),
+            seal_policy,
+            settings_rejected: 0,
+        }
+    }
+
+    /// A receiver of the effective encryption rule: data paths other than the sleeve (fastdp)
+    /// ask it per peer whether traffic must be sealed (then it must take the sleeve).
+    #[allow(dead_code)]
+    pub(crate) fn seal_policy(&self) -> watch::Receiver<SealPolicy> {
+        self.seal_policy.subscribe()
+    }
+
+    /// Whether traffic on connection `conn` is sealed, and why.
+    fn seal_decision(&self, conn: ConnId) -> Option<mesh_settings::SealDecision> {
+        let (local, remote) = self.conn_addrs.get(&conn)?;
+        Some(self.seal_policy.borrow().must_seal(*local, *remote))
+    }
+
+    /// Applies the held setting: the policy watch, the sleeve's mesh flag and every link.
+    fn apply_encryption(&mut self) {
+        let record = *self.settings.record();
+        self.seal_policy.send_if_modified(|p| {
+            let changed = p.enabled != record.enabled || p.version != record.version;
+            p.enabled = record.enabled;
+            p.version = record.version;
+            changed
+        });
+        if let Some(sleeve) = &self.sleeve {
+            sleeve.set_mesh_encryption(record.enabled);
+            for &conn in self.conn_addrs.keys() {
+                if let Some(d) = self.seal_decision(conn) {
+                    sleeve.set_link_seal(conn.0, d.seal);
+                }
+            }
+        }
+    }
+
+    /// `POST /encryption`: makes the next version here, after checking the proof a disable
+    /// needs where a password is set.
+    fn set_encryption(
+        &mut self,
+        enabled: bool,
+        version: Option<u64>,
+        proof: Option<String>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let word = if enabled { "enabled" } else { "disabled" };
+        let current = *self.settings.record();
+        let mut record = self.settings.next(enabled);
+        if let Some(v) = version
+            && v != record.version
+        {
+            return Err(CommandError::conflict(format!(
+                "the mesh setting is at version {} now, the request was for version {v}: read it again and retry",
+                current.version
+            )));
+        }
+        if current.enabled == enabled {
+            return Ok(CommandOutcome::new(format!(
+                "encryption is already {word} (version {})",
+                current.version
+            )));
+        }
+        let key = self.identity.settings_key.as_ref();
+        match (key, proof) {
+            (Some(key), Some(proof)) => {
+                let proof = encryption::parse_proof(&proof).map_err(CommandError::bad_request)?;
+                if version.is_none() {
+                    return Err(CommandError::bad_request(
+                        "\"proof\" needs \"version\" too: the record it proves",
+                    ));
+                }
+                record.proof = Some(proof);
+                if !encryption::verify(Some(key), &record) {
+                    warn!("refused an encryption change: its password proof does not verify");
+                    return Err(CommandError::forbidden(
+                        "the password proof does not verify: --password-file does not hold this mesh's password",
+                    ));
+                }
+            }
+            (Some(_), None) if !enabled => {
+                return Err(CommandError::forbidden(
+                    "disabling encryption needs proof of the mesh password: run `weft encryption disable --password-file FILE` (or set WEFT_PASSWORD_FILE)",
+                ));
+            }
+            // Turning encryption on needs no proof; the router signs the record itself.
+            (Some(_), None) => record = encryption::sign(key, record),
+            (None, Some(_)) => {
+                return Err(CommandError::bad_request(
+                    "this router has no mesh password: drop --password-file",
+                ));
+            }
+            (None, None) => {}
+        }
+        self.settings
+            .propose(record)
+            .map_err(|e| CommandError::conflict(e.to_string()))?;
+        info!(
+            enabled,
+            version = record.version,
+            "mesh encryption changed here"
+        );
+        self.apply_encryption();
+        Ok(CommandOutcome::new(format!(
+            "encryption {word} for the mesh (version {})",
+            record.version
+        )))
+    }
+
+    /// Sends what the settings machine queued.
+    fn drain_settings(&mut self) {
+        while let Some((dest, msg)) = self.settings.poll_transmit() {
+            let conns: Vec<ConnId> = match dest {
+                mesh_settings::Destination::Conn(c) => vec![c],
+                mesh_settings::Destination::AllExcept(except) => self
+                    .conns
+                    .keys()
+                    .copied()
+                    .filter(|c| Some(*c) != except)
+                    .collect(),
+            };
+            for conn in conns {
+                let Some(tx) = self.conns.get(&conn) else {
+                    continue;
+                };
+                let len = msg.len() as u64;
+                if tx.try_send(msg.clone()).is_ok() {
+                    self.handles
+                        .metrics
+                        .add_gossip_bytes(GossipDirection::Sent, len);
+                } else {
+                    self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
+                }
+            }
         }
     }
 
@@ -306,14 +469,19 @@ impl Daemon {
                 remote,
                 hello,
                 addr,
+                local,
                 outbound,
                 tx,
                 keys,
             } => {
                 info!(peer = %remote, nickname = %hello.nickname, %addr, outbound, "connection established");
+                self.conn_addrs.insert(conn, (local.ip(), addr.ip()));
+                let seal = self.seal_decision(conn).is_some_and(|d| d.seal);
                 if let Some(sleeve) = &self.sleeve {
-                    sleeve.add_peer(conn.0, remote, SocketAddr::new(addr.ip(), hello.port), keys);
+                    let dest = SocketAddr::new(addr.ip(), hello.port);
+                    sleeve.add_peer(conn.0, remote, dest, keys, seal);
                 }
+                self.settings.handle_connection_up(conn);
                 self.conns.insert(conn, tx);
                 self.conn_peer.insert(conn, remote);
                 self.mesh.handle_connection_up(
@@ -346,6 +514,35 @@ impl Daemon {
                             self.handles.metrics.add_dropped(DropReason::Malformed, 1);
                         }
                     }
+                    Ok((Channel::Settings, body)) => {
+                        let key = self.identity.settings_key.as_ref();
+                        match self
+                            .settings
+                            .handle_message(conn, body, |r| encryption::verify(key, r))
+                        {
+                            Ok(mesh_settings::Outcome::Adopted) => {
+                                let r = self.settings.record();
+                                info!(
+                                    enabled = r.enabled,
+                                    version = r.version,
+                                    "mesh encryption changed by gossip"
+                                );
+                                self.apply_encryption();
+                            }
+                            Ok(mesh_settings::Outcome::Known | mesh_settings::Outcome::Stale) => {}
+                            Err(mesh_settings::Error::BadProof) => {
+                                self.settings_rejected += 1;
+                                warn!(
+                                    conn = conn.0,
+                                    "refused a mesh encryption record: its password proof is missing or wrong"
+                                );
+                            }
+                            Err(e) => {
+                                debug!(conn = conn.0, "malformed settings message: {e}");
+                                self.handles.metrics.add_dropped(DropReason::Malformed, 1);
+                            }
+                        }
+                    }
                     // A second hello is harmless.
                     Ok((Channel::Hello, _)) => {}
                     Err(e) => {
@@ -356,6 +553,7 @@ impl Daemon {
             }
             Input::Down { conn, reason } => {
                 self.conn_peer.remove(&conn);
+                self.conn_addrs.remove(&conn);
                 if let Some(sleeve) = &self.sleeve {
                     sleeve.remove_conn(conn.0);
                 }
@@ -405,6 +603,7 @@ impl Daemon {
                     // Dropping the sender ends the connection's task, which closes the socket.
                     self.conns.remove(&conn);
                     self.conn_peer.remove(&conn);
+                    self.conn_addrs.remove(&conn);
                     if let Some(sleeve) = &self.sleeve {
                         sleeve.remove_conn(conn.0);
                     }
@@ -427,6 +626,7 @@ impl Daemon {
             }
         }
         self.drain_ipam();
+        self.drain_settings();
     }
 
     /// Carries out what IPAM asked for, in its order: persist, send, report. Pending CNI
@@ -666,10 +866,14 @@ impl Daemon {
                         .collect(),
                 }));
             }
-            ApiCommand::SetEncryption { enabled: _, reply } => {
-                reply.send(Err(CommandError::not_available(
-                    crate::status::ENCRYPTION_TOGGLE_NOT_AVAILABLE,
-                )));
+            ApiCommand::SetEncryption {
+                enabled,
+                version,
+                proof,
+                reply,
+            } => {
+                let outcome = self.set_encryption(enabled, version, proof);
+                reply.send(outcome);
             }
         }
         self.drain();
@@ -810,8 +1014,14 @@ impl Daemon {
         status.name = ms.name.to_string();
         status.nickname = ms.nickname.clone();
         status.port = self.port;
-        status.encryption.enabled = self.config.encryption;
+        let record = self.settings.record();
+        status.encryption.enabled = record.enabled;
         status.encryption.password_set = self.identity.password_set;
+        status.encryption.version = record.version;
+        status.encryption.origin = encryption::uid_text(record.origin);
+        status.encryption.local_origin = encryption::uid_text(self.mesh.uid());
+        status.encryption.changes = self.settings.changes();
+        status.encryption.rejected = self.settings_rejected;
         status.peer_discovery = self.mesh.config().discovery;
         status.trusted_subnets = self
             .config
@@ -847,11 +1057,36 @@ impl Daemon {
             })
             .collect();
         let sleeve = self.sleeve.as_ref();
+        status.encryption.connections = ms
+            .connections
+            .iter()
+            .map(|c| {
+                let decision = self.seal_decision(ConnId(c.conn_id));
+                let link = sleeve.and_then(|s| s.link_encryption(c.conn_id));
+                let (mode, extra) = match (link, decision) {
+                    (Some(link), _) => encryption::link_mode(&link),
+                    (None, Some(d)) if d.seal => (EncryptionMode::Sealed, None),
+                    (None, _) => (EncryptionMode::Plain, None),
+                };
+                let mut reason = decision.map_or_else(String::new, |d| d.reason.to_string());
+                if let Some(extra) = extra {
+                    reason = format!("{reason}; {extra}");
+                }
+                ConnectionEncryption {
+                    remote_name: c.name.to_string(),
+                    remote_nickname: c.nickname.clone(),
+                    remote_addr: c.address.clone(),
+                    mode,
+                    reason,
+                }
+            })
+            .collect();
         status.connections = ms
             .connections
             .iter()
             .map(|c| {
                 let on_sleeve = sleeve.filter(|s| s.has_peer(c.name));
+                let link = sleeve.and_then(|s| s.link_encryption(c.conn_id));
                 ConnectionStatus {
                     outbound: c.outbound,
                     remote_addr: c.address.clone(),
@@ -862,7 +1097,7 @@ impl Daemon {
                     next_attempt_in_ms: None,
                     datapath: on_sleeve.map(|_| crate::status::Datapath::Sleeve),
                     datapath_reason: on_sleeve.map(|_| SLEEVE_REASON.to_owned()),
-                    encrypted: on_sleeve.is_some_and(Sleeve::encryption),
+                    encrypted: link.is_some_and(|l| l.sending == crypto::Mode::Sealed),
                     mtu: on_sleeve.map(Sleeve::mtu),
                 }
             })
@@ -1047,11 +1282,15 @@ impl ConnectionTask {
             }
         };
         let (tx, rx) = mpsc::channel(CONN_QUEUE);
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
         let up = Input::Up {
             conn: self.conn,
             remote,
             hello,
             addr,
+            local,
             outbound,
             tx,
             keys,

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::status::{ConnectionState, Datapath, RouterStatus};
+use crate::status::{ConnectionState, Datapath, EncryptionMode, RouterStatus};
 
 /// The content type of the text exposition format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -137,6 +137,54 @@ impl Metrics {
                 .filter(|conn| conn.state == state)
                 .count();
             let _ = writeln!(out, "weft_connections{{state=\"{}\"}} {n}", state.as_str());
+        }
+
+        header(
+            &mut out,
+            "weft_encryption_enabled",
+            "gauge",
+            "1 when mesh encryption is on, 0 when off.",
+        );
+        let enc = &status.encryption;
+        let _ = writeln!(out, "weft_encryption_enabled {}", u8::from(enc.enabled));
+        header(
+            &mut out,
+            "weft_encryption_setting_version",
+            "gauge",
+            "Version of the mesh-wide encryption setting held.",
+        );
+        let _ = writeln!(out, "weft_encryption_setting_version {}", enc.version);
+        header(
+            &mut out,
+            "weft_encryption_setting_changes_total",
+            "counter",
+            "Changes of the mesh-wide encryption setting seen by this router.",
+        );
+        let _ = writeln!(out, "weft_encryption_setting_changes_total {}", enc.changes);
+        header(
+            &mut out,
+            "weft_encryption_records_rejected_total",
+            "counter",
+            "Encryption setting records refused for a missing or wrong password proof.",
+        );
+        let _ = writeln!(
+            out,
+            "weft_encryption_records_rejected_total {}",
+            enc.rejected
+        );
+        header(
+            &mut out,
+            "weft_encryption_connections",
+            "gauge",
+            "Established connections by encryption mode.",
+        );
+        for mode in EncryptionMode::ALL {
+            let n = enc.connections.iter().filter(|c| c.mode == mode).count();
+            let _ = writeln!(
+                out,
+                "weft_encryption_connections{{mode=\"{}\"}} {n}",
+                mode.as_str()
+            );
         }
 
         header(
@@ -363,6 +411,9 @@ mod tests {
             "weft_dropped_frames_total{reason=\"replay\"} 2",
             "weft_build_info{version=\"0.1.0\"} 1",
             "weft_ipam_conflicting_addresses 0",
+            "weft_encryption_enabled 0",
+            "weft_encryption_setting_version 0",
+            "weft_encryption_connections{mode=\"sealed\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -177,6 +177,7 @@ impl Sleeve {
             .with_context(|| format!("binding the sleeve's UDP port {}", config.bind))?;
         let shared = Arc::new(Shared {
             local: config.local.bytes(),
+            start: Instant::now(),
             state: RwLock::new(Arc::new(State::default())),
             macs: Mutex::new(MacTable::new(
                 MacTable::DEFAULT_CAPACITY,
@@ -221,9 +222,16 @@ impl Sleeve {
     }
 
     /// Adds (or replaces) the link to `peer` reached at `addr` (its sleeve UDP address),
-    /// sealing with `keys` from connection `conn`.
-    pub fn add_peer(&self, conn: u64, peer: PeerName, addr: SocketAddr, keys: DataKeys) {
-        let mode = mode_of(self.encryption());
+    /// sealing with `keys` from connection `conn`; `seal` picks the mode of the datagrams it
+    /// sends (received ones are accepted in either mode).
+    pub fn add_peer(
+        &self,
+        conn: u64,
+        peer: PeerName,
+        addr: SocketAddr,
+        keys: DataKeys,
+        seal: bool,
+    ) {
         let link = Arc::new(PeerLink {
             conn,
             name: peer.bytes(),
@@ -231,9 +239,11 @@ impl Sleeve {
             session: Mutex::new(Session::new(
                 keys,
                 SessionConfig::default(),
-                mode,
+                mode_of(seal),
                 Instant::now(),
             )),
+            rx: LinkRx::default(),
+            switched_at_ms: AtomicU64::new(NEVER),
         });
         // A peer may briefly hold two connections (both sides dialled); the mesh closes one.
         // Until then the newest link sends, and receiving tries every link of the address.
@@ -280,12 +290,58 @@ impl Sleeve {
         self.update(|s| s.routes = routes.clone());
     }
 
-    /// Switches sealing on or off for datagrams sent from now on.
+    /// Switches sealing on or off for datagrams sent from now on, on every link.
     pub fn set_encryption(&self, on: bool) {
         self.shared.encryption.store(on, Ordering::Relaxed);
         for link in self.snapshot().peers.values().flatten() {
-            lock(&link.session).set_mode(mode_of(on));
+            self.switch(link, on);
         }
+    }
+
+    /// Records the mesh-wide setting (what [`Self::encryption`] answers) without touching
+    /// any link; the daemon then sets each link with [`Self::set_link_seal`].
+    pub fn set_mesh_encryption(&self, on: bool) {
+        self.shared.encryption.store(on, Ordering::Relaxed);
+    }
+
+    /// Switches the link of connection `conn` to sealing (or authenticated-plain) for
+    /// datagrams sent from now on. Datagrams in flight in the old mode are still accepted by
+    /// the peer, which opens both modes at all times: that is the change-over's overlap.
+    pub fn set_link_seal(&self, conn: u64, seal: bool) {
+        for link in self.snapshot().peers.values().flatten() {
+            if link.conn == conn {
+                self.switch(link, seal);
+            }
+        }
+    }
+
+    fn switch(&self, link: &PeerLink, seal: bool) {
+        let mut session = lock(&link.session);
+        if session.mode() != mode_of(seal) {
+            session.set_mode(mode_of(seal));
+            link.switched_at_ms.store(
+                self.shared.ms_since_start(Instant::now()),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The encryption state of connection `conn`'s link, if it is up.
+    pub fn link_encryption(&self, conn: u64) -> Option<LinkEncryption> {
+        let state = self.snapshot();
+        let link = state.peers.values().flatten().find(|l| l.conn == conn)?;
+        let now = self.shared.ms_since_start(Instant::now());
+        let ago = |ms: u64| (ms != NEVER).then(|| Duration::from_millis(now.saturating_sub(ms)));
+        let rx_mode = match link.rx.mode.load(Ordering::Relaxed) {
+            RX_SEALED => Some(Mode::Sealed),
+            RX_PLAIN => Some(Mode::Plain),
+            _ => None,
+        };
+        Some(LinkEncryption {
+            sending: lock(&link.session).mode(),
+            received: rx_mode.zip(ago(link.rx.at_ms.load(Ordering::Relaxed))),
+            switched: ago(link.switched_at_ms.load(Ordering::Relaxed)),
+        })
     }
 
     /// Returns the counters.
@@ -327,10 +383,23 @@ impl Drop for Sleeve {
     }
 }
 
+/// One link's encryption state, for status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkEncryption {
+    /// The mode datagrams are sent in now.
+    pub sending: Mode,
+    /// The mode of the last datagram received from the peer, and how long ago it came.
+    pub received: Option<(Mode, Duration)>,
+    /// How long ago the sending mode last switched, if it ever did.
+    pub switched: Option<Duration>,
+}
+
 /// What both threads share.
 #[derive(Debug)]
 struct Shared {
     local: [u8; 6],
+    /// The origin of the links' millisecond timestamps.
+    start: Instant,
     state: RwLock<Arc<State>>,
     macs: Mutex<MacTable>,
     encryption: AtomicBool,
@@ -340,6 +409,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn ms_since_start(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(NEVER - 1)
+    }
+
     fn snapshot(&self) -> Arc<State> {
         self.state
             .read()
@@ -387,7 +460,33 @@ struct PeerLink {
     name: [u8; 6],
     dest: SockAddr,
     session: Mutex<Session>,
+    rx: LinkRx,
+    /// When the sending mode last switched (ms since the sleeve started), or [`NEVER`].
+    switched_at_ms: AtomicU64,
 }
+
+/// What the last datagram opened on a link was.
+#[derive(Debug)]
+struct LinkRx {
+    /// [`RX_NONE`], [`RX_PLAIN`] or [`RX_SEALED`].
+    mode: AtomicU8,
+    /// When it came (ms since the sleeve started).
+    at_ms: AtomicU64,
+}
+
+impl Default for LinkRx {
+    fn default() -> Self {
+        Self {
+            mode: AtomicU8::new(RX_NONE),
+            at_ms: AtomicU64::new(NEVER),
+        }
+    }
+}
+
+const RX_NONE: u8 = 0;
+const RX_PLAIN: u8 = 1;
+const RX_SEALED: u8 = 2;
+const NEVER: u64 = u64::MAX;
 
 impl std::fmt::Debug for PeerLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -832,13 +931,25 @@ impl RxCtx<'_> {
         for link in self.hop.iter().rev() {
             result = lock(&link.session).open(self.now, &mut packet);
             if !matches!(result, Err(OpenError::BadTag)) {
-                from = Some(link.name);
+                from = Some(link);
                 break;
             }
         }
-        let from = from.unwrap_or(BROADCAST);
+        let from_link = from;
+        let from = from.map_or(BROADCAST, |l| l.name);
         match result {
-            Ok(_) => {}
+            Ok(opened) => {
+                if let Some(link) = from_link {
+                    let mode = match opened.mode {
+                        Mode::Sealed => RX_SEALED,
+                        Mode::Plain => RX_PLAIN,
+                    };
+                    link.rx.mode.store(mode, Ordering::Relaxed);
+                    link.rx
+                        .at_ms
+                        .store(shared.ms_since_start(self.now), Ordering::Relaxed);
+                }
+            }
             Err(OpenError::Replayed | OpenError::TooOld) => {
                 shared.drop_datagram(DropReason::Replay);
                 return;

@@ -15,9 +15,6 @@ use tokio::sync::watch;
 
 /// What a section that a later piece of work fills says until then.
 pub const IPAM_NOT_AVAILABLE: &str = "not available yet: provided by the IPAM work";
-/// What the mesh-wide encryption toggle says until it exists.
-pub const ENCRYPTION_TOGGLE_NOT_AVAILABLE: &str =
-    "not available yet: provided by the mesh-wide encryption work";
 /// What rmpeer says about reclaiming the removed peer's addresses until IPAM exists.
 pub const IPAM_RECLAIM_NOT_AVAILABLE: &str =
     "IPAM reclaim not available yet: provided by the IPAM work";
@@ -75,14 +72,73 @@ pub struct ProtocolStatus {
     pub max_version: u32,
 }
 
-/// Mesh encryption state.
+/// Mesh encryption state (`GET /encryption`, and `encryption` in `GET /report`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncryptionStatus {
-    /// True when sleeve traffic is sealed.
+    /// True when mesh encryption is on (traffic outside trusted subnets is sealed).
     pub enabled: bool,
-    /// True when a password admits peers (`--password-file`). The password itself never
-    /// appears anywhere in status.
+    /// True when a password admits peers (`--password-file`); turning encryption off then
+    /// needs proof of it. The password itself never appears anywhere in status.
     pub password_set: bool,
+    /// The version of the mesh-wide setting (0: the routers' `--encryption` flags).
+    #[serde(default)]
+    pub version: u64,
+    /// The uid (16 hex digits) of the router that made this version.
+    #[serde(default)]
+    pub origin: String,
+    /// This router's uid: the origin of the next version a change made here would carry.
+    #[serde(default)]
+    pub local_origin: String,
+    /// How many times the setting changed on this router since it started.
+    #[serde(default)]
+    pub changes: u64,
+    /// Setting records refused because their password proof was missing or wrong.
+    #[serde(default)]
+    pub rejected: u64,
+    /// Each established connection: sealed, plain or changing over, and why.
+    #[serde(default)]
+    pub connections: Vec<ConnectionEncryption>,
+}
+
+/// One connection's encryption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionEncryption {
+    /// The remote peer's name.
+    pub remote_name: String,
+    /// The remote peer's nickname.
+    pub remote_nickname: String,
+    /// The remote `ip:port`.
+    pub remote_addr: String,
+    /// Sealed, plain, or changing over.
+    pub mode: EncryptionMode,
+    /// Why (`mesh encryption on`, `trusted subnet 192.0.2.0/24`, `peer still sends plain`, ...).
+    pub reason: String,
+}
+
+/// Whether a connection's traffic is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionMode {
+    /// Sent sealed, and the peer's recent traffic is sealed too.
+    Sealed,
+    /// Sent authenticated but in clear, and the peer's recent traffic too.
+    Plain,
+    /// Switched moments ago, or the peer still sends the other mode.
+    Changing,
+}
+
+impl EncryptionMode {
+    /// Every mode, in label order.
+    pub const ALL: [Self; 3] = [Self::Changing, Self::Plain, Self::Sealed];
+
+    /// Returns the mode's word as status and metrics print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sealed => "sealed",
+            Self::Plain => "plain",
+            Self::Changing => "changing",
+        }
+    }
 }
 
 /// One connection target.
@@ -274,6 +330,12 @@ impl RouterStatus {
             encryption: EncryptionStatus {
                 enabled: false,
                 password_set: false,
+                version: 0,
+                origin: String::new(),
+                local_origin: String::new(),
+                changes: 0,
+                rejected: 0,
+                connections: Vec::new(),
             },
             peer_discovery: true,
             trusted_subnets: Vec::new(),

@@ -37,7 +37,7 @@ pub fn render_status(status: &RouterStatus) -> String {
         "Name",
         &peer_label(&status.name, &status.nickname),
     );
-    label(&mut out, "Encryption", enabled(status.encryption.enabled));
+    label(&mut out, "Encryption", &encryption_line(&status.encryption));
     label(&mut out, "PeerDiscovery", enabled(status.peer_discovery));
     label(&mut out, "Targets", &status.targets.len().to_string());
     label(
@@ -166,6 +166,24 @@ fn protocol(status: &RouterStatus) -> String {
         format!("{} {}", p.name, p.min_version)
     } else {
         format!("{} {}..{}", p.name, p.min_version, p.max_version)
+    }
+}
+
+/// `enabled` or `disabled` as Weave prints it, plus the change-over while one is under way.
+fn encryption_line(enc: &crate::status::EncryptionStatus) -> String {
+    let word = enabled(enc.enabled);
+    let changing = enc
+        .connections
+        .iter()
+        .filter(|c| c.mode == crate::status::EncryptionMode::Changing)
+        .count();
+    if changing == 0 {
+        word.to_owned()
+    } else {
+        format!(
+            "{word} (changing over: {changing} of {} connections)",
+            enc.connections.len()
+        )
     }
 }
 
@@ -336,6 +354,12 @@ pub(crate) mod tests {
             encryption: EncryptionStatus {
                 enabled: false,
                 password_set: false,
+                version: 0,
+                origin: String::new(),
+                local_origin: String::new(),
+                changes: 0,
+                rejected: 0,
+                connections: Vec::new(),
             },
             peer_discovery: true,
             trusted_subnets: Vec::new(),

@@ -263,19 +263,103 @@ async fn unknown_routes_and_wrong_methods() {
 }
 
 #[tokio::test]
-async fn unbuilt_parts_say_who_provides_them() {
+async fn encryption_switches_without_a_password() {
     let h = Harness::start().await;
     let resp = h
         .unix
         .post_raw("/encryption", br#"{"enabled": true}"#.to_vec())
         .await
         .unwrap();
-    assert_eq!(resp.status, 501);
-    assert_eq!(
-        error_of(&resp.body),
-        "not available yet: provided by the mesh-wide encryption work"
-    );
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let enc = h.unix.encryption().await.unwrap();
+    assert!(enc.enabled);
+    assert_eq!(enc.version, 1);
+    assert_eq!(enc.origin, enc.local_origin);
+    // Without a password, socket access suffices to disable.
+    let msg = h.unix.set_encryption(false, None, None).await.unwrap();
+    assert_eq!(msg, "encryption disabled for the mesh (version 2)");
+    let msg = h.unix.set_encryption(false, None, None).await.unwrap();
+    assert_eq!(msg, "encryption is already disabled (version 2)");
+    // A stale version is refused, and a proof where no password is set makes no sense.
+    let err = h
+        .unix
+        .set_encryption(true, Some(1), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Api { status: 409, .. }), "{err}");
+    let err = h
+        .unix
+        .set_encryption(true, Some(3), Some("00".repeat(32)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no mesh password"), "{err}");
+    let status = h.unix.text("/status").await.unwrap();
+    assert!(status.contains("     Encryption: disabled\n"), "{status}");
     h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn disabling_encryption_needs_the_mesh_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "correct horse battery staple\n").unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not the password\n").unwrap();
+    for f in [&password, &wrong] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut config = config(&dir);
+    config.password_file = Some(password.clone());
+    config.encryption = true;
+    let router = start_router(config).await.unwrap();
+    let api = ApiAddr::Unix(socket_path(&dir));
+    let run = |action, password_file: Option<PathBuf>| {
+        let api = api.clone();
+        async move {
+            let mut out = Vec::new();
+            let cmd = Command::Encryption {
+                action,
+                password_file,
+            };
+            run_client_command(&api, &cmd, &mut out)
+                .await
+                .map(|()| String::from_utf8(out).unwrap())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let err = run(EncryptionAction::Disable, None).await.unwrap_err();
+    assert_eq!(
+        err,
+        "disabling encryption needs proof of the mesh password: run `weft encryption disable \
+         --password-file FILE` (or set WEFT_PASSWORD_FILE)"
+    );
+    let err = run(EncryptionAction::Disable, Some(wrong))
+        .await
+        .unwrap_err();
+    assert!(err.contains("does not verify"), "{err}");
+    let err = run(EncryptionAction::Disable, Some(dir.path().join("missing")))
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("--password-file: password file "), "{err}");
+    let status = run(EncryptionAction::Status, None).await.unwrap();
+    assert!(
+        status.starts_with("enabled\n        Version: 0 (set by "),
+        "{status}"
+    );
+    let out = run(EncryptionAction::Disable, Some(password.clone()))
+        .await
+        .unwrap();
+    assert_eq!(out, "encryption disabled for the mesh (version 1)\n");
+    // Enabling needs no proof.
+    let out = run(EncryptionAction::Enable, None).await.unwrap();
+    assert_eq!(out, "encryption enabled for the mesh (version 2)\n");
+    let client = ApiClient::new(api.clone());
+    let enc = client.encryption().await.unwrap();
+    assert!(enc.enabled && enc.password_set);
+    assert_eq!((enc.version, enc.changes, enc.rejected), (2, 2, 0));
+    let metrics = client.text("/report").await.unwrap();
+    assert!(!metrics.contains("horse"));
+    router.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -300,22 +384,26 @@ async fn cli_commands_print_weave_layout_and_fail_in_one_line() {
     let mut out = Vec::new();
     let enc = Command::Encryption {
         action: EncryptionAction::Status,
+        password_file: None,
     };
     run_client_command(&api, &enc, &mut out).await.unwrap();
-    assert_eq!(out, b"disabled\n");
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with("disabled\n        Version: 0 (set by "),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\n       Password: not set (disable needs socket access only)\n"),
+        "{text}"
+    );
 
     let mut out = Vec::new();
     let enable = Command::Encryption {
         action: EncryptionAction::Enable,
+        password_file: None,
     };
-    let err = run_client_command(&api, &enable, &mut out)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert_eq!(
-        err,
-        "not available yet: provided by the mesh-wide encryption work"
-    );
+    run_client_command(&api, &enable, &mut out).await.unwrap();
+    assert_eq!(out, b"encryption enabled for the mesh (version 1)\n");
 
     let mut out = Vec::new();
     let connect = Command::Connect {

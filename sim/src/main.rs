@@ -61,6 +61,9 @@ enum LabCommand {
         /// Give every router this mesh password (through a 0600 password file).
         #[arg(long)]
         password: Option<String>,
+        /// The routers' `--trusted-subnets` (comma-separated CIDRs).
+        #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+        trusted_subnets: Vec<String>,
     },
     /// Run a command in a node's or pod's namespace (exit code = the command's).
     Exec {
@@ -151,6 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 json,
                 no_router,
                 password,
+                trusted_subnets,
             } => {
                 let spec = LabSpec {
                     name,
@@ -161,6 +165,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     underlay,
                     routers: !no_router,
                     password,
+                    trusted_subnets,
                 };
                 let info = lab::up(&spec)?;
                 if json {

@@ -16,6 +16,8 @@ pub enum Channel {
     Hello,
     /// IPAM messages (`topology::ipam`).
     Ipam,
+    /// Mesh-wide settings (`topology::settings`).
+    Settings,
     /// Topology gossip and heartbeats (`topology::wire`).
     Topology,
 }
@@ -27,6 +29,7 @@ impl Channel {
             Self::Hello => 0x01,
             Self::Topology => 0x02,
             Self::Ipam => 0x03,
+            Self::Settings => 0x04,
         }
     }
 
@@ -36,6 +39,7 @@ impl Channel {
             0x01 => Some(Self::Hello),
             0x02 => Some(Self::Topology),
             0x03 => Some(Self::Ipam),
+            0x04 => Some(Self::Settings),
             _ => None,
         }
     }

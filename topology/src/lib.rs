@@ -14,6 +14,8 @@
 //! - [`routes`]: unicast next hops and broadcast trees over symmetric established connections.
 //! - [`targets`]: which addresses to dial and the back-off between attempts.
 //! - [`mesh`]: the engine tying them together, with heartbeats and gossip scheduling.
+//! - [`settings`]: the mesh-wide encryption setting (gossiped record, merge, per-peer seal
+//!   decision).
 //! - [`mac`]: the MAC → peer learning table used by the data plane.
 //! - [`api`]: serde status types for `weft status` and `weft report`.
 //!
@@ -28,6 +30,7 @@ pub mod mesh;
 pub mod peer;
 pub mod peers;
 pub mod routes;
+pub mod settings;
 pub mod sleeve;
 pub mod targets;
 pub mod wire;

@@ -198,9 +198,21 @@ impl ApiClient {
     /// # Errors
     ///
     /// Fails as [`Self::command`] does.
-    pub async fn set_encryption(&self, enabled: bool) -> Result<String, ClientError> {
-        self.command("/encryption", &EncryptionRequest { enabled })
-            .await
+    pub async fn set_encryption(
+        &self,
+        enabled: bool,
+        version: Option<u64>,
+        proof: Option<String>,
+    ) -> Result<String, ClientError> {
+        self.command(
+            "/encryption",
+            &EncryptionRequest {
+                enabled,
+                version,
+                proof,
+            },
+        )
+        .await
     }
 
     /// Posts a command and returns its outcome's message.

@@ -49,6 +49,11 @@ pub enum ApiCommand {
     SetEncryption {
         /// The wanted state.
         enabled: bool,
+        /// The setting version the change is for (required with `proof`).
+        version: Option<u64>,
+        /// Hex proof of the mesh password over the record asked for (required to disable
+        /// where a password is set).
+        proof: Option<String>,
         /// Where to send the outcome.
         reply: Reply,
     },
@@ -162,6 +167,10 @@ pub enum CommandErrorKind {
     EngineUnavailable,
     /// The address range has no free address (507).
     Exhausted,
+    /// The request lacks a required proof (403).
+    Forbidden,
+    /// The request was made against state that changed meanwhile (409).
+    Conflict,
     /// The feature is not built yet (501).
     NotAvailable,
     /// The named target or peer does not exist (404).
@@ -201,6 +210,22 @@ impl CommandError {
         }
     }
 
+    /// The request lacks a required proof (403).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            kind: CommandErrorKind::Forbidden,
+            message: message.into(),
+        }
+    }
+
+    /// The request was made against state that changed meanwhile (409).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            kind: CommandErrorKind::Conflict,
+            message: message.into(),
+        }
+    }
+
     /// The named target or peer does not exist (404).
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
@@ -215,6 +240,8 @@ impl CommandError {
             CommandErrorKind::BadRequest => 400,
             CommandErrorKind::EngineUnavailable => 503,
             CommandErrorKind::Exhausted => 507,
+            CommandErrorKind::Forbidden => 403,
+            CommandErrorKind::Conflict => 409,
             CommandErrorKind::NotAvailable => 501,
             CommandErrorKind::NotFound => 404,
         }
@@ -243,6 +270,15 @@ pub struct RmPeerRequest {
 pub struct EncryptionRequest {
     /// The wanted state.
     pub enabled: bool,
+    /// The version of the record asked for: one more than `GET /encryption`'s `version`.
+    /// Required with `proof`; checked when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// 64 hex digits: HMAC-SHA256, keyed from the mesh password, over the record
+    /// `{enabled, version, origin = local_origin}` (docs/PROTOCOL.md, "Mesh settings").
+    /// Required to disable encryption where a password is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
 
 /// Every error response: `{"error": "..."}`.

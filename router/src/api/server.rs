@@ -370,6 +370,8 @@ async fn handle(req: Request<Incoming>, state: Arc<ApiState>, origin: Origin) ->
                 Ok(b) => {
                     command(&state, |reply| ApiCommand::SetEncryption {
                         enabled: b.enabled,
+                        version: b.version,
+                        proof: b.proof,
                         reply,
                     })
                     .await

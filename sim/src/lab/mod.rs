@@ -86,6 +86,9 @@ pub struct LabSpec {
     pub routers: bool,
     /// The mesh password every router is given (`--password-file`), if any.
     pub password: Option<String>,
+    /// The routers' `--trusted-subnets` (CIDRs); empty for none.
+    #[serde(default)]
+    pub trusted_subnets: Vec<String>,
 }
 
 impl LabSpec {
@@ -100,6 +103,7 @@ impl LabSpec {
             underlay: Underlay::Full,
             routers: true,
             password: None,
+            trusted_subnets: Vec::new(),
         }
     }
 }

@@ -64,6 +64,9 @@ pub(super) fn start(spec: &LabSpec, i: usize) -> Result<()> {
     if !peers.is_empty() {
         cmd.args(["--peers", &peers.join(",")]);
     }
+    if !spec.trusted_subnets.is_empty() {
+        cmd.args(["--trusted-subnets", &spec.trusted_subnets.join(",")]);
+    }
     let password = dir.join("password");
     if password.exists() {
         cmd.arg("--password-file").arg(&password);

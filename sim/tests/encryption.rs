@@ -1,0 +1,658 @@
+//! Mesh-wide encryption switched at run time while traffic flows (issue 9's acceptance), on the
+//! sleeve (`--datapath sleeve`, explicitly, so this tests the sleeve whatever `auto` picks).
+//!
+//! ```text
+//!   h1 ── h2 ── h3 (full underlay, N-u)   pods hI/p1; pings at 10 ms on every pair with a
+//!   recognisable payload; one iperf3 TCP stream h1/p1 → h2/p1 at 500 Mb/s; tcpdump on the
+//!   underlay bridge; enable (h1) → disable (h2, with the password proof) → enable (h3)
+//! ```
+//!
+//! Each test builds its own lab (`lt<pid><tag>`) under a `LabGuard`; every wait is bounded.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use weft_sim::lab::{self, Datapath, LabGuard, LabInfo, LabSpec};
+
+/// Labs in this file run one at a time (iperf3 on two cores).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unique(tag: &str) -> String {
+    format!("lt{}{tag}", std::process::id() % 100_000)
+}
+
+const PASSWORD: &str = "lab mesh password for the encryption test";
+/// Ping payload pattern (16 bytes) searched for in underlay captures.
+const PATTERN: &str = "77656674656e63727970746f6666210a";
+/// Pings per pair at 10 ms: about 16 s of traffic.
+const PINGS: u32 = 1600;
+const TRAFFIC_SECONDS: u64 = 16;
+
+fn pattern_bytes() -> Vec<u8> {
+    (0..PATTERN.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&PATTERN[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn wall() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn pod_ip(info: &LabInfo, node: usize) -> String {
+    let ip = &info.nodes[node - 1].pods[0].ip;
+    ip.split('/').next().unwrap().to_owned()
+}
+
+/// Runs a command in a lab target; returns (success, stdout, stderr).
+fn exec(name: &str, target: &str, argv: &[&str]) -> (bool, String, String) {
+    let out = lab::exec_output(name, target, argv).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `weft ARGS` in node `node` (its `WEFT_API` is set by the lab).
+fn weft(name: &str, node: &str, args: &[&str]) -> (bool, String, String) {
+    let bin = lab::weft_binary().unwrap();
+    let bin = bin.display().to_string();
+    let argv: Vec<&str> = std::iter::once(bin.as_str())
+        .chain(args.iter().copied())
+        .collect();
+    exec(name, node, &argv)
+}
+
+fn ping_once(name: &str, from: &str, ip: &str, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if exec(name, from, &["ping", "-c", "1", "-W", "1", ip]).0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// A process in a lab target with its stdout collected (by a thread, so a full pipe never
+/// blocks it); killed on drop.
+struct Proc(Option<Child>, Option<std::thread::JoinHandle<String>>);
+
+impl Proc {
+    fn start(name: &str, target: &str, argv: &[&str]) -> Self {
+        let (ns, _) = lab::target(name, target).unwrap();
+        let mut child = lab::netns::command_in(&ns, argv[0])
+            .unwrap()
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out);
+            out
+        });
+        Self(Some(child), Some(reader))
+    }
+
+    /// Waits for the process to end (bounded) and returns its stdout.
+    fn finish(mut self, timeout: Duration) -> String {
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        self.1.take().unwrap().join().unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// tcpdump on the underlay bridge, sleeve datagrams shorter than full-size chunks (the
+/// pings, not the bulk of the iperf3 stream), first 256 bytes of each.
+struct Capture {
+    child: Option<Child>,
+    file: String,
+}
+
+impl Capture {
+    fn start(name: &str, tag: &str) -> Self {
+        let file = format!("{}/{name}/{tag}.pcap", lab::RUN_DIR);
+        let mut child = lab::netns::command_in(&format!("{name}-u"), "tcpdump")
+            .unwrap()
+            .args([
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-i",
+                "ubr",
+                "-U",
+                "-s",
+                "256",
+                "-w",
+                &file,
+                "udp",
+                "port",
+                "6783",
+                "and",
+                "less",
+                "1200",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stderr = stderr;
+            let mut seen = Vec::new();
+            let mut byte = [0u8; 1];
+            while let Ok(1) = stderr.read(&mut byte) {
+                seen.push(byte[0]);
+                if seen.ends_with(b"listening on") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        assert!(
+            ready_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "tcpdump did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        Self {
+            child: Some(child),
+            file,
+        }
+    }
+
+    /// Stops tcpdump (SIGINT flushes the file) and returns each packet's (wall time, bytes).
+    fn stop(mut self) -> Vec<(f64, Vec<u8>)> {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        parse_pcap(&std::fs::read(&self.file).unwrap())
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Parses a classic little-endian microsecond pcap file.
+fn parse_pcap(b: &[u8]) -> Vec<(f64, Vec<u8>)> {
+    assert!(b.len() >= 24, "pcap too short");
+    assert_eq!(&b[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "not a LE µs pcap");
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    let mut out = Vec::new();
+    let mut i = 24;
+    while i + 16 <= b.len() {
+        let ts = f64::from(u32_at(i)) + f64::from(u32_at(i + 4)) / 1e6;
+        let len = u32_at(i + 8) as usize;
+        let end = (i + 16 + len).min(b.len());
+        out.push((ts, b[i + 16..end].to_vec()));
+        i += 16 + len;
+    }
+    out
+}
+
+/// Whether every router reports `enabled` and, with `mode`, every one of its `conns`
+/// connections in that mode.
+fn all_in(name: &str, nodes: &[&str], enabled: bool, mode: Option<&str>, conns: usize) -> bool {
+    nodes.iter().all(|node| {
+        let Ok(r) = lab::report(name, node) else {
+            return false;
+        };
+        let enc = &r["encryption"];
+        if enc["enabled"] != enabled {
+            return false;
+        }
+        let Some(mode) = mode else { return true };
+        let list = enc["connections"].as_array().cloned().unwrap_or_default();
+        list.len() == conns && list.iter().all(|c| c["mode"] == mode)
+    })
+}
+
+/// Polls until [`all_in`] holds; returns (wall time every router reported `enabled`, time
+/// from `start` until every connection was in `mode`), or `None` past `timeout`.
+fn wait_mode(
+    name: &str,
+    nodes: &[&str],
+    enabled: bool,
+    mode: &str,
+    start: Instant,
+    timeout: Duration,
+) -> Option<(f64, Duration)> {
+    let mut known = None;
+    while start.elapsed() < timeout {
+        if known.is_none() && all_in(name, nodes, enabled, None, 0) {
+            known = Some(wall());
+        }
+        if all_in(name, nodes, enabled, Some(mode), nodes.len() - 1) {
+            return Some((known.unwrap_or_else(wall), start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// `N packets transmitted, M received` from ping's summary.
+fn ping_counts(out: &str) -> (u64, u64) {
+    let line = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {out}"));
+    let nums: Vec<u64> = line
+        .split([' ', ','])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// The longest run of consecutive iperf3 intervals that moved no bytes, in seconds, and the
+/// number of intervals.
+fn longest_stall(report: &Value) -> (f64, usize) {
+    let intervals = report["intervals"].as_array().cloned().unwrap_or_default();
+    let (mut longest, mut run) = (0.0f64, 0.0f64);
+    for i in &intervals {
+        let sum = &i["sum"];
+        if sum["bytes"].as_f64().unwrap_or(0.0) == 0.0 {
+            run += sum["seconds"].as_f64().unwrap_or(0.0);
+            longest = longest.max(run);
+        } else {
+            run = 0.0;
+        }
+    }
+    (longest, intervals.len())
+}
+
+fn write_password(name: &str, file: &str, text: &str) -> String {
+    let path = format!("{}/{name}/{file}", lab::RUN_DIR);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn mesh_encryption_switches_while_traffic_flows() {
+    let _serial = serial();
+    let name = unique("es");
+    let _guard = LabGuard::new(&name);
+    let mut spec = LabSpec::new(&name);
+    spec.nodes = 3;
+    spec.pods = 1;
+    spec.datapath = Datapath::Sleeve;
+    spec.encrypt = false;
+    spec.password = Some(PASSWORD.to_owned());
+    let info = lab::up(&spec).unwrap();
+    let nodes = ["h1", "h2", "h3"];
+    let ips: Vec<String> = (1..=3).map(|i| pod_ip(&info, i)).collect();
+    let pairs = [(1, 2), (2, 3), (3, 1)];
+    for &(a, b) in &pairs {
+        assert!(
+            ping_once(
+                &name,
+                &format!("h{a}/p1"),
+                &ips[b - 1],
+                Duration::from_secs(10)
+            ),
+            "h{a}/p1 cannot reach h{b}/p1"
+        );
+    }
+    assert!(
+        wait_mode(
+            &name,
+            &nodes,
+            false,
+            "plain",
+            Instant::now(),
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "connections not plain at start"
+    );
+    let good = write_password(&name, "admin-password", PASSWORD);
+    let wrong = write_password(&name, "wrong-password", "not the mesh password");
+
+    let capture = Capture::start(&name, "switch");
+    let t0 = Instant::now();
+    let iperf_server = Proc::start(&name, "h2/p1", &["iperf3", "-s", "-1", "-J", "-i", "0.2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let seconds = TRAFFIC_SECONDS.to_string();
+    let iperf_client = Proc::start(
+        &name,
+        "h1/p1",
+        &[
+            "iperf3", "-c", &ips[1], "-t", &seconds, "-b", "500M", "-i", "0.2", "-J",
+        ],
+    );
+    let count = PINGS.to_string();
+    let pings: Vec<(String, Proc)> = pairs
+        .iter()
+        .map(|&(a, b)| {
+            let label = format!("h{a}/p1 -> h{b}/p1");
+            let p = Proc::start(
+                &name,
+                &format!("h{a}/p1"),
+                &[
+                    "ping",
+                    "-q",
+                    "-i",
+                    "0.01",
+                    "-c",
+                    &count,
+                    "-s",
+                    "64",
+                    "-W",
+                    "2",
+                    "-p",
+                    PATTERN,
+                    &ips[b - 1],
+                ],
+            );
+            (label, p)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // enable on h1.
+    let t_enable1 = wall();
+    let start = Instant::now();
+    let (ok, out, err) = weft(&name, "h1", &["encryption", "enable"]);
+    assert!(ok, "enable failed: {out}{err}");
+    let t_returned1 = wall();
+    print!("h1: weft encryption enable: {out}");
+    let (known1, settle1) = wait_mode(&name, &nodes, true, "sealed", start, Duration::from_secs(3))
+        .expect("not every connection sealed within 3 s of enable");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // disable on h2: refused without proof and with a wrong password, done with the right one.
+    let (ok, _, err) = weft(&name, "h2", &["encryption", "disable"]);
+    assert!(!ok, "disable without a password proof was accepted");
+    assert!(err.contains("--password-file"), "{err}");
+    let (ok, _, err) = weft(
+        &name,
+        "h2",
+        &["encryption", "disable", "--password-file", &wrong],
+    );
+    assert!(!ok, "disable with a wrong password was accepted");
+    assert!(err.contains("does not verify"), "{err}");
+    assert!(
+        all_in(&name, &nodes, true, None, 0),
+        "a refused disable changed the setting"
+    );
+    let t_disable = wall();
+    let start = Instant::now();
+    let (ok, out, err) = weft(
+        &name,
+        "h2",
+        &["encryption", "disable", "--password-file", &good],
+    );
+    assert!(ok, "disable failed: {out}{err}");
+    print!("h2: weft encryption disable --password-file F: {out}");
+    let (_, settle2) = wait_mode(&name, &nodes, false, "plain", start, Duration::from_secs(3))
+        .expect("not every connection plain within 3 s of disable");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // enable again, on h3.
+    let t_enable2 = wall();
+    let start = Instant::now();
+    let (ok, out, err) = weft(&name, "h3", &["encryption", "enable"]);
+    assert!(ok, "second enable failed: {out}{err}");
+    let t_returned2 = wall();
+    print!("h3: weft encryption enable: {out}");
+    let (known3, settle3) = wait_mode(&name, &nodes, true, "sealed", start, Duration::from_secs(3))
+        .expect("not every connection sealed within 3 s of the second enable");
+    let switched_by = t0.elapsed();
+
+    let ping_outs: Vec<(String, String)> = pings
+        .into_iter()
+        .map(|(label, p)| (label, p.finish(Duration::from_secs(40))))
+        .collect();
+    let client_out = iperf_client.finish(Duration::from_secs(40));
+    let server_out = iperf_server.finish(Duration::from_secs(10));
+    let packets = capture.stop();
+    let t_end = wall();
+
+    println!(
+        "settle (command to every connection in the new mode): enable {:.2} s, disable {:.2} s, enable {:.2} s; all switches done {:.1} s into {TRAFFIC_SECONDS} s of traffic",
+        settle1.as_secs_f64(),
+        settle2.as_secs_f64(),
+        settle3.as_secs_f64(),
+        switched_by.as_secs_f64()
+    );
+    assert!(
+        switched_by < Duration::from_secs(TRAFFIC_SECONDS),
+        "the switches ended after the traffic: {switched_by:?}"
+    );
+    for (label, out) in &ping_outs {
+        let (sent, received) = ping_counts(out);
+        println!("ping {label}: {sent} sent, {received} received");
+        assert!(
+            sent >= u64::from(PINGS) * 9 / 10,
+            "{label}: only {sent} sent"
+        );
+        assert_eq!(sent, received, "{label} lost pings: {out}");
+    }
+    let server: Value = serde_json::from_str(&server_out)
+        .unwrap_or_else(|e| panic!("iperf3 server JSON ({e}): {server_out}"));
+    let client: Value = serde_json::from_str(&client_out)
+        .unwrap_or_else(|e| panic!("iperf3 client JSON ({e}): {client_out}"));
+    let (stall, intervals) = longest_stall(&server);
+    let received = client["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    println!(
+        "iperf3: {intervals} receiver intervals, longest stall {stall:.1} s, {:.0} Mb/s received",
+        received / 1e6
+    );
+    assert!(intervals >= 50, "too few iperf3 intervals: {server_out}");
+    assert!(stall <= 1.0, "the TCP stream stalled {stall} s");
+    assert!(received > 100e6, "TCP moved only {received} b/s");
+
+    let pattern = pattern_bytes();
+    let clear: Vec<f64> = packets
+        .iter()
+        .filter(|(_, p)| contains(p, &pattern))
+        .map(|(t, _)| *t)
+        .collect();
+    let within = |a: f64, b: f64| clear.iter().filter(|&&t| t >= a && t < b).count();
+    println!(
+        "capture: {} packets, {} with the pattern in clear; enable 1: {} while the command ran, {} from its return until every router reported on ({:.0} ms); enable 2: {} and {} ({:.0} ms); plain phase: {}",
+        packets.len(),
+        clear.len(),
+        within(t_enable1, t_returned1),
+        within(t_returned1, known1),
+        (known1 - t_returned1) * 1e3,
+        within(t_enable2, t_returned2),
+        within(t_returned2, known3),
+        (known3 - t_returned2) * 1e3,
+        within(t_disable, t_enable2)
+    );
+    // The positive control: in the plain phase the payload is visible.
+    assert!(
+        within(t_disable, t_enable2) > 10,
+        "the capture does not see the plain phase's payload"
+    );
+    assert_eq!(
+        within(known1, t_disable),
+        0,
+        "pod payload in clear after the first enable"
+    );
+    assert_eq!(
+        within(known3, t_end),
+        0,
+        "pod payload in clear after the second enable"
+    );
+
+    // A node that joins while encryption is on comes up encrypted: h3 restarts with
+    // `--encryption off` and learns the mesh's setting from its first connection.
+    lab::router_action(&name, "h3", lab::RouterAction::Restart).unwrap();
+    let start = Instant::now();
+    let (_, joined) = wait_mode(
+        &name,
+        &nodes,
+        true,
+        "sealed",
+        start,
+        Duration::from_secs(20),
+    )
+    .expect("the restarted h3 did not come up encrypted");
+    let h3 = lab::report(&name, "h3").unwrap();
+    assert_eq!(h3["encryption"]["version"], 3, "{h3:#}");
+    println!(
+        "rejoin: h3 sealed with every peer {:.1} s after its restart",
+        joined.as_secs_f64()
+    );
+    // Pods reach a restarted router's pods after 1 to 12 s in this lab, with encryption on or
+    // off alike (a restart-convergence matter outside this test): wait for that first.
+    for (from, to) in [(3, 1), (1, 3), (2, 3)] {
+        assert!(
+            ping_once(
+                &name,
+                &format!("h{from}/p1"),
+                &ips[to - 1],
+                Duration::from_secs(25)
+            ),
+            "h{from}/p1 cannot reach h{to}/p1 after the rejoin"
+        );
+    }
+    let capture = Capture::start(&name, "join");
+    let t_join = wall();
+    for (from, to) in [(3, 1), (1, 3), (2, 3)] {
+        let (ok, out, _) = exec(
+            &name,
+            &format!("h{from}/p1"),
+            &[
+                "ping",
+                "-c",
+                "5",
+                "-i",
+                "0.1",
+                "-W",
+                "2",
+                "-s",
+                "64",
+                "-p",
+                PATTERN,
+                &ips[to - 1],
+            ],
+        );
+        assert!(ok, "h{from}/p1 -> h{to}/p1 after the rejoin: {out}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let packets = capture.stop();
+    let after: Vec<&(f64, Vec<u8>)> = packets.iter().filter(|(t, _)| *t >= t_join).collect();
+    assert!(after.len() >= 30, "capture too small: {}", after.len());
+    assert!(
+        !after.iter().any(|(_, p)| contains(p, &pattern)),
+        "the rejoined node's traffic crossed the underlay in clear"
+    );
+}
+
+#[test]
+fn trusted_subnets_carry_traffic_unencrypted() {
+    let _serial = serial();
+    let name = unique("et");
+    let _guard = LabGuard::new(&name);
+    let mut spec = LabSpec::new(&name);
+    spec.nodes = 2;
+    spec.pods = 1;
+    spec.datapath = Datapath::Sleeve;
+    spec.encrypt = true;
+    // The lab's underlay is 192.0.2.0/24: both ends inside.
+    spec.trusted_subnets = vec!["192.0.2.0/24".to_owned()];
+    let info = lab::up(&spec).unwrap();
+    let ip2 = pod_ip(&info, 2);
+    assert!(ping_once(&name, "h1/p1", &ip2, Duration::from_secs(10)));
+    let r = lab::report(&name, "h1").unwrap();
+    assert_eq!(r["encryption"]["enabled"], true, "{r:#}");
+    let conn = &r["encryption"]["connections"][0];
+    assert_eq!(conn["reason"], "trusted subnet 192.0.2.0/24", "{r:#}");
+    assert!(
+        all_in(&name, &["h1", "h2"], true, Some("plain"), 1),
+        "{r:#}"
+    );
+    let (ok, status, _) = weft(&name, "h1", &["encryption", "status"]);
+    assert!(ok);
+    assert!(
+        status.contains("plain     trusted subnet 192.0.2.0/24"),
+        "{status}"
+    );
+    let capture = Capture::start(&name, "trusted");
+    let t = wall();
+    let (ok, out, _) = exec(
+        &name,
+        "h1/p1",
+        &[
+            "ping", "-c", "5", "-i", "0.1", "-W", "2", "-s", "64", "-p", PATTERN, &ip2,
+        ],
+    );
+    assert!(ok, "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    let packets = capture.stop();
+    println!(
+        "trusted capture: {} packets since the pings started: {:?}",
+        packets.iter().filter(|(ts, _)| *ts >= t).count(),
+        packets
+            .iter()
+            .map(|(ts, p)| (*ts - t, p.len()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        packets
+            .iter()
+            .any(|(ts, p)| *ts >= t && contains(p, &pattern_bytes())),
+        "traffic between trusted subnets was sealed"
+    );
+}
