@@ -23,6 +23,7 @@
 pub mod api;
 pub mod channel;
 pub mod ipam;
+pub mod kube;
 pub mod mac;
 pub mod mesh;
 pub mod peer;
