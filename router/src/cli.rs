@@ -145,8 +145,8 @@ pub struct RouterArgs {
     /// Address serving Prometheus metrics at /metrics.
     #[arg(long, default_value = DEFAULT_METRICS_ADDR, value_name = "ADDR:PORT")]
     pub metrics_addr: SocketAddr,
-    /// This peer's nickname [default: the host name].
-    #[arg(long)]
+    /// This peer's nickname [default: $NODE_NAME (the Kubernetes node name), else the host name].
+    #[arg(long, env = "NODE_NAME")]
     pub nickname: Option<String>,
     /// Most connections to keep.
     #[arg(long, default_value_t = 100)]
@@ -154,6 +154,20 @@ pub struct RouterArgs {
     /// Local address for the control and sleeve sockets [default: all].
     #[arg(long, value_name = "IP")]
     pub bind_addr: Option<IpAddr>,
+    /// Discover peers from the Kubernetes API's Node objects: dial every node's InternalIP,
+    /// forget deleted nodes and reclaim their IP space. The nickname must be the node name.
+    #[arg(long)]
+    pub kube_peers: bool,
+    /// The Kubernetes API for --kube-peers, https://HOST:PORT or http://HOST:PORT
+    /// [default: in-cluster, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT].
+    #[arg(long, value_name = "URL", requires = "kube_peers")]
+    pub kube_api: Option<String>,
+    /// The bearer token file for --kube-peers, re-read for every request.
+    #[arg(long, value_name = "FILE", default_value = crate::kube::DEFAULT_TOKEN_FILE)]
+    pub kube_token_file: PathBuf,
+    /// The CA bundle (PEM) that signs the API server's certificate, for --kube-peers.
+    #[arg(long, value_name = "FILE", default_value = crate::kube::DEFAULT_CA_FILE)]
+    pub kube_ca_file: PathBuf,
 }
 
 impl RouterArgs {
@@ -188,6 +202,17 @@ impl RouterArgs {
                 "--nickname {nickname:?} must be non-empty without spaces"
             ));
         }
+        if self.kube_peers && self.port == 0 {
+            return Err(
+                "--kube-peers needs a fixed --port: every node is dialled on the same port"
+                    .to_owned(),
+            );
+        }
+        let kube = self.kube_peers.then_some(crate::kube::KubeSettings {
+            api: self.kube_api,
+            token_file: self.kube_token_file,
+            ca_file: self.kube_ca_file,
+        });
         Ok(RouterConfig {
             peers: self.peers.into_iter().filter(|p| !p.is_empty()).collect(),
             peers_file: self.peers_file,
@@ -207,6 +232,7 @@ impl RouterArgs {
             conn_limit: self.conn_limit,
             bind_addr: self.bind_addr,
             devices: true,
+            kube,
         })
     }
 }
@@ -367,6 +393,33 @@ mod tests {
             panic!("not router")
         };
         assert!(args.into_config().unwrap_err().contains("--vxlan-port"));
+    }
+
+    #[test]
+    fn kube_flags() {
+        let c = router(&["--nickname=n1", "--kube-peers"]);
+        let kube = c.kube.unwrap();
+        assert_eq!(kube.api, None);
+        assert_eq!(
+            kube.token_file,
+            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+        );
+        let c = router(&["--kube-peers", "--kube-api=http://127.0.0.1:8001"]);
+        assert_eq!(
+            c.kube.unwrap().api.as_deref(),
+            Some("http://127.0.0.1:8001")
+        );
+        assert!(router(&["--nickname=n1"]).kube.is_none());
+        // --kube-api alone is a mistake, named as such.
+        let err = parse(&["router", "--kube-api=http://x:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--kube-peers"), "{err}");
+        let cli = parse(&["router", "--kube-peers", "--port=0", "--vxlan-port=1"]).unwrap();
+        let Command::Router(args) = cli.command else {
+            panic!("not router")
+        };
+        assert!(args.into_config().unwrap_err().contains("--kube-peers"));
     }
 
     #[test]
