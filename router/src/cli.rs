@@ -45,6 +45,23 @@ pub enum Command {
         #[arg(value_enum)]
         action: EncryptionAction,
     },
+    /// Install the CNI plugin and write its conflist (the DaemonSet's init container).
+    InstallCni(InstallCniArgs),
+    /// Remove weft's conflist (and with --remove-plugin the plugin) from the node.
+    UninstallCni {
+        /// The node's CNI configuration directory.
+        #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+        conf_dir: PathBuf,
+        /// The conflist's file name.
+        #[arg(long, default_value = crate::cni_install::DEFAULT_CONF_NAME, value_name = "NAME")]
+        conf_name: String,
+        /// The node's CNI plugin directory.
+        #[arg(long, default_value = "/opt/cni/bin", value_name = "DIR")]
+        bin_dir: PathBuf,
+        /// Remove the plugin too (only once no weft pod is left: DEL needs it).
+        #[arg(long)]
+        remove_plugin: bool,
+    },
     /// Remove a connection target (connections already up stay up).
     Forget {
         /// `host` or `host:port`, as given to connect.
@@ -65,6 +82,47 @@ pub enum Command {
         #[arg(value_enum)]
         view: Option<StatusView>,
     },
+}
+
+/// The flags of `weft install-cni`.
+#[derive(Debug, Args)]
+pub struct InstallCniArgs {
+    /// The plugin binary to install as `weft`.
+    #[arg(long, default_value = "/usr/local/bin/weft-cni", value_name = "FILE")]
+    pub plugin: PathBuf,
+    /// The node's CNI plugin directory.
+    #[arg(long, default_value = "/opt/cni/bin", value_name = "DIR")]
+    pub bin_dir: PathBuf,
+    /// The node's CNI configuration directory.
+    #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+    pub conf_dir: PathBuf,
+    /// The conflist's file name.
+    #[arg(long, default_value = crate::cni_install::DEFAULT_CONF_NAME, value_name = "NAME")]
+    pub conf_name: String,
+    /// The router's API socket as the plugin sees it on the node.
+    #[arg(long, default_value = DEFAULT_API_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Pod MTU written into the conflist [default: the plugin takes the bridge's].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535))]
+    pub mtu: Option<u32>,
+    /// More plugins to install under their own names where the node has none (e.g. portmap).
+    #[arg(long, value_delimiter = ',', value_name = "FILE,...")]
+    pub if_missing: Vec<PathBuf>,
+}
+
+impl InstallCniArgs {
+    /// The installation these flags describe.
+    pub fn into_install(self) -> crate::cni_install::InstallCni {
+        crate::cni_install::InstallCni {
+            plugin: self.plugin,
+            bin_dir: self.bin_dir,
+            conf_dir: self.conf_dir,
+            conf_name: self.conf_name,
+            socket: self.socket,
+            mtu: self.mtu,
+            if_missing: self.if_missing,
+        }
+    }
 }
 
 /// The parts of `weft status`.
@@ -266,9 +324,10 @@ pub async fn run_client_command(
             out.write_all(client.text("/report").await?.as_bytes())?;
         }
         Command::Rmpeer { name } => line(out, &client.rmpeer(name).await?)?,
-        Command::Router(_) => {
+        Command::Router(_) | Command::InstallCni(_) | Command::UninstallCni { .. } => {
             return Err(CommandFailure::Usage(
-                "`weft router` is not an API subcommand".to_owned(),
+                "`weft router`, `install-cni` and `uninstall-cni` are not API subcommands"
+                    .to_owned(),
             ));
         }
         Command::Status { view } => {

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cni_install;
 pub mod config;
 pub mod daemon;
 pub mod ipam_store;
