@@ -61,6 +61,9 @@ pub enum Command {
         /// Remove the plugin too (only once no weft pod is left: DEL needs it).
         #[arg(long)]
         remove_plugin: bool,
+        /// Then wait for SIGTERM (so a cleanup DaemonSet's pod stays up, and Ready, once done).
+        #[arg(long)]
+        wait: bool,
     },
     /// Remove a connection target (connections already up stay up).
     Forget {
@@ -103,7 +106,7 @@ pub struct InstallCniArgs {
     #[arg(long, default_value = DEFAULT_API_SOCKET, value_name = "PATH")]
     pub socket: PathBuf,
     /// Pod MTU written into the conflist [default: the plugin takes the bridge's].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535), env = "WEFT_MTU")]
     pub mtu: Option<u32>,
     /// More plugins to install under their own names where the node has none (e.g. portmap).
     #[arg(long, value_delimiter = ',', value_name = "FILE,...")]
@@ -176,20 +179,34 @@ pub struct RouterArgs {
     /// File holding the mesh password; peers without it are refused.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Like --password-file, but a missing file means no password (for a Kubernetes Secret
+    /// mounted as optional).
+    #[arg(long, value_name = "FILE", conflicts_with = "password_file")]
+    pub password_file_if_present: Option<PathBuf>,
     /// Seal sleeve traffic.
-    #[arg(long, value_enum, default_value = "off")]
+    #[arg(long, value_enum, default_value = "off", env = "WEFT_ENCRYPTION")]
     pub encryption: OnOff,
     /// Subnets whose peers may carry traffic unencrypted, comma-separated CIDRs.
-    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        env = "WEFT_TRUSTED_SUBNETS"
+    )]
     pub trusted_subnets: Vec<IpNet>,
     /// The IPAM range.
-    #[arg(long, default_value = "10.32.0.0/12", value_name = "CIDR")]
+    #[arg(
+        long,
+        default_value = "10.32.0.0/12",
+        value_name = "CIDR",
+        env = "WEFT_IPALLOC_RANGE"
+    )]
     pub ipalloc_range: IpNet,
     /// Which data paths to use.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "auto", env = "WEFT_DATAPATH")]
     pub datapath: DatapathMode,
     /// Pod MTU [default: underlay MTU - 50].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535), env = "WEFT_MTU")]
     pub mtu: Option<u32>,
     /// State directory: node key, IPAM claims, persisted peers.
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
@@ -266,6 +283,10 @@ impl RouterArgs {
                     .to_owned(),
             );
         }
+        // A Secret mounted as optional is an empty directory when the Secret does not exist.
+        let password_file = self
+            .password_file
+            .or_else(|| self.password_file_if_present.filter(|p| p.exists()));
         let kube = self.kube_peers.then_some(crate::kube::KubeSettings {
             api: self.kube_api,
             token_file: self.kube_token_file,
@@ -276,7 +297,7 @@ impl RouterArgs {
             peers_file: self.peers_file,
             port: self.port,
             vxlan_port,
-            password_file: self.password_file,
+            password_file,
             encryption: self.encryption == OnOff::On,
             trusted_subnets: self.trusted_subnets,
             ipalloc_range: self.ipalloc_range,
@@ -452,6 +473,20 @@ mod tests {
             panic!("not router")
         };
         assert!(args.into_config().unwrap_err().contains("--vxlan-port"));
+    }
+
+    #[test]
+    fn optional_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        let flag = format!("--password-file-if-present={}", file.display());
+        assert_eq!(router(&[&flag]).password_file, None);
+        std::fs::write(&file, "secret").unwrap();
+        assert_eq!(router(&[&flag]).password_file, Some(file));
+        let both = parse(&["router", &flag, "--password-file=/x"])
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("--password-file"), "{both}");
     }
 
     #[test]

@@ -36,10 +36,12 @@ fn main() -> ExitCode {
             conf_name,
             bin_dir,
             remove_plugin,
+            wait,
         } => {
             weft_router::cni_install::uninstall_cni(&conf_dir, &conf_name, &bin_dir, remove_plugin)
                 .map(print_lines)
                 .map_err(anyhow::Error::from)
+                .and_then(|()| if wait { wait_for_signal() } else { Ok(()) })
         }
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -59,6 +61,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            r = tokio::signal::ctrl_c() => r.map_err(anyhow::Error::from),
+        }
+    })
 }
 
 /// Prints what an install step did, one line each.
