@@ -6,7 +6,8 @@
 //! `NodeList`, apiVersion `v1`, `metadata.resourceVersion`, events `{"type": "ADDED",
 //! "object": {...}}`, a `Status` object with code 410 in an `ERROR` event for a version that is
 //! too old. The test can end every open watch (a disconnect) and compact the history (so a
-//! resumed watch gets 410 and the client must list again).
+//! resumed watch gets 410 and the client must list again). A third test serves the list over
+//! HTTPS with a test CA (`tests/data/`) and checks the CA and the bearer token.
 
 #![allow(clippy::unwrap_used)]
 
@@ -406,4 +407,110 @@ async fn an_unreachable_api_fails_the_start_with_the_url() {
     });
     let err = start_router(config).await.unwrap_err().to_string();
     assert!(err.contains("--kube-api"), "{err}");
+}
+
+/// The HTTPS path: the client trusts only the cluster CA it is given, sends the service
+/// account token as a bearer token, and re-reads the token file for every request (kubelet
+/// rotates it).
+#[tokio::test]
+async fn https_with_the_cluster_ca_and_a_rotating_token() {
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use weft_router::kube::KubeClient;
+
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(data.join("kube-apiserver.crt"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(data.join("kube-apiserver.key")).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted_token = Arc::new(Mutex::new("token-1".to_owned()));
+    let want = Arc::clone(&accepted_token);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let want = Arc::clone(&want);
+            tokio::spawn(async move {
+                // A client that refuses our certificate ends the handshake: nothing to serve.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let expected = format!("Bearer {}", want.lock().unwrap());
+                    let authorized = req
+                        .headers()
+                        .get("authorization")
+                        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                    let resp = if authorized {
+                        let list = json!({"kind": "NodeList", "apiVersion": "v1",
+                            "metadata": {"resourceVersion": "7"},
+                            "items": [node_object("n1", "192.0.2.1", 7)]});
+                        respond(StatusCode::OK, Bytes::from(list.to_string()))
+                    } else {
+                        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized",
+                            "code": 401});
+                        respond(StatusCode::UNAUTHORIZED, Bytes::from(status.to_string()))
+                    };
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+
+    let dir = TempDir::new().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "token-1\n").unwrap();
+    let settings = |ca: &str| KubeSettings {
+        api: Some(format!("https://127.0.0.1:{port}")),
+        token_file: token_file.clone(),
+        ca_file: data.join(ca),
+    };
+    let client = KubeClient::new(&settings("kube-ca.crt")).unwrap();
+    let list = client.list_nodes().await.unwrap();
+    assert_eq!(list.resource_version, "7");
+    assert_eq!(list.nodes[0].name, "n1");
+
+    // The token rotates: the next request carries the new one.
+    *accepted_token.lock().unwrap() = "token-2".to_owned();
+    std::fs::write(&token_file, "token-2").unwrap();
+    client.list_nodes().await.unwrap();
+
+    // A token the server does not accept: the status and the server's message.
+    *accepted_token.lock().unwrap() = "token-3".to_owned();
+    let err = client.list_nodes().await.unwrap_err().to_string();
+    assert!(
+        err.contains("HTTP 401") && err.contains("Unauthorized"),
+        "{err}"
+    );
+
+    // A CA that did not sign the server's certificate: refused, and said so.
+    let other = KubeClient::new(&settings("other-ca.crt")).unwrap();
+    let err = other.list_nodes().await.unwrap_err().to_string();
+    assert!(err.contains("TLS"), "{err}");
+
+    // No token file on HTTPS: named.
+    std::fs::remove_file(&token_file).unwrap();
+    let err = client.list_nodes().await.unwrap_err().to_string();
+    assert!(err.contains(&token_file.display().to_string()), "{err}");
 }
