@@ -531,6 +531,13 @@ impl Discoverer {
                         debug!("node watch ended; watching again");
                         break;
                     }
+                    // An event that does not decode is lost if we resume after it: list again,
+                    // which recovers the whole state.
+                    Err(e @ KubeError::Decode(_)) => {
+                        warn!("node watch: {e}; listing again");
+                        relist = true;
+                        break;
+                    }
                     Err(e) => {
                         warn!("node watch: {e}");
                         break;

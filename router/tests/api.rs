@@ -476,3 +476,57 @@ async fn the_password_never_shows() {
     assert!(!report.contains("horse"), "{report}");
     router.shutdown().await.unwrap();
 }
+
+/// Runs the CNI plugin's STATUS (CNI 1.1.0) against the router at `socket`, as a runtime would.
+async fn cni_status(socket: PathBuf) -> (i32, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "weft", "type": "weft", "socket": socket,
+        });
+        let env = weft_cni::conf::Env {
+            command: Some("STATUS".to_owned()),
+            ..weft_cni::conf::Env::default()
+        };
+        let out = weft_cni::run(&env, &mut conf.to_string().as_bytes());
+        let body = if out.stdout.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        (out.exit_code, body)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn cni_status_follows_readiness() {
+    // One unreachable target: IPAM cannot agree on a ring, so STATUS says 50 and why.
+    let h = Harness::start().await;
+    let (code, err) = cni_status(h.socket()).await;
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err["code"], 50, "{err}");
+    let details = err["details"].as_str().unwrap();
+    assert!(
+        details.contains("router not ready (HTTP 503): IPAM: "),
+        "{details}"
+    );
+    h.router.shutdown().await.unwrap();
+
+    // A lone router seeds its ring and takes its gateway: STATUS succeeds, printing nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir);
+    config.peers.clear();
+    let router = start_router(config).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let (code, out) = cni_status(socket_path(&dir)).await;
+        if code == 0 {
+            assert_eq!(out, serde_json::Value::Null);
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 10, "never ready: {out}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    router.shutdown().await.unwrap();
+}

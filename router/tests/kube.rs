@@ -201,6 +201,14 @@ impl ApiServer {
         }
     }
 
+    /// Sends every open watch a line that is JSON but not a node event.
+    fn garble(&self) {
+        let line = Bytes::from_static(b"{\"type\":\"ADDED\",\"object\":{\"metadata\":{}}}\n");
+        let mut c = self.0.lock().unwrap();
+        c.watches
+            .retain(|w| w.send(Ok(Frame::data(line.clone()))).is_ok());
+    }
+
     fn counts(&self) -> (usize, usize, usize) {
         let c = self.0.lock().unwrap();
         (c.lists, c.watch_requests, c.gone_answers)
@@ -387,6 +395,18 @@ async fn routers_follow_the_nodes_through_watch_disconnects_and_410() {
         lists >= lists_before + 2,
         "both routers listed again: {lists_before} -> {lists}"
     );
+
+    // An event that does not decode: the routers list again rather than skip it.
+    let (lists_before, _, _) = api.counts();
+    api.garble();
+    let started = Instant::now();
+    while api.counts().0 < lists_before + 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no relist after a bad event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     n1.running.shutdown().await.unwrap();
     n2.running.shutdown().await.unwrap();
