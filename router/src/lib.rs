@@ -123,7 +123,7 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
             let client = kube::KubeClient::new(settings)?;
             let list = kube::initial_list(&client, KUBE_INITIAL_LIST)
                 .await
-                .with_context(|| format!("--kube-peers: listing nodes at {}", client.url()))?;
+                .context("--kube-peers: listing nodes")?;
             let peers = kube::peer_addrs(&list, &config.nickname, config.port);
             info!(
                 nodes = list.nodes.len(),
