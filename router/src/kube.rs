@@ -440,6 +440,9 @@ pub struct Discoverer {
     pub status: StatusReader,
     /// Becomes true when the router stops.
     pub shutdown: watch::Receiver<bool>,
+    /// Where what discovery knows is kept across restarts (in the state directory), so a node
+    /// deleted while the router was down is still forgotten and reclaimed; `None`: not kept.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Discoverer {
@@ -447,7 +450,14 @@ impl Discoverer {
     /// dials, as `--peers`).
     pub async fn run(mut self, initial: NodeList) {
         let mut state = State::default();
+        if let Some(path) = &self.state_file {
+            match Saved::load(path) {
+                Ok(saved) => saved.restore(&mut state),
+                Err(e) => warn!("{e}; starting without it"),
+            }
+        }
         state.load(&self.me, self.port, initial);
+        self.apply(&mut state).await;
         if !state.nodes.contains_key(&self.me) {
             warn!(
                 nickname = %self.me,
@@ -636,6 +646,26 @@ impl Discoverer {
                 }
             }
         }
+        self.save(state);
+    }
+
+    /// Keeps what discovery knows in the state file, when it changed.
+    fn save(&self, state: &mut State) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        // The engine creates the state directory as it starts; until then, save later.
+        if path.parent().is_some_and(|d| !d.is_dir()) {
+            return;
+        }
+        let saved = Saved::of(state);
+        if state.saved.as_ref() == Some(&saved) {
+            return;
+        }
+        match saved.store(path) {
+            Ok(()) => state.saved = Some(saved),
+            Err(e) => warn!("{e}"),
+        }
     }
 
     async fn ask(&self, make: impl FnOnce(Reply) -> ApiCommand) -> Result<String, CommandError> {
@@ -660,6 +690,61 @@ struct State {
     discovery: Discovery,
     /// Node name → peer name, learned from status.
     peer_names: BTreeMap<String, String>,
+    /// What the state file holds.
+    saved: Option<Saved>,
+}
+
+/// What discovery keeps across restarts: the nodes it knew, the addresses it had the router
+/// dial, the deleted nodes not reclaimed yet, and the peer names behind node names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    known: Vec<String>,
+    dialled: BTreeMap<String, SocketAddr>,
+    unreclaimed: Vec<String>,
+    peer_names: BTreeMap<String, String>,
+}
+
+impl Saved {
+    fn of(state: &State) -> Self {
+        Self {
+            known: state.discovery.known.iter().cloned().collect(),
+            dialled: state.discovery.dialled.clone(),
+            unreclaimed: state.discovery.unreclaimed.iter().cloned().collect(),
+            peer_names: state.peer_names.clone(),
+        }
+    }
+
+    fn restore(self, state: &mut State) {
+        state.discovery.known = self.known.iter().cloned().collect();
+        state.discovery.dialled = self.dialled.clone();
+        state.discovery.unreclaimed = self.unreclaimed.iter().cloned().collect();
+        state.peer_names = self.peer_names.clone();
+        state.saved = Some(self);
+    }
+
+    /// Reads the file; an absent file is an empty state.
+    fn load(path: &Path) -> Result<Self, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: not weft's node discovery state: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                known: Vec::new(),
+                dialled: BTreeMap::new(),
+                unreclaimed: Vec::new(),
+                peer_names: BTreeMap::new(),
+            }),
+            Err(e) => Err(format!("reading {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes the file atomically (temporary file, rename).
+    fn store(&self, path: &Path) -> Result<(), String> {
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("saving node discovery state {}: {e}", path.display()))
+    }
 }
 
 impl State {

@@ -157,6 +157,7 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
             commands: commands_tx.clone(),
             status: reader.clone(),
             shutdown: stop_rx.clone(),
+            state_file: Some(config.state_dir.join(KUBE_STATE_FILE)),
         };
         tokio::spawn(discoverer.run(list))
     });
@@ -230,5 +231,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 const UNKNOWN_NAME: &str = "00:00:00:00:00:00";
 /// How long `--kube-peers` retries the first node list before the router gives up.
 const KUBE_INITIAL_LIST: std::time::Duration = std::time::Duration::from_secs(60);
+/// What `--kube-peers` keeps in the state directory across restarts.
+const KUBE_STATE_FILE: &str = "kube-nodes.json";
 /// Commands queued for the engine before senders wait.
 const COMMAND_QUEUE: usize = 64;
