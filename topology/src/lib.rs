@@ -16,6 +16,8 @@
 //! - [`mesh`]: the engine tying them together, with heartbeats and gossip scheduling.
 //! - [`mac`]: the MAC → peer learning table used by the data plane.
 //! - [`api`]: serde status types for `weft status` and `weft report`.
+//! - [`kube`]: peer discovery from Kubernetes Node objects: the API's JSON decoded, and the
+//!   pure reconcile of nodes into connect, forget and rmpeer actions.
 //!
 //! Short peer IDs are not used on the topology wire; the data plane may derive its own (at
 //! least 16 bits) later.
