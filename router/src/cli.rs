@@ -50,6 +50,26 @@ pub enum Command {
         #[arg(long, env = "WEFT_PASSWORD_FILE", value_name = "FILE")]
         password_file: Option<PathBuf>,
     },
+    /// Install the CNI plugin and write its conflist (the DaemonSet's init container).
+    InstallCni(InstallCniArgs),
+    /// Remove weft's conflist (and with --remove-plugin the plugin) from the node.
+    UninstallCni {
+        /// The node's CNI configuration directory.
+        #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+        conf_dir: PathBuf,
+        /// The conflist's file name.
+        #[arg(long, default_value = crate::cni_install::DEFAULT_CONF_NAME, value_name = "NAME")]
+        conf_name: String,
+        /// The node's CNI plugin directory.
+        #[arg(long, default_value = "/opt/cni/bin", value_name = "DIR")]
+        bin_dir: PathBuf,
+        /// Remove the plugin too (only once no weft pod is left: DEL needs it).
+        #[arg(long)]
+        remove_plugin: bool,
+        /// Then wait for SIGTERM (so a cleanup DaemonSet's pod stays up, and Ready, once done).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Remove a connection target (connections already up stay up).
     Forget {
         /// `host` or `host:port`, as given to connect.
@@ -70,6 +90,47 @@ pub enum Command {
         #[arg(value_enum)]
         view: Option<StatusView>,
     },
+}
+
+/// The flags of `weft install-cni`.
+#[derive(Debug, Args)]
+pub struct InstallCniArgs {
+    /// The plugin binary to install as `weft`.
+    #[arg(long, default_value = "/usr/local/bin/weft-cni", value_name = "FILE")]
+    pub plugin: PathBuf,
+    /// The node's CNI plugin directory.
+    #[arg(long, default_value = "/opt/cni/bin", value_name = "DIR")]
+    pub bin_dir: PathBuf,
+    /// The node's CNI configuration directory.
+    #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+    pub conf_dir: PathBuf,
+    /// The conflist's file name.
+    #[arg(long, default_value = crate::cni_install::DEFAULT_CONF_NAME, value_name = "NAME")]
+    pub conf_name: String,
+    /// The router's API socket as the plugin sees it on the node.
+    #[arg(long, default_value = DEFAULT_API_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Pod MTU written into the conflist [default: the plugin takes the bridge's].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535), env = "WEFT_MTU")]
+    pub mtu: Option<u32>,
+    /// More plugins to install under their own names where the node has none (e.g. portmap).
+    #[arg(long, value_delimiter = ',', value_name = "FILE,...")]
+    pub if_missing: Vec<PathBuf>,
+}
+
+impl InstallCniArgs {
+    /// The installation these flags describe.
+    pub fn into_install(self) -> crate::cni_install::InstallCni {
+        crate::cni_install::InstallCni {
+            plugin: self.plugin,
+            bin_dir: self.bin_dir,
+            conf_dir: self.conf_dir,
+            conf_name: self.conf_name,
+            socket: self.socket,
+            mtu: self.mtu,
+            if_missing: self.if_missing,
+        }
+    }
 }
 
 /// The parts of `weft status`.
@@ -153,24 +214,38 @@ pub struct RouterArgs {
     /// File holding the mesh password; peers without it are refused.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Like --password-file, but a missing file means no password (for a Kubernetes Secret
+    /// mounted as optional).
+    #[arg(long, value_name = "FILE", conflicts_with = "password_file")]
+    pub password_file_if_present: Option<PathBuf>,
     /// Seal sleeve traffic.
-    #[arg(long, value_enum, default_value = "off")]
+    #[arg(long, value_enum, default_value = "off", env = "WEFT_ENCRYPTION")]
     pub encryption: OnOff,
     /// Subnets whose peers may carry traffic unencrypted, comma-separated CIDRs.
-    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        env = "WEFT_TRUSTED_SUBNETS"
+    )]
     pub trusted_subnets: Vec<IpNet>,
     /// The IPAM range.
-    #[arg(long, default_value = "10.32.0.0/12", value_name = "CIDR")]
+    #[arg(
+        long,
+        default_value = "10.32.0.0/12",
+        value_name = "CIDR",
+        env = "WEFT_IPALLOC_RANGE"
+    )]
     pub ipalloc_range: IpNet,
     /// Reclaim the IP space of a peer gone this long once the other owners agree (`30s`,
     /// `10m`, `2h`; at least 10 s), or `off` to leave it to `weft rmpeer`.
     #[arg(long, default_value = "10m", value_name = "DURATION|off", value_parser = parse_reclaim_after)]
     pub ipalloc_reclaim_after: ReclaimAfter,
     /// Which data paths to use.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "auto", env = "WEFT_DATAPATH")]
     pub datapath: DatapathMode,
     /// Pod MTU [default: underlay MTU - 50].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535), env = "WEFT_MTU")]
     pub mtu: Option<u32>,
     /// State directory: node key, IPAM claims, persisted peers.
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
@@ -184,8 +259,8 @@ pub struct RouterArgs {
     /// Address serving Prometheus metrics at /metrics.
     #[arg(long, default_value = DEFAULT_METRICS_ADDR, value_name = "ADDR:PORT")]
     pub metrics_addr: SocketAddr,
-    /// This peer's nickname [default: the host name].
-    #[arg(long)]
+    /// This peer's nickname [default: $NODE_NAME (the Kubernetes node name), else the host name].
+    #[arg(long, env = "NODE_NAME")]
     pub nickname: Option<String>,
     /// Most connections to keep.
     #[arg(long, default_value_t = 100)]
@@ -193,6 +268,20 @@ pub struct RouterArgs {
     /// Local address for the control and sleeve sockets [default: all].
     #[arg(long, value_name = "IP")]
     pub bind_addr: Option<IpAddr>,
+    /// Discover peers from the Kubernetes API's Node objects: dial every node's InternalIP,
+    /// forget deleted nodes and reclaim their IP space. The nickname must be the node name.
+    #[arg(long)]
+    pub kube_peers: bool,
+    /// The Kubernetes API for --kube-peers, https://HOST:PORT or http://HOST:PORT
+    /// [default: in-cluster, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT].
+    #[arg(long, value_name = "URL", requires = "kube_peers")]
+    pub kube_api: Option<String>,
+    /// The bearer token file for --kube-peers, re-read for every request.
+    #[arg(long, value_name = "FILE", default_value = crate::kube::DEFAULT_TOKEN_FILE)]
+    pub kube_token_file: PathBuf,
+    /// The CA bundle (PEM) that signs the API server's certificate, for --kube-peers.
+    #[arg(long, value_name = "FILE", default_value = crate::kube::DEFAULT_CA_FILE)]
+    pub kube_ca_file: PathBuf,
 }
 
 impl RouterArgs {
@@ -227,12 +316,27 @@ impl RouterArgs {
                 "--nickname {nickname:?} must be non-empty without spaces"
             ));
         }
+        if self.kube_peers && self.port == 0 {
+            return Err(
+                "--kube-peers needs a fixed --port: every node is dialled on the same port"
+                    .to_owned(),
+            );
+        }
+        // A Secret mounted as optional is an empty directory when the Secret does not exist.
+        let password_file = self
+            .password_file
+            .or_else(|| self.password_file_if_present.filter(|p| p.exists()));
+        let kube = self.kube_peers.then_some(crate::kube::KubeSettings {
+            api: self.kube_api,
+            token_file: self.kube_token_file,
+            ca_file: self.kube_ca_file,
+        });
         Ok(RouterConfig {
             peers: self.peers.into_iter().filter(|p| !p.is_empty()).collect(),
             peers_file: self.peers_file,
             port: self.port,
             vxlan_port,
-            password_file: self.password_file,
+            password_file,
             encryption: self.encryption == OnOff::On,
             trusted_subnets: self.trusted_subnets,
             ipalloc_range: self.ipalloc_range,
@@ -247,6 +351,7 @@ impl RouterArgs {
             conn_limit: self.conn_limit,
             bind_addr: self.bind_addr,
             devices: true,
+            kube,
         })
     }
 }
@@ -291,9 +396,10 @@ pub async fn run_client_command(
             out.write_all(client.text("/report").await?.as_bytes())?;
         }
         Command::Rmpeer { name } => line(out, &client.rmpeer(name).await?)?,
-        Command::Router(_) => {
+        Command::Router(_) | Command::InstallCni(_) | Command::UninstallCni { .. } => {
             return Err(CommandFailure::Usage(
-                "`weft router` is not an API subcommand".to_owned(),
+                "`weft router`, `install-cni` and `uninstall-cni` are not API subcommands"
+                    .to_owned(),
             ));
         }
         Command::Status { view } => {
@@ -542,6 +648,47 @@ mod tests {
             panic!("not router")
         };
         assert!(args.into_config().unwrap_err().contains("--vxlan-port"));
+    }
+
+    #[test]
+    fn optional_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        let flag = format!("--password-file-if-present={}", file.display());
+        assert_eq!(router(&[&flag]).password_file, None);
+        std::fs::write(&file, "secret").unwrap();
+        assert_eq!(router(&[&flag]).password_file, Some(file));
+        let both = parse(&["router", &flag, "--password-file=/x"])
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("--password-file"), "{both}");
+    }
+
+    #[test]
+    fn kube_flags() {
+        let c = router(&["--nickname=n1", "--kube-peers"]);
+        let kube = c.kube.unwrap();
+        assert_eq!(kube.api, None);
+        assert_eq!(
+            kube.token_file,
+            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+        );
+        let c = router(&["--kube-peers", "--kube-api=http://127.0.0.1:8001"]);
+        assert_eq!(
+            c.kube.unwrap().api.as_deref(),
+            Some("http://127.0.0.1:8001")
+        );
+        assert!(router(&["--nickname=n1"]).kube.is_none());
+        // --kube-api alone is a mistake, named as such.
+        let err = parse(&["router", "--kube-api=http://x:1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--kube-peers"), "{err}");
+        let cli = parse(&["router", "--kube-peers", "--port=0", "--vxlan-port=1"]).unwrap();
+        let Command::Router(args) = cli.command else {
+            panic!("not router")
+        };
+        assert!(args.into_config().unwrap_err().contains("--kube-peers"));
     }
 
     #[test]

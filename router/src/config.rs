@@ -53,6 +53,8 @@ pub struct RouterConfig {
     /// Whether the router creates and manages the node's devices (bridge, tunnels). Off only
     /// for tests that run a router in the machine's own namespace.
     pub devices: bool,
+    /// Peer discovery from the Kubernetes API's Node objects (`--kube-peers`).
+    pub kube: Option<crate::kube::KubeSettings>,
 }
 
 /// Which data paths the router may use.
@@ -95,6 +97,7 @@ impl RouterConfig {
             conn_limit: 100,
             bind_addr: Some(IpAddr::from([127, 0, 0, 1])),
             devices: false,
+            kube: None,
         }
     }
 }

@@ -1010,7 +1010,6 @@ impl Daemon {
     fn status(&self, now: Instant) -> RouterStatus {
         let ms = self.mesh.status(now);
         let mut status = self.handles.status.current().as_ref().clone();
-        status.ready = true;
         status.name = ms.name.to_string();
         status.nickname = ms.nickname.clone();
         status.port = self.port;
@@ -1161,6 +1160,8 @@ impl Daemon {
             });
         }
         let ipam = self.ipam.status(now);
+        (status.ready, status.not_ready_reason) =
+            crate::status::readiness(self.gateway.is_some(), &ipam.status);
         status.ipam = Some(crate::status::IpamStatus {
             status: ipam.status,
             range: ipam.range,

@@ -16,10 +16,12 @@
 
 pub mod api;
 pub mod cli;
+pub mod cni_install;
 pub mod config;
 pub mod daemon;
 pub mod encryption;
 pub mod ipam_store;
+pub mod kube;
 pub mod metrics;
 pub mod netlink;
 pub mod sleeve;
@@ -67,6 +69,8 @@ pub struct RunningRouter {
     api: JoinHandle<()>,
     metrics_task: JoinHandle<()>,
     engine: JoinHandle<anyhow::Result<()>>,
+    /// Node discovery (`--kube-peers`), when on.
+    discovery: Option<JoinHandle<()>>,
 }
 
 impl RunningRouter {
@@ -100,6 +104,9 @@ impl RunningRouter {
         let engine = self.engine.await.context("engine task panicked")?;
         self.api.await.context("API task panicked")?;
         self.metrics_task.await.context("metrics task panicked")?;
+        if let Some(discovery) = self.discovery {
+            discovery.await.context("node discovery task panicked")?;
+        }
         engine
     }
 }
@@ -109,7 +116,26 @@ impl RunningRouter {
 /// # Errors
 ///
 /// Fails when a listener cannot be bound; the message names the path or address.
-pub async fn start_router(config: RouterConfig) -> anyhow::Result<RunningRouter> {
+pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRouter> {
+    // With --kube-peers, the cluster's other nodes are the first targets, so IPAM's consensus
+    // quorum counts them (as Weave's launch script does with its peer list).
+    let kube = match &config.kube {
+        Some(settings) => {
+            let client = kube::KubeClient::new(settings)?;
+            let list = kube::initial_list(&client, KUBE_INITIAL_LIST)
+                .await
+                .context("--kube-peers: listing nodes")?;
+            let peers = kube::peer_addrs(&list, &config.nickname, config.port);
+            info!(
+                nodes = list.nodes.len(),
+                peers = peers.len(),
+                "listed Kubernetes nodes"
+            );
+            config.peers.extend(peers);
+            Some((client, list))
+        }
+        None => None,
+    };
     let api = ApiServer::bind(&config.api_socket, config.http_addr).await?;
     let http_addr = api.http_addr()?;
     let metrics_server = MetricsServer::bind(config.metrics_addr).await?;
@@ -124,6 +150,18 @@ pub async fn start_router(config: RouterConfig) -> anyhow::Result<RunningRouter>
     let (stop, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
 
+    let discovery = kube.map(|(client, list)| {
+        let discoverer = kube::Discoverer {
+            client,
+            me: config.nickname.clone(),
+            port: config.port,
+            commands: commands_tx.clone(),
+            status: reader.clone(),
+            shutdown: stop_rx.clone(),
+            state_file: Some(config.state_dir.join(KUBE_STATE_FILE)),
+        };
+        tokio::spawn(discoverer.run(list))
+    });
     let api_task = tokio::spawn(api.serve(
         ApiState {
             status: reader.clone(),
@@ -160,6 +198,7 @@ pub async fn start_router(config: RouterConfig) -> anyhow::Result<RunningRouter>
         api: api_task,
         metrics_task,
         engine,
+        discovery,
     })
 }
 
@@ -191,5 +230,9 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// The peer name shown until the engine publishes the real one (derived from the node key).
 const UNKNOWN_NAME: &str = "00:00:00:00:00:00";
+/// How long `--kube-peers` retries the first node list before the router gives up.
+const KUBE_INITIAL_LIST: std::time::Duration = std::time::Duration::from_secs(60);
+/// What `--kube-peers` keeps in the state directory across restarts.
+const KUBE_STATE_FILE: &str = "kube-nodes.json";
 /// Commands queued for the engine before senders wait.
 const COMMAND_QUEUE: usize = 64;

@@ -26,6 +26,23 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(weft_router::run_router(config)))
         }
+        Command::InstallCni(args) => args
+            .into_install()
+            .run()
+            .map(print_lines)
+            .map_err(anyhow::Error::from),
+        Command::UninstallCni {
+            conf_dir,
+            conf_name,
+            bin_dir,
+            remove_plugin,
+            wait,
+        } => {
+            weft_router::cni_install::uninstall_cni(&conf_dir, &conf_name, &bin_dir, remove_plugin)
+                .map(print_lines)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| if wait { wait_for_signal() } else { Ok(()) })
+        }
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -43,6 +60,28 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr().lock(), "weft: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            r = tokio::signal::ctrl_c() => r.map_err(anyhow::Error::from),
+        }
+    })
+}
+
+/// Prints what an install step did, one line each.
+fn print_lines(lines: Vec<String>) {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        let _ = writeln!(out, "{line}");
     }
 }
 

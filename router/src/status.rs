@@ -27,7 +27,8 @@ pub const DATAPATH_COUNTERS_NOT_AVAILABLE: &str =
 pub struct RouterStatus {
     /// The weft version of this router (`CARGO_PKG_VERSION`).
     pub version: String,
-    /// True once the router has bound its sockets and its engine runs.
+    /// True once the engine runs and IPAM has given this node its gateway address (so it holds
+    /// the ring and space for pods) and is not fenced: see [`readiness`].
     pub ready: bool,
     /// Why the router is not ready, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -440,4 +441,21 @@ impl StatusReader {
     pub fn current(&self) -> Arc<RouterStatus> {
         Arc::clone(&self.rx.borrow())
     }
+}
+
+/// Whether the router can serve pods, and why not: `GET /ready` and the CNI plugin's STATUS
+/// answer from it. Called from the engine's loop, so the mesh engine runs. IPAM must have given
+/// this node its gateway address, which takes a ring (consensus or a peer's) and space of its
+/// own, and must not be fenced off from a majority of the range's owners.
+pub fn readiness(gateway: bool, ipam_status: &str) -> (bool, Option<String>) {
+    if !gateway {
+        return (
+            false,
+            Some(format!("IPAM: {ipam_status} (no gateway address yet)")),
+        );
+    }
+    if ipam_status == topology::ipam::Waiting::Fenced.as_str() {
+        return (false, Some(format!("IPAM: {ipam_status}")));
+    }
+    (true, None)
 }

@@ -103,11 +103,21 @@ async fn read_only_routes_answer_on_both_listeners() {
             "/report",
             "/encryption",
             "/healthz",
-            "/ready",
         ] {
             let resp = client.get(path).await.unwrap();
             assert_eq!(resp.status, 200, "{} {path}: {}", client.addr(), resp.body);
         }
+        // One unreachable target: IPAM waits for a quorum of 2, so no gateway address, so not
+        // ready, and the reason says why (the CNI plugin's STATUS passes it on).
+        let resp = client.get("/ready").await.unwrap();
+        assert_eq!(resp.status, 503, "{}", resp.body);
+        let ready: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+        assert_eq!(ready["ready"], false);
+        let reason = ready["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("IPAM: ") && reason.ends_with("(no gateway address yet)"),
+            "{reason}"
+        );
         let status = client.text("/status").await.unwrap();
         assert!(status.contains("        Service: router\n"), "{status}");
         // The name derives from the node key created in the state directory.
@@ -124,11 +134,38 @@ async fn read_only_routes_answer_on_both_listeners() {
         );
         let report: RouterStatus = client.report().await.unwrap();
         assert_eq!(report.nickname, "h1");
-        assert!(report.ready);
+        assert!(!report.ready);
         // One target: IPAM waits for a quorum of 2 to seed its ring.
         assert!(report.ipam.is_some());
     }
     h.router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lone_router_turns_ready_once_ipam_gives_its_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir);
+    // No peers: a quorum of one, so the ring is seeded at once.
+    config.peers.clear();
+    let router = start_router(config).await.unwrap();
+    let client = ApiClient::new(ApiAddr::Unix(socket_path(&dir)));
+    let started = std::time::Instant::now();
+    loop {
+        let resp = client.get("/ready").await.unwrap();
+        if resp.status == 200 {
+            assert_eq!(resp.body.trim(), "{\n  \"ready\": true\n}");
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "never ready: {}",
+            resp.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let report = client.report().await.unwrap();
+    assert!(report.ready && report.not_ready_reason.is_none());
+    router.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -530,5 +567,59 @@ async fn the_password_never_shows() {
         assert!(!body.contains("horse"), "{path}: {body}");
     }
     assert!(!report.contains("horse"), "{report}");
+    router.shutdown().await.unwrap();
+}
+
+/// Runs the CNI plugin's STATUS (CNI 1.1.0) against the router at `socket`, as a runtime would.
+async fn cni_status(socket: PathBuf) -> (i32, serde_json::Value) {
+    tokio::task::spawn_blocking(move || {
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "weft", "type": "weft", "socket": socket,
+        });
+        let env = weft_cni::conf::Env {
+            command: Some("STATUS".to_owned()),
+            ..weft_cni::conf::Env::default()
+        };
+        let out = weft_cni::run(&env, &mut conf.to_string().as_bytes());
+        let body = if out.stdout.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&out.stdout).unwrap()
+        };
+        (out.exit_code, body)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn cni_status_follows_readiness() {
+    // One unreachable target: IPAM cannot agree on a ring, so STATUS says 50 and why.
+    let h = Harness::start().await;
+    let (code, err) = cni_status(h.socket()).await;
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err["code"], 50, "{err}");
+    let details = err["details"].as_str().unwrap();
+    assert!(
+        details.contains("router not ready (HTTP 503): IPAM: "),
+        "{details}"
+    );
+    h.router.shutdown().await.unwrap();
+
+    // A lone router seeds its ring and takes its gateway: STATUS succeeds, printing nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir);
+    config.peers.clear();
+    let router = start_router(config).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let (code, out) = cni_status(socket_path(&dir)).await;
+        if code == 0 {
+            assert_eq!(out, serde_json::Value::Null);
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 10, "never ready: {out}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     router.shutdown().await.unwrap();
 }

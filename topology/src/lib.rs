@@ -18,6 +18,8 @@
 //!   decision).
 //! - [`mac`]: the MAC → peer learning table used by the data plane.
 //! - [`api`]: serde status types for `weft status` and `weft report`.
+//! - [`kube`]: peer discovery from Kubernetes Node objects: the API's JSON decoded, and the
+//!   pure reconcile of nodes into connect, forget and rmpeer actions.
 //!
 //! Short peer IDs are not used on the topology wire; the data plane may derive its own (at
 //! least 16 bits) later.
@@ -25,6 +27,7 @@
 pub mod api;
 pub mod channel;
 pub mod ipam;
+pub mod kube;
 pub mod mac;
 pub mod mesh;
 pub mod peer;
