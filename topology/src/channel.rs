@@ -18,6 +18,8 @@ pub enum Channel {
     Ipam,
     /// Topology gossip and heartbeats (`topology::wire`).
     Topology,
+    /// fastdp announcements (`topology::fastdp::Announcement`).
+    Fastdp,
 }
 
 impl Channel {
@@ -27,6 +29,7 @@ impl Channel {
             Self::Hello => 0x01,
             Self::Topology => 0x02,
             Self::Ipam => 0x03,
+            Self::Fastdp => 0x05,
         }
     }
 
@@ -36,6 +39,7 @@ impl Channel {
             0x01 => Some(Self::Hello),
             0x02 => Some(Self::Topology),
             0x03 => Some(Self::Ipam),
+            0x05 => Some(Self::Fastdp),
             _ => None,
         }
     }

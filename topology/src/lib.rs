@@ -14,6 +14,8 @@
 //! - [`routes`]: unicast next hops and broadcast trees over symmetric established connections.
 //! - [`targets`]: which addresses to dial and the back-off between attempts.
 //! - [`mesh`]: the engine tying them together, with heartbeats and gossip scheduling.
+//! - [`fastdp`]: the per-peer fastdp/sleeve decision (probe hysteresis) and the fastdp
+//!   announcement message.
 //! - [`mac`]: the MAC → peer learning table used by the data plane.
 //! - [`api`]: serde status types for `weft status` and `weft report`.
 //!
@@ -22,6 +24,7 @@
 
 pub mod api;
 pub mod channel;
+pub mod fastdp;
 pub mod ipam;
 pub mod mac;
 pub mod mesh;
