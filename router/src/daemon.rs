@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use topology::api::ipam as ipam_api;
 use topology::channel::{self, Channel, Hello};
+use topology::fastdp::{Mode, Path as FastdpPath, Reason as FastdpReason};
 use topology::ipam::{self, Allocation, Ipam};
 use topology::{ConnId, Event, Mesh, PeerName};
 use tracing::{debug, info, warn};
@@ -28,6 +29,7 @@ use crate::EngineHandles;
 use crate::api::JsonReply;
 use crate::api::{ApiCommand, CommandError, CommandOutcome};
 use crate::config::RouterConfig;
+use crate::fastdp::{FastdpConfig, FastdpPlane};
 use crate::ipam_store::IpamStore;
 use crate::metrics::{DropReason, GossipDirection, HandshakeFailure, Metrics};
 use crate::sleeve::{Sleeve, SleeveConfig, SleeveRoutes};
@@ -64,7 +66,7 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
         .with_context(|| format!("binding the control port {bind}"))?;
     let port = listener.local_addr()?.port();
     let sleeve = match &bridge {
-        Some((netlink, index)) if config.datapath != crate::config::DatapathMode::Fastdp => {
+        Some((netlink, index)) => {
             let sleeve_config = SleeveConfig {
                 local: identity.name,
                 // The sleeve shares the control port's number (UDP).
@@ -86,11 +88,38 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
             );
             Some(sleeve)
         }
-        _ => None,
+        None => None,
+    };
+    let fastdp = match &bridge {
+        Some((netlink, index)) => {
+            let fastdp_config = FastdpConfig {
+                local: identity.name,
+                mode: match config.datapath {
+                    crate::config::DatapathMode::Auto => Mode::Auto,
+                    crate::config::DatapathMode::Fastdp => Mode::Fastdp,
+                    crate::config::DatapathMode::Sleeve => Mode::Sleeve,
+                },
+                vxlan_port: config.vxlan_port,
+                mtu: config.mtu.unwrap_or(DEFAULT_POD_MTU),
+                bridge: *index,
+                // No kernel ESP here: encrypted traffic takes the sealed sleeve.
+                encryption_required: config.encryption,
+            };
+            let (plane, answers) =
+                FastdpPlane::start(&fastdp_config, netlink, handles.metrics.clone())
+                    .await
+                    .context("starting fastdp")?;
+            Some((plane, answers))
+        }
+        None => None,
     };
     let ipam = start_ipam(&config, identity.name)?;
     let mut daemon = Daemon::new(config, identity, handles, port, ipam, bridge);
     daemon.sleeve = sleeve;
+    if let Some((plane, answers)) = fastdp {
+        daemon.fastdp = Some(plane);
+        daemon.fastdp_answers = Some(answers);
+    }
     daemon.add_initial_targets().await;
     info!(name = %daemon.mesh.name(), port, "mesh engine running");
     daemon.run(listener).await
@@ -179,6 +208,12 @@ struct Daemon {
     conn_peer: BTreeMap<ConnId, PeerName>,
     /// The sleeve data plane, when the router manages devices.
     sleeve: Option<Sleeve>,
+    /// The fastdp data plane, when the router manages devices.
+    fastdp: Option<FastdpPlane>,
+    /// Probe answers (sender addresses) from the fastdp listener.
+    fastdp_answers: Option<mpsc::UnboundedReceiver<IpAddr>>,
+    /// fastdp announcements received, handled in [`Daemon::drain_fastdp`].
+    fastdp_inbox: Vec<(ConnId, Vec<u8>)>,
 }
 
 /// An allocation request answered once IPAM can, or with an error at its deadline.
@@ -224,6 +259,9 @@ impl Daemon {
             pending_allocs: Vec::new(),
             conn_peer: BTreeMap::new(),
             sleeve: None,
+            fastdp: None,
+            fastdp_answers: None,
+            fastdp_inbox: Vec::new(),
         }
     }
 
@@ -258,6 +296,7 @@ impl Daemon {
                 self.ipam.poll_timeout().map(|(t, _)| t),
                 self.pending_allocs.iter().map(|p| p.deadline).min(),
                 self.publish_due,
+                self.fastdp.as_ref().and_then(FastdpPlane::poll_timeout),
             ]
             .into_iter()
             .flatten()
@@ -283,6 +322,14 @@ impl Daemon {
                     let now = Instant::now();
                     self.mesh.handle_timeout(now);
                     self.ipam.handle_timeout(now);
+                    if let Some(f) = &mut self.fastdp {
+                        f.handle_timeout(now);
+                    }
+                }
+                addr = next_answer(&mut self.fastdp_answers) => {
+                    if let Some(f) = &mut self.fastdp {
+                        f.handle_answer(addr);
+                    }
                 }
                 _ = housekeeping.tick() => self.housekeeping().await,
                 changed = self.handles.shutdown.changed() => {
@@ -293,6 +340,7 @@ impl Daemon {
                 }
             }
             self.drain();
+            self.drain_fastdp().await;
             self.ensure_gateway().await;
             self.maybe_publish(false);
         }
@@ -313,6 +361,11 @@ impl Daemon {
                 info!(peer = %remote, nickname = %hello.nickname, %addr, outbound, "connection established");
                 if let Some(sleeve) = &self.sleeve {
                     sleeve.add_peer(conn.0, remote, SocketAddr::new(addr.ip(), hello.port), keys);
+                }
+                if let Some(f) = &mut self.fastdp {
+                    for msg in f.peer_up(now, remote, addr.ip()) {
+                        let _ = tx.try_send(msg);
+                    }
                 }
                 self.conns.insert(conn, tx);
                 self.conn_peer.insert(conn, remote);
@@ -346,6 +399,7 @@ impl Daemon {
                             self.handles.metrics.add_dropped(DropReason::Malformed, 1);
                         }
                     }
+                    Ok((Channel::Fastdp, body)) => self.fastdp_inbox.push((conn, body.to_vec())),
                     // A second hello is harmless.
                     Ok((Channel::Hello, _)) => {}
                     Err(e) => {
@@ -355,6 +409,7 @@ impl Daemon {
                 }
             }
             Input::Down { conn, reason } => {
+                self.fastdp_peer_down(conn);
                 self.conn_peer.remove(&conn);
                 if let Some(sleeve) = &self.sleeve {
                     sleeve.remove_conn(conn.0);
@@ -403,6 +458,7 @@ impl Daemon {
                         "closing connection"
                     );
                     // Dropping the sender ends the connection's task, which closes the socket.
+                    self.fastdp_peer_down(conn);
                     self.conns.remove(&conn);
                     self.conn_peer.remove(&conn);
                     if let Some(sleeve) = &self.sleeve {
@@ -602,6 +658,9 @@ impl Daemon {
                         )))
                     }
                     Some(peer) => {
+                        if let Some(f) = &mut self.fastdp {
+                            f.forget(peer);
+                        }
                         self.mesh.remove_peer(now, peer);
                         self.ipam.handle_peer_gone(now, peer);
                         Ok(self.reclaim(now, peer))
@@ -683,8 +742,67 @@ impl Daemon {
             .map(|r| r.name)
     }
 
-    /// Slow periodic work: the peers file, persisted peers.
+    /// The connection `conn` closed: fastdp keeps its peer only while the probe answers.
+    fn fastdp_peer_down(&mut self, conn: ConnId) {
+        let Some(&peer) = self.conn_peer.get(&conn) else {
+            return;
+        };
+        // Another connection to the same peer may remain (both sides dialled).
+        let others = self.conn_peer.iter().any(|(&c, &p)| p == peer && c != conn);
+        if let Some(f) = &mut self.fastdp
+            && !others
+        {
+            f.peer_down(peer);
+        }
+    }
+
+    /// Handles fastdp announcements, sends probes, applies path changes; passes news on.
+    async fn drain_fastdp(&mut self) {
+        let Some(f) = &mut self.fastdp else {
+            return;
+        };
+        let mut out: Vec<(Option<ConnId>, Vec<u8>)> = Vec::new();
+        for (conn, body) in std::mem::take(&mut self.fastdp_inbox) {
+            match f.handle_announcement(&body, self.sleeve.as_ref()).await {
+                Ok(Some(msg)) => out.push((Some(conn), msg)),
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(conn = conn.0, "malformed fastdp announcement: {e}");
+                    self.handles.metrics.add_dropped(DropReason::Malformed, 1);
+                }
+            }
+        }
+        if let Some(msg) = f.drain(self.sleeve.as_ref()).await {
+            out.push((None, msg));
+        }
+        for (except, msg) in out {
+            self.send_to_all(&msg, except);
+        }
+    }
+
+    /// Sends a control message to every connection but `except`.
+    fn send_to_all(&self, msg: &[u8], except: Option<ConnId>) {
+        for (conn, tx) in &self.conns {
+            if Some(*conn) == except {
+                continue;
+            }
+            if tx.try_send(msg.to_vec()).is_ok() {
+                self.handles
+                    .metrics
+                    .add_gossip_bytes(GossipDirection::Sent, msg.len() as u64);
+            } else {
+                self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
+            }
+        }
+    }
+
+    /// Slow periodic work: the peers file, persisted peers, fastdp's MAC list.
     async fn housekeeping(&mut self) {
+        if let Some(f) = &mut self.fastdp
+            && let Some(msg) = f.housekeeping(self.sleeve.as_ref()).await
+        {
+            self.send_to_all(&msg, None);
+        }
         self.reread_peers_file().await;
         let established: BTreeSet<SocketAddr> = self
             .mesh
@@ -839,6 +957,19 @@ impl Daemon {
             .iter()
             .map(|c| {
                 let on_sleeve = sleeve.filter(|s| s.has_peer(c.name));
+                let path = self.fastdp.as_ref().map(|f| {
+                    f.path(c.name)
+                        .unwrap_or(FastdpPath::Sleeve(FastdpReason::Probing))
+                });
+                let (datapath, reason) = match (path, on_sleeve) {
+                    (Some(FastdpPath::Fastdp), _) => (Some(crate::status::Datapath::Fastdp), None),
+                    (Some(FastdpPath::Sleeve(r)), Some(_)) => {
+                        (Some(crate::status::Datapath::Sleeve), Some(r.to_string()))
+                    }
+                    (None, Some(_)) => (Some(crate::status::Datapath::Sleeve), None),
+                    (_, None) => (None, None),
+                };
+                let sleeve_used = datapath == Some(crate::status::Datapath::Sleeve);
                 ConnectionStatus {
                     outbound: c.outbound,
                     remote_addr: c.address.clone(),
@@ -847,9 +978,9 @@ impl Daemon {
                     state: ConnectionState::Established,
                     last_error: None,
                     next_attempt_in_ms: None,
-                    datapath: on_sleeve.map(|_| crate::status::Datapath::Sleeve),
-                    datapath_reason: on_sleeve.map(|_| SLEEVE_REASON.to_owned()),
-                    encrypted: on_sleeve.is_some_and(Sleeve::encryption),
+                    datapath,
+                    datapath_reason: reason,
+                    encrypted: sleeve_used && on_sleeve.is_some_and(Sleeve::encryption),
                     mtu: on_sleeve.map(Sleeve::mtu),
                 }
             })
@@ -1196,6 +1327,17 @@ async fn write_all(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<(), Conn
     r
 }
 
+/// The next fastdp probe answer; never ready without a listener.
+async fn next_answer(rx: &mut Option<mpsc::UnboundedReceiver<IpAddr>>) -> IpAddr {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(addr) => addr,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves `host`, `ip`, `ip:port` or `host:port` with `default_port` where none is given.
 async fn resolve(peer: &str, default_port: u16) -> Option<SocketAddr> {
     let peer = peer.trim();
@@ -1247,8 +1389,6 @@ pub const BRIDGE: &str = "weft";
 pub const TAP: &str = "weft-tap";
 /// The largest sleeve datagram: a 1500-byte IPv4 underlay less the IP and UDP headers.
 const UNDERLAY_MAX_DATAGRAM: usize = 1472;
-/// Why connections are on the sleeve, for status.
-const SLEEVE_REASON: &str = "fastdp not implemented yet";
 /// Pod MTU when `--mtu` is not given: a 1500-byte underlay less the VXLAN overhead.
 pub const DEFAULT_POD_MTU: u32 = 1450;
 /// The node key's file in the state directory.

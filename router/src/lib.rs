@@ -18,6 +18,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fastdp;
 pub mod ipam_store;
 pub mod metrics;
 pub mod netlink;
