@@ -602,7 +602,7 @@ impl FastdpPlane {
                 Event::Joined { peer, addr } => {
                     self.metrics.inc_fastdp(FastdpCounter::SwitchToFastdp);
                     tracing::info!(%peer, %addr, "peer on fastdp");
-                    let macs = self
+                    let mut macs = self
                         .table
                         .get(peer)
                         .map(|a| a.macs.clone())
@@ -610,12 +610,28 @@ impl FastdpPlane {
                     if let Err(e) = self.fdb.join(addr, &macs).await {
                         tracing::warn!(%peer, "fastdp: adding forwarding entries: {e:#}");
                     }
+                    // The bridge learned these on the TAP while the peer was on the sleeve;
+                    // it would keep handing them to the sleeve, which now leaves them alone.
+                    if let Some(a) = self.table.get(peer) {
+                        macs.insert(a.bridge_mac);
+                    }
+                    if let Some(tap) = self.tap {
+                        for mac in &macs {
+                            if let Err(e) = self.fdb.netlink.fdb_del_bridge(tap, *mac).await {
+                                tracing::warn!("fastdp: {e:#}");
+                            }
+                        }
+                    }
+                    if let Some(s) = sleeve {
+                        s.forget_macs_of(peer);
+                    }
                 }
                 Event::Left { peer, addr, reason } => {
                     self.metrics.inc_fastdp(FastdpCounter::SwitchToSleeve);
                     tracing::info!(%peer, %addr, %reason, "peer on the sleeve");
                     // The sleeve takes over first, then the kernel's entries go.
                     self.own.fastdp_peers.remove(&peer);
+                    self.own_dirty = true;
                     self.update_sleeve(sleeve);
                     let macs = self
                         .table

@@ -380,10 +380,8 @@ impl Netlink {
                     let mut m = [0u8; 6];
                     m.copy_from_slice(l);
                     mac = Some(m);
-                } else if let NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) = a {
-                    dst = Some(IpAddr::V4(*v4));
-                } else if let NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) = a {
-                    dst = Some(IpAddr::V6(*v6));
+                } else if let NeighbourAttribute::Destination(d) = a {
+                    dst = parse_neigh_addr(d);
                 }
             }
             let Some(mac) = mac else { continue };
@@ -391,7 +389,12 @@ impl Netlink {
                 ifindex: msg.header.ifindex,
                 mac,
                 dst,
-                master: msg.header.flags.contains(NeighbourFlags::Controller),
+                // The bridge's own entries carry NDA_MASTER; a device's carry NTF_SELF.
+                master: msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, NeighbourAttribute::Controller(_)))
+                    || msg.header.flags.contains(NeighbourFlags::Controller),
                 permanent: msg.header.state == NeighbourState::Permanent,
             });
         }
@@ -473,6 +476,23 @@ fn fdb_message(ifindex: u32, mac: [u8; 6], flags: NeighbourFlags) -> NeighbourMe
     msg.attributes
         .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
     msg
+}
+
+/// A neighbour address; bridge-family entries carry theirs as bare bytes.
+fn parse_neigh_addr(d: &NeighbourAddress) -> Option<IpAddr> {
+    if let NeighbourAddress::Inet(v4) = d {
+        Some(IpAddr::V4(*v4))
+    } else if let NeighbourAddress::Inet6(v6) = d {
+        Some(IpAddr::V6(*v6))
+    } else if let NeighbourAddress::Other(b) = d {
+        match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        }
+    } else {
+        None
+    }
 }
 
 fn neigh_addr(ip: IpAddr) -> NeighbourAddress {

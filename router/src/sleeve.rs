@@ -287,6 +287,11 @@ impl Sleeve {
         }
     }
 
+    /// Forgets the MACs learned behind `peer` (it moved onto fastdp).
+    pub fn forget_macs_of(&self, peer: PeerName) {
+        lock(&self.shared.macs).remove_peer(peer);
+    }
+
     /// Returns whether a link to `peer` is up.
     pub fn has_peer(&self, peer: PeerName) -> bool {
         let name = peer.bytes();
