@@ -494,12 +494,11 @@ fn a_killed_router_leaves_fastdp_traffic_flowing_and_its_restart_does_not_break_
     lab::router_action(&name, "h2", RouterAction::Kill).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     // h2's kernel still answers h1's probes: h1 keeps it on fastdp.
-    assert_eq!(
+    assert!(
         lab::exec_output(&name, "h2", &["ip", "link", "show", "weft-vxlan"])
             .unwrap()
             .status
             .success(),
-        true,
         "killing the router removed weft-vxlan"
     );
     std::thread::sleep(Duration::from_secs(2));
