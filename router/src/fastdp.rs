@@ -7,10 +7,11 @@
 //! peer's bridge MAC, in a VXLAN header with weft's VNI, sent from an ordinary UDP socket to
 //! the peer's VXLAN port. The peer's kernel decapsulates it, its bridge hands it to its own
 //! stack, and the stack answers through the bridge and the VXLAN device, back to this node's
-//! VXLAN port. The answer is seen on an AF_PACKET socket bound to `weft-vxlan` (with a BPF
-//! filter that passes ARP replies only, so fastdp traffic never reaches userspace). Nothing of
-//! weft's runs on the answering side, so the probe answers while the peer's router is down,
-//! and fails exactly when VXLAN between the two fails.
+//! VXLAN port; our bridge passes it up (it is addressed to the bridge's MAC). The answer is
+//! read from an ARP-only AF_PACKET socket on the bridge device (a BPF filter passes replies
+//! only), so the listener sits on no hot path: pod traffic never meets it. Nothing of weft's runs on the
+//! answering side, so the probe answers while the peer's router is down, and fails exactly when
+//! VXLAN between the two fails.
 
 use std::collections::{BTreeSet, HashSet};
 use std::io;
@@ -89,13 +90,13 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Binds the probe socket, opens the AF_PACKET listener on `vxlan_index` and starts its
-    /// thread, which passes each answer's sender address to `answers`.
+    /// Binds the probe socket, opens the AF_PACKET listener on the bridge `bridge_index` and
+    /// starts its thread, which passes the sender address of each answer to `answers`.
     ///
     /// # Errors
     /// Fails when a socket cannot be opened or the thread cannot start.
     pub fn start(
-        vxlan_index: u32,
+        bridge_index: u32,
         port: u16,
         our_mac: Mac,
         answers: mpsc::UnboundedSender<IpAddr>,
@@ -103,7 +104,7 @@ impl Prober {
         let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
             .context("binding the fastdp probe socket")?;
         socket.set_nonblocking(true)?;
-        let fd = packet_socket(vxlan_index).context("opening the AF_PACKET probe listener")?;
+        let fd = packet_socket(bridge_index).context("opening the AF_PACKET probe listener")?;
         let stop = Arc::new(AtomicBool::new(false));
         let listener = {
             let stop = stop.clone();
@@ -151,6 +152,10 @@ fn listen(fd: &OwnedFd, our_mac: Mac, answers: &mpsc::UnboundedSender<IpAddr>, s
             // Timeout (SO_RCVTIMEO) or EINTR: check the stop flag and wait again.
             continue;
         };
+        // The bridge passes answers up as its own, so the port they came in by is not known
+        // here; it need not be: an answer exists only if our request crossed VXLAN, and it
+        // comes back by VXLAN because the peer's bridge and VXLAN device learned our bridge
+        // MAC from that very request.
         if let Some(addr) = parse_answer(&buf[..n], &our_mac)
             && answers.send(addr).is_err()
         {
@@ -159,10 +164,10 @@ fn listen(fd: &OwnedFd, our_mac: Mac, answers: &mpsc::UnboundedSender<IpAddr>, s
     }
 }
 
-/// An AF_PACKET socket on link `index` that receives ARP replies only (classic BPF filter),
-/// ignores outgoing frames and times out every 100 ms.
+/// An AF_PACKET socket on link `index` (the bridge) for ARP frames, of which it keeps replies
+/// only (classic BPF filter); reads time out every 100 ms.
 fn packet_socket(index: u32) -> io::Result<OwnedFd> {
-    let proto = (libc::ETH_P_ALL as u16).to_be();
+    let proto = ETH_P_ARP.to_be();
     // SAFETY: plain socket(2) call; the result is checked.
     let raw = unsafe {
         libc::socket(
@@ -190,9 +195,6 @@ fn packet_socket(index: u32) -> io::Result<OwnedFd> {
         filter: code.as_mut_ptr(),
     };
     setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)?;
-    let one: libc::c_int = 1;
-    // PACKET_IGNORE_OUTGOING (Linux 4.20+): our own kernel's answers to peers leave here too.
-    let _ = setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one);
     let tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 100_000,
@@ -456,7 +458,7 @@ impl FastdpPlane {
         let fdb = Fdb::new(netlink.clone(), vxlan);
         let inherited = fdb.flood_remotes().await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let prober = Prober::start(vxlan, config.vxlan_port, bridge_mac, tx)?;
+        let prober = Prober::start(config.bridge, config.vxlan_port, bridge_mac, tx)?;
         let mut core = Fastdp::new(CoreConfig::new(config.mode, config.vxlan_port));
         core.set_encryption_required(config.encryption_required);
         let seq = SystemTime::now()
