@@ -514,3 +514,94 @@ fn a_killed_router_leaves_fastdp_traffic_flowing_and_its_restart_does_not_break_
     let (sent, received) = ping.finish();
     assert!(sent - received <= 2, "after the restart: {received}/{sent}");
 }
+
+#[test]
+fn with_encryption_on_peers_take_the_encrypted_sleeve_and_status_says_why() {
+    let _serial = serial();
+    let name = unique("e");
+    let _guard = LabGuard::new(&name);
+    let mut spec = LabSpec::new(&name);
+    spec.nodes = 2;
+    spec.pods = 1;
+    spec.datapath = Datapath::Auto;
+    spec.encrypt = true;
+    let info = lab::up(&spec).unwrap();
+    let out = status(&name, "h1");
+    let line = out.lines().find(|l| l.contains("(h2)")).unwrap_or_default();
+    assert!(
+        line.contains(" encrypted ") && line.contains(" sleeve ") && line.contains("no ESP"),
+        "{out}"
+    );
+    let ip2 = pod_ip(&info, 2);
+    let (ok, out) = exec(
+        &name,
+        "h1/p1",
+        &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip2],
+    );
+    assert!(ok, "{out}");
+    // Nothing went to the VXLAN device.
+    let (_, fdb) = exec(&name, "h1", &["bridge", "fdb", "show", "dev", "weft-vxlan"]);
+    assert!(!fdb.contains("00:00:00:00:00:00"), "flood entries: {fdb}");
+}
+
+#[test]
+fn on_a_line_a_relayed_broadcast_reaches_the_far_end_exactly_once() {
+    // h1 – h2 – h3: h1 and h3 cannot reach each other; h1–h2 and h2–h3 are fastdp, so h1's
+    // broadcasts reach h2 by VXLAN and h3 through the sleeve relayed by h2 (which must not
+    // deliver its sleeve copy a second time).
+    let _serial = serial();
+    let name = unique("l");
+    let _guard = LabGuard::new(&name);
+    let mut spec = LabSpec::new(&name);
+    spec.nodes = 3;
+    spec.pods = 1;
+    spec.datapath = Datapath::Auto;
+    spec.underlay = weft_sim::lab::Underlay::Line;
+    let info = lab::up(&spec).unwrap();
+    wait_paths(
+        &name,
+        &[("h1", "h2"), ("h2", "h1"), ("h2", "h3"), ("h3", "h2")],
+        "fastdp",
+        Duration::from_secs(10),
+    );
+    // Let the announcements settle.
+    std::thread::sleep(Duration::from_millis(500));
+    let caps: Vec<Capture> = [2, 3]
+        .iter()
+        .map(|r| {
+            Capture::start(
+                &name,
+                &format!("h{r}/p1"),
+                &format!("l{r}"),
+                &["icmp", "and", "dst", "host", "10.47.255.255"],
+            )
+        })
+        .collect();
+    exec(
+        &name,
+        "h1/p1",
+        &[
+            "ping",
+            "-b",
+            "-c",
+            "20",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "10.47.255.255",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    for (cap, r) in caps.into_iter().zip([2, 3]) {
+        let got = cap.count();
+        assert_eq!(got, 20, "h{r}/p1 got {got} of h1/p1's 20 broadcasts");
+    }
+    let ip3 = pod_ip(&info, 3);
+    let (ok, out) = exec(
+        &name,
+        "h1/p1",
+        &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip3],
+    );
+    assert!(ok, "h1/p1 → h3/p1 through h2: {out}");
+}
