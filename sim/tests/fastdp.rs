@@ -15,7 +15,7 @@ use std::io::Read as _;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_sim::lab::{self, Datapath, LabGuard, LabInfo, LabSpec, RouterAction};
+use weft_sim::lab::{self, Datapath, LabGuard, LabInfo, LabSpec, RouterAction, Underlay};
 
 /// One lab at a time: timings mean nothing when labs compete for two cores.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -556,7 +556,7 @@ fn on_a_line_a_relayed_broadcast_reaches_the_far_end_exactly_once() {
     spec.nodes = 3;
     spec.pods = 1;
     spec.datapath = Datapath::Auto;
-    spec.underlay = weft_sim::lab::Underlay::Line;
+    spec.underlay = Underlay::Line;
     let info = lab::up(&spec).unwrap();
     wait_paths(
         &name,
