@@ -288,22 +288,32 @@ impl Fastdp {
         }
     }
 
-    /// A probe answer came from `addr` (the ARP reply's sender address).
+    /// A probe answer came from `addr` (the ARP reply's sender address). It answers every
+    /// peer probed at that address (a node that came back with a new identity shares its old
+    /// one's address until the old one is forgotten).
     pub fn handle_probe_answer(&mut self, addr: IpAddr) {
-        let Some((&peer, state)) = self.peers.iter_mut().find(|(_, s)| s.addr == addr) else {
-            return;
-        };
-        if !state.outstanding {
-            // A duplicate or late answer; the probe it answers was counted already.
-            return;
-        }
-        state.outstanding = false;
-        state.probes_answered += 1;
-        state.missed_in_row = 0;
-        state.answered_in_row = state.answered_in_row.saturating_add(1);
-        if !state.healthy && state.answered_in_row >= self.config.up_after {
-            state.healthy = true;
-            self.reevaluate(peer);
+        let peers: Vec<PeerName> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.addr == addr)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in peers {
+            let Some(state) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            if !state.outstanding {
+                // A duplicate or late answer; the probe it answers was counted already.
+                continue;
+            }
+            state.outstanding = false;
+            state.probes_answered += 1;
+            state.missed_in_row = 0;
+            state.answered_in_row = state.answered_in_row.saturating_add(1);
+            if !state.healthy && state.answered_in_row >= self.config.up_after {
+                state.healthy = true;
+                self.reevaluate(peer);
+            }
         }
     }
 

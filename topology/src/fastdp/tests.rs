@@ -389,3 +389,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_answer_counts_for_every_peer_at_that_address() {
+    let mut core = auto();
+    let t0 = Instant::now();
+    for p in [2, 3] {
+        core.handle_peer_up(t0, name(p), ip(2), false);
+        core.handle_bridge_mac(name(p), MAC);
+    }
+    rounds(&mut core, t0, 3, true);
+    assert_eq!(core.fastdp_peers().len(), 2);
+}
