@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use topology::api::ipam as ipam_api;
 use topology::channel::{self, Channel, Hello};
+use topology::fastdp::{Mode, Path as FastdpPath, Reason as FastdpReason};
 use topology::ipam::{self, Allocation, Ipam};
 use topology::settings::{self as mesh_settings, EncryptionRecord, Settings};
 use topology::{ConnId, Event, Mesh, PeerName};
@@ -32,6 +33,7 @@ use crate::api::JsonReply;
 use crate::api::{ApiCommand, CommandError, CommandOutcome};
 use crate::config::RouterConfig;
 use crate::encryption::{self, SealPolicy};
+use crate::fastdp::{FastdpConfig, FastdpPlane};
 use crate::ipam_store::IpamStore;
 use crate::metrics::{DropReason, GossipDirection, HandshakeFailure, Metrics};
 use crate::sleeve::{Sleeve, SleeveConfig, SleeveRoutes};
@@ -68,7 +70,7 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
         .with_context(|| format!("binding the control port {bind}"))?;
     let port = listener.local_addr()?.port();
     let sleeve = match &bridge {
-        Some((netlink, index)) if config.datapath != crate::config::DatapathMode::Fastdp => {
+        Some((netlink, index)) => {
             let sleeve_config = SleeveConfig {
                 local: identity.name,
                 // The sleeve shares the control port's number (UDP).
@@ -90,11 +92,38 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
             );
             Some(sleeve)
         }
-        _ => None,
+        None => None,
+    };
+    let fastdp = match &bridge {
+        Some((netlink, index)) => {
+            let fastdp_config = FastdpConfig {
+                local: identity.name,
+                mode: match config.datapath {
+                    crate::config::DatapathMode::Auto => Mode::Auto,
+                    crate::config::DatapathMode::Fastdp => Mode::Fastdp,
+                    crate::config::DatapathMode::Sleeve => Mode::Sleeve,
+                },
+                vxlan_port: config.vxlan_port,
+                mtu: config.mtu.unwrap_or(DEFAULT_POD_MTU),
+                bridge: *index,
+                // No kernel ESP here: encrypted traffic takes the sealed sleeve.
+                encryption_required: config.encryption,
+            };
+            let (plane, answers) =
+                FastdpPlane::start(&fastdp_config, netlink, handles.metrics.clone())
+                    .await
+                    .context("starting fastdp")?;
+            Some((plane, answers))
+        }
+        None => None,
     };
     let ipam = start_ipam(&config, identity.name)?;
     let mut daemon = Daemon::new(config, identity, handles, port, ipam, bridge);
     daemon.sleeve = sleeve;
+    if let Some((plane, answers)) = fastdp {
+        daemon.fastdp = Some(plane);
+        daemon.fastdp_answers = Some(answers);
+    }
     daemon.add_initial_targets().await;
     info!(name = %daemon.mesh.name(), port, "mesh engine running");
     daemon.run(listener).await
@@ -197,6 +226,12 @@ struct Daemon {
     seal_policy: watch::Sender<SealPolicy>,
     /// Setting records refused for a missing or wrong proof.
     settings_rejected: u64,
+    /// The fastdp data plane, when the router manages devices.
+    fastdp: Option<FastdpPlane>,
+    /// Probe answers (sender addresses) from the fastdp listener.
+    fastdp_answers: Option<mpsc::UnboundedReceiver<IpAddr>>,
+    /// fastdp announcements received, handled in [`Daemon::drain_fastdp`].
+    fastdp_inbox: Vec<(ConnId, Vec<u8>)>,
 }
 
 /// An allocation request answered once IPAM can, or with an error at its deadline.
@@ -256,14 +291,10 @@ impl Daemon {
             conn_addrs: BTreeMap::new(),
             seal_policy,
             settings_rejected: 0,
+            fastdp: None,
+            fastdp_answers: None,
+            fastdp_inbox: Vec::new(),
         }
-    }
-
-    /// A receiver of the effective encryption rule: data paths other than the sleeve (fastdp)
-    /// ask it per peer whether traffic must be sealed (then it must take the sleeve).
-    #[allow(dead_code)]
-    pub(crate) fn seal_policy(&self) -> watch::Receiver<SealPolicy> {
-        self.seal_policy.subscribe()
     }
 
     /// Whether traffic on connection `conn` is sealed, and why.
@@ -288,6 +319,22 @@ impl Daemon {
                     sleeve.set_link_seal(conn.0, d.seal);
                 }
             }
+        }
+        // No kernel ESP: peers whose traffic must be sealed leave fastdp for the sealed sleeve
+        // (the sleeve links were switched above, so they seal from their first frame).
+        let exempt: Vec<(PeerName, bool)> = self
+            .conn_addrs
+            .keys()
+            .filter_map(|&conn| {
+                let peer = *self.conn_peer.get(&conn)?;
+                Some((peer, !self.seal_decision(conn)?.seal))
+            })
+            .collect();
+        if let Some(f) = &mut self.fastdp {
+            for (peer, exempt) in exempt {
+                f.set_encryption_exempt(peer, exempt);
+            }
+            f.set_encryption_required(record.enabled);
         }
     }
 
@@ -421,6 +468,7 @@ impl Daemon {
                 self.ipam.poll_timeout().map(|(t, _)| t),
                 self.pending_allocs.iter().map(|p| p.deadline).min(),
                 self.publish_due,
+                self.fastdp.as_ref().and_then(FastdpPlane::poll_timeout),
             ]
             .into_iter()
             .flatten()
@@ -446,6 +494,14 @@ impl Daemon {
                     let now = Instant::now();
                     self.mesh.handle_timeout(now);
                     self.ipam.handle_timeout(now);
+                    if let Some(f) = &mut self.fastdp {
+                        f.handle_timeout(now);
+                    }
+                }
+                addr = next_answer(&mut self.fastdp_answers) => {
+                    if let Some(f) = &mut self.fastdp {
+                        f.handle_answer(addr);
+                    }
                 }
                 _ = housekeeping.tick() => self.housekeeping().await,
                 changed = self.handles.shutdown.changed() => {
@@ -456,6 +512,7 @@ impl Daemon {
                 }
             }
             self.drain();
+            self.drain_fastdp().await;
             self.ensure_gateway().await;
             self.maybe_publish(false);
         }
@@ -482,6 +539,13 @@ impl Daemon {
                     sleeve.add_peer(conn.0, remote, dest, keys, seal);
                 }
                 self.settings.handle_connection_up(conn);
+                if let Some(f) = &mut self.fastdp {
+                    let exempt = self.seal_policy.borrow().enabled && !seal;
+                    f.set_encryption_exempt(remote, exempt);
+                    for msg in f.peer_up(now, remote, addr.ip()) {
+                        let _ = tx.try_send(msg);
+                    }
+                }
                 self.conns.insert(conn, tx);
                 self.conn_peer.insert(conn, remote);
                 self.mesh.handle_connection_up(
@@ -543,6 +607,7 @@ impl Daemon {
                             }
                         }
                     }
+                    Ok((Channel::Fastdp, body)) => self.fastdp_inbox.push((conn, body.to_vec())),
                     // A second hello is harmless.
                     Ok((Channel::Hello, _)) => {}
                     Err(e) => {
@@ -552,6 +617,7 @@ impl Daemon {
                 }
             }
             Input::Down { conn, reason } => {
+                self.fastdp_peer_down(conn);
                 self.conn_peer.remove(&conn);
                 self.conn_addrs.remove(&conn);
                 if let Some(sleeve) = &self.sleeve {
@@ -601,6 +667,7 @@ impl Daemon {
                         "closing connection"
                     );
                     // Dropping the sender ends the connection's task, which closes the socket.
+                    self.fastdp_peer_down(conn);
                     self.conns.remove(&conn);
                     self.conn_peer.remove(&conn);
                     self.conn_addrs.remove(&conn);
@@ -802,6 +869,9 @@ impl Daemon {
                         )))
                     }
                     Some(peer) => {
+                        if let Some(f) = &mut self.fastdp {
+                            f.forget(peer);
+                        }
                         self.mesh.remove_peer(now, peer);
                         self.ipam.handle_peer_gone(now, peer);
                         Ok(self.reclaim(now, peer))
@@ -900,8 +970,67 @@ impl Daemon {
             .map(|r| r.name)
     }
 
-    /// Slow periodic work: the peers file, persisted peers.
+    /// The connection `conn` closed: fastdp keeps its peer only while the probe answers.
+    fn fastdp_peer_down(&mut self, conn: ConnId) {
+        let Some(&peer) = self.conn_peer.get(&conn) else {
+            return;
+        };
+        // Another connection to the same peer may remain (both sides dialled).
+        let others = self.conn_peer.iter().any(|(&c, &p)| p == peer && c != conn);
+        if let Some(f) = &mut self.fastdp
+            && !others
+        {
+            f.peer_down(peer);
+        }
+    }
+
+    /// Handles fastdp announcements, sends probes, applies path changes; passes news on.
+    async fn drain_fastdp(&mut self) {
+        let Some(f) = &mut self.fastdp else {
+            return;
+        };
+        let mut out: Vec<(Option<ConnId>, Vec<u8>)> = Vec::new();
+        for (conn, body) in std::mem::take(&mut self.fastdp_inbox) {
+            match f.handle_announcement(&body, self.sleeve.as_ref()).await {
+                Ok(Some(msg)) => out.push((Some(conn), msg)),
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(conn = conn.0, "malformed fastdp announcement: {e}");
+                    self.handles.metrics.add_dropped(DropReason::Malformed, 1);
+                }
+            }
+        }
+        if let Some(msg) = f.drain(self.sleeve.as_ref()).await {
+            out.push((None, msg));
+        }
+        for (except, msg) in out {
+            self.send_to_all(&msg, except);
+        }
+    }
+
+    /// Sends a control message to every connection but `except`.
+    fn send_to_all(&self, msg: &[u8], except: Option<ConnId>) {
+        for (conn, tx) in &self.conns {
+            if Some(*conn) == except {
+                continue;
+            }
+            if tx.try_send(msg.to_vec()).is_ok() {
+                self.handles
+                    .metrics
+                    .add_gossip_bytes(GossipDirection::Sent, msg.len() as u64);
+            } else {
+                self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
+            }
+        }
+    }
+
+    /// Slow periodic work: the peers file, persisted peers, fastdp's MAC list.
     async fn housekeeping(&mut self) {
+        if let Some(f) = &mut self.fastdp
+            && let Some(msg) = f.housekeeping(self.sleeve.as_ref()).await
+        {
+            self.send_to_all(&msg, None);
+        }
         self.reread_peers_file().await;
         let established: BTreeSet<SocketAddr> = self
             .mesh
@@ -1086,6 +1215,19 @@ impl Daemon {
             .map(|c| {
                 let on_sleeve = sleeve.filter(|s| s.has_peer(c.name));
                 let link = sleeve.and_then(|s| s.link_encryption(c.conn_id));
+                let path = self.fastdp.as_ref().map(|f| {
+                    f.path(c.name)
+                        .unwrap_or(FastdpPath::Sleeve(FastdpReason::Probing))
+                });
+                let (datapath, reason) = match (path, on_sleeve) {
+                    (Some(FastdpPath::Fastdp), _) => (Some(crate::status::Datapath::Fastdp), None),
+                    (Some(FastdpPath::Sleeve(r)), Some(_)) => {
+                        (Some(crate::status::Datapath::Sleeve), Some(r.to_string()))
+                    }
+                    (None, Some(_)) => (Some(crate::status::Datapath::Sleeve), None),
+                    (_, None) => (None, None),
+                };
+                let sleeve_used = datapath == Some(crate::status::Datapath::Sleeve);
                 ConnectionStatus {
                     outbound: c.outbound,
                     remote_addr: c.address.clone(),
@@ -1094,9 +1236,10 @@ impl Daemon {
                     state: ConnectionState::Established,
                     last_error: None,
                     next_attempt_in_ms: None,
-                    datapath: on_sleeve.map(|_| crate::status::Datapath::Sleeve),
-                    datapath_reason: on_sleeve.map(|_| SLEEVE_REASON.to_owned()),
-                    encrypted: link.is_some_and(|l| l.sending == crypto::Mode::Sealed),
+                    datapath,
+                    datapath_reason: reason,
+                    encrypted: sleeve_used
+                        && link.is_some_and(|l| l.sending == crypto::Mode::Sealed),
                     mtu: on_sleeve.map(Sleeve::mtu),
                 }
             })
@@ -1449,6 +1592,17 @@ async fn write_all(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<(), Conn
     r
 }
 
+/// The next fastdp probe answer; never ready without a listener.
+async fn next_answer(rx: &mut Option<mpsc::UnboundedReceiver<IpAddr>>) -> IpAddr {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(addr) => addr,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves `host`, `ip`, `ip:port` or `host:port` with `default_port` where none is given.
 async fn resolve(peer: &str, default_port: u16) -> Option<SocketAddr> {
     let peer = peer.trim();
@@ -1500,8 +1654,6 @@ pub const BRIDGE: &str = "weft";
 pub const TAP: &str = "weft-tap";
 /// The largest sleeve datagram: a 1500-byte IPv4 underlay less the IP and UDP headers.
 const UNDERLAY_MAX_DATAGRAM: usize = 1472;
-/// Why connections are on the sleeve, for status.
-const SLEEVE_REASON: &str = "fastdp not implemented yet";
 /// Pod MTU when `--mtu` is not given: a 1500-byte underlay less the VXLAN overhead.
 pub const DEFAULT_POD_MTU: u32 = 1450;
 /// The node key's file in the state directory.

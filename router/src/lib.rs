@@ -20,6 +20,7 @@ pub mod cni_install;
 pub mod config;
 pub mod daemon;
 pub mod encryption;
+pub mod fastdp;
 pub mod ipam_store;
 pub mod kube;
 pub mod metrics;

@@ -97,6 +97,11 @@ impl Metrics {
         self.inner.dropped_frames[reason as usize].fetch_add(frames, Ordering::Relaxed);
     }
 
+    /// Counts one fastdp event.
+    pub fn inc_fastdp(&self, what: FastdpCounter) {
+        self.inner.fastdp[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Returns the frames and bytes forwarded over a data path so far.
     pub fn forwarded(&self, datapath: Datapath) -> (u64, u64) {
         let i = datapath_index(datapath);
@@ -278,6 +283,39 @@ impl Metrics {
             );
             let _ = writeln!(out, "weft_ipam_conflicting_addresses {}", ipam.conflicting);
         }
+
+        header(
+            &mut out,
+            "weft_fastdp_probes_total",
+            "counter",
+            "fastdp probes (VXLAN-encapsulated ARP requests) by result.",
+        );
+        let _ = writeln!(
+            out,
+            "weft_fastdp_probes_total{{result=\"sent\"}} {}",
+            load(&c.fastdp[FastdpCounter::ProbeSent as usize])
+        );
+        let _ = writeln!(
+            out,
+            "weft_fastdp_probes_total{{result=\"answered\"}} {}",
+            load(&c.fastdp[FastdpCounter::ProbeAnswered as usize])
+        );
+        header(
+            &mut out,
+            "weft_datapath_switches_total",
+            "counter",
+            "Peers moved between fastdp and the sleeve, by the path moved to.",
+        );
+        let _ = writeln!(
+            out,
+            "weft_datapath_switches_total{{to=\"fastdp\"}} {}",
+            load(&c.fastdp[FastdpCounter::SwitchToFastdp as usize])
+        );
+        let _ = writeln!(
+            out,
+            "weft_datapath_switches_total{{to=\"sleeve\"}} {}",
+            load(&c.fastdp[FastdpCounter::SwitchToSleeve as usize])
+        );
         out
     }
 }
@@ -349,6 +387,21 @@ struct Counters {
     forwarded_frames: [AtomicU64; Datapath::ALL.len()],
     forwarded_bytes: [AtomicU64; Datapath::ALL.len()],
     dropped_frames: [AtomicU64; DropReason::ALL.len()],
+    /// fastdp: probes sent, probes answered, switches to fastdp, switches to the sleeve.
+    fastdp: [AtomicU64; 4],
+}
+
+/// A fastdp counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastdpCounter {
+    /// A probe was sent.
+    ProbeSent = 0,
+    /// A probe was answered.
+    ProbeAnswered = 1,
+    /// A peer moved onto fastdp.
+    SwitchToFastdp = 2,
+    /// A peer moved to the sleeve.
+    SwitchToSleeve = 3,
 }
 
 fn datapath_index(datapath: Datapath) -> usize {

@@ -25,7 +25,7 @@
 //! allocated at start; the loops allocate nothing per packet (a broadcast with several next
 //! hops copies into a preallocated scratch buffer).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -111,11 +111,30 @@ impl SleeveRoutes {
     }
 }
 
+/// What the sleeve must leave to fastdp, so every frame reaches each peer by one path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SleeveFastdp {
+    /// The peers this router reaches over fastdp: its broadcasts reach them through the
+    /// VXLAN device, and unicast to them never takes the sleeve.
+    pub local: HashSet<[u8; 6]>,
+    /// MACs announced by those peers: unicast to them is the VXLAN device's.
+    pub macs: HashSet<[u8; 6]>,
+    /// For every origin, the peers it reaches over fastdp (from its announcements): a
+    /// sleeve broadcast from that origin is not delivered here if this router is one.
+    pub by_origin: HashMap<[u8; 6], HashSet<[u8; 6]>>,
+}
+
 /// The sleeve's counters beyond the metrics' forwarded and dropped ones.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SleeveCounters {
     /// Frames read from the TAP.
     pub tap_frames: u64,
+    /// Unicast frames read from the TAP.
+    pub tap_unicast: u64,
+    /// Frames the sleeve left to fastdp (to a MAC or peer on fastdp).
+    pub skipped_fastdp: u64,
+    /// Sleeve broadcasts not delivered because their origin reaches this router by fastdp.
+    pub rx_left_to_fastdp: u64,
     /// Frames sent as broadcast (unknown, broadcast or multicast destination MAC).
     pub tx_broadcast: u64,
     /// Datagrams sent.
@@ -278,6 +297,11 @@ impl Sleeve {
         }
     }
 
+    /// Forgets the MACs learned behind `peer` (it moved onto fastdp).
+    pub fn forget_macs_of(&self, peer: PeerName) {
+        lock(&self.shared.macs).remove_peer(peer);
+    }
+
     /// Returns whether a link to `peer` is up.
     pub fn has_peer(&self, peer: PeerName) -> bool {
         let name = peer.bytes();
@@ -287,7 +311,19 @@ impl Sleeve {
     /// Replaces the routes.
     pub fn set_routes(&self, routes: SleeveRoutes) {
         let routes = Arc::new(routes);
-        self.update(|s| s.routes = routes.clone());
+        self.update(|s| {
+            s.routes = routes.clone();
+            s.skip_hops = skip_hops(&s.routes, &s.fastdp);
+        });
+    }
+
+    /// Replaces what the sleeve leaves to fastdp.
+    pub fn set_fastdp(&self, fastdp: SleeveFastdp) {
+        let fastdp = Arc::new(fastdp);
+        self.update(|s| {
+            s.fastdp = fastdp.clone();
+            s.skip_hops = skip_hops(&s.routes, &s.fastdp);
+        });
     }
 
     /// Switches sealing on or off for datagrams sent from now on, on every link.
@@ -443,6 +479,22 @@ struct State {
     /// Links by the peer's sleeve address, oldest first.
     peers: HashMap<SocketAddr, Vec<Arc<PeerLink>>>,
     routes: Arc<SleeveRoutes>,
+    fastdp: Arc<SleeveFastdp>,
+    /// Neighbours our own broadcasts need not reach by the sleeve: on fastdp, and every peer
+    /// routed through them is on fastdp too.
+    skip_hops: HashSet<[u8; 6]>,
+}
+
+/// The neighbours whose whole subtree (in our own broadcast tree, which is the unicast
+/// next-hop tree) gets our broadcasts from the VXLAN device.
+fn skip_hops(routes: &SleeveRoutes, fastdp: &SleeveFastdp) -> HashSet<[u8; 6]> {
+    let needed: HashSet<[u8; 6]> = routes
+        .unicast
+        .iter()
+        .filter(|(dst, _)| !fastdp.local.contains(*dst))
+        .map(|(_, hop)| *hop)
+        .collect();
+    fastdp.local.difference(&needed).copied().collect()
 }
 
 impl State {
@@ -500,6 +552,9 @@ impl std::fmt::Debug for PeerLink {
 #[derive(Debug, Default)]
 struct AtomicCounters {
     tap_frames: AtomicU64,
+    tap_unicast: AtomicU64,
+    skipped_fastdp: AtomicU64,
+    rx_left_to_fastdp: AtomicU64,
     tx_broadcast: AtomicU64,
     tx_datagrams: AtomicU64,
     rx_datagrams: AtomicU64,
@@ -521,6 +576,9 @@ impl AtomicCounters {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         SleeveCounters {
             tap_frames: g(&self.tap_frames),
+            tap_unicast: g(&self.tap_unicast),
+            skipped_fastdp: g(&self.skipped_fastdp),
+            rx_left_to_fastdp: g(&self.rx_left_to_fastdp),
             tx_broadcast: g(&self.tx_broadcast),
             tx_datagrams: g(&self.tx_datagrams),
             rx_datagrams: g(&self.rx_datagrams),
@@ -620,10 +678,20 @@ fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, 
                 let at = data_offset + VNET_HDR_LEN;
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(&buf[at..at + 6]);
-                if mac[0] & 1 == 0
-                    && let Some(peer) = macs.lookup(&mac)
-                {
+                if mac[0] & 1 != 0 {
+                    continue;
+                }
+                c.tap_unicast.fetch_add(1, Ordering::Relaxed);
+                if state.fastdp.macs.contains(&mac) {
+                    // Behind a fastdp peer: the VXLAN device carries it.
+                    c.skipped_fastdp.fetch_add(1, Ordering::Relaxed);
+                    *dst = shared.local;
+                } else if let Some(peer) = macs.lookup(&mac) {
                     *dst = peer.bytes();
+                    if state.fastdp.local.contains(&*dst) {
+                        c.skipped_fastdp.fetch_add(1, Ordering::Relaxed);
+                        *dst = shared.local;
+                    }
                 }
             }
         }
@@ -648,6 +716,10 @@ fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, 
                 };
                 let mut first = None;
                 for hop in hops {
+                    if state.skip_hops.contains(hop) {
+                        // It (and everyone behind it) gets this from the VXLAN device.
+                        continue;
+                    }
                     let Some(link) = state.link(*hop) else {
                         continue;
                     };
@@ -981,6 +1053,20 @@ impl RxCtx<'_> {
                 let n = datagram.len();
                 self.scratch[..n].copy_from_slice(datagram);
                 self.relay(*hop, from, repr.hop_limit, n, body_at, body_len, true);
+            }
+            let by_fastdp = self
+                .state
+                .fastdp
+                .by_origin
+                .get(&repr.src)
+                .is_some_and(|peers| peers.contains(&shared.local));
+            if by_fastdp {
+                // The origin's VXLAN device delivered this one here already.
+                shared
+                    .counters
+                    .rx_left_to_fastdp
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
             }
             self.deliver(repr.src, &datagram[body_at..body_at + body_len]);
         } else {

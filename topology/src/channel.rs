@@ -20,6 +20,8 @@ pub enum Channel {
     Settings,
     /// Topology gossip and heartbeats (`topology::wire`).
     Topology,
+    /// fastdp announcements (`topology::fastdp::Announcement`).
+    Fastdp,
 }
 
 impl Channel {
@@ -30,6 +32,7 @@ impl Channel {
             Self::Topology => 0x02,
             Self::Ipam => 0x03,
             Self::Settings => 0x04,
+            Self::Fastdp => 0x05,
         }
     }
 
@@ -40,6 +43,7 @@ impl Channel {
             0x02 => Some(Self::Topology),
             0x03 => Some(Self::Ipam),
             0x04 => Some(Self::Settings),
+            0x05 => Some(Self::Fastdp),
             _ => None,
         }
     }

@@ -16,6 +16,8 @@
 //! - [`mesh`]: the engine tying them together, with heartbeats and gossip scheduling.
 //! - [`settings`]: the mesh-wide encryption setting (gossiped record, merge, per-peer seal
 //!   decision).
+//! - [`fastdp`]: the per-peer fastdp/sleeve decision (probe hysteresis) and the fastdp
+//!   announcement message.
 //! - [`mac`]: the MAC → peer learning table used by the data plane.
 //! - [`api`]: serde status types for `weft status` and `weft report`.
 //! - [`kube`]: peer discovery from Kubernetes Node objects: the API's JSON decoded, and the
@@ -26,6 +28,7 @@
 
 pub mod api;
 pub mod channel;
+pub mod fastdp;
 pub mod ipam;
 pub mod kube;
 pub mod mac;

@@ -3,6 +3,9 @@
 //!
 //! Rows:
 //! - `kernel-vxlan`: the baseline (below), always run.
+//! - `fastdp`: the REAL router on the kernel VXLAN path: a two-node lab (`lab up --datapath
+//!   fastdp`) with one pod per node; the routers only probe and manage the forwarding
+//!   database, so `relay_cpu_pct_1` (both `weft router` processes) stays near zero.
 //! - `sleeve`, `sleeve-encrypted`: the REAL router: a two-node lab (`lab up --datapath sleeve`
 //!   [`--encrypt`]) with one pod per node, iperf3 between the pods; `relay_cpu_pct_1` is then
 //!   the CPU of both `weft router` processes.
@@ -46,10 +49,12 @@ use crate::lab::{self, LabGuard, LabSpec, netns};
 pub const BASELINE: &str = "kernel-vxlan";
 /// The relay harness's configuration name.
 pub const RELAY: &str = "sleeve-relay";
+/// The real routers on fastdp (`lab up --datapath fastdp`).
+pub const FASTDP: &str = "fastdp";
 /// Configurations this bench can run, baseline first.
-pub const CONFIGS: [&str; 4] = [BASELINE, "sleeve", "sleeve-encrypted", RELAY];
+pub const CONFIGS: [&str; 5] = [BASELINE, FASTDP, "sleeve", "sleeve-encrypted", RELAY];
 /// Configurations run by default.
-pub const DEFAULT_CONFIGS: [&str; 3] = [BASELINE, "sleeve", "sleeve-encrypted"];
+pub const DEFAULT_CONFIGS: [&str; 4] = [BASELINE, FASTDP, "sleeve", "sleeve-encrypted"];
 
 /// `weft-sim bench` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,8 +62,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Comma-separated configurations (kernel-vxlan, sleeve, sleeve-encrypted, sleeve-relay);
-    /// the baseline always runs. Default: kernel-vxlan, sleeve, sleeve-encrypted.
+    /// Comma-separated configurations (kernel-vxlan, fastdp, sleeve, sleeve-encrypted,
+    /// sleeve-relay); the baseline always runs. Default: kernel-vxlan, fastdp, sleeve,
+    /// sleeve-encrypted.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Runs per configuration and stream count (the median is reported).
@@ -218,7 +224,12 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             BASELINE => Target::harness(ns.pod(1, c), ns.pod(2, c), PEER_POD, Vec::new()),
             RELAY => Target::harness(ns.pod(1, c), ns.pod(2, c), PEER_POD, relay_stats.clone()),
             _ => {
-                let (guard, target) = start_lab(&prefix, c == "sleeve-encrypted")?;
+                let datapath = if c == FASTDP {
+                    lab::Datapath::Fastdp
+                } else {
+                    lab::Datapath::Sleeve
+                };
+                let (guard, target) = start_lab(&prefix, datapath, c == "sleeve-encrypted")?;
                 labs.push(guard);
                 target
             }
@@ -472,13 +483,18 @@ impl Target {
 
 /// Brings up a two-node lab with real routers on the sleeve (`--encrypt` if asked) and one
 /// pod per node.
-fn start_lab(prefix: &str, encrypt: bool) -> Result<(LabGuard, Target)> {
-    let name = format!("{prefix}{}", if encrypt { "e" } else { "p" });
+fn start_lab(prefix: &str, datapath: lab::Datapath, encrypt: bool) -> Result<(LabGuard, Target)> {
+    let tag = match (datapath, encrypt) {
+        (lab::Datapath::Fastdp, _) => "f",
+        (_, true) => "e",
+        (_, false) => "p",
+    };
+    let name = format!("{prefix}{tag}");
     let guard = LabGuard::new(&name);
     let mut spec = LabSpec::new(&name);
     spec.nodes = 2;
     spec.pods = 1;
-    spec.datapath = lab::Datapath::Sleeve;
+    spec.datapath = datapath;
     spec.encrypt = encrypt;
     let info = lab::up(&spec).with_context(|| format!("lab {name}"))?;
     let pod = |i: usize| -> Result<&lab::PodInfo> {

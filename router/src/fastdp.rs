@@ -1,0 +1,752 @@
+//! The fastdp shell: the kernel VXLAN device `weft-vxlan` on bridge `weft`, the probe socket
+//! and the AF_PACKET listener for probe answers, and the forwarding-database changes the
+//! decision core (`topology::fastdp`) asks for.
+//!
+//! A probe is an ARP request (sender address 0.0.0.0, so the answering kernel creates no
+//! neighbour entry) for the peer's underlay address, from this node's bridge MAC to the
+//! peer's bridge MAC, in a VXLAN header with weft's VNI, sent from an ordinary UDP socket to
+//! the peer's VXLAN port. The peer's kernel decapsulates it, its bridge hands it to its own
+//! stack, and the stack answers through the bridge and the VXLAN device, back to this node's
+//! VXLAN port; our bridge passes it up (it is addressed to the bridge's MAC). The answer is
+//! read from an ARP-only AF_PACKET socket on the bridge device (a BPF filter passes replies
+//! only), so the listener sits on no hot path: pod traffic never meets it. Nothing of weft's runs on the
+//! answering side, so the probe answers while the peer's router is down, and fails exactly when
+//! VXLAN between the two fails.
+
+use std::collections::{BTreeSet, HashSet};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result};
+use tokio::sync::mpsc;
+use topology::PeerName;
+use topology::channel::{Channel, envelope};
+use topology::fastdp::{
+    Announcement, Announcements, Config as CoreConfig, Event, Fastdp, Mac, Mode, Path, Probe, VNI,
+};
+
+use crate::metrics::{FastdpCounter, Metrics};
+use crate::netlink::Netlink;
+use crate::sleeve::{Sleeve, SleeveFastdp};
+
+/// The VXLAN device's name.
+pub const VXLAN: &str = "weft-vxlan";
+/// The VXLAN header's length.
+pub const VXLAN_HDR_LEN: usize = 8;
+/// A probe's length: VXLAN header, Ethernet header, ARP for IPv4.
+pub const PROBE_LEN: usize = VXLAN_HDR_LEN + 14 + 28;
+
+/// Builds the probe for `target` (an IPv4 underlay address) from `src_mac` to `dst_mac`.
+pub fn probe_frame(src_mac: Mac, dst_mac: Mac, target: Ipv4Addr) -> [u8; PROBE_LEN] {
+    let mut f = [0u8; PROBE_LEN];
+    // VXLAN: flags (I bit), 3 reserved, VNI (24 bits), 1 reserved.
+    f[0] = 0x08;
+    f[4..7].copy_from_slice(&VNI.to_be_bytes()[1..4]);
+    let e = &mut f[VXLAN_HDR_LEN..];
+    e[0..6].copy_from_slice(&dst_mac);
+    e[6..12].copy_from_slice(&src_mac);
+    e[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    let a = &mut e[14..];
+    a[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    a[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    a[4] = 6;
+    a[5] = 4;
+    a[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
+    a[8..14].copy_from_slice(&src_mac);
+    // Sender address 0.0.0.0 (a "probe" in RFC 5227's sense): no neighbour entry is made.
+    a[18..24].copy_from_slice(&[0; 6]);
+    a[24..28].copy_from_slice(&target.octets());
+    f
+}
+
+/// Returns the sender address of an ARP reply addressed to `our_mac`, from an Ethernet frame.
+pub fn parse_answer(frame: &[u8], our_mac: &Mac) -> Option<IpAddr> {
+    if frame.len() < 14 + 28 || frame[12..14] != ETH_P_ARP.to_be_bytes() {
+        return None;
+    }
+    let a = &frame[14..];
+    if a[0..2] != [0, 1] || a[2..4] != [8, 0] || a[4] != 6 || a[5] != 4 || a[6..8] != [0, 2] {
+        return None;
+    }
+    if &a[18..24] != our_mac {
+        return None;
+    }
+    Some(IpAddr::V4(Ipv4Addr::new(a[14], a[15], a[16], a[17])))
+}
+
+/// The probe socket and the answer listener.
+#[derive(Debug)]
+pub struct Prober {
+    socket: UdpSocket,
+    port: u16,
+    our_mac: Mac,
+    stop: Arc<AtomicBool>,
+    listener: Option<JoinHandle<()>>,
+}
+
+impl Prober {
+    /// Binds the probe socket, opens the AF_PACKET listener on the bridge `bridge_index` and
+    /// starts its thread, which passes the sender address of each answer to `answers`.
+    ///
+    /// # Errors
+    /// Fails when a socket cannot be opened or the thread cannot start.
+    pub fn start(
+        bridge_index: u32,
+        port: u16,
+        our_mac: Mac,
+        answers: mpsc::UnboundedSender<IpAddr>,
+    ) -> Result<Self> {
+        let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+            .context("binding the fastdp probe socket")?;
+        socket.set_nonblocking(true)?;
+        let fd = packet_socket(bridge_index).context("opening the AF_PACKET probe listener")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("fastdp-probe".into())
+                .spawn(move || listen(&fd, our_mac, &answers, &stop))?
+        };
+        Ok(Self {
+            socket,
+            port,
+            our_mac,
+            stop,
+            listener: Some(listener),
+        })
+    }
+
+    /// Sends `probe`; IPv6 peers are not probed (ARP is IPv4's).
+    pub fn send(&self, probe: &Probe) {
+        let IpAddr::V4(target) = probe.addr else {
+            return;
+        };
+        let frame = probe_frame(self.our_mac, probe.mac, target);
+        // A full socket buffer or an unreachable peer is a lost probe, which the core counts.
+        let _ = self
+            .socket
+            .send_to(&frame, SocketAddr::new(probe.addr, self.port));
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.listener.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn listen(fd: &OwnedFd, our_mac: Mac, answers: &mpsc::UnboundedSender<IpAddr>, stop: &AtomicBool) {
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `buf` is valid for its length; the fd is ours and open.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let Ok(n) = usize::try_from(n) else {
+            // Timeout (SO_RCVTIMEO) or EINTR: check the stop flag and wait again.
+            continue;
+        };
+        // The bridge passes answers up as its own, so the port they came in by is not known
+        // here; it need not be: an answer exists only if our request crossed VXLAN, and it
+        // comes back by VXLAN because the peer's bridge and VXLAN device learned our bridge
+        // MAC from that very request.
+        if let Some(addr) = parse_answer(&buf[..n], &our_mac)
+            && answers.send(addr).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// An AF_PACKET socket on link `index` (the bridge) for ARP frames, of which it keeps replies
+/// only (classic BPF filter); reads time out every 100 ms.
+fn packet_socket(index: u32) -> io::Result<OwnedFd> {
+    let proto = ETH_P_ARP.to_be();
+    // SAFETY: plain socket(2) call; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh, owned descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // Filter first, so nothing unfiltered queues between bind and attach.
+    let mut code = [
+        bpf(0x28, 0, 0, 12),     // ldh [12]       ethertype
+        bpf(0x15, 0, 3, 0x0806), // jeq ARP
+        bpf(0x28, 0, 0, 20),     // ldh [20]       ARP opcode
+        bpf(0x15, 0, 1, 2),      // jeq reply
+        bpf(0x06, 0, 0, 256),    // ret 256
+        bpf(0x06, 0, 0, 0),      // ret 0
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)?;
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = index as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll of the given length.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&sll).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a valid T of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            size_of::<T>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The VXLAN device and the forwarding-database changes on it.
+#[derive(Debug, Clone)]
+pub struct Fdb {
+    netlink: Netlink,
+    /// `weft-vxlan`'s index.
+    pub vxlan: u32,
+}
+
+impl Fdb {
+    /// Wraps the device.
+    pub fn new(netlink: Netlink, vxlan: u32) -> Self {
+        Self { netlink, vxlan }
+    }
+
+    /// The remotes of the flood entries on the device (left by an earlier run, or ours).
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn flood_remotes(&self) -> Result<BTreeSet<IpAddr>> {
+        Ok(self
+            .netlink
+            .fdb_dump()
+            .await?
+            .into_iter()
+            .filter(|e| e.ifindex == self.vxlan && !e.master && e.mac == [0; 6])
+            .filter_map(|e| e.dst)
+            .collect())
+    }
+
+    /// `addr` joined fastdp: its flood entry and its announced MACs.
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn join(&self, addr: IpAddr, macs: &BTreeSet<Mac>) -> Result<()> {
+        self.netlink.fdb_append(self.vxlan, [0; 6], addr).await?;
+        for mac in macs {
+            self.netlink.fdb_append(self.vxlan, *mac, addr).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds MAC entries for a fastdp peer at `addr`.
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn add_macs(&self, addr: IpAddr, macs: &BTreeSet<Mac>) -> Result<()> {
+        for mac in macs {
+            self.netlink.fdb_append(self.vxlan, *mac, addr).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the MAC entries `macs` of the peer at `addr` (withdrawn MACs), and the bridge's
+    /// learned entries for them on the VXLAN port.
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn remove_macs(&self, addr: IpAddr, macs: &BTreeSet<Mac>) -> Result<()> {
+        for mac in macs {
+            self.netlink.fdb_del_vxlan(self.vxlan, *mac, addr).await?;
+            self.netlink.fdb_del_bridge(self.vxlan, *mac).await?;
+        }
+        Ok(())
+    }
+
+    /// `addr` left fastdp: every entry of the device pointing at it (flood, announced and
+    /// learned MACs) goes, and so do the bridge's entries on the VXLAN port for those MACs and
+    /// for `announced`, so the bridge floods to the sleeve until it learns them again.
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn leave(&self, addr: IpAddr, announced: &BTreeSet<Mac>) -> Result<()> {
+        let entries = self.netlink.fdb_dump().await?;
+        let mut macs: BTreeSet<Mac> = announced.clone();
+        for e in &entries {
+            if e.ifindex == self.vxlan && !e.master && e.dst == Some(addr) {
+                self.netlink.fdb_del_vxlan(self.vxlan, e.mac, addr).await?;
+                if e.mac != [0; 6] {
+                    macs.insert(e.mac);
+                }
+            }
+        }
+        for e in &entries {
+            if e.ifindex == self.vxlan && e.master && !e.permanent && macs.contains(&e.mac) {
+                self.netlink.fdb_del_bridge(self.vxlan, e.mac).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The MACs of this node's pods: the bridge's learned entries on its other ports (pod
+    /// veths), not the tunnel ports, not local addresses.
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn local_pod_macs(&self, bridge: u32, tap: Option<u32>) -> Result<BTreeSet<Mac>> {
+        let entries = self.netlink.fdb_dump().await?;
+        let ports = self.netlink.bridge_ports(bridge).await?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| {
+                e.master
+                    && !e.permanent
+                    && e.ifindex != self.vxlan
+                    && Some(e.ifindex) != tap
+                    && ports.contains(&e.ifindex)
+                    && e.mac[0] & 1 == 0
+            })
+            .map(|e| e.mac)
+            .collect())
+    }
+}
+
+const ETH_P_ARP: u16 = 0x0806;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn probe_layout_and_answer_parsing() {
+        let ours = [0x02, 1, 2, 3, 4, 5];
+        let theirs = [0x02, 9, 8, 7, 6, 5];
+        let f = probe_frame(ours, theirs, Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(&f[..8], &[0x08, 0, 0, 0, 0x00, 0x77, 0x65, 0]);
+        assert_eq!(&f[8..14], &theirs);
+        assert_eq!(&f[14..20], &ours);
+        assert_eq!(&f[20..22], &[0x08, 0x06]);
+        assert_eq!(&f[28..30], &[0, 1], "ARP request");
+        assert_eq!(&f[30..36], &ours);
+        assert_eq!(&f[36..40], &[0, 0, 0, 0], "sender address 0.0.0.0");
+        assert_eq!(&f[46..50], &[192, 0, 2, 2]);
+        // The reply the kernel sends: sender = peer, target MAC = ours.
+        let mut reply = f[8..].to_vec();
+        reply[0..6].copy_from_slice(&ours);
+        reply[6..12].copy_from_slice(&theirs);
+        reply[20..22].copy_from_slice(&[0, 2]);
+        reply[22..28].copy_from_slice(&theirs);
+        reply[28..32].copy_from_slice(&[192, 0, 2, 2]);
+        reply[32..38].copy_from_slice(&ours);
+        reply[38..42].copy_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(
+            parse_answer(&reply, &ours),
+            Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)))
+        );
+        assert_eq!(parse_answer(&reply, &theirs), None, "not addressed to us");
+        assert_eq!(parse_answer(&f[8..], &ours), None, "a request is no answer");
+        assert_eq!(parse_answer(&reply[..30], &ours), None);
+    }
+}
+
+/// The fastdp data plane as the daemon drives it: the decision core, the probe I/O, the
+/// forwarding database and the announcements.
+#[derive(Debug)]
+pub struct FastdpPlane {
+    core: Fastdp,
+    fdb: Fdb,
+    prober: Prober,
+    local: PeerName,
+    bridge: u32,
+    tap: Option<u32>,
+    bridge_mac: Mac,
+    own: Announcement,
+    own_dirty: bool,
+    table: Announcements,
+    /// Flood remotes left by an earlier run; kept for their peers until probed.
+    inherited: BTreeSet<IpAddr>,
+    started: Instant,
+    inherited_checked: bool,
+    metrics: Metrics,
+}
+
+/// What [`FastdpPlane::start`] needs.
+#[derive(Debug, Clone)]
+pub struct FastdpConfig {
+    /// This router.
+    pub local: PeerName,
+    /// `--datapath`.
+    pub mode: Mode,
+    /// The VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// The pod MTU.
+    pub mtu: u32,
+    /// The bridge's index.
+    pub bridge: u32,
+    /// Whether traffic must be encrypted now.
+    pub encryption_required: bool,
+}
+
+impl FastdpPlane {
+    /// Makes sure `weft-vxlan` exists on the bridge (reusing one left by an earlier run),
+    /// isolates it and the TAP (if any) on the bridge, pins the bridge's MAC (the probe
+    /// target), reads the flood entries left behind, and starts the prober.
+    ///
+    /// # Errors
+    /// Fails when a device, socket or thread cannot be set up.
+    pub async fn start(
+        config: &FastdpConfig,
+        netlink: &Netlink,
+        metrics: Metrics,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<IpAddr>)> {
+        let vxlan = netlink
+            .ensure_vxlan(VXLAN, VNI, config.vxlan_port, config.mtu, config.bridge)
+            .await?;
+        netlink.set_isolated(vxlan).await?;
+        let tap = netlink.link_index(crate::daemon::TAP).await?;
+        if let Some(tap) = tap {
+            netlink.set_isolated(tap).await?;
+        }
+        // A bridge takes its lowest port's MAC unless one was set: set it, so the address
+        // peers probe stays the same as pods come and go.
+        let bridge_mac = netlink.link_mac(config.bridge).await?;
+        netlink.set_mac(config.bridge, bridge_mac).await?;
+        let fdb = Fdb::new(netlink.clone(), vxlan);
+        let inherited = fdb.flood_remotes().await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let prober = Prober::start(config.bridge, config.vxlan_port, bridge_mac, tx)?;
+        let mut core = Fastdp::new(CoreConfig::new(config.mode, config.vxlan_port));
+        core.set_encryption_required(config.encryption_required);
+        let seq = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        let own = Announcement {
+            origin: config.local,
+            seq,
+            bridge_mac,
+            fastdp_peers: BTreeSet::new(),
+            macs: BTreeSet::new(),
+        };
+        tracing::info!(
+            vxlan = VXLAN,
+            vni = VNI,
+            port = config.vxlan_port,
+            inherited = inherited.len(),
+            "fastdp ready"
+        );
+        Ok((
+            Self {
+                core,
+                fdb,
+                prober,
+                local: config.local,
+                bridge: config.bridge,
+                tap,
+                bridge_mac,
+                own,
+                own_dirty: true,
+                table: Announcements::new(),
+                inherited,
+                started: Instant::now(),
+                inherited_checked: false,
+                metrics,
+            },
+            rx,
+        ))
+    }
+
+    /// The path `peer`'s traffic takes.
+    pub fn path(&self, peer: PeerName) -> Option<Path> {
+        self.core.path(peer)
+    }
+
+    /// Sets whether traffic must be encrypted (no kernel ESP: the sealed sleeve carries it).
+    pub fn set_encryption_required(&mut self, required: bool) {
+        self.core.set_encryption_required(required);
+    }
+
+    /// Sets whether `peer` is outside the mesh encryption (trusted subnet).
+    pub fn set_encryption_exempt(&mut self, peer: PeerName, exempt: bool) {
+        self.core.set_encryption_exempt(peer, exempt);
+    }
+
+    /// When the core wants its timeout.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout().map(|(t, _)| t)
+    }
+
+    /// Runs the core's timer.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.core.handle_timeout(now);
+    }
+
+    /// A probe answer from `addr`.
+    pub fn handle_answer(&mut self, addr: IpAddr) {
+        self.metrics.inc_fastdp(FastdpCounter::ProbeAnswered);
+        self.core.handle_probe_answer(addr);
+    }
+
+    /// A connection to `peer` at `addr` came up; returns the announcements to send it (ours
+    /// and every one held).
+    pub fn peer_up(&mut self, now: Instant, peer: PeerName, addr: IpAddr) -> Vec<Vec<u8>> {
+        let inherited = self.inherited.remove(&addr);
+        self.core.handle_peer_up(now, peer, addr, inherited);
+        if let Some(a) = self.table.get(peer) {
+            self.core.handle_bridge_mac(peer, a.bridge_mac);
+        }
+        std::iter::once(&self.own)
+            .chain(self.table.iter())
+            .map(|a| envelope(Channel::Fastdp, &a.encode()))
+            .collect()
+    }
+
+    /// The connection to `peer` closed.
+    pub fn peer_down(&mut self, peer: PeerName) {
+        self.core.handle_peer_down(peer);
+    }
+
+    /// `weft rmpeer`: forget the peer at once.
+    pub fn forget(&mut self, peer: PeerName) {
+        self.core.forget(peer);
+        self.table.remove(peer);
+    }
+
+    /// An announcement arrived; returns the message to pass on to the other connections
+    /// when it was news.
+    ///
+    /// # Errors
+    /// The decoder's, for a malformed body (the caller counts and drops it).
+    pub async fn handle_announcement(
+        &mut self,
+        body: &[u8],
+        sleeve: Option<&Sleeve>,
+    ) -> Result<Option<Vec<u8>>, topology::fastdp::AnnounceError> {
+        let a = Announcement::decode(body)?;
+        if a.origin == self.local {
+            return Ok(None);
+        }
+        let old_macs = self
+            .table
+            .get(a.origin)
+            .map(|o| o.macs.clone())
+            .unwrap_or_default();
+        if !self.table.merge(a.clone()) {
+            return Ok(None);
+        }
+        self.core.handle_bridge_mac(a.origin, a.bridge_mac);
+        if self.core.path(a.origin) == Some(Path::Fastdp)
+            && let Some(addr) = self.addr_of(a.origin)
+        {
+            let added: BTreeSet<Mac> = a.macs.difference(&old_macs).copied().collect();
+            let gone: BTreeSet<Mac> = old_macs.difference(&a.macs).copied().collect();
+            if let Err(e) = self.fdb.add_macs(addr, &added).await {
+                tracing::warn!("fastdp: adding MAC entries: {e:#}");
+            }
+            if let Err(e) = self.fdb.remove_macs(addr, &gone).await {
+                tracing::warn!("fastdp: removing withdrawn MAC entries: {e:#}");
+            }
+        }
+        self.update_sleeve(sleeve);
+        Ok(Some(envelope(Channel::Fastdp, body)))
+    }
+
+    /// Sends the probes the core asks for and applies its decisions to the forwarding
+    /// database and the sleeve; returns our announcement when it changed (for every
+    /// connection).
+    pub async fn drain(&mut self, sleeve: Option<&Sleeve>) -> Option<Vec<u8>> {
+        while let Some(probe) = self.core.poll_probe() {
+            self.metrics.inc_fastdp(FastdpCounter::ProbeSent);
+            self.prober.send(&probe);
+        }
+        let mut changed = false;
+        while let Some(event) = self.core.poll_event() {
+            changed = true;
+            match event {
+                Event::Joined { peer, addr } => {
+                    self.metrics.inc_fastdp(FastdpCounter::SwitchToFastdp);
+                    tracing::info!(%peer, %addr, "peer on fastdp");
+                    let mut macs = self
+                        .table
+                        .get(peer)
+                        .map(|a| a.macs.clone())
+                        .unwrap_or_default();
+                    if let Err(e) = self.fdb.join(addr, &macs).await {
+                        tracing::warn!(%peer, "fastdp: adding forwarding entries: {e:#}");
+                    }
+                    // The bridge learned these on the TAP while the peer was on the sleeve;
+                    // it would keep handing them to the sleeve, which now leaves them alone.
+                    if let Some(a) = self.table.get(peer) {
+                        macs.insert(a.bridge_mac);
+                    }
+                    if let Some(tap) = self.tap {
+                        for mac in &macs {
+                            if let Err(e) = self.fdb.netlink.fdb_del_bridge(tap, *mac).await {
+                                tracing::warn!("fastdp: {e:#}");
+                            }
+                        }
+                    }
+                    if let Some(s) = sleeve {
+                        s.forget_macs_of(peer);
+                    }
+                }
+                Event::Left { peer, addr, reason } => {
+                    self.metrics.inc_fastdp(FastdpCounter::SwitchToSleeve);
+                    tracing::info!(%peer, %addr, %reason, "peer on the sleeve");
+                    // The sleeve takes over first, then the kernel's entries go.
+                    self.own.fastdp_peers.remove(&peer);
+                    self.own_dirty = true;
+                    self.update_sleeve(sleeve);
+                    let macs = self
+                        .table
+                        .get(peer)
+                        .map(|a| a.macs.clone())
+                        .unwrap_or_default();
+                    if let Err(e) = self.fdb.leave(addr, &macs).await {
+                        tracing::warn!(%peer, "fastdp: removing forwarding entries: {e:#}");
+                    }
+                }
+            }
+        }
+        if changed {
+            let peers = self.core.fastdp_peers();
+            if peers != self.own.fastdp_peers {
+                self.own.fastdp_peers = peers;
+                self.own_dirty = true;
+            }
+            self.update_sleeve(sleeve);
+        }
+        self.take_own()
+    }
+
+    /// Slow periodic work: our pods' MACs, the bridge's MAC, flood entries of an earlier run
+    /// whose peers never came back. Returns our announcement when it changed.
+    pub async fn housekeeping(&mut self, sleeve: Option<&Sleeve>) -> Option<Vec<u8>> {
+        match self.fdb.local_pod_macs(self.bridge, self.tap).await {
+            Ok(macs) if macs != self.own.macs => {
+                self.own.macs = macs;
+                self.own_dirty = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("fastdp: listing pod MACs: {e:#}"),
+        }
+        if let Ok(mac) = self.fdb.netlink.link_mac(self.bridge).await
+            && mac != self.bridge_mac
+        {
+            self.bridge_mac = mac;
+            self.own.bridge_mac = mac;
+            self.own_dirty = true;
+        }
+        if !self.inherited_checked && self.started.elapsed() > INHERITED_GRACE {
+            self.inherited_checked = true;
+            for addr in std::mem::take(&mut self.inherited) {
+                tracing::info!(%addr, "fastdp: removing a flood entry no peer claimed");
+                if let Err(e) = self.fdb.leave(addr, &BTreeSet::new()).await {
+                    tracing::warn!("fastdp: {e:#}");
+                }
+            }
+        }
+        self.update_sleeve(sleeve);
+        self.take_own()
+    }
+
+    fn take_own(&mut self) -> Option<Vec<u8>> {
+        if !self.own_dirty {
+            return None;
+        }
+        self.own_dirty = false;
+        self.own.seq += 1;
+        Some(envelope(Channel::Fastdp, &self.own.encode()))
+    }
+
+    fn addr_of(&self, peer: PeerName) -> Option<IpAddr> {
+        self.core
+            .views()
+            .into_iter()
+            .find(|v| v.peer == peer)
+            .map(|v| v.addr)
+    }
+
+    /// Tells the sleeve what to leave to fastdp.
+    fn update_sleeve(&self, sleeve: Option<&Sleeve>) {
+        let Some(sleeve) = sleeve else { return };
+        let local: HashSet<Mac> = self
+            .core
+            .fastdp_peers()
+            .iter()
+            .map(PeerName::bytes)
+            .collect();
+        let macs = self
+            .table
+            .iter()
+            .filter(|a| local.contains(&a.origin.bytes()))
+            .flat_map(|a| a.macs.iter().copied())
+            .collect();
+        let by_origin = self
+            .table
+            .iter()
+            .map(|a| {
+                (
+                    a.origin.bytes(),
+                    a.fastdp_peers.iter().map(PeerName::bytes).collect(),
+                )
+            })
+            .collect();
+        sleeve.set_fastdp(SleeveFastdp {
+            local,
+            macs,
+            by_origin,
+        });
+    }
+
+    /// Per-peer probe figures, for status.
+    pub fn views(&self) -> Vec<topology::fastdp::PeerView> {
+        self.core.views()
+    }
+}
+
+/// How long flood entries left by an earlier run wait for their peer to reconnect.
+const INHERITED_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
