@@ -401,8 +401,12 @@ struct Sim<'a> {
     by_addr: HashMap<SocketAddr, usize>,
     links: HashMap<u64, Link>,
     next_conn: u64,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
-    actions: HashMap<u64, Action>,
+    /// Pending actions as (time, scheduling order, slot in `actions`), earliest first; ties
+    /// in scheduling order, so the run is deterministic.
+    queue: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    /// The actions by slot; freed slots are reused.
+    actions: Vec<Option<Action>>,
+    free: Vec<u32>,
     seq: u64,
     partitioned: bool,
     delivered: u64,
@@ -468,7 +472,8 @@ impl<'a> Sim<'a> {
             links: HashMap::new(),
             next_conn: 1,
             queue: BinaryHeap::new(),
-            actions: HashMap::new(),
+            actions: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             partitioned: false,
             delivered: 0,
@@ -495,8 +500,17 @@ impl<'a> Sim<'a> {
 
     fn schedule(&mut self, t: u64, action: Action) {
         self.seq += 1;
-        self.queue.push(Reverse((t, self.seq)));
-        self.actions.insert(self.seq, action);
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.actions[s as usize] = Some(action);
+                s
+            }
+            None => {
+                self.actions.push(Some(action));
+                (self.actions.len() - 1) as u32
+            }
+        };
+        self.queue.push(Reverse((t, self.seq, slot)));
     }
 
     #[allow(clippy::print_stderr)]
@@ -526,13 +540,14 @@ impl<'a> Sim<'a> {
 
     /// Processes events up to and including time `t`, then sets the clock to `t`.
     fn run_to(&mut self, t: u64) {
-        while let Some(&Reverse((when, seq))) = self.queue.peek() {
+        while let Some(&Reverse((when, _, slot))) = self.queue.peek() {
             if when > t {
                 break;
             }
             self.queue.pop();
             self.now = when;
-            if let Some(action) = self.actions.remove(&seq) {
+            self.free.push(slot);
+            if let Some(action) = self.actions[slot as usize].take() {
                 self.apply(action);
             }
         }
