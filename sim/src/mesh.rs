@@ -177,6 +177,13 @@ pub struct MeshReport {
     pub total_gossip_bytes: u64,
     /// Simulated seconds covered by the run.
     pub simulated_s: f64,
+    /// Versions of their own record all nodes published per phase, per live node at the end
+    /// (the initial version excluded): `[cold start, settle + steady window + leave,
+    /// partition, heal]`. Every version is a record every other node applies, so this is what
+    /// the N² cost of a phase scales with.
+    pub versions_per_node: [f64; 4],
+    /// Records applied by all nodes per phase (the same phases), divided by N².
+    pub records_applied_per_n2: [f64; 4],
 }
 
 /// Runs the simulation.
@@ -207,6 +214,7 @@ pub fn run(args: &MeshArgs) -> Result<MeshReport> {
     let mean_conns = conns as f64 / sim.live() as f64;
 
     sim.debug("cold start converged");
+    let mut marks = vec![sim.totals()];
     // Phase 2: steady state.
     let settle_end = sim.now + ns(args.settle_s);
     sim.run_to(settle_end);
@@ -231,6 +239,7 @@ pub fn run(args: &MeshArgs) -> Result<MeshReport> {
     let leave = sim.run_until_converged(t_leave, t_leave + cap, check);
 
     sim.debug("leave converged");
+    marks.push(sim.totals());
     // Phase 4: partition, then heal.
     let mut live: Vec<usize> = (0..sim.nodes.len())
         .filter(|&i| sim.nodes[i].alive)
@@ -244,9 +253,20 @@ pub fn run(args: &MeshArgs) -> Result<MeshReport> {
     sim.run_to(heal_at);
     sim.partitioned = false;
     sim.debug("partition over");
+    marks.push(sim.totals());
     let heal = sim.run_until_converged(heal_at, heal_at + cap, check);
 
     sim.debug("heal converged");
+    marks.push(sim.totals());
+    let (live, n2) = (sim.live() as f64, (args.nodes * args.nodes) as f64);
+    let mut versions_per_node = [0.0; 4];
+    let mut records_applied_per_n2 = [0.0; 4];
+    let mut prev = (args.nodes as u64, 0);
+    for (k, &(v, a)) in marks.iter().enumerate() {
+        versions_per_node[k] = round3((v - prev.0) as f64 / live);
+        records_applied_per_n2[k] = round3((a - prev.1) as f64 / n2);
+        prev = (v, a);
+    }
     let secs = |t: Option<u64>| t.map(|t| round3(t as f64 / 1e9));
     let route_check = if args.nodes <= args.route_check_all_max {
         "all".to_owned()
@@ -278,6 +298,8 @@ pub fn run(args: &MeshArgs) -> Result<MeshReport> {
         messages_delivered: sim.delivered,
         total_gossip_bytes: total,
         simulated_s: round3(sim.now as f64 / 1e9),
+        versions_per_node,
+        records_applied_per_n2,
     })
 }
 
@@ -341,6 +363,16 @@ pub fn print_report(out: &mut impl Write, report: &MeshReport, json: bool) -> Re
     writeln!(out, "  route check:               {}", report.route_check)?;
     writeln!(
         out,
+        "  versions per node:         {:?} (cold, leave, partition, heal)",
+        report.versions_per_node
+    )?;
+    writeln!(
+        out,
+        "  records applied / N²:      {:?}",
+        report.records_applied_per_n2
+    )?;
+    writeln!(
+        out,
         "  simulated:                 {:.3} s",
         report.simulated_s
     )?;
@@ -401,8 +433,12 @@ struct Sim<'a> {
     by_addr: HashMap<SocketAddr, usize>,
     links: HashMap<u64, Link>,
     next_conn: u64,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
-    actions: HashMap<u64, Action>,
+    /// Pending actions as (time, scheduling order, slot in `actions`), earliest first; ties
+    /// in scheduling order, so the run is deterministic.
+    queue: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    /// The actions by slot; freed slots are reused.
+    actions: Vec<Option<Action>>,
+    free: Vec<u32>,
     seq: u64,
     partitioned: bool,
     delivered: u64,
@@ -468,7 +504,8 @@ impl<'a> Sim<'a> {
             links: HashMap::new(),
             next_conn: 1,
             queue: BinaryHeap::new(),
-            actions: HashMap::new(),
+            actions: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             partitioned: false,
             delivered: 0,
@@ -478,6 +515,13 @@ impl<'a> Sim<'a> {
             sim.drive(i);
         }
         sim
+    }
+
+    /// Returns the sum of every node's own version and the records applied by all nodes.
+    fn totals(&self) -> (u64, u64) {
+        self.nodes.iter().fold((0, 0), |(v, a), n| {
+            (v + n.mesh.version(), a + n.mesh.stats().records_applied)
+        })
     }
 
     fn live(&self) -> usize {
@@ -495,8 +539,17 @@ impl<'a> Sim<'a> {
 
     fn schedule(&mut self, t: u64, action: Action) {
         self.seq += 1;
-        self.queue.push(Reverse((t, self.seq)));
-        self.actions.insert(self.seq, action);
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.actions[s as usize] = Some(action);
+                s
+            }
+            None => {
+                self.actions.push(Some(action));
+                (self.actions.len() - 1) as u32
+            }
+        };
+        self.queue.push(Reverse((t, self.seq, slot)));
     }
 
     #[allow(clippy::print_stderr)]
@@ -526,13 +579,14 @@ impl<'a> Sim<'a> {
 
     /// Processes events up to and including time `t`, then sets the clock to `t`.
     fn run_to(&mut self, t: u64) {
-        while let Some(&Reverse((when, seq))) = self.queue.peek() {
+        while let Some(&Reverse((when, _, slot))) = self.queue.peek() {
             if when > t {
                 break;
             }
             self.queue.pop();
             self.now = when;
-            if let Some(action) = self.actions.remove(&seq) {
+            self.free.push(slot);
+            if let Some(action) = self.actions[slot as usize].take() {
                 self.apply(action);
             }
         }

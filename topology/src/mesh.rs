@@ -239,6 +239,8 @@ pub struct Mesh {
     last_publish: Option<Instant>,
     unpublished_since: Option<Instant>,
     unpublished_removal: bool,
+    /// When our connections last changed.
+    last_change: Instant,
     component_pending: bool,
     unreachable_suspects: BTreeSet<PeerName>,
     /// When a record from a neighbour last changed our table.
@@ -286,6 +288,7 @@ impl Mesh {
             last_publish: None,
             unpublished_since: None,
             unpublished_removal: false,
+            last_change: now,
             component_pending: false,
             unreachable_suspects: BTreeSet::new(),
             last_news: None,
@@ -512,6 +515,8 @@ impl Mesh {
                     t.state = TargetState::Established { conn: old_id };
                     t.peer = Some(remote);
                 }
+                // Additions may have been held for this dial.
+                self.schedule_publish(now);
                 return;
             }
         }
@@ -648,6 +653,8 @@ impl Mesh {
         {
             t.fail(now, reason, b, rng);
         }
+        // Additions may have been held for this dial.
+        self.schedule_publish(now);
     }
 
     /// Runs whatever is due at `now`: heartbeats and their timeouts, announcement batches,
@@ -1164,20 +1171,43 @@ impl Mesh {
     }
 
     /// Notes that our connections changed. Versions of our record are at least
-    /// `own_update_interval` apart. A removal (a failure) is published as soon as that allows;
-    /// additions wait until `own_update_interval` has passed without another one (but at most
-    /// `COALESCE_FACTOR` intervals after the first unpublished change), so that the burst of
-    /// connections at start-up or after a partition heals makes one version, not one per
-    /// connection: every version is a record that every peer fetches.
+    /// `own_update_interval` apart, and every version is a record that every peer fetches, so
+    /// a burst of changes should make one version, not one per connection:
+    ///
+    /// - A removal (a failure) is published as soon as that allows, unless other connections
+    ///   are suspects of the same failure: silent for more than `heartbeat_timeout` minus
+    ///   1.5 `heartbeat_interval` (a healthy connection hears a heartbeat every interval, one
+    ///   cut at the same moment as the connection that just timed out has been silent for at
+    ///   least `heartbeat_timeout - heartbeat_interval`). The removal then waits until the
+    ///   last suspect has timed out (at most one `heartbeat_interval`), so that a partition,
+    ///   which cuts several connections within one heartbeat interval, makes one version; a
+    ///   single crashed neighbour has no suspects and is published at once.
+    /// - Additions wait until `own_update_interval` has passed without another one (but at
+    ///   most `COALESCE_FACTOR` intervals after the first unpublished change), so that the
+    ///   connections made at start-up make one version. While a dial to a peer we hold a
+    ///   record of is under way (a reconnection, as when a partition heals), additions wait
+    ///   for it to finish, up to `RECONNECT_HOLD_FACTOR` intervals after the first change, so
+    ///   that reconnecting makes one version too.
     fn rebuild_own(&mut self, now: Instant, removal: bool) {
-        let delay = self.config.own_update_interval;
-        let first = *self.unpublished_since.get_or_insert(now);
+        self.unpublished_since.get_or_insert(now);
         self.unpublished_removal |= removal;
+        self.last_change = now;
+        self.schedule_publish(now);
+    }
+
+    /// Sets `publish_at` for the unpublished changes of our record (see [`Mesh::rebuild_own`]).
+    fn schedule_publish(&mut self, now: Instant) {
+        let Some(first) = self.unpublished_since else {
+            return;
+        };
+        let delay = self.config.own_update_interval;
         let min_next = self.last_publish.map_or(now, |t| t + delay).max(now);
         let due = if self.unpublished_removal {
-            min_next
+            min_next.max(self.suspects_timed_out(now))
+        } else if self.redialling_known_peer() {
+            (first + delay * RECONNECT_HOLD_FACTOR).max(min_next)
         } else {
-            (now + delay)
+            (self.last_change + delay)
                 .min(first + delay * COALESCE_FACTOR)
                 .max(min_next)
         };
@@ -1190,6 +1220,33 @@ impl Mesh {
         } else {
             self.publish_at = Some(due);
         }
+    }
+
+    /// Returns true while a dial of ours to a peer in our table is under way: after a
+    /// partition heals, such dials (started before the heal, or just after the peer's record
+    /// came back) complete over a few seconds, and publishing additions before they do would
+    /// make a version per completion.
+    fn redialling_known_peer(&self) -> bool {
+        self.targets.iter().any(|t| {
+            matches!(
+                t.state,
+                TargetState::Connecting { .. } | TargetState::Requested { .. }
+            ) && t
+                .peer
+                .is_some_and(|p| !self.by_peer.contains_key(&p) && self.peers.get(p).is_some())
+        })
+    }
+
+    /// Returns when every connection suspected of being cut (see [`Mesh::rebuild_own`]) will
+    /// have timed out; `now` when there is none.
+    fn suspects_timed_out(&self, now: Instant) -> Instant {
+        let timeout = self.config.heartbeat_timeout;
+        let suspect_after = timeout.saturating_sub(self.config.heartbeat_interval.mul_f64(1.5));
+        self.conns
+            .values()
+            .filter(|c| now.saturating_duration_since(c.last_recv) >= suspect_after)
+            .map(|c| c.last_recv + timeout)
+            .fold(now, Instant::max)
     }
 
     fn publish_own(&mut self, now: Instant) {
@@ -1456,5 +1513,6 @@ fn pad(n: PeerName) -> [u8; 8] {
 
 const SUMMARY_CHUNK_BYTES: usize = 64 * 1024;
 const QUIET_WAIT_FACTOR: u32 = 4;
-const COALESCE_FACTOR: u32 = 3;
+const COALESCE_FACTOR: u32 = 5;
+const RECONNECT_HOLD_FACTOR: u32 = 10;
 const UPDATE_CHUNK_BYTES: usize = 64 * 1024;

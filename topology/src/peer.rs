@@ -16,15 +16,33 @@ use std::sync::{Arc, Mutex, PoisonError};
 ///
 /// The crypto crate derives the six bytes from the node's public key; topology only treats them
 /// as an opaque identifier. The all-zero name is reserved and never valid on the wire.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct PeerName([u8; 6]);
+
+impl PeerName {
+    /// The name as a number with the same order as its bytes (big-endian), for comparisons
+    /// without a call to memcmp: names are compared in every table and sorted list.
+    fn as_u64(self) -> u64 {
+        let b = self.0;
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+}
+
+impl Ord for PeerName {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_u64().cmp(&other.as_u64())
+    }
+}
+
+impl PartialOrd for PeerName {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl std::hash::Hash for PeerName {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let b = self.0;
-        state.write_u64(u64::from_be_bytes([
-            0, 0, b[0], b[1], b[2], b[3], b[4], b[5],
-        ]));
+        state.write_u64(self.as_u64());
     }
 }
 

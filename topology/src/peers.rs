@@ -391,8 +391,14 @@ impl Peers {
                 Vec::new(),
             ),
         };
+        // A record's own place in the tree does not depend on its content, so its new remotes
+        // are grafted while their slots are at hand (one cache miss per remote, not two).
+        let name_in_tree = self.in_tree(name);
         for &r in &added {
             self.inc_indegree(r);
+            if name_in_tree {
+                self.graft(name, r);
+            }
         }
         self.account(&rec, true);
         let slot = self.slots.entry(name).or_default();
@@ -414,11 +420,8 @@ impl Peers {
             if let Some(set) = self.index.get_mut(bucket_of(name)) {
                 set.insert(name);
             }
-            if self.in_tree(name) {
+            if name_in_tree {
                 self.treed += 1;
-                for r in added {
-                    self.graft(name, r);
-                }
             }
             return None;
         };
@@ -428,11 +431,6 @@ impl Peers {
                 self.tree_broken = true;
             }
             self.dec_indegree(r);
-        }
-        if self.in_tree(name) {
-            for r in added {
-                self.graft(name, r);
-            }
         }
         Some(!dropped.is_empty())
     }

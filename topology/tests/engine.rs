@@ -185,3 +185,49 @@ fn duplicate_connections_keep_the_one_the_lower_name_dialled() {
     assert_eq!(net.nodes[0].connection_to(name(1)).unwrap().id, ConnId(1));
     assert_eq!(net.nodes[1].connection_to(name(0)).unwrap().id, ConnId(1));
 }
+
+#[test]
+fn a_burst_of_heartbeat_timeouts_makes_one_version_and_a_lone_crash_is_published_at_once() {
+    // A star around node 0. Nodes 2, 3 and 4 crash together (a partition, as node 0 sees it):
+    // their heartbeats stop at different phases, so node 0's connections to them time out up to
+    // one heartbeat interval apart, but node 0 publishes one version for all of them.
+    let mut net = Net::new(5);
+    for i in 1..5 {
+        net.connect(0, i);
+    }
+    net.run(Duration::from_secs(2));
+    let v = net.nodes[0].version();
+    for i in 2..5 {
+        net.alive[i] = false;
+    }
+    net.run(Duration::from_secs(3));
+    for i in 2..5 {
+        assert!(net.nodes[0].connection_to(name(i)).is_none(), "node {i}");
+    }
+    assert_eq!(net.nodes[0].version(), v + 1, "one version for the burst");
+    assert_eq!(
+        net.nodes[0].peers().get(name(0)).unwrap().connections.len(),
+        1
+    );
+
+    // Node 1 then crashes alone: no other connection is a suspect, so the removal is
+    // published in the same step the timeout is noticed.
+    let v = net.nodes[0].version();
+    net.alive[1] = false;
+    for _ in 0..300 {
+        net.run(Duration::from_millis(10));
+        if net.nodes[0].connection_to(name(1)).is_none() {
+            break;
+        }
+    }
+    assert!(net.nodes[0].connection_to(name(1)).is_none());
+    assert_eq!(net.nodes[0].version(), v + 1, "published at once");
+    assert!(
+        net.nodes[0]
+            .peers()
+            .get(name(0))
+            .unwrap()
+            .connections
+            .is_empty()
+    );
+}
