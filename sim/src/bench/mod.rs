@@ -118,6 +118,11 @@ pub struct BenchRow {
     pub ratio_rtt: f64,
     /// RTT added over the baseline, µs.
     pub added_rtt_us: f64,
+    /// Median over runs of (this run's Gb/s / the baseline's run just before it), 1 stream:
+    /// pairs interleaved runs, so load that drifts during the bench cancels out.
+    pub paired_ratio_gbps_1: f64,
+    /// The same, 4 streams.
+    pub paired_ratio_gbps_4: f64,
     /// Every run's Gb/s, 1 stream.
     pub runs_gbps_1: Vec<f64>,
     /// Every run's Gb/s, 4 streams.
@@ -138,7 +143,7 @@ impl BenchReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<17} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>9}",
+            "{:<17} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>9}",
             "config",
             "gbps_1",
             "gbps_4",
@@ -146,6 +151,8 @@ impl BenchReport {
             "ratio_1",
             "ratio_4",
             "ratio_rtt",
+            "paired_1",
+            "paired_4",
             "cpu%",
             "dp_cpu%"
         );
@@ -155,7 +162,7 @@ impl BenchReport {
                 .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}"));
             let _ = writeln!(
                 s,
-                "{:<17} {:>8.2} {:>8.2} {:>8.0} {:>7.2} {:>7.2} {:>9.2} {:>6.0} {:>9}",
+                "{:<17} {:>8.2} {:>8.2} {:>8.0} {:>7.2} {:>7.2} {:>9.2} {:>8.2} {:>8.2} {:>6.0} {:>9}",
                 r.config,
                 r.gbps_1,
                 r.gbps_4,
@@ -163,6 +170,8 @@ impl BenchReport {
                 r.ratio_gbps_1,
                 r.ratio_gbps_4,
                 r.ratio_rtt,
+                r.paired_ratio_gbps_1,
+                r.paired_ratio_gbps_4,
                 r.cpu_busy_pct_1,
                 relay
             );
@@ -170,7 +179,7 @@ impl BenchReport {
         let _ = writeln!(
             s,
             "(iperf3 TCP -t {} pod to pod, median of {} interleaved runs; pod MTU {}; RTT = median \
-             idle ping)",
+             idle ping; paired = median of run-by-run ratios to the baseline)",
             self.seconds, self.runs, self.pod_mtu
         );
         s
@@ -285,6 +294,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
                 ratio_gbps_4: round(m.1 / base.1, 2),
                 ratio_rtt: round(m.2 / base.2, 2),
                 added_rtt_us: round(m.2 - base.2, 0),
+                paired_ratio_gbps_1: round(paired_ratio(&s.gbps_1, &samples[0].gbps_1), 2),
+                paired_ratio_gbps_4: round(paired_ratio(&s.gbps_4, &samples[0].gbps_4), 2),
                 runs_gbps_1: s.gbps_1.iter().map(|g| round(*g, 2)).collect(),
                 runs_gbps_4: s.gbps_4.iter().map(|g| round(*g, 2)).collect(),
                 retransmits_1: s.retransmits_1.clone(),
@@ -733,6 +744,12 @@ impl CpuSnapshot {
     }
 }
 
+/// The median of run-by-run ratios `runs[i] / base[i]` (runs of one round are interleaved).
+fn paired_ratio(runs: &[f64], base: &[f64]) -> f64 {
+    let ratios: Vec<f64> = runs.iter().zip(base).map(|(r, b)| r / b).collect();
+    median(&ratios)
+}
+
 fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -756,3 +773,17 @@ fn round(v: f64, digits: i32) -> f64 {
 const SLEEVE_PORT: u16 = 6783;
 /// The far pod of the baseline and relay harness.
 const PEER_POD: &str = "10.32.0.2";
+
+#[cfg(test)]
+mod tests {
+    use super::{median, paired_ratio};
+
+    #[test]
+    fn paired_ratio_is_the_median_of_run_by_run_ratios() {
+        // Load drifts: run 2 is slow for both; the per-run ratios are 1.0, 0.9, 1.1.
+        let base = [10.0, 5.0, 8.0];
+        let runs = [10.0, 4.5, 8.8];
+        assert!((paired_ratio(&runs, &base) - 1.0).abs() < 1e-9);
+        assert!((median(&runs) / median(&base) - 1.1).abs() < 1e-9);
+    }
+}
