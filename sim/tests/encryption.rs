@@ -1,5 +1,7 @@
 //! Mesh-wide encryption switched at run time while traffic flows (issue 9's acceptance), on the
-//! sleeve (`--datapath sleeve`, explicitly, so this tests the sleeve whatever `auto` picks).
+//! sleeve (`--datapath sleeve`) and in the default `--datapath auto`, where peers start on
+//! fastdp (kernel VXLAN, in clear), move to the sealed sleeve when encryption turns on (this
+//! kernel has no ESP) and back to fastdp when it turns off.
 //!
 //! ```text
 //!   h1 ── h2 ── h3 (full underlay, N-u)   pods hI/p1; pings at 10 ms on every pair with a
@@ -141,8 +143,9 @@ impl Drop for Proc {
     }
 }
 
-/// tcpdump on the underlay bridge, sleeve datagrams shorter than full-size chunks (the
-/// pings, not the bulk of the iperf3 stream), first 256 bytes of each.
+/// tcpdump on the underlay bridge, sleeve (UDP 6783) and fastdp (VXLAN, UDP 6784) datagrams
+/// shorter than full-size chunks (the pings, not the bulk of the iperf3 stream), first 256
+/// bytes of each.
 struct Capture {
     child: Option<Child>,
     file: String,
@@ -165,8 +168,12 @@ impl Capture {
                 "-w",
                 &file,
                 "udp",
-                "port",
+                "and",
+                "(port",
                 "6783",
+                "or",
+                "port",
+                "6784)",
                 "and",
                 "less",
                 "1200",
@@ -323,15 +330,48 @@ fn write_password(name: &str, file: &str, text: &str) -> String {
     path
 }
 
+/// The data path (`fastdp`, `sleeve`) of every established connection of every router.
+fn datapaths(name: &str, nodes: &[&str]) -> Vec<String> {
+    nodes
+        .iter()
+        .flat_map(|node| {
+            let r = lab::report(name, node).unwrap_or(Value::Null);
+            let list = r["connections"].as_array().cloned().unwrap_or_default();
+            list.into_iter()
+                .filter(|c| c["state"] == "established")
+                .map(|c| format!("{node}: {}", c["datapath"].as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Whether every router has its `nodes.len() - 1` connections on data path `want`.
+fn all_on(name: &str, nodes: &[&str], want: &str) -> bool {
+    let paths = datapaths(name, nodes);
+    paths.len() == nodes.len() * (nodes.len() - 1)
+        && paths.iter().all(|p| p.ends_with(&format!(": {want}")))
+}
+
 #[test]
 fn mesh_encryption_switches_while_traffic_flows() {
+    switches_while_traffic_flows(Datapath::Sleeve, "es");
+}
+
+/// The default data path: fastdp ⇄ sealed sleeve with every switch.
+#[test]
+fn mesh_encryption_switches_while_traffic_flows_auto() {
+    switches_while_traffic_flows(Datapath::Auto, "ea");
+}
+
+fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
     let _serial = serial();
-    let name = unique("es");
+    let name = unique(tag);
     let _guard = LabGuard::new(&name);
     let mut spec = LabSpec::new(&name);
     spec.nodes = 3;
     spec.pods = 1;
-    spec.datapath = Datapath::Sleeve;
+    spec.datapath = datapath;
+    let auto = datapath == Datapath::Auto;
     spec.encrypt = false;
     spec.password = Some(PASSWORD.to_owned());
     let info = lab::up(&spec).unwrap();
@@ -361,6 +401,17 @@ fn mesh_encryption_switches_while_traffic_flows() {
         .is_some(),
         "connections not plain at start"
     );
+    if auto {
+        let start = Instant::now();
+        while !all_on(&name, &nodes, "fastdp") && start.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            all_on(&name, &nodes, "fastdp"),
+            "not every connection on fastdp at start: {:?}",
+            datapaths(&name, &nodes)
+        );
+    }
     let good = write_password(&name, "admin-password", PASSWORD);
     let wrong = write_password(&name, "wrong-password", "not the mesh password");
 
@@ -414,6 +465,13 @@ fn mesh_encryption_switches_while_traffic_flows() {
     print!("h1: weft encryption enable: {out}");
     let (known1, settle1) = wait_mode(&name, &nodes, true, "sealed", start, Duration::from_secs(3))
         .expect("not every connection sealed within 3 s of enable");
+    if auto {
+        assert!(
+            all_on(&name, &nodes, "sleeve"),
+            "sealed but not every connection on the sleeve: {:?}",
+            datapaths(&name, &nodes)
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
 
     // disable on h2: refused without proof and with a wrong password, done with the right one.
@@ -442,6 +500,21 @@ fn mesh_encryption_switches_while_traffic_flows() {
     print!("h2: weft encryption disable --password-file F: {out}");
     let (_, settle2) = wait_mode(&name, &nodes, false, "plain", start, Duration::from_secs(3))
         .expect("not every connection plain within 3 s of disable");
+    let mut back = None;
+    if auto {
+        while start.elapsed() < Duration::from_secs(3) {
+            if all_on(&name, &nodes, "fastdp") {
+                back = Some(start.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            back.is_some(),
+            "not every connection back on fastdp within 3 s of disable: {:?}",
+            datapaths(&name, &nodes)
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
 
     // enable again, on h3.
@@ -453,6 +526,13 @@ fn mesh_encryption_switches_while_traffic_flows() {
     print!("h3: weft encryption enable: {out}");
     let (known3, settle3) = wait_mode(&name, &nodes, true, "sealed", start, Duration::from_secs(3))
         .expect("not every connection sealed within 3 s of the second enable");
+    if auto {
+        assert!(
+            all_on(&name, &nodes, "sleeve"),
+            "sealed but not every connection on the sleeve: {:?}",
+            datapaths(&name, &nodes)
+        );
+    }
     let switched_by = t0.elapsed();
 
     let ping_outs: Vec<(String, String)> = pings
@@ -465,9 +545,14 @@ fn mesh_encryption_switches_while_traffic_flows() {
     let t_end = wall();
 
     println!(
-        "settle (command to every connection in the new mode): enable {:.2} s, disable {:.2} s, enable {:.2} s; all switches done {:.1} s into {TRAFFIC_SECONDS} s of traffic",
+        "datapath {}: settle (command to every connection in the new mode): enable {:.2} s, disable {:.2} s{}, enable {:.2} s; all switches done {:.1} s into {TRAFFIC_SECONDS} s of traffic",
+        if auto { "auto" } else { "sleeve" },
         settle1.as_secs_f64(),
         settle2.as_secs_f64(),
+        back.map_or_else(String::new, |d| format!(
+            " (every connection back on fastdp {:.2} s)",
+            d.as_secs_f64()
+        )),
         settle3.as_secs_f64(),
         switched_by.as_secs_f64()
     );
