@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 use topology::PeerName;
 use topology::channel::{Channel, envelope};
 use topology::fastdp::{
-    Announcement, Announcements, Config as CoreConfig, Event, Fastdp, Mac, Mode, Path, Probe, VNI,
+    Announcement, Announcements, Config as CoreConfig, Event, Fastdp, Mac, Mode, Path,
+    PathEncryption, Probe, VNI,
 };
 
 use crate::metrics::{FastdpCounter, Metrics};
@@ -502,6 +503,16 @@ impl FastdpPlane {
     /// The path `peer`'s traffic takes.
     pub fn path(&self, peer: PeerName) -> Option<Path> {
         self.core.path(peer)
+    }
+
+    /// What the data paths mean for the encryption of the traffic with `peer` (`seal`: it
+    /// must be sealed), from this router's path and the peer's latest announcement.
+    pub fn path_encryption(&self, peer: PeerName, seal: bool) -> PathEncryption {
+        let theirs = self
+            .table
+            .get(peer)
+            .is_some_and(|a| a.fastdp_peers.contains(&self.local));
+        self.core.path_encryption(peer, seal, theirs)
     }
 
     /// Sets whether traffic must be encrypted (no kernel ESP: the sealed sleeve carries it).
