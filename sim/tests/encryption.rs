@@ -363,6 +363,9 @@ fn mesh_encryption_switches_while_traffic_flows_auto() {
     switches_while_traffic_flows(Datapath::Auto, "ea");
 }
 
+// The figures this prints are the acceptance's report (clippy allows prints in `#[test]`
+// functions only, and this is their shared body).
+#[allow(clippy::print_stdout)]
 fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
     let _serial = serial();
     let name = unique(tag);
