@@ -297,6 +297,17 @@ impl Sleeve {
         }
     }
 
+    /// Binds `macs` (the ones `peer` announced) to `peer`: it is leaving fastdp, and its pods'
+    /// traffic must take the sleeve as unicast from the first frame, not as a sleeve broadcast
+    /// the peer still leaves to fastdp until it hears of the change.
+    pub fn learn_macs_of(&self, peer: PeerName, macs: impl IntoIterator<Item = [u8; 6]>) {
+        let now = Instant::now();
+        let mut table = lock(&self.shared.macs);
+        for mac in macs {
+            table.learn(now, mac, peer);
+        }
+    }
+
     /// Forgets the MACs learned behind `peer` (it moved onto fastdp).
     pub fn forget_macs_of(&self, peer: PeerName) {
         lock(&self.shared.macs).remove_peer(peer);

@@ -143,9 +143,9 @@ impl Drop for Proc {
     }
 }
 
-/// tcpdump on the underlay bridge, sleeve (UDP 6783) and fastdp (VXLAN, UDP 6784) datagrams
-/// shorter than full-size chunks (the pings, not the bulk of the iperf3 stream), first 256
-/// bytes of each.
+/// tcpdump on the underlay bridge: sleeve (UDP 6783) datagrams shorter than full-size chunks
+/// (the pings, not the bulk of the iperf3 stream) and every fastdp (VXLAN, UDP 6784)
+/// datagram, first 256 bytes of each.
 struct Capture {
     child: Option<Child>,
     file: String,
@@ -175,8 +175,11 @@ impl Capture {
                 "port",
                 "6784)",
                 "and",
+                "(port",
+                "6784",
+                "or",
                 "less",
-                "1200",
+                "1200)",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -291,6 +294,41 @@ fn wait_mode(
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// The runs of ping sequence numbers with no reply, each with the wall time of the reply
+/// before it (from `ping -D`'s `[seconds] ... icmp_seq=N` lines).
+fn ping_gaps(out: &str) -> Vec<(u64, u64, f64)> {
+    let mut seen: Vec<(u64, f64)> = out
+        .lines()
+        .filter_map(|l| {
+            let t = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+            let seq = l
+                .split("icmp_seq=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((seq, t))
+        })
+        .collect();
+    seen.sort_by_key(|&(seq, _)| seq);
+    seen.dedup_by_key(|&mut (seq, _)| seq);
+    seen.windows(2)
+        .filter(|w| w[1].0 > w[0].0 + 1)
+        .map(|w| (w[0].0 + 1, w[1].0 - 1, w[0].1))
+        .collect()
+}
+
+/// VXLAN datagrams (UDP 6784) carrying anything but ARP (the fastdp probes): pod traffic
+/// on fastdp, in clear.
+fn vxlan_data(packet: &[u8]) -> bool {
+    // Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet's type at 12.
+    packet.len() >= 64
+        && packet[12..14] == [0x08, 0x00]
+        && packet[36..38] == 6784u16.to_be_bytes()
+        && packet[62..64] != [0x08, 0x06]
 }
 
 /// `N packets transmitted, M received` from ping's summary.
@@ -440,7 +478,7 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
                 &format!("h{a}/p1"),
                 &[
                     "ping",
-                    "-q",
+                    "-D",
                     "-i",
                     "0.01",
                     "-c",
@@ -565,7 +603,11 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
     );
     for (label, out) in &ping_outs {
         let (sent, received) = ping_counts(out);
-        println!("ping {label}: {sent} sent, {received} received");
+        let gaps: Vec<String> = ping_gaps(out)
+            .iter()
+            .map(|&(a, b, t)| format!("seq {a}..={b} after {:+.2} s from enable 1", t - t_enable1))
+            .collect();
+        println!("ping {label}: {sent} sent, {received} received; gaps: {gaps:?}");
         assert!(
             sent >= u64::from(PINGS) * 9 / 10,
             "{label}: only {sent} sent"
@@ -595,6 +637,23 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
         .map(|(t, _)| *t)
         .collect();
     let within = |a: f64, b: f64| clear.iter().filter(|&&t| t >= a && t < b).count();
+    let vxlan: Vec<f64> = packets
+        .iter()
+        .filter(|(_, p)| vxlan_data(p))
+        .map(|(t, _)| *t)
+        .collect();
+    let vx_within = |a: f64, b: f64| vxlan.iter().filter(|&&t| t >= a && t < b).count();
+    println!(
+        "capture: {} VXLAN datagrams with pod traffic (not probes); enable 1: {} while the command ran, {} from its return until every router reported on, {} after; plain phase: {}; enable 2: {}, {}, {} after",
+        vxlan.len(),
+        vx_within(t_enable1, t_returned1),
+        vx_within(t_returned1, known1),
+        vx_within(known1, t_disable),
+        vx_within(t_disable, t_enable2),
+        vx_within(t_enable2, t_returned2),
+        vx_within(t_returned2, known3),
+        vx_within(known3, t_end)
+    );
     println!(
         "capture: {} packets, {} with the pattern in clear; enable 1: {} while the command ran, {} from its return until every router reported on ({:.0} ms); enable 2: {} and {} ({:.0} ms); plain phase: {}",
         packets.len(),
@@ -622,6 +681,18 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
         0,
         "pod payload in clear after the second enable"
     );
+    // Nothing of the pods' (the iperf3 stream's included) on fastdp once the command returned.
+    assert_eq!(
+        vx_within(t_returned1, t_disable) + vx_within(t_returned2, t_end),
+        0,
+        "pod traffic on fastdp (in clear) after an enable returned"
+    );
+    if auto {
+        assert!(
+            vx_within(t_disable, t_enable2) > 100,
+            "the capture does not see fastdp's traffic in the plain phase"
+        );
+    }
 
     // A node that joins while encryption is on comes up encrypted: h3 restarts with
     // `--encryption off` and learns the mesh's setting from its first connection.
@@ -683,7 +754,9 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
     let after: Vec<&(f64, Vec<u8>)> = packets.iter().filter(|(t, _)| *t >= t_join).collect();
     assert!(after.len() >= 30, "capture too small: {}", after.len());
     assert!(
-        !after.iter().any(|(_, p)| contains(p, &pattern)),
+        !after
+            .iter()
+            .any(|(_, p)| contains(p, &pattern) || vxlan_data(p)),
         "the rejoined node's traffic crossed the underlay in clear"
     );
 }
