@@ -512,6 +512,14 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
             "sealed but not every connection on the sleeve: {:?}",
             datapaths(&name, &nodes)
         );
+        let (ok, status, _) = weft(&name, "h2", &["encryption", "status"]);
+        assert!(ok);
+        assert!(
+            status.contains(
+                "sealed    mesh encryption on; the kernel has no ESP, so this fastdp peer's traffic goes through the encrypted sleeve"
+            ),
+            "{status}"
+        );
     }
     std::thread::sleep(Duration::from_secs(2));
 
