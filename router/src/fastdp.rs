@@ -616,25 +616,6 @@ impl FastdpPlane {
         {
             tracing::warn!("fastdp: flushing entries learned from a peer leaving fastdp: {e:#}");
         }
-        // The peer now sends to us over fastdp too: the sleeve leaves it to the VXLAN device
-        // from here (update_sleeve below), so the bridge entries it learned on the TAP while
-        // the peer still used the sleeve go, lest the bridge keep handing its pods' frames to
-        // the sleeve.
-        if !was_theirs
-            && a.fastdp_peers.contains(&self.local)
-            && self.core.path(a.origin) == Some(Path::Fastdp)
-        {
-            if let Some(tap) = self.tap {
-                for mac in a.macs.iter().chain(std::iter::once(&a.bridge_mac)) {
-                    if let Err(e) = self.fdb.netlink.fdb_del_bridge(tap, *mac).await {
-                        tracing::warn!("fastdp: {e:#}");
-                    }
-                }
-            }
-            if let Some(s) = sleeve {
-                s.forget_macs_of(a.origin);
-            }
-        }
         self.update_sleeve(sleeve);
         Ok(Some(envelope(Channel::Fastdp, body)))
     }
