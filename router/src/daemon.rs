@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use topology::api::ipam as ipam_api;
 use topology::channel::{self, Channel, Hello};
-use topology::fastdp::{Mode, Path as FastdpPath, Reason as FastdpReason};
+use topology::fastdp::{Mode, Path as FastdpPath, PathEncryption, Reason as FastdpReason};
 use topology::ipam::{self, Allocation, Ipam};
 use topology::settings::{self as mesh_settings, EncryptionRecord, Settings};
 use topology::{ConnId, Event, Mesh, PeerName};
@@ -1191,10 +1191,24 @@ impl Daemon {
             .map(|c| {
                 let decision = self.seal_decision(ConnId(c.conn_id));
                 let link = sleeve.and_then(|s| s.link_encryption(c.conn_id));
-                let (mode, extra) = match (link, decision) {
-                    (Some(link), _) => encryption::link_mode(&link),
-                    (None, Some(d)) if d.seal => (EncryptionMode::Sealed, None),
-                    (None, _) => (EncryptionMode::Plain, None),
+                let seal = decision.is_some_and(|d| d.seal);
+                let paths = self
+                    .fastdp
+                    .as_ref()
+                    .map_or(PathEncryption::Sleeve, |f| f.path_encryption(c.name, seal));
+                let (mode, extra) = match (paths, link, decision) {
+                    // An end still sends over fastdp, in clear: not sealed yet.
+                    (PathEncryption::LeavingFastdp { .. }, _, _) => {
+                        (EncryptionMode::Changing, paths.note())
+                    }
+                    // Both ends on fastdp: plain, whatever the sleeve link last received.
+                    (PathEncryption::Fastdp, _, _) => (EncryptionMode::Plain, paths.note()),
+                    (_, Some(link), _) => match encryption::link_mode(&link) {
+                        (m, None) => (m, paths.note()),
+                        other => other,
+                    },
+                    (_, None, Some(d)) if d.seal => (EncryptionMode::Sealed, paths.note()),
+                    (_, None, _) => (EncryptionMode::Plain, None),
                 };
                 let mut reason = decision.map_or_else(String::new, |d| d.reason.to_string());
                 if let Some(extra) = extra {

@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 use topology::PeerName;
 use topology::channel::{Channel, envelope};
 use topology::fastdp::{
-    Announcement, Announcements, Config as CoreConfig, Event, Fastdp, Mac, Mode, Path, Probe, VNI,
+    Announcement, Announcements, Config as CoreConfig, Event, Fastdp, Mac, Mode, Path,
+    PathEncryption, Probe, VNI,
 };
 
 use crate::metrics::{FastdpCounter, Metrics};
@@ -504,6 +505,16 @@ impl FastdpPlane {
         self.core.path(peer)
     }
 
+    /// What the data paths mean for the encryption of the traffic with `peer` (`seal`: it
+    /// must be sealed), from this router's path and the peer's latest announcement.
+    pub fn path_encryption(&self, peer: PeerName, seal: bool) -> PathEncryption {
+        let theirs = self
+            .table
+            .get(peer)
+            .is_some_and(|a| a.fastdp_peers.contains(&self.local));
+        self.core.path_encryption(peer, seal, theirs)
+    }
+
     /// Sets whether traffic must be encrypted (no kernel ESP: the sealed sleeve carries it).
     pub fn set_encryption_required(&mut self, required: bool) {
         self.core.set_encryption_required(required);
@@ -574,6 +585,10 @@ impl FastdpPlane {
             .get(a.origin)
             .map(|o| o.macs.clone())
             .unwrap_or_default();
+        let was_theirs = self
+            .table
+            .get(a.origin)
+            .is_some_and(|o| o.fastdp_peers.contains(&self.local));
         if !self.table.merge(a.clone()) {
             return Ok(None);
         }
@@ -589,6 +604,17 @@ impl FastdpPlane {
             if let Err(e) = self.fdb.remove_macs(addr, &gone).await {
                 tracing::warn!("fastdp: removing withdrawn MAC entries: {e:#}");
             }
+        }
+        // The peer stopped sending to us over fastdp after we left it: what the VXLAN device
+        // and the bridge learned from its VXLAN frames in between (it sent over fastdp until
+        // it heard of the change) points the wrong way now. Flush it again.
+        if was_theirs
+            && !a.fastdp_peers.contains(&self.local)
+            && self.core.path(a.origin) != Some(Path::Fastdp)
+            && let Some(addr) = self.addr_of(a.origin)
+            && let Err(e) = self.fdb.leave(addr, &a.macs).await
+        {
+            tracing::warn!("fastdp: flushing entries learned from a peer leaving fastdp: {e:#}");
         }
         self.update_sleeve(sleeve);
         Ok(Some(envelope(Channel::Fastdp, body)))
@@ -636,15 +662,19 @@ impl FastdpPlane {
                 Event::Left { peer, addr, reason } => {
                     self.metrics.inc_fastdp(FastdpCounter::SwitchToSleeve);
                     tracing::info!(%peer, %addr, %reason, "peer on the sleeve");
-                    // The sleeve takes over first, then the kernel's entries go.
+                    // The sleeve takes over first (knowing where the peer's pods are), then
+                    // the kernel's entries go.
                     self.own.fastdp_peers.remove(&peer);
                     self.own_dirty = true;
-                    self.update_sleeve(sleeve);
                     let macs = self
                         .table
                         .get(peer)
                         .map(|a| a.macs.clone())
                         .unwrap_or_default();
+                    if let Some(s) = sleeve {
+                        s.learn_macs_of(peer, macs.iter().copied());
+                    }
+                    self.update_sleeve(sleeve);
                     if let Err(e) = self.fdb.leave(addr, &macs).await {
                         tracing::warn!(%peer, "fastdp: removing forwarding entries: {e:#}");
                     }
@@ -710,13 +740,21 @@ impl FastdpPlane {
             .map(|v| v.addr)
     }
 
-    /// Tells the sleeve what to leave to fastdp.
+    /// Tells the sleeve what to leave to fastdp: the traffic of peers on fastdp both ways.
+    /// A peer this router just moved onto fastdp may still send over the sleeve until it hears
+    /// of the change; while it does, the bridge learns its pods on the TAP, so the sleeve
+    /// keeps carrying to it (a duplicate at worst) rather than drop what the bridge hands it.
     fn update_sleeve(&self, sleeve: Option<&Sleeve>) {
         let Some(sleeve) = sleeve else { return };
         let local: HashSet<Mac> = self
             .core
             .fastdp_peers()
             .iter()
+            .filter(|p| {
+                self.table
+                    .get(**p)
+                    .is_some_and(|a| a.fastdp_peers.contains(&self.local))
+            })
             .map(PeerName::bytes)
             .collect();
         let macs = self

@@ -297,6 +297,17 @@ impl Sleeve {
         }
     }
 
+    /// Binds `macs` (the ones `peer` announced) to `peer`: it is leaving fastdp, and its pods'
+    /// traffic must take the sleeve as unicast from the first frame, not as a sleeve broadcast
+    /// the peer still leaves to fastdp until it hears of the change.
+    pub fn learn_macs_of(&self, peer: PeerName, macs: impl IntoIterator<Item = [u8; 6]>) {
+        let now = Instant::now();
+        let mut table = lock(&self.shared.macs);
+        for mac in macs {
+            table.learn(now, mac, peer);
+        }
+    }
+
     /// Forgets the MACs learned behind `peer` (it moved onto fastdp).
     pub fn forget_macs_of(&self, peer: PeerName) {
         lock(&self.shared.macs).remove_peer(peer);
@@ -682,16 +693,16 @@ fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, 
                     continue;
                 }
                 c.tap_unicast.fetch_add(1, Ordering::Relaxed);
-                if state.fastdp.macs.contains(&mac) {
+                if let Some(peer) = macs.lookup(&mac) {
+                    // Learned from the sleeve since the peer went onto fastdp (the table
+                    // forgets its MACs then): it still sent over the sleeve moments ago, so
+                    // the bridge may hand its frames here rather than to the VXLAN device;
+                    // carry them (a duplicate at worst) rather than drop them.
+                    *dst = peer.bytes();
+                } else if state.fastdp.macs.contains(&mac) {
                     // Behind a fastdp peer: the VXLAN device carries it.
                     c.skipped_fastdp.fetch_add(1, Ordering::Relaxed);
                     *dst = shared.local;
-                } else if let Some(peer) = macs.lookup(&mac) {
-                    *dst = peer.bytes();
-                    if state.fastdp.local.contains(&*dst) {
-                        c.skipped_fastdp.fetch_add(1, Ordering::Relaxed);
-                        *dst = shared.local;
-                    }
                 }
             }
         }

@@ -1,5 +1,7 @@
 //! Mesh-wide encryption switched at run time while traffic flows (issue 9's acceptance), on the
-//! sleeve (`--datapath sleeve`, explicitly, so this tests the sleeve whatever `auto` picks).
+//! sleeve (`--datapath sleeve`) and in the default `--datapath auto`, where peers start on
+//! fastdp (kernel VXLAN, in clear), move to the sealed sleeve when encryption turns on (this
+//! kernel has no ESP) and back to fastdp when it turns off.
 //!
 //! ```text
 //!   h1 ── h2 ── h3 (full underlay, N-u)   pods hI/p1; pings at 10 ms on every pair with a
@@ -141,8 +143,9 @@ impl Drop for Proc {
     }
 }
 
-/// tcpdump on the underlay bridge, sleeve datagrams shorter than full-size chunks (the
-/// pings, not the bulk of the iperf3 stream), first 256 bytes of each.
+/// tcpdump on the underlay bridge: sleeve (UDP 6783) datagrams shorter than full-size chunks
+/// (the pings, not the bulk of the iperf3 stream) and every fastdp (VXLAN, UDP 6784)
+/// datagram, first 256 bytes of each.
 struct Capture {
     child: Option<Child>,
     file: String,
@@ -165,11 +168,18 @@ impl Capture {
                 "-w",
                 &file,
                 "udp",
-                "port",
-                "6783",
                 "and",
+                "(port",
+                "6783",
+                "or",
+                "port",
+                "6784)",
+                "and",
+                "(port",
+                "6784",
+                "or",
                 "less",
-                "1200",
+                "1200)",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -286,6 +296,41 @@ fn wait_mode(
     None
 }
 
+/// The runs of ping sequence numbers with no reply, each with the wall time of the reply
+/// before it (from `ping -D`'s `[seconds] ... icmp_seq=N` lines).
+fn ping_gaps(out: &str) -> Vec<(u64, u64, f64)> {
+    let mut seen: Vec<(u64, f64)> = out
+        .lines()
+        .filter_map(|l| {
+            let t = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+            let seq = l
+                .split("icmp_seq=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((seq, t))
+        })
+        .collect();
+    seen.sort_by_key(|&(seq, _)| seq);
+    seen.dedup_by_key(|&mut (seq, _)| seq);
+    seen.windows(2)
+        .filter(|w| w[1].0 > w[0].0 + 1)
+        .map(|w| (w[0].0 + 1, w[1].0 - 1, w[0].1))
+        .collect()
+}
+
+/// VXLAN datagrams (UDP 6784) carrying anything but ARP (the fastdp probes): pod traffic
+/// on fastdp, in clear.
+fn vxlan_data(packet: &[u8]) -> bool {
+    // Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet's type at 12.
+    packet.len() >= 64
+        && packet[12..14] == [0x08, 0x00]
+        && packet[36..38] == 6784u16.to_be_bytes()
+        && packet[62..64] != [0x08, 0x06]
+}
+
 /// `N packets transmitted, M received` from ping's summary.
 fn ping_counts(out: &str) -> (u64, u64) {
     let line = out
@@ -323,15 +368,51 @@ fn write_password(name: &str, file: &str, text: &str) -> String {
     path
 }
 
+/// The data path (`fastdp`, `sleeve`) of every established connection of every router.
+fn datapaths(name: &str, nodes: &[&str]) -> Vec<String> {
+    nodes
+        .iter()
+        .flat_map(|node| {
+            let r = lab::report(name, node).unwrap_or(Value::Null);
+            let list = r["connections"].as_array().cloned().unwrap_or_default();
+            list.into_iter()
+                .filter(|c| c["state"] == "established")
+                .map(|c| format!("{node}: {}", c["datapath"].as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Whether every router has its `nodes.len() - 1` connections on data path `want`.
+fn all_on(name: &str, nodes: &[&str], want: &str) -> bool {
+    let paths = datapaths(name, nodes);
+    paths.len() == nodes.len() * (nodes.len() - 1)
+        && paths.iter().all(|p| p.ends_with(&format!(": {want}")))
+}
+
 #[test]
 fn mesh_encryption_switches_while_traffic_flows() {
+    switches_while_traffic_flows(Datapath::Sleeve, "es");
+}
+
+/// The default data path: fastdp ⇄ sealed sleeve with every switch.
+#[test]
+fn mesh_encryption_switches_while_traffic_flows_auto() {
+    switches_while_traffic_flows(Datapath::Auto, "ea");
+}
+
+// The figures this prints are the acceptance's report (clippy allows prints in `#[test]`
+// functions only, and this is their shared body).
+#[allow(clippy::print_stdout)]
+fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
     let _serial = serial();
-    let name = unique("es");
+    let name = unique(tag);
     let _guard = LabGuard::new(&name);
     let mut spec = LabSpec::new(&name);
     spec.nodes = 3;
     spec.pods = 1;
-    spec.datapath = Datapath::Sleeve;
+    spec.datapath = datapath;
+    let auto = datapath == Datapath::Auto;
     spec.encrypt = false;
     spec.password = Some(PASSWORD.to_owned());
     let info = lab::up(&spec).unwrap();
@@ -361,6 +442,17 @@ fn mesh_encryption_switches_while_traffic_flows() {
         .is_some(),
         "connections not plain at start"
     );
+    if auto {
+        let start = Instant::now();
+        while !all_on(&name, &nodes, "fastdp") && start.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            all_on(&name, &nodes, "fastdp"),
+            "not every connection on fastdp at start: {:?}",
+            datapaths(&name, &nodes)
+        );
+    }
     let good = write_password(&name, "admin-password", PASSWORD);
     let wrong = write_password(&name, "wrong-password", "not the mesh password");
 
@@ -386,7 +478,7 @@ fn mesh_encryption_switches_while_traffic_flows() {
                 &format!("h{a}/p1"),
                 &[
                     "ping",
-                    "-q",
+                    "-D",
                     "-i",
                     "0.01",
                     "-c",
@@ -414,6 +506,21 @@ fn mesh_encryption_switches_while_traffic_flows() {
     print!("h1: weft encryption enable: {out}");
     let (known1, settle1) = wait_mode(&name, &nodes, true, "sealed", start, Duration::from_secs(3))
         .expect("not every connection sealed within 3 s of enable");
+    if auto {
+        assert!(
+            all_on(&name, &nodes, "sleeve"),
+            "sealed but not every connection on the sleeve: {:?}",
+            datapaths(&name, &nodes)
+        );
+        let (ok, status, _) = weft(&name, "h2", &["encryption", "status"]);
+        assert!(ok);
+        assert!(
+            status.contains(
+                "sealed    mesh encryption on; the kernel has no ESP, so this fastdp peer's traffic goes through the encrypted sleeve"
+            ),
+            "{status}"
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
 
     // disable on h2: refused without proof and with a wrong password, done with the right one.
@@ -442,6 +549,21 @@ fn mesh_encryption_switches_while_traffic_flows() {
     print!("h2: weft encryption disable --password-file F: {out}");
     let (_, settle2) = wait_mode(&name, &nodes, false, "plain", start, Duration::from_secs(3))
         .expect("not every connection plain within 3 s of disable");
+    let mut back = None;
+    if auto {
+        while start.elapsed() < Duration::from_secs(3) {
+            if all_on(&name, &nodes, "fastdp") {
+                back = Some(start.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            back.is_some(),
+            "not every connection back on fastdp within 3 s of disable: {:?}",
+            datapaths(&name, &nodes)
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
 
     // enable again, on h3.
@@ -453,6 +575,13 @@ fn mesh_encryption_switches_while_traffic_flows() {
     print!("h3: weft encryption enable: {out}");
     let (known3, settle3) = wait_mode(&name, &nodes, true, "sealed", start, Duration::from_secs(3))
         .expect("not every connection sealed within 3 s of the second enable");
+    if auto {
+        assert!(
+            all_on(&name, &nodes, "sleeve"),
+            "sealed but not every connection on the sleeve: {:?}",
+            datapaths(&name, &nodes)
+        );
+    }
     let switched_by = t0.elapsed();
 
     let ping_outs: Vec<(String, String)> = pings
@@ -465,9 +594,14 @@ fn mesh_encryption_switches_while_traffic_flows() {
     let t_end = wall();
 
     println!(
-        "settle (command to every connection in the new mode): enable {:.2} s, disable {:.2} s, enable {:.2} s; all switches done {:.1} s into {TRAFFIC_SECONDS} s of traffic",
+        "datapath {}: settle (command to every connection in the new mode): enable {:.2} s, disable {:.2} s{}, enable {:.2} s; all switches done {:.1} s into {TRAFFIC_SECONDS} s of traffic",
+        if auto { "auto" } else { "sleeve" },
         settle1.as_secs_f64(),
         settle2.as_secs_f64(),
+        back.map_or_else(String::new, |d| format!(
+            " (every connection back on fastdp {:.2} s)",
+            d.as_secs_f64()
+        )),
         settle3.as_secs_f64(),
         switched_by.as_secs_f64()
     );
@@ -477,7 +611,11 @@ fn mesh_encryption_switches_while_traffic_flows() {
     );
     for (label, out) in &ping_outs {
         let (sent, received) = ping_counts(out);
-        println!("ping {label}: {sent} sent, {received} received");
+        let gaps: Vec<String> = ping_gaps(out)
+            .iter()
+            .map(|&(a, b, t)| format!("seq {a}..={b} after {:+.2} s from enable 1", t - t_enable1))
+            .collect();
+        println!("ping {label}: {sent} sent, {received} received; gaps: {gaps:?}");
         assert!(
             sent >= u64::from(PINGS) * 9 / 10,
             "{label}: only {sent} sent"
@@ -507,6 +645,23 @@ fn mesh_encryption_switches_while_traffic_flows() {
         .map(|(t, _)| *t)
         .collect();
     let within = |a: f64, b: f64| clear.iter().filter(|&&t| t >= a && t < b).count();
+    let vxlan: Vec<f64> = packets
+        .iter()
+        .filter(|(_, p)| vxlan_data(p))
+        .map(|(t, _)| *t)
+        .collect();
+    let vx_within = |a: f64, b: f64| vxlan.iter().filter(|&&t| t >= a && t < b).count();
+    println!(
+        "capture: {} VXLAN datagrams with pod traffic (not probes); enable 1: {} while the command ran, {} from its return until every router reported on, {} after; plain phase: {}; enable 2: {}, {}, {} after",
+        vxlan.len(),
+        vx_within(t_enable1, t_returned1),
+        vx_within(t_returned1, known1),
+        vx_within(known1, t_disable),
+        vx_within(t_disable, t_enable2),
+        vx_within(t_enable2, t_returned2),
+        vx_within(t_returned2, known3),
+        vx_within(known3, t_end)
+    );
     println!(
         "capture: {} packets, {} with the pattern in clear; enable 1: {} while the command ran, {} from its return until every router reported on ({:.0} ms); enable 2: {} and {} ({:.0} ms); plain phase: {}",
         packets.len(),
@@ -534,6 +689,18 @@ fn mesh_encryption_switches_while_traffic_flows() {
         0,
         "pod payload in clear after the second enable"
     );
+    // Nothing of the pods' (the iperf3 stream's included) on fastdp once the command returned.
+    assert_eq!(
+        vx_within(t_returned1, t_disable) + vx_within(t_returned2, t_end),
+        0,
+        "pod traffic on fastdp (in clear) after an enable returned"
+    );
+    if auto {
+        assert!(
+            vx_within(t_disable, t_enable2) > 100,
+            "the capture does not see fastdp's traffic in the plain phase"
+        );
+    }
 
     // A node that joins while encryption is on comes up encrypted: h3 restarts with
     // `--encryption off` and learns the mesh's setting from its first connection.
@@ -595,7 +762,9 @@ fn mesh_encryption_switches_while_traffic_flows() {
     let after: Vec<&(f64, Vec<u8>)> = packets.iter().filter(|(t, _)| *t >= t_join).collect();
     assert!(after.len() >= 30, "capture too small: {}", after.len());
     assert!(
-        !after.iter().any(|(_, p)| contains(p, &pattern)),
+        !after
+            .iter()
+            .any(|(_, p)| contains(p, &pattern) || vxlan_data(p)),
         "the rejoined node's traffic crossed the underlay in clear"
     );
 }

@@ -133,6 +133,45 @@ pub enum Event {
     },
 }
 
+/// What the data paths mean for one connection's encryption, as status shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathEncryption {
+    /// The sleeve carries the traffic (or fastdp plays no part): the sleeve link's own mode
+    /// holds.
+    Sleeve,
+    /// Traffic must be sealed and the peer is on the sealed sleeve because of it: the kernel
+    /// has no ESP, so a fastdp peer's traffic goes through the encrypted sleeve.
+    SleeveForEncryption,
+    /// Both ends send over fastdp (kernel VXLAN, in clear): plain, settled.
+    Fastdp,
+    /// Traffic must be sealed but an end still sends over fastdp, in clear: changing over.
+    LeavingFastdp {
+        /// This router still sends to the peer over fastdp.
+        ours: bool,
+        /// The peer still announces that it sends to this router over fastdp.
+        theirs: bool,
+    },
+}
+
+impl PathEncryption {
+    /// The note status adds to the connection's reason, if any.
+    pub fn note(self) -> Option<&'static str> {
+        match self {
+            Self::Sleeve => None,
+            Self::SleeveForEncryption => Some(
+                "the kernel has no ESP, so this fastdp peer's traffic goes through the encrypted sleeve",
+            ),
+            Self::Fastdp => Some("both ends on fastdp (kernel VXLAN, not encrypted)"),
+            Self::LeavingFastdp { ours: true, .. } => {
+                Some("still on fastdp here (in clear), moving to the encrypted sleeve")
+            }
+            Self::LeavingFastdp { ours: false, .. } => {
+                Some("the peer still sends over fastdp (in clear), moving to the encrypted sleeve")
+            }
+        }
+    }
+}
+
 /// A probe to send: an ARP request for `addr` to the bridge `mac`, VXLAN-encapsulated to
 /// `addr` on the VXLAN port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -417,6 +456,29 @@ impl Fastdp {
     /// The path `peer`'s traffic takes, if the peer is known.
     pub fn path(&self, peer: PeerName) -> Option<Path> {
         self.peers.get(&peer).map(|s| s.path)
+    }
+
+    /// What the data paths mean for the encryption of the traffic with `peer`: `seal` is
+    /// whether it must be sealed, `theirs` whether the peer announces that it sends to this
+    /// router over fastdp. A connection counts as sealed only once neither end sends over
+    /// fastdp, and as plain on fastdp only once both do (so a sleeve link's stale "peer
+    /// still sends sealed" does not hold up a change back to fastdp).
+    pub fn path_encryption(&self, peer: PeerName, seal: bool, theirs: bool) -> PathEncryption {
+        let path = self.path(peer);
+        let ours = path == Some(Path::Fastdp);
+        if seal {
+            if ours || theirs {
+                PathEncryption::LeavingFastdp { ours, theirs }
+            } else if path == Some(Path::Sleeve(Reason::Encryption)) {
+                PathEncryption::SleeveForEncryption
+            } else {
+                PathEncryption::Sleeve
+            }
+        } else if ours && theirs {
+            PathEncryption::Fastdp
+        } else {
+            PathEncryption::Sleeve
+        }
     }
 
     /// The peers currently on fastdp.

@@ -421,3 +421,69 @@ fn an_answer_counts_for_every_peer_at_that_address() {
     rounds(&mut core, t0, 3, true);
     assert_eq!(core.fastdp_peers().len(), 2);
 }
+
+#[test]
+fn a_connection_is_sealed_only_once_neither_end_sends_over_fastdp() {
+    let mut core = auto();
+    let t0 = Instant::now();
+    core.handle_peer_up(t0, name(2), ip(2), false);
+    core.handle_bridge_mac(name(2), MAC);
+    let t = rounds(&mut core, t0, 3, true);
+    assert_eq!(core.path(name(2)), Some(Path::Fastdp));
+    // Encryption off, both ends on fastdp: plain and settled.
+    assert_eq!(
+        core.path_encryption(name(2), false, true),
+        PathEncryption::Fastdp
+    );
+    // Only this end on fastdp so far (the peer still uses the sleeve): the sleeve link tells.
+    assert_eq!(
+        core.path_encryption(name(2), false, false),
+        PathEncryption::Sleeve
+    );
+    // Sealing required but this router's core has not moved yet.
+    assert_eq!(
+        core.path_encryption(name(2), true, true),
+        PathEncryption::LeavingFastdp {
+            ours: true,
+            theirs: true
+        }
+    );
+    core.set_encryption_required(true);
+    // Moved here; the peer still announces fastdp towards us: still changing over.
+    assert_eq!(
+        core.path_encryption(name(2), true, true),
+        PathEncryption::LeavingFastdp {
+            ours: false,
+            theirs: true
+        }
+    );
+    assert_eq!(
+        core.path_encryption(name(2), true, false),
+        PathEncryption::SleeveForEncryption
+    );
+    assert!(
+        PathEncryption::SleeveForEncryption
+            .note()
+            .unwrap()
+            .contains("no ESP")
+    );
+    // Back off: the peer returns to fastdp only once it learned the change.
+    core.set_encryption_required(false);
+    rounds(&mut core, t, 1, true);
+    assert_eq!(core.path(name(2)), Some(Path::Fastdp));
+    assert_eq!(
+        core.path_encryption(name(2), false, false),
+        PathEncryption::Sleeve
+    );
+    assert_eq!(
+        core.path_encryption(name(2), false, true),
+        PathEncryption::Fastdp
+    );
+    // The sleeve-only mode: fastdp plays no part.
+    let mut sleeve = Fastdp::new(Config::new(Mode::Sleeve, 6784));
+    sleeve.handle_peer_up(t0, name(2), ip(2), false);
+    assert_eq!(
+        sleeve.path_encryption(name(2), true, false),
+        PathEncryption::Sleeve
+    );
+}
