@@ -313,8 +313,24 @@ impl Fdb {
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn leave(&self, addr: IpAddr, announced: &BTreeSet<Mac>) -> Result<()> {
+    pub async fn leave(
+        &self,
+        addr: IpAddr,
+        announced: &BTreeSet<Mac>,
+        tap: Option<u32>,
+    ) -> Result<()> {
         let entries = self.netlink.fdb_dump().await?;
+        // First the bridge's entries for the peer's announced MACs move to the TAP (the
+        // sleeve knows those MACs already), so no frame is handed to the VXLAN port in the
+        // instant between the device's entries going and the bridge's being flushed.
+        if let Some(tap) = tap {
+            for e in &entries {
+                if e.ifindex == self.vxlan && e.master && !e.permanent && announced.contains(&e.mac)
+                {
+                    self.netlink.fdb_move_bridge(tap, e.mac).await?;
+                }
+            }
+        }
         let mut macs: BTreeSet<Mac> = announced.clone();
         for e in &entries {
             if e.ifindex == self.vxlan && !e.master && e.dst == Some(addr) {
@@ -612,7 +628,7 @@ impl FastdpPlane {
             && !a.fastdp_peers.contains(&self.local)
             && self.core.path(a.origin) != Some(Path::Fastdp)
             && let Some(addr) = self.addr_of(a.origin)
-            && let Err(e) = self.fdb.leave(addr, &a.macs).await
+            && let Err(e) = self.fdb.leave(addr, &a.macs, self.tap).await
         {
             tracing::warn!("fastdp: flushing entries learned from a peer leaving fastdp: {e:#}");
         }
@@ -675,7 +691,7 @@ impl FastdpPlane {
                         s.learn_macs_of(peer, macs.iter().copied());
                     }
                     self.update_sleeve(sleeve);
-                    if let Err(e) = self.fdb.leave(addr, &macs).await {
+                    if let Err(e) = self.fdb.leave(addr, &macs, self.tap).await {
                         tracing::warn!(%peer, "fastdp: removing forwarding entries: {e:#}");
                     }
                 }
@@ -714,7 +730,7 @@ impl FastdpPlane {
             self.inherited_checked = true;
             for addr in std::mem::take(&mut self.inherited) {
                 tracing::info!(%addr, "fastdp: removing a flood entry no peer claimed");
-                if let Err(e) = self.fdb.leave(addr, &BTreeSet::new()).await {
+                if let Err(e) = self.fdb.leave(addr, &BTreeSet::new(), None).await {
                     tracing::warn!("fastdp: {e:#}");
                 }
             }

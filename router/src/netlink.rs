@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::neighbour::{
@@ -352,6 +353,21 @@ impl Netlink {
         self.del_neighbour(msg)
             .await
             .with_context(|| format!("flushing bridge entry {} on port {port}", fmt_mac(&mac)))
+    }
+
+    /// Points the bridge's entry for `mac` at port `port` (`bridge fdb replace … master
+    /// dynamic`): created, or moved from another port, and it ages out like a learned one.
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn fdb_move_bridge(&self, port: u32, mac: [u8; 6]) -> Result<()> {
+        let mut msg = fdb_message(port, mac, NeighbourFlags::Controller);
+        msg.header.state = NeighbourState::Reachable;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        self.ack(req)
+            .await
+            .with_context(|| format!("moving bridge entry {} to port {port}", fmt_mac(&mac)))
     }
 
     /// Lists every bridge-family forwarding entry (bridges' and VXLAN devices').
