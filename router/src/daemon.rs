@@ -1258,6 +1258,7 @@ impl Daemon {
                 }
             })
             .collect();
+        status.sleeve = sleeve.map(Sleeve::counters);
         if sleeve.is_some() {
             status.datapaths = Some(
                 crate::status::Datapath::ALL

@@ -13,7 +13,7 @@
 //! answering side, so the probe answers while the peer's router is down, and fails exactly when
 //! VXLAN between the two fails.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -32,7 +32,7 @@ use topology::fastdp::{
 };
 
 use crate::metrics::{FastdpCounter, Metrics};
-use crate::netlink::Netlink;
+use crate::netlink::{Netlink, fmt_mac};
 use crate::sleeve::{Sleeve, SleeveFastdp};
 
 /// The VXLAN device's name.
@@ -294,43 +294,26 @@ impl Fdb {
         Ok(())
     }
 
-    /// Removes the MAC entries `macs` of the peer at `addr` (withdrawn MACs), and the bridge's
-    /// learned entries for them on the VXLAN port.
+    /// Removes the MAC entries `macs` of the peer at `addr` (withdrawn MACs) from the device.
     ///
     /// # Errors
     /// Fails on netlink errors.
     pub async fn remove_macs(&self, addr: IpAddr, macs: &BTreeSet<Mac>) -> Result<()> {
         for mac in macs {
             self.netlink.fdb_del_vxlan(self.vxlan, *mac, addr).await?;
-            self.netlink.fdb_del_bridge(self.vxlan, *mac).await?;
         }
         Ok(())
     }
 
     /// `addr` left fastdp: every entry of the device pointing at it (flood, announced and
-    /// learned MACs) goes, and so do the bridge's entries on the VXLAN port for those MACs and
-    /// for `announced`, so the bridge floods to the sleeve until it learns them again.
+    /// learned MACs) goes, and so do the bridge's unpinned entries on the VXLAN port for those
+    /// MACs and for `announced`, so the bridge floods to the sleeve until it learns them again.
+    /// (The caller pins the announced MACs to the TAP first.)
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn leave(
-        &self,
-        addr: IpAddr,
-        announced: &BTreeSet<Mac>,
-        tap: Option<u32>,
-    ) -> Result<()> {
+    pub async fn leave(&self, addr: IpAddr, announced: &BTreeSet<Mac>) -> Result<()> {
         let entries = self.netlink.fdb_dump().await?;
-        // First the bridge's entries for the peer's announced MACs move to the TAP (the
-        // sleeve knows those MACs already), so no frame is handed to the VXLAN port in the
-        // instant between the device's entries going and the bridge's being flushed.
-        if let Some(tap) = tap {
-            for e in &entries {
-                if e.ifindex == self.vxlan && e.master && !e.permanent && announced.contains(&e.mac)
-                {
-                    self.netlink.fdb_move_bridge(tap, e.mac).await?;
-                }
-            }
-        }
         let mut macs: BTreeSet<Mac> = announced.clone();
         for e in &entries {
             if e.ifindex == self.vxlan && !e.master && e.dst == Some(addr) {
@@ -341,7 +324,12 @@ impl Fdb {
             }
         }
         for e in &entries {
-            if e.ifindex == self.vxlan && e.master && !e.permanent && macs.contains(&e.mac) {
+            if e.ifindex == self.vxlan
+                && e.master
+                && !e.permanent
+                && !e.sticky
+                && macs.contains(&e.mac)
+            {
                 self.netlink.fdb_del_bridge(self.vxlan, e.mac).await?;
             }
         }
@@ -428,6 +416,13 @@ pub struct FastdpPlane {
     inherited: BTreeSet<IpAddr>,
     started: Instant,
     inherited_checked: bool,
+    /// The bridge entries pinned for each peer's announced MACs (and its bridge's): MAC →
+    /// the port they are pinned to (the VXLAN device while the peer is on fastdp, else the
+    /// TAP). Pinned, because a frame that arrives by the other path in a change-over would
+    /// otherwise move the bridge's entry to the port this router no longer sends that peer by.
+    pins: HashMap<PeerName, BTreeMap<Mac, u32>>,
+    /// Peers whose pins are to be brought in line at the next drain.
+    pins_dirty: BTreeSet<PeerName>,
     metrics: Metrics,
 }
 
@@ -510,6 +505,8 @@ impl FastdpPlane {
                 inherited,
                 started: Instant::now(),
                 inherited_checked: false,
+                pins: HashMap::new(),
+                pins_dirty: BTreeSet::new(),
                 metrics,
             },
             rx,
@@ -562,6 +559,7 @@ impl FastdpPlane {
     pub fn peer_up(&mut self, now: Instant, peer: PeerName, addr: IpAddr) -> Vec<Vec<u8>> {
         let inherited = self.inherited.remove(&addr);
         self.core.handle_peer_up(now, peer, addr, inherited);
+        self.pins_dirty.insert(peer);
         if let Some(a) = self.table.get(peer) {
             self.core.handle_bridge_mac(peer, a.bridge_mac);
         }
@@ -574,12 +572,14 @@ impl FastdpPlane {
     /// The connection to `peer` closed.
     pub fn peer_down(&mut self, peer: PeerName) {
         self.core.handle_peer_down(peer);
+        self.pins_dirty.insert(peer);
     }
 
     /// `weft rmpeer`: forget the peer at once.
     pub fn forget(&mut self, peer: PeerName) {
         self.core.forget(peer);
         self.table.remove(peer);
+        self.pins_dirty.insert(peer);
     }
 
     /// An announcement arrived; returns the message to pass on to the other connections
@@ -617,9 +617,12 @@ impl FastdpPlane {
             if let Err(e) = self.fdb.add_macs(addr, &added).await {
                 tracing::warn!("fastdp: adding MAC entries: {e:#}");
             }
+            self.sync_pins(a.origin).await;
             if let Err(e) = self.fdb.remove_macs(addr, &gone).await {
                 tracing::warn!("fastdp: removing withdrawn MAC entries: {e:#}");
             }
+        } else {
+            self.sync_pins(a.origin).await;
         }
         // The peer stopped sending to us over fastdp after we left it: what the VXLAN device
         // and the bridge learned from its VXLAN frames in between (it sent over fastdp until
@@ -628,7 +631,7 @@ impl FastdpPlane {
             && !a.fastdp_peers.contains(&self.local)
             && self.core.path(a.origin) != Some(Path::Fastdp)
             && let Some(addr) = self.addr_of(a.origin)
-            && let Err(e) = self.fdb.leave(addr, &a.macs, self.tap).await
+            && let Err(e) = self.fdb.leave(addr, &a.macs).await
         {
             tracing::warn!("fastdp: flushing entries learned from a peer leaving fastdp: {e:#}");
         }
@@ -651,7 +654,7 @@ impl FastdpPlane {
                 Event::Joined { peer, addr } => {
                     self.metrics.inc_fastdp(FastdpCounter::SwitchToFastdp);
                     tracing::info!(%peer, %addr, "peer on fastdp");
-                    let mut macs = self
+                    let macs = self
                         .table
                         .get(peer)
                         .map(|a| a.macs.clone())
@@ -659,18 +662,10 @@ impl FastdpPlane {
                     if let Err(e) = self.fdb.join(addr, &macs).await {
                         tracing::warn!(%peer, "fastdp: adding forwarding entries: {e:#}");
                     }
-                    // The bridge learned these on the TAP while the peer was on the sleeve;
-                    // it would keep handing them to the sleeve, which now leaves them alone.
-                    if let Some(a) = self.table.get(peer) {
-                        macs.insert(a.bridge_mac);
-                    }
-                    if let Some(tap) = self.tap {
-                        for mac in &macs {
-                            if let Err(e) = self.fdb.netlink.fdb_del_bridge(tap, *mac).await {
-                                tracing::warn!("fastdp: {e:#}");
-                            }
-                        }
-                    }
+                    // The bridge learned these on the TAP while the peer was on the sleeve:
+                    // they move to the VXLAN port, pinned there, so the peer's frames still
+                    // in flight over the sleeve cannot move them back.
+                    self.sync_pins(peer).await;
                     if let Some(s) = sleeve {
                         s.forget_macs_of(peer);
                     }
@@ -691,11 +686,19 @@ impl FastdpPlane {
                         s.learn_macs_of(peer, macs.iter().copied());
                     }
                     self.update_sleeve(sleeve);
-                    if let Err(e) = self.fdb.leave(addr, &macs, self.tap).await {
+                    // The bridge's entries for them move to the TAP, pinned, before the
+                    // device's go: no instant where the bridge hands them to a port that can
+                    // no longer send them, and the peer's VXLAN frames in flight cannot move
+                    // them back (this router's answers would cross in clear).
+                    self.sync_pins(peer).await;
+                    if let Err(e) = self.fdb.leave(addr, &macs).await {
                         tracing::warn!(%peer, "fastdp: removing forwarding entries: {e:#}");
                     }
                 }
             }
+        }
+        for peer in std::mem::take(&mut self.pins_dirty) {
+            self.sync_pins(peer).await;
         }
         if changed {
             let peers = self.core.fastdp_peers();
@@ -730,13 +733,89 @@ impl FastdpPlane {
             self.inherited_checked = true;
             for addr in std::mem::take(&mut self.inherited) {
                 tracing::info!(%addr, "fastdp: removing a flood entry no peer claimed");
-                if let Err(e) = self.fdb.leave(addr, &BTreeSet::new(), None).await {
+                if let Err(e) = self.fdb.leave(addr, &BTreeSet::new()).await {
                     tracing::warn!("fastdp: {e:#}");
                 }
             }
+            self.remove_stale_pins().await;
         }
         self.update_sleeve(sleeve);
         self.take_own()
+    }
+
+    /// The port `peer`'s MACs are pinned to: the VXLAN device on fastdp, the TAP on the
+    /// sleeve, none when it is not connected (relayed peers are left to learning).
+    fn pin_port(&self, peer: PeerName) -> Option<u32> {
+        match self.core.path(peer)? {
+            Path::Fastdp => Some(self.fdb.vxlan),
+            Path::Sleeve(_) => self.tap,
+        }
+    }
+
+    /// Brings the bridge's pinned entries for `peer`'s MACs in line with its path and its
+    /// latest announcement.
+    async fn sync_pins(&mut self, peer: PeerName) {
+        let mut want: BTreeMap<Mac, u32> = BTreeMap::new();
+        if let (Some(port), Some(a)) = (self.pin_port(peer), self.table.get(peer)) {
+            for mac in a.macs.iter().chain(std::iter::once(&a.bridge_mac)) {
+                // Never a local pod's or this bridge's address, whatever a peer announces.
+                if *mac != [0; 6] && *mac != self.bridge_mac && !self.own.macs.contains(mac) {
+                    want.insert(*mac, port);
+                }
+            }
+        }
+        let have = self.pins.remove(&peer).unwrap_or_default();
+        let mut kept = BTreeMap::new();
+        for (mac, port) in &have {
+            if want.contains_key(mac) {
+                continue;
+            }
+            // A MAC another peer announces too keeps that peer's pin.
+            let shared = self.pins.values().any(|p| p.contains_key(mac));
+            if !shared && let Err(e) = self.fdb.netlink.fdb_del_bridge(*port, *mac).await {
+                tracing::warn!(%peer, "fastdp: unpinning a bridge entry: {e:#}");
+            }
+        }
+        for (mac, port) in want {
+            if have.get(&mac) == Some(&port) {
+                kept.insert(mac, port);
+                continue;
+            }
+            match self.fdb.netlink.fdb_pin_bridge(port, mac).await {
+                Ok(()) => {
+                    kept.insert(mac, port);
+                }
+                Err(e) => tracing::warn!(%peer, "fastdp: {e:#}"),
+            }
+        }
+        if !kept.is_empty() {
+            self.pins.insert(peer, kept);
+        }
+    }
+
+    /// Removes the pinned bridge entries an earlier run left on the tunnel ports for MACs
+    /// no peer announces now.
+    async fn remove_stale_pins(&mut self) {
+        let entries = match self.fdb.netlink.fdb_dump().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!("fastdp: listing forwarding entries: {e:#}");
+                return;
+            }
+        };
+        let tunnel = |i: u32| i == self.fdb.vxlan || Some(i) == self.tap;
+        for e in entries {
+            let ours = self
+                .pins
+                .values()
+                .any(|p| p.get(&e.mac) == Some(&e.ifindex));
+            if e.master && e.sticky && tunnel(e.ifindex) && !ours {
+                tracing::info!(mac = %fmt_mac(&e.mac), "fastdp: removing a pinned entry no peer claims");
+                if let Err(err) = self.fdb.netlink.fdb_del_bridge(e.ifindex, e.mac).await {
+                    tracing::warn!("fastdp: {err:#}");
+                }
+            }
+        }
     }
 
     fn take_own(&mut self) -> Option<Vec<u8>> {
@@ -777,7 +856,7 @@ impl FastdpPlane {
             .table
             .iter()
             .filter(|a| local.contains(&a.origin.bytes()))
-            .flat_map(|a| a.macs.iter().copied())
+            .flat_map(|a| a.macs.iter().map(|m| (*m, a.origin.bytes())))
             .collect();
         let by_origin = self
             .table

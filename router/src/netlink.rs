@@ -177,6 +177,9 @@ pub struct FdbEntry {
     pub master: bool,
     /// Whether the entry is permanent (a local address or a static entry).
     pub permanent: bool,
+    /// Whether the entry is sticky (the bridge does not move it when the MAC shows up on
+    /// another port): weft's pins of announced MACs.
+    pub sticky: bool,
 }
 
 /// What an existing link is, for deciding whether to reuse it.
@@ -355,19 +358,24 @@ impl Netlink {
             .with_context(|| format!("flushing bridge entry {} on port {port}", fmt_mac(&mac)))
     }
 
-    /// Points the bridge's entry for `mac` at port `port` (`bridge fdb replace … master
-    /// dynamic`): created, or moved from another port, and it ages out like a learned one.
+    /// Pins the bridge's entry for `mac` to port `port` (`bridge fdb replace … master static
+    /// sticky`): created, or moved from another port, and from then on neither aged out nor
+    /// moved by learning when frames from `mac` arrive on another port.
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn fdb_move_bridge(&self, port: u32, mac: [u8; 6]) -> Result<()> {
-        let mut msg = fdb_message(port, mac, NeighbourFlags::Controller);
-        msg.header.state = NeighbourState::Reachable;
+    pub async fn fdb_pin_bridge(&self, port: u32, mac: [u8; 6]) -> Result<()> {
+        let mut msg = fdb_message(
+            port,
+            mac,
+            NeighbourFlags::Controller | NeighbourFlags::Sticky,
+        );
+        msg.header.state = NeighbourState::Noarp;
         let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         self.ack(req)
             .await
-            .with_context(|| format!("moving bridge entry {} to port {port}", fmt_mac(&mac)))
+            .with_context(|| format!("pinning bridge entry {} to port {port}", fmt_mac(&mac)))
     }
 
     /// Lists every bridge-family forwarding entry (bridges' and VXLAN devices').
@@ -412,6 +420,7 @@ impl Netlink {
                     .any(|a| matches!(a, NeighbourAttribute::Controller(_)))
                     || msg.header.flags.contains(NeighbourFlags::Controller),
                 permanent: msg.header.state == NeighbourState::Permanent,
+                sticky: msg.header.flags.contains(NeighbourFlags::Sticky),
             });
         }
         Ok(out)

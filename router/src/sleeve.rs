@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use crypto::{DataKeys, Mode, OpenError, PacketBuf, Session, SessionConfig, TAG_LEN};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use socket2::SockAddr;
 use topology::PeerName;
 use topology::mac::{Learned, MacTable};
@@ -59,6 +59,9 @@ use crate::udp::{
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 /// Frames read per TX wakeup.
 pub const FRAMES_PER_BATCH: usize = 8;
+
+/// How long the sleeve waits for room in a full UDP socket before it drops what it has.
+const SEND_PATIENCE: Duration = Duration::from_millis(250);
 /// Messages received per `recvmmsg`.
 pub const RX_BATCH: usize = 8;
 
@@ -117,22 +120,23 @@ pub struct SleeveFastdp {
     /// The peers this router reaches over fastdp: its broadcasts reach them through the
     /// VXLAN device, and unicast to them never takes the sleeve.
     pub local: HashSet<[u8; 6]>,
-    /// MACs announced by those peers: unicast to them is the VXLAN device's.
-    pub macs: HashSet<[u8; 6]>,
+    /// MACs announced by those peers, with the peer: unicast to them is the VXLAN device's.
+    pub macs: HashMap<[u8; 6], [u8; 6]>,
     /// For every origin, the peers it reaches over fastdp (from its announcements): a
     /// sleeve broadcast from that origin is not delivered here if this router is one.
     pub by_origin: HashMap<[u8; 6], HashSet<[u8; 6]>>,
 }
 
 /// The sleeve's counters beyond the metrics' forwarded and dropped ones.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SleeveCounters {
     /// Frames read from the TAP.
     pub tap_frames: u64,
     /// Unicast frames read from the TAP.
     pub tap_unicast: u64,
-    /// Frames the sleeve left to fastdp (to a MAC or peer on fastdp).
-    pub skipped_fastdp: u64,
+    /// Unicast frames to a MAC of a peer on fastdp that the bridge still handed to the TAP
+    /// (queued there before the MAC was pinned to `weft-vxlan`), carried by the sleeve.
+    pub late_for_fastdp: u64,
     /// Sleeve broadcasts not delivered because their origin reaches this router by fastdp.
     pub rx_left_to_fastdp: u64,
     /// Frames sent as broadcast (unknown, broadcast or multicast destination MAC).
@@ -564,7 +568,7 @@ impl std::fmt::Debug for PeerLink {
 struct AtomicCounters {
     tap_frames: AtomicU64,
     tap_unicast: AtomicU64,
-    skipped_fastdp: AtomicU64,
+    late_for_fastdp: AtomicU64,
     rx_left_to_fastdp: AtomicU64,
     tx_broadcast: AtomicU64,
     tx_datagrams: AtomicU64,
@@ -588,7 +592,7 @@ impl AtomicCounters {
         SleeveCounters {
             tap_frames: g(&self.tap_frames),
             tap_unicast: g(&self.tap_unicast),
-            skipped_fastdp: g(&self.skipped_fastdp),
+            late_for_fastdp: g(&self.late_for_fastdp),
             rx_left_to_fastdp: g(&self.rx_left_to_fastdp),
             tx_broadcast: g(&self.tx_broadcast),
             tx_datagrams: g(&self.tx_datagrams),
@@ -699,10 +703,12 @@ fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, 
                     // the bridge may hand its frames here rather than to the VXLAN device;
                     // carry them (a duplicate at worst) rather than drop them.
                     *dst = peer.bytes();
-                } else if state.fastdp.macs.contains(&mac) {
-                    // Behind a fastdp peer: the VXLAN device carries it.
-                    c.skipped_fastdp.fetch_add(1, Ordering::Relaxed);
-                    *dst = shared.local;
+                } else if let Some(peer) = state.fastdp.macs.get(&mac) {
+                    // Behind a fastdp peer. The bridge has this MAC pinned to the VXLAN port
+                    // (it never floods it), so this frame was queued on the TAP before the
+                    // pin moved: carry it, or it is lost.
+                    c.late_for_fastdp.fetch_add(1, Ordering::Relaxed);
+                    *dst = *peer;
                 }
             }
         }
@@ -891,15 +897,28 @@ fn send_all(
         .sum();
     add(&shared.counters.tx_datagrams, datagrams);
     let mut done = 0;
-    let mut tries = 0;
-    while done < iov.len() && tries < 4 * MAX_BATCH {
-        tries += 1;
+    // A full socket means the receiving side is behind (on one host: starved of CPU for a
+    // moment). Wait for room rather than drop: the TAP's queue holds what the pods send
+    // meanwhile. Give up only after SEND_PATIENCE without progress.
+    let mut deadline = Instant::now() + SEND_PATIENCE;
+    while done < iov.len() {
         match socket.send_batch(Some(dest), &msgs[done..iov.len()]) {
-            Ok(k) => done += k,
+            Ok(k) if k > 0 => {
+                done += k;
+                deadline = Instant::now() + SEND_PATIENCE;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(_) => {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
             Err(e) => {
                 if e.kind() == io::ErrorKind::WouldBlock {
-                    // Socket buffer full: wait for room rather than dropping a train.
+                    if Instant::now() >= deadline {
+                        break;
+                    }
                     std::thread::sleep(Duration::from_micros(50));
                     continue;
                 }
@@ -909,6 +928,13 @@ fn send_all(
                 shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
                 done += 1;
             }
+        }
+    }
+    // Still no room after all the waiting: what is left is dropped, and counted.
+    for (b, s) in iov.iter().zip(segs).skip(done) {
+        let n = s.map_or(1, |s| b.len().div_ceil(usize::from(s).max(1)));
+        for _ in 0..n {
+            shared.drop_datagram(DropReason::QueueFull);
         }
     }
 }

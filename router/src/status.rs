@@ -60,6 +60,10 @@ pub struct RouterStatus {
     /// Frame counters per data path; `None` until the data planes exist
     /// ([`DATAPATH_COUNTERS_NOT_AVAILABLE`]).
     pub datapaths: Option<Vec<DatapathCounters>>,
+    /// The sleeve's own counters (what it left to fastdp, delivered, dropped and why, send
+    /// and TAP errors); absent without a sleeve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleeve: Option<crate::sleeve::SleeveCounters>,
 }
 
 /// The control protocol name and version range, shown as `weft 1` or `weft 1..2`.
@@ -346,6 +350,7 @@ impl RouterStatus {
             routes: Vec::new(),
             ipam: None,
             datapaths: None,
+            sleeve: None,
         }
     }
 }

@@ -463,6 +463,7 @@ pub(crate) mod tests {
             ],
             ipam: None,
             datapaths: None,
+            sleeve: None,
         }
     }
 
