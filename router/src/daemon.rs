@@ -1543,35 +1543,73 @@ impl ConnectionTask {
     async fn carry(
         &self,
         stream: TcpStream,
-        mut control: ControlChannel,
+        control: ControlChannel,
         mut rx: mpsc::Receiver<Vec<u8>>,
     ) -> Result<(), ConnError> {
         let (mut rd, mut wr) = stream.into_split();
-        let mut buf = vec![0u8; READ_BUF];
-        let mut out = Vec::new();
-        loop {
-            tokio::select! {
-                read = rd.read(&mut buf) => {
-                    let n = read.map_err(|e| ConnError::Io(e.to_string()))?;
-                    if n == 0 {
-                        return Err(ConnError::Io("the peer closed the connection".into()));
-                    }
-                    control.handle_input(&buf[..n]).map_err(|e| ConnError::Protocol(e.to_string()))?;
-                    while let Some(msg) = control.poll_message().map_err(|e| ConnError::Protocol(e.to_string()))? {
-                        let conn = self.conn;
-                        if self.inputs.send(Input::Control { conn, msg }).await.is_err() {
-                            return Ok(());
-                        }
+        // Reading and writing go on independently: a reader waiting for room in the engine's
+        // input queue must not stop this side's writes (nor a write blocked on a peer that is
+        // slow to read stop the reads), or two busy routers stall each other's control
+        // traffic until messages are dropped. The channel's two directions share one lock,
+        // never held across an await.
+        let control = std::sync::Mutex::new(control);
+        let lock = || {
+            control
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let reader = async {
+            let mut buf = vec![0u8; READ_BUF];
+            loop {
+                let n = rd
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| ConnError::Io(e.to_string()))?;
+                if n == 0 {
+                    return Err(ConnError::Io("the peer closed the connection".into()));
+                }
+                let mut msgs = Vec::new();
+                {
+                    let mut c = lock();
+                    c.handle_input(&buf[..n])
+                        .map_err(|e| ConnError::Protocol(e.to_string()))?;
+                    while let Some(msg) = c
+                        .poll_message()
+                        .map_err(|e| ConnError::Protocol(e.to_string()))?
+                    {
+                        msgs.push(msg);
                     }
                 }
-                msg = rx.recv() => {
-                    // The engine dropped our sender: it closed this connection.
-                    let Some(msg) = msg else { return Ok(()) };
-                    control.seal_message(&msg, &mut out).map_err(|e| ConnError::Protocol(e.to_string()))?;
-                    wr.write_all(&out).await.map_err(|e| ConnError::Io(e.to_string()))?;
-                    out.clear();
+                for msg in msgs {
+                    let conn = self.conn;
+                    if self
+                        .inputs
+                        .send(Input::Control { conn, msg })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
                 }
             }
+        };
+        let writer = async {
+            let mut out = Vec::new();
+            // `None`: the engine dropped our sender, it closed this connection.
+            while let Some(msg) = rx.recv().await {
+                lock()
+                    .seal_message(&msg, &mut out)
+                    .map_err(|e| ConnError::Protocol(e.to_string()))?;
+                wr.write_all(&out)
+                    .await
+                    .map_err(|e| ConnError::Io(e.to_string()))?;
+                out.clear();
+            }
+            Ok(())
+        };
+        tokio::select! {
+            r = reader => r,
+            w = writer => w,
         }
     }
 
