@@ -666,6 +666,21 @@ impl FastdpPlane {
                     // they move to the VXLAN port, pinned there, so the peer's frames still
                     // in flight over the sleeve cannot move them back.
                     self.sync_pins(peer).await;
+                    // MACs behind the peer it has not announced (yet): the bridge learned them
+                    // on the TAP, and the sleeve is about to forget them and leave the peer
+                    // to fastdp, so frames to them would be lost. The bridge forgets them
+                    // too and floods until it learns them on the VXLAN port.
+                    if let (Some(s), Some(tap)) = (sleeve, self.tap) {
+                        let pinned = self.pins.get(&peer);
+                        for mac in s.macs_of(peer) {
+                            if pinned.is_some_and(|p| p.contains_key(&mac)) {
+                                continue;
+                            }
+                            if let Err(e) = self.fdb.netlink.fdb_del_bridge(tap, mac).await {
+                                tracing::warn!(%peer, "fastdp: {e:#}");
+                            }
+                        }
+                    }
                     if let Some(s) = sleeve {
                         s.forget_macs_of(peer);
                     }

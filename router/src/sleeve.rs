@@ -312,6 +312,11 @@ impl Sleeve {
         }
     }
 
+    /// The MACs learned behind `peer`.
+    pub fn macs_of(&self, peer: PeerName) -> Vec<[u8; 6]> {
+        lock(&self.shared.macs).macs_of(peer)
+    }
+
     /// Forgets the MACs learned behind `peer` (it moved onto fastdp).
     pub fn forget_macs_of(&self, peer: PeerName) {
         lock(&self.shared.macs).remove_peer(peer);

@@ -110,6 +110,16 @@ impl MacTable {
         self.by_age.first().map(|(seen, _)| *seen + self.max_age)
     }
 
+    /// The MACs bound to `peer`.
+    pub fn macs_of(&self, peer: PeerName) -> Vec<Mac> {
+        // Oldest first (the age index is ordered; the map is not).
+        self.by_age
+            .iter()
+            .map(|(_, mac)| *mac)
+            .filter(|mac| self.entries.get(mac).is_some_and(|(p, _)| *p == peer))
+            .collect()
+    }
+
     /// Drops every entry bound to `peer` (when the peer is collected); returns how many.
     pub fn remove_peer(&mut self, peer: PeerName) -> usize {
         let victims: Vec<(Instant, Mac)> = self
@@ -171,5 +181,21 @@ mod tests {
         assert_eq!(m.lookup(&[3; 6]), Some(p(1)));
         assert_eq!(m.remove_peer(p(1)), 1);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn lists_the_macs_behind_a_peer() {
+        #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
+        let t0 = Instant::now();
+        let mut m = MacTable::new(8, Duration::from_secs(10));
+        m.learn(t0, [1; 6], p(1));
+        m.learn(t0, [2; 6], p(2));
+        m.learn(t0, [3; 6], p(1));
+        let mut of1 = m.macs_of(p(1));
+        of1.sort_unstable();
+        assert_eq!(of1, vec![[1; 6], [3; 6]]);
+        assert_eq!(m.macs_of(p(3)), Vec::<Mac>::new());
+        // Listing changes nothing.
+        assert_eq!(m.len(), 3);
     }
 }
