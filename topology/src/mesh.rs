@@ -37,7 +37,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::api;
-use crate::peer::{ConnId, ConnectionSummary, PeerInfo, PeerName, PeerUid, RecordCache, RecordKey};
+use crate::peer::{
+    ConnId, ConnectionSummary, PeerInfo, PeerName, PeerNames, PeerUid, RecordCache, RecordKey,
+};
 use crate::peers::{Applied, Peers};
 use crate::routes::Routes;
 use crate::targets::{Backoff, Target, TargetState, Targets};
@@ -101,6 +103,10 @@ pub struct Config {
     pub peer_events: bool,
     /// An optional intern table shared between engines in one process.
     pub record_cache: Option<RecordCache>,
+    /// An optional name interner shared between engines in one process (the peer table is
+    /// indexed by it); None makes one per engine. Give engines that share a `record_cache`
+    /// the same interner too, or each record's memoised indices serve only one of them.
+    pub peer_names: Option<PeerNames>,
 }
 
 impl Config {
@@ -133,6 +139,7 @@ impl Config {
             tombstone_ttl: Duration::from_secs(10),
             peer_events: true,
             record_cache: None,
+            peer_names: None,
         }
     }
 }
@@ -221,9 +228,16 @@ pub struct Mesh {
     conns: BTreeMap<ConnId, Connection>,
     by_peer: BTreeMap<PeerName, ConnId>,
     targets: Targets,
-    pending: HashMap<PeerName, (RecordKey, Vec<ConnId>)>,
-    requested: HashMap<PeerName, (RecordKey, Instant)>,
-    tombstones: HashMap<PeerName, (RecordKey, Instant)>,
+    /// Records changed since the last announcement batch, in no order (see `NameState`).
+    pending: Vec<Pending>,
+    /// Per name index of the peer table's interner: requests in flight and the position in
+    /// `pending`, so that gossip bookkeeping is one memory access per name.
+    name_state: Vec<NameState>,
+    /// The zero of the tick counts in `name_state`.
+    epoch: Instant,
+    /// Reused buffers for name indices.
+    scratch_idx: Vec<Option<u32>>,
+    tombstones: HashMap<PeerName, (RecordKey, Instant), crate::peers::NameHashBuilder>,
     next_tombstone_prune: Instant,
     transmit: VecDeque<(ConnId, Vec<u8>)>,
     events: VecDeque<Event>,
@@ -253,16 +267,19 @@ impl Mesh {
     pub fn new(config: Config, now: Instant, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let uid = PeerUid(rng.r#gen::<u64>() | 1);
-        let own = Arc::new(PeerInfo {
-            name: config.name,
+        let own = Arc::new(PeerInfo::new(
+            config.name,
             uid,
-            version: 1,
-            nickname: wire::truncate_utf8(&config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
-            connections: Vec::new(),
-        });
+            1,
+            wire::truncate_utf8(&config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
+            Vec::new(),
+        ));
         let first_beat = config.heartbeat_interval.mul_f64(rng.gen_range(0.0..1.0));
         let mut mesh = Self {
-            peers: Peers::new(Arc::clone(&own)),
+            peers: Peers::with_names(
+                Arc::clone(&own),
+                config.peer_names.clone().unwrap_or_default(),
+            ),
             routes: Routes::default(),
             config,
             rng,
@@ -271,9 +288,11 @@ impl Mesh {
             conns: BTreeMap::new(),
             by_peer: BTreeMap::new(),
             targets: Targets::default(),
-            pending: HashMap::new(),
-            requested: HashMap::new(),
-            tombstones: HashMap::new(),
+            pending: Vec::new(),
+            name_state: Vec::new(),
+            epoch: now,
+            scratch_idx: Vec::new(),
+            tombstones: HashMap::default(),
             next_tombstone_prune: now,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -683,7 +702,6 @@ impl Mesh {
                 self.stats.sent_heartbeats += 1;
                 self.send(id, hb);
             }
-            self.requested.retain(|_, (_, deadline)| *deadline > now);
             if now >= self.next_tombstone_prune {
                 self.tombstones.retain(|_, (_, expiry)| *expiry > now);
                 self.next_tombstone_prune = now + self.config.tombstone_ttl / 8;
@@ -897,7 +915,16 @@ impl Mesh {
         }
         let mut want: Vec<PeerName> = Vec::new();
         let mut bumped = false;
-        for e in entries {
+        let mut idxs = std::mem::take(&mut self.scratch_idx);
+        idxs.clear();
+        self.peers
+            .names_interner()
+            .get_many(entries.iter().map(|e| e.name), &mut idxs);
+        let (now_t, deadline_t) = (
+            self.ticks(now),
+            self.ticks(now + self.config.request_timeout),
+        );
+        for (e, &idx) in entries.iter().zip(&idxs) {
             let key = RecordKey {
                 version: e.version,
                 uid: e.uid,
@@ -909,30 +936,31 @@ impl Mesh {
                 }
                 continue;
             }
-            let held = self.peers.key(e.name).or_else(|| self.tombstone(e.name));
+            let held = idx
+                .and_then(|i| self.peers.key_at(i))
+                .or_else(|| self.tombstone(e.name));
             match held {
                 Some(held) if held == key => {
-                    if let Some((k, excl)) = self.pending.get_mut(&e.name)
-                        && *k == key
-                        && !excl.contains(&conn)
+                    if let Some(p) = idx.and_then(|i| self.pending_mut(i))
+                        && p.key == key
                     {
-                        excl.push(conn);
+                        p.excl.insert(conn);
                     }
                 }
                 Some(held) if held > key => {}
                 Some(_) | None => {
-                    let inflight = self
-                        .requested
-                        .get(&e.name)
-                        .is_some_and(|(k, deadline)| *k >= key && *deadline > now);
+                    let i = idx.unwrap_or_else(|| self.peers.names_interner().intern(e.name));
+                    let st = self.state_mut(i);
+                    let inflight = st.req_deadline > now_t && st.req_key >= key;
                     if !inflight {
-                        self.requested
-                            .insert(e.name, (key, now + self.config.request_timeout));
+                        st.req_key = key;
+                        st.req_deadline = deadline_t;
                         want.push(e.name);
                     }
                 }
             }
         }
+        self.scratch_idx = idxs;
         if bumped {
             self.rebuild_own(now, false);
         }
@@ -944,10 +972,16 @@ impl Mesh {
     }
 
     fn on_request(&mut self, conn: ConnId, names: &[PeerName]) {
-        let recs: Vec<Arc<PeerInfo>> = names
+        let mut idxs = std::mem::take(&mut self.scratch_idx);
+        idxs.clear();
+        self.peers
+            .names_interner()
+            .get_many(names.iter().copied(), &mut idxs);
+        let recs: Vec<Arc<PeerInfo>> = idxs
             .iter()
-            .filter_map(|n| self.peers.get(*n).cloned())
+            .filter_map(|i| self.peers.get_at((*i)?).cloned())
             .collect();
+        self.scratch_idx = idxs;
         self.send_records(conn, &recs);
     }
 
@@ -955,7 +989,12 @@ impl Mesh {
         let mut changed = false;
         let mut removal = false;
         let mut bumped = false;
-        for view in records {
+        let mut idxs = std::mem::take(&mut self.scratch_idx);
+        idxs.clear();
+        self.peers
+            .names_interner()
+            .get_many(records.iter().map(|v| v.name), &mut idxs);
+        for (view, &idx) in records.iter().zip(&idxs) {
             let (name, key) = (
                 view.name,
                 RecordKey {
@@ -970,12 +1009,16 @@ impl Mesh {
                 }
                 continue;
             }
-            if self.requested.get(&name).is_some_and(|(k, _)| key >= *k) {
-                self.requested.remove(&name);
+            if let Some(i) = idx
+                && let Some(st) = self.name_state.get_mut(i as usize)
+                && st.req_deadline != 0
+                && key >= st.req_key
+            {
+                st.req_deadline = 0;
             }
             // Most copies are not newer: the key decides without decoding the record; only an
             // equal key (which honest peers never send with other content) needs the content.
-            let held = self.peers.key(name);
+            let held = idx.and_then(|i| self.peers.key_at(i));
             if held.is_some_and(|h| h > key) || self.tombstone(name).is_some_and(|k| key <= k) {
                 continue;
             }
@@ -994,6 +1037,7 @@ impl Mesh {
             if held == Some(key) && !self.peers.is_newer(&rec) {
                 continue;
             }
+            let has_connections = !rec.connections.is_empty();
             match self.peers.apply(rec) {
                 Applied::Added => {
                     if self.config.peer_events {
@@ -1010,14 +1054,11 @@ impl Mesh {
             changed = true;
             // A peer without connections is unreachable for everyone but its neighbours (who
             // hear it directly); spreading it would only add a version to every table.
-            if self
-                .peers
-                .get(name)
-                .is_some_and(|r| !r.connections.is_empty())
-            {
-                self.mark_changed(now, name, Some(conn));
+            if has_connections && let Some(i) = idx.or_else(|| self.peers.index_of(name)) {
+                self.mark_changed(now, i, Some(conn));
             }
         }
+        self.scratch_idx = idxs;
         if bumped {
             self.rebuild_own(now, false);
         }
@@ -1079,44 +1120,104 @@ impl Mesh {
 
     /// Notes that the record for `name` changed, to be announced to every neighbour except
     /// `from` (which sent it) at the next batch.
-    fn mark_changed(&mut self, now: Instant, name: PeerName, from: Option<ConnId>) {
-        let Some(key) = self.peers.key(name) else {
+    fn mark_changed(&mut self, now: Instant, idx: u32, from: Option<ConnId>) {
+        let Some(key) = self.peers.key_at(idx) else {
             return;
         };
-        let entry = self.pending.entry(name).or_insert((key, Vec::new()));
-        if entry.0 != key {
-            *entry = (key, Vec::new());
+        let entry = match self.pending_mut(idx) {
+            Some(p) => p,
+            None => {
+                self.pending.push(Pending {
+                    idx,
+                    key,
+                    excl: ConnSet::default(),
+                });
+                let pos = self.pending.len();
+                self.state_mut(idx).pending = u32::try_from(pos).unwrap_or(u32::MAX);
+                let Some(p) = self.pending.last_mut() else {
+                    return;
+                };
+                p
+            }
+        };
+        if entry.key != key {
+            entry.key = key;
+            entry.excl = ConnSet::default();
         }
-        if let Some(f) = from
-            && !entry.1.contains(&f)
-        {
-            entry.1.push(f);
+        if let Some(f) = from {
+            entry.excl.insert(f);
         }
         if self.flush_at.is_none() {
             self.flush_at = Some(now + self.config.gossip_interval);
         }
     }
 
-    fn flush(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() {
+    /// Returns the tick count (nanoseconds since `epoch`) of `t`.
+    fn ticks(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn state_mut(&mut self, idx: u32) -> &mut NameState {
+        let i = idx as usize;
+        if i >= self.name_state.len() {
+            let n = (i + 1).max(self.peers.names_interner().len());
+            self.name_state.resize(n, NameState::default());
+        }
+        &mut self.name_state[i]
+    }
+
+    /// Returns the pending announcement of the record at `idx`, if any.
+    fn pending_mut(&mut self, idx: u32) -> Option<&mut Pending> {
+        let pos = self.name_state.get(idx as usize)?.pending;
+        self.pending.get_mut(pos.checked_sub(1)? as usize)
+    }
+
+    /// Drops the pending announcement of the record at `idx`, if any.
+    fn unpend(&mut self, idx: u32) {
+        let Some(st) = self.name_state.get_mut(idx as usize) else {
+            return;
+        };
+        let Some(pos) = std::mem::take(&mut st.pending).checked_sub(1) else {
+            return;
+        };
+        let pos = pos as usize;
+        if pos >= self.pending.len() {
             return;
         }
-        #[allow(clippy::disallowed_methods)] // sorted below
-        let mut current: Vec<(Entry, Vec<ConnId>)> = pending
-            .into_iter()
-            .filter_map(|(name, (_, excl))| {
-                let r = self.peers.get(name)?;
+        self.pending.swap_remove(pos);
+        if let Some(moved) = self.pending.get(pos).map(|p| p.idx)
+            && let Some(st) = self.name_state.get_mut(moved as usize)
+        {
+            st.pending = u32::try_from(pos + 1).unwrap_or(u32::MAX);
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            self.pending = pending;
+            return;
+        }
+        for p in &pending {
+            if let Some(st) = self.name_state.get_mut(p.idx as usize) {
+                st.pending = 0;
+            }
+        }
+        let mut current: Vec<(Entry, ConnSet)> = pending
+            .drain(..)
+            .filter_map(|p| {
+                let r = self.peers.get_at(p.idx)?;
                 Some((
                     Entry {
-                        name,
+                        name: r.name,
                         uid: r.uid,
                         version: r.version,
                     },
-                    excl,
+                    p.excl,
                 ))
             })
             .collect();
+        self.pending = pending;
         current.sort_unstable_by_key(|(e, _)| e.name);
         let ids: Vec<(ConnId, PeerName)> = self
             .conns
@@ -1127,7 +1228,7 @@ impl Mesh {
         for (id, remote) in ids {
             let entries: Vec<Entry> = current
                 .iter()
-                .filter(|(e, excl)| e.name != remote && !excl.contains(&id))
+                .filter(|(e, excl)| e.name != remote && !excl.contains(id))
                 .map(|(e, _)| *e)
                 .collect();
             for chunk in entries.chunks(SUMMARY_CHUNK_BYTES / ENTRY_LEN) {
@@ -1266,15 +1367,17 @@ impl Mesh {
             })
             .collect();
         connections.sort_unstable_by_key(|c| c.remote);
-        let own = Arc::new(PeerInfo {
-            name: self.config.name,
-            uid: self.uid,
-            version: self.version,
-            nickname: wire::truncate_utf8(&self.config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
+        let own = Arc::new(PeerInfo::new(
+            self.config.name,
+            self.uid,
+            self.version,
+            wire::truncate_utf8(&self.config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
             connections,
-        });
+        ));
         let removed = self.peers.set_own(own);
-        self.mark_changed(now, self.config.name, None);
+        if let Some(i) = self.peers.index_of(self.config.name) {
+            self.mark_changed(now, i, None);
+        }
         self.topology_changed(now, removed);
     }
 
@@ -1340,7 +1443,9 @@ impl Mesh {
         }
         let expiry = now + self.config.tombstone_ttl;
         for (name, key) in removed {
-            self.pending.remove(&name);
+            if let Some(i) = self.peers.index_of(name) {
+                self.unpend(i);
+            }
             self.tombstones.insert(name, (key, expiry));
             if self.config.peer_events {
                 self.events.push_back(Event::PeerRemoved(name));
@@ -1364,8 +1469,8 @@ impl Mesh {
         if self.by_peer.get(&c.remote) == Some(&conn) {
             self.by_peer.remove(&c.remote);
         }
-        for excl in self.pending.values_mut() {
-            excl.1.retain(|id| *id != conn);
+        for p in &mut self.pending {
+            p.excl.remove(conn);
         }
         let (b, rng) = (self.config.backoff, &mut self.rng);
         for t in self.targets.iter_mut() {
@@ -1509,6 +1614,74 @@ fn edge_hash(a: PeerName, b: PeerName) -> u64 {
 fn pad(n: PeerName) -> [u8; 8] {
     let b = n.bytes();
     [0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]
+}
+
+/// Gossip bookkeeping for one name (by interner index).
+#[derive(Clone, Copy, Debug, Default)]
+struct NameState {
+    /// The key last requested; meaningful while `req_deadline` has not passed.
+    req_key: RecordKey,
+    /// When the request may be repeated, in ticks; 0 when none is in flight.
+    req_deadline: u64,
+    /// Position in `Mesh::pending` plus one; 0 when nothing is pending.
+    pending: u32,
+}
+
+/// A record to announce at the next batch, and the connections that need not hear of it.
+#[derive(Clone, Debug)]
+struct Pending {
+    idx: u32,
+    key: RecordKey,
+    excl: ConnSet,
+}
+
+/// A small set of connections: a few inline, the rest in a `Vec` (no allocation for the
+/// usual three or four neighbours that announce the same version).
+#[derive(Clone, Debug, Default)]
+struct ConnSet {
+    inline: [u64; 4],
+    len: u8,
+    more: Vec<ConnId>,
+}
+
+impl ConnSet {
+    fn contains(&self, c: ConnId) -> bool {
+        self.inline
+            .get(..usize::from(self.len))
+            .is_some_and(|v| v.contains(&c.0))
+            || self.more.contains(&c)
+    }
+
+    fn insert(&mut self, c: ConnId) {
+        if self.contains(c) {
+            return;
+        }
+        match self.inline.get_mut(usize::from(self.len)) {
+            Some(slot) => {
+                *slot = c.0;
+                self.len += 1;
+            }
+            None => self.more.push(c),
+        }
+    }
+
+    fn remove(&mut self, c: ConnId) {
+        let len = usize::from(self.len);
+        if let Some(pos) = self
+            .inline
+            .get(..len)
+            .and_then(|v| v.iter().position(|&x| x == c.0))
+        {
+            self.inline[pos] = self.inline[len - 1];
+            self.len -= 1;
+            if let Some(m) = self.more.pop() {
+                self.inline[len - 1] = m.0;
+                self.len += 1;
+            }
+        } else {
+            self.more.retain(|&x| x != c);
+        }
+    }
 }
 
 const SUMMARY_CHUNK_BYTES: usize = 64 * 1024;
