@@ -237,6 +237,13 @@ pub struct Mesh {
     epoch: Instant,
     /// Reused buffers for name indices.
     scratch_idx: Vec<Option<u32>>,
+    /// Bumped whenever `conns` changes.
+    conns_gen: u64,
+    /// Per connection (id order): remote, the key of the remote's record when last asked
+    /// (None: not asked), and whether announcements go to it; valid for `announce_cache_gen`.
+    announce_cache: Vec<AnnounceEntry>,
+    announce_cache_gen: u64,
+    announce_ids: Vec<(ConnId, PeerName)>,
     tombstones: HashMap<PeerName, (RecordKey, Instant), crate::peers::NameHashBuilder>,
     next_tombstone_prune: Instant,
     transmit: VecDeque<(ConnId, Vec<u8>)>,
@@ -292,6 +299,10 @@ impl Mesh {
             name_state: Vec::new(),
             epoch: now,
             scratch_idx: Vec::new(),
+            conns_gen: 0,
+            announce_cache: Vec::new(),
+            announce_cache_gen: u64::MAX,
+            announce_ids: Vec::new(),
             tombstones: HashMap::default(),
             next_tombstone_prune: now,
             transmit: VecDeque::new(),
@@ -550,6 +561,7 @@ impl Mesh {
             }
             return;
         }
+        self.conns_gen += 1;
         self.conns.insert(
             conn,
             Connection {
@@ -955,6 +967,7 @@ impl Mesh {
                     if !inflight {
                         st.req_key = key;
                         st.req_deadline = deadline_t;
+                        self.peers.set_requested_mark(i, true);
                         want.push(e.name);
                     }
                 }
@@ -1010,11 +1023,12 @@ impl Mesh {
                 continue;
             }
             if let Some(i) = idx
+                && self.peers.requested_mark(i)
                 && let Some(st) = self.name_state.get_mut(i as usize)
-                && st.req_deadline != 0
                 && key >= st.req_key
             {
                 st.req_deadline = 0;
+                self.peers.set_requested_mark(i, false);
             }
             // Most copies are not newer: the key decides without decoding the record; only an
             // equal key (which honest peers never send with other content) needs the content.
@@ -1133,7 +1147,8 @@ impl Mesh {
                     excl: ConnSet::default(),
                 });
                 let pos = self.pending.len();
-                self.state_mut(idx).pending = u32::try_from(pos).unwrap_or(u32::MAX);
+                self.peers
+                    .set_pending_mark(idx, u32::try_from(pos).unwrap_or(u32::MAX));
                 let Some(p) = self.pending.last_mut() else {
                     return;
                 };
@@ -1168,27 +1183,24 @@ impl Mesh {
 
     /// Returns the pending announcement of the record at `idx`, if any.
     fn pending_mut(&mut self, idx: u32) -> Option<&mut Pending> {
-        let pos = self.name_state.get(idx as usize)?.pending;
+        let pos = self.peers.pending_mark(idx);
         self.pending.get_mut(pos.checked_sub(1)? as usize)
     }
 
     /// Drops the pending announcement of the record at `idx`, if any.
     fn unpend(&mut self, idx: u32) {
-        let Some(st) = self.name_state.get_mut(idx as usize) else {
+        let Some(pos) = self.peers.pending_mark(idx).checked_sub(1) else {
             return;
         };
-        let Some(pos) = std::mem::take(&mut st.pending).checked_sub(1) else {
-            return;
-        };
+        self.peers.set_pending_mark(idx, 0);
         let pos = pos as usize;
         if pos >= self.pending.len() {
             return;
         }
         self.pending.swap_remove(pos);
-        if let Some(moved) = self.pending.get(pos).map(|p| p.idx)
-            && let Some(st) = self.name_state.get_mut(moved as usize)
-        {
-            st.pending = u32::try_from(pos + 1).unwrap_or(u32::MAX);
+        if let Some(moved) = self.pending.get(pos).map(|p| p.idx) {
+            self.peers
+                .set_pending_mark(moved, u32::try_from(pos + 1).unwrap_or(u32::MAX));
         }
     }
 
@@ -1199,9 +1211,7 @@ impl Mesh {
             return;
         }
         for p in &pending {
-            if let Some(st) = self.name_state.get_mut(p.idx as usize) {
-                st.pending = 0;
-            }
+            self.peers.set_pending_mark(p.idx, 0);
         }
         let mut current: Vec<(Entry, ConnSet)> = pending
             .drain(..)
@@ -1219,13 +1229,8 @@ impl Mesh {
             .collect();
         self.pending = pending;
         current.sort_unstable_by_key(|(e, _)| e.name);
-        let ids: Vec<(ConnId, PeerName)> = self
-            .conns
-            .values()
-            .filter(|c| self.announces_to(c.remote))
-            .map(|c| (c.id, c.remote))
-            .collect();
-        for (id, remote) in ids {
+        let ids = self.announce_targets();
+        for &(id, remote) in &ids {
             let entries: Vec<Entry> = current
                 .iter()
                 .filter(|(e, excl)| e.name != remote && !excl.contains(id))
@@ -1235,6 +1240,38 @@ impl Mesh {
                 self.send_summary(id, 0, chunk);
             }
         }
+        self.announce_ids = ids;
+    }
+
+    /// Returns the connections announcements go to (see [`Mesh::announces_to`]), in id
+    /// order. Each answer is kept while our connections and the remote's record stay the
+    /// same, which is most batches.
+    fn announce_targets(&mut self) -> Vec<(ConnId, PeerName)> {
+        let mut ids = std::mem::take(&mut self.announce_ids);
+        ids.clear();
+        let mut cache = std::mem::take(&mut self.announce_cache);
+        if self.announce_cache_gen != self.conns_gen || cache.len() != self.conns.len() {
+            cache.clear();
+            cache.extend(self.conns.values().map(|c| (c.id, c.remote, None, false)));
+            self.announce_cache_gen = self.conns_gen;
+        }
+        let mut idxs = std::mem::take(&mut self.scratch_idx);
+        idxs.clear();
+        self.peers
+            .names_interner()
+            .get_many(cache.iter().map(|e| e.1), &mut idxs);
+        for (entry, idx) in cache.iter_mut().zip(&idxs) {
+            let key = idx.and_then(|i| self.peers.key_at(i));
+            if entry.2 != Some(key) {
+                *entry = (entry.0, entry.1, Some(key), self.announces_to(entry.1));
+            }
+            if entry.3 {
+                ids.push((entry.0, entry.1));
+            }
+        }
+        self.scratch_idx = idxs;
+        self.announce_cache = cache;
+        ids
     }
 
     /// Returns true when announcements go to `remote`: the connection is one of the
@@ -1466,6 +1503,7 @@ impl Mesh {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.conns_gen += 1;
         if self.by_peer.get(&c.remote) == Some(&conn) {
             self.by_peer.remove(&c.remote);
         }
@@ -1616,15 +1654,17 @@ fn pad(n: PeerName) -> [u8; 8] {
     [0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
+type AnnounceEntry = (ConnId, PeerName, Option<Option<RecordKey>>, bool);
+
 /// Gossip bookkeeping for one name (by interner index).
 #[derive(Clone, Copy, Debug, Default)]
 struct NameState {
     /// The key last requested; meaningful while `req_deadline` has not passed.
     req_key: RecordKey,
-    /// When the request may be repeated, in ticks; 0 when none is in flight.
+    /// When the request may be repeated, in ticks; 0 when none is in flight. (Whether a
+    /// request is in flight at all is [`Peers::requested_mark`]; the position in
+    /// `Mesh::pending` plus one is [`Peers::pending_mark`].)
     req_deadline: u64,
-    /// Position in `Mesh::pending` plus one; 0 when nothing is pending.
-    pending: u32,
 }
 
 /// A record to announce at the next batch, and the connections that need not hear of it.

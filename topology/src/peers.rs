@@ -75,6 +75,9 @@ struct Slot {
     /// The key of `rec` (meaningless without it), kept here so that comparing a summary entry
     /// with what we hold does not touch the record itself.
     key: RecordKey,
+    /// The engine's marks (see [`Peers::pending_mark`]), here to share the cache line.
+    pending_mark: u32,
+    requested_mark: bool,
     /// Which orphan set holds this name, so that the sets are touched only when it matters.
     orphan: Orphan,
 }
@@ -172,6 +175,31 @@ impl Peers {
             .get(idx as usize)
             .filter(|s| s.rec.is_some())
             .map(|s| s.key)
+    }
+
+    /// Returns the engine's "pending" mark of the name at `idx` (0 unless set). The engine's
+    /// per-name marks live in the table's slot, so that checking them with the record's key
+    /// costs one memory access; the table itself never reads them, and they outlive the
+    /// record.
+    pub fn pending_mark(&self, idx: u32) -> u32 {
+        self.slots.get(idx as usize).map_or(0, |s| s.pending_mark)
+    }
+
+    /// Sets the engine's "pending" mark of the name at `idx`.
+    pub fn set_pending_mark(&mut self, idx: u32, mark: u32) {
+        self.slot_mut(idx).pending_mark = mark;
+    }
+
+    /// Returns the engine's "requested" mark of the name at `idx` (false unless set).
+    pub fn requested_mark(&self, idx: u32) -> bool {
+        self.slots
+            .get(idx as usize)
+            .is_some_and(|s| s.requested_mark)
+    }
+
+    /// Sets the engine's "requested" mark of the name at `idx`.
+    pub fn set_requested_mark(&mut self, idx: u32, mark: bool) {
+        self.slot_mut(idx).requested_mark = mark;
     }
 
     /// Returns the number of records held (ourselves included).
