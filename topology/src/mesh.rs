@@ -28,6 +28,7 @@
 //! every differing bucket (the full-state exchange). At steady state only heartbeats flow, so
 //! the bytes per node per second depend on the node's degree, not on the mesh size.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -239,6 +240,9 @@ pub struct Mesh {
     scratch_idx: Vec<Option<u32>>,
     /// Bumped whenever `conns` changes.
     conns_gen: u64,
+    /// The earliest `last_recv` of `conns` and its connection (inner None: no connection);
+    /// outer None when it must be recomputed (see [`Mesh::oldest_recv`]).
+    oldest_recv: Cell<Option<Option<(Instant, ConnId)>>>,
     /// Per connection (id order): remote, the key of the remote's record when last asked
     /// (None: not asked), and whether announcements go to it; valid for `announce_cache_gen`.
     announce_cache: Vec<AnnounceEntry>,
@@ -300,6 +304,7 @@ impl Mesh {
             epoch: now,
             scratch_idx: Vec::new(),
             conns_gen: 0,
+            oldest_recv: Cell::new(None),
             announce_cache: Vec::new(),
             announce_cache_gen: u64::MAX,
             announce_ids: Vec::new(),
@@ -562,6 +567,7 @@ impl Mesh {
             return;
         }
         self.conns_gen += 1;
+        self.oldest_recv.set(None);
         self.conns.insert(
             conn,
             Connection {
@@ -635,10 +641,9 @@ impl Mesh {
                     return Err(e);
                 }
             };
-            let Some(c) = self.conns.get_mut(&conn) else {
+            if !self.touch(now, conn) {
                 return Ok(());
-            };
-            c.last_recv = now;
+            }
             self.on_update(now, conn, view.records());
             return Ok(());
         }
@@ -649,10 +654,9 @@ impl Mesh {
                 return Err(e);
             }
         };
-        let Some(c) = self.conns.get_mut(&conn) else {
+        if !self.touch(now, conn) {
             return Ok(());
-        };
-        c.last_recv = now;
+        }
         match msg {
             Message::Heartbeat { count, digest } => self.on_heartbeat(now, conn, (count, digest)),
             Message::BucketDigest { full, buckets } => self.on_bucket_digest(conn, full, &buckets),
@@ -693,14 +697,19 @@ impl Mesh {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
         let timeout = self.config.heartbeat_timeout;
-        let dead: Vec<ConnId> = self
-            .conns
-            .values()
-            .filter(|c| now.saturating_duration_since(c.last_recv) >= timeout)
-            .map(|c| c.id)
-            .collect();
-        for id in dead {
-            self.close(now, id, CloseReason::HeartbeatTimeout);
+        if self
+            .oldest_recv()
+            .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+        {
+            let dead: Vec<ConnId> = self
+                .conns
+                .values()
+                .filter(|c| now.saturating_duration_since(c.last_recv) >= timeout)
+                .map(|c| c.id)
+                .collect();
+            for id in dead {
+                self.close(now, id, CloseReason::HeartbeatTimeout);
+            }
         }
         if now >= self.next_heartbeat {
             while self.next_heartbeat <= now {
@@ -807,10 +816,7 @@ impl Mesh {
         };
         consider(Some(self.next_heartbeat), "heartbeat");
         consider(
-            self.conns
-                .values()
-                .map(|c| c.last_recv)
-                .min()
+            self.oldest_recv()
                 .map(|t| t + self.config.heartbeat_timeout),
             "heartbeat timeout",
         );
@@ -819,24 +825,36 @@ impl Mesh {
         consider(self.orphan_gc_at, "orphan gc");
         consider(self.component_gc_at, "component gc");
         consider(self.recalc_at, "route recalculation");
-        consider(
-            self.targets.next_deadline(self.config.dial_timeout),
-            "target retry",
-        );
-        let dialling = self
-            .targets
-            .iter()
-            .filter(|t| {
-                matches!(
-                    t.state,
-                    TargetState::Connecting { .. } | TargetState::Requested { .. }
-                )
-            })
-            .count();
+        // One pass over the targets: the next retry or dial deadline (as
+        // `Targets::next_deadline`), how many dials are under way, whether one is pending.
+        let (mut next, mut dialling, mut any_pending) = (None::<Instant>, 0usize, false);
+        for t in self.targets.iter() {
+            let due = match &t.state {
+                TargetState::Retrying { next_attempt, .. } => Some(*next_attempt),
+                TargetState::Requested { since } => {
+                    dialling += 1;
+                    Some(*since + self.config.dial_timeout)
+                }
+                TargetState::Connecting { .. } => {
+                    dialling += 1;
+                    None
+                }
+                TargetState::Pending => {
+                    any_pending = true;
+                    None
+                }
+                TargetState::Established { .. } | TargetState::Failed { .. } => None,
+            };
+            if let Some(d) = due
+                && next.is_none_or(|n| d < n)
+            {
+                next = Some(d);
+            }
+        }
+        consider(next, "target retry");
         // Pending targets are due at once, unless the connection limit holds them back (then
         // a connection going down, itself an input, frees a slot).
-        let pending = self.conns.len() + dialling < self.config.conn_limit
-            && self.targets.iter().any(|t| t.state == TargetState::Pending);
+        let pending = self.conns.len() + dialling < self.config.conn_limit && any_pending;
         consider(pending.then_some(self.last_now), "target pending");
         best
     }
@@ -1168,6 +1186,38 @@ impl Mesh {
     }
 
     /// Returns the tick count (nanoseconds since `epoch`) of `t`.
+    /// Notes that something arrived on `conn`; false when it is not one of ours.
+    fn touch(&mut self, now: Instant, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        c.last_recv = now;
+        if self
+            .oldest_recv
+            .get()
+            .is_none_or(|o| o.is_some_and(|(_, id)| id == conn))
+        {
+            self.oldest_recv.set(None);
+        }
+        true
+    }
+
+    /// Returns the earliest `last_recv` of our connections. Cached: receipts only move
+    /// `last_recv` forward, so the minimum changes only when its own connection hears
+    /// something or goes, or a connection is added.
+    fn oldest_recv(&self) -> Option<Instant> {
+        if let Some(o) = self.oldest_recv.get() {
+            return o.map(|(t, _)| t);
+        }
+        let o = self
+            .conns
+            .values()
+            .map(|c| (c.last_recv, c.id))
+            .min_by_key(|&(t, _)| t);
+        self.oldest_recv.set(Some(o));
+        o.map(|(t, _)| t)
+    }
+
     fn ticks(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
@@ -1504,6 +1554,13 @@ impl Mesh {
             return;
         };
         self.conns_gen += 1;
+        if self
+            .oldest_recv
+            .get()
+            .is_none_or(|o| o.is_none_or(|(_, id)| id == conn))
+        {
+            self.oldest_recv.set(None);
+        }
         if self.by_peer.get(&c.remote) == Some(&conn) {
             self.by_peer.remove(&c.remote);
         }
