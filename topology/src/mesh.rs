@@ -950,6 +950,7 @@ impl Mesh {
         self.peers
             .names_interner()
             .get_many(entries.iter().map(|e| e.name), &mut idxs);
+        self.peers.prefetch(idxs.iter().flatten().copied());
         let (now_t, deadline_t) = (
             self.ticks(now),
             self.ticks(now + self.config.request_timeout),
@@ -1025,6 +1026,7 @@ impl Mesh {
         self.peers
             .names_interner()
             .get_many(records.iter().map(|v| v.name), &mut idxs);
+        self.peers.prefetch(idxs.iter().flatten().copied());
         for (view, &idx) in records.iter().zip(&idxs) {
             let (name, key) = (
                 view.name,

@@ -202,6 +202,19 @@ impl Peers {
         self.slot_mut(idx).requested_mark = mark;
     }
 
+    /// Loads the slots at `idxs` into the cache ahead of their use: the loads are independent,
+    /// so their cache misses overlap instead of following one another as the decisions that
+    /// need them do.
+    pub fn prefetch(&self, idxs: impl Iterator<Item = u32>) {
+        let mut acc = 0u64;
+        for i in idxs {
+            if let Some(s) = self.slots.get(i as usize) {
+                acc ^= s.key.version;
+            }
+        }
+        std::hint::black_box(acc);
+    }
+
     /// Returns the number of records held (ourselves included).
     pub fn len(&self) -> usize {
         self.records
@@ -522,6 +535,14 @@ impl Peers {
             }
             None => added.extend_from_slice(new_ids),
         }
+        // Load the remotes' links first (independent loads: their misses overlap).
+        let mut acc = 0u32;
+        for &r in added.iter().chain(&dropped) {
+            if let Some(l) = self.links.get(r as usize) {
+                acc ^= l.indegree;
+            }
+        }
+        std::hint::black_box(acc);
         // A record's own place in the tree does not depend on its content, so its new remotes
         // are grafted while their slots are at hand.
         let name_in_tree = self.in_tree(idx);
