@@ -212,7 +212,6 @@ pub struct Connection {
     pub outbound: bool,
     /// When it came up.
     pub since: Instant,
-    last_recv: Instant,
     queued: usize,
     mismatch_since: Option<Instant>,
     last_anti_entropy: Option<Instant>,
@@ -240,7 +239,10 @@ pub struct Mesh {
     scratch_idx: Vec<Option<u32>>,
     /// Bumped whenever `conns` changes.
     conns_gen: u64,
-    /// The earliest `last_recv` of `conns` and its connection (inner None: no connection);
+    /// When something last arrived on each connection of `conns`, by id: apart from the
+    /// connections so that noting a receipt touches a few bytes.
+    recv: Vec<(ConnId, Instant)>,
+    /// The earliest receipt time of `recv` and its connection (inner None: no connection);
     /// outer None when it must be recomputed (see [`Mesh::oldest_recv`]).
     oldest_recv: Cell<Option<Option<(Instant, ConnId)>>>,
     /// Per connection (id order): remote, the key of the remote's record when last asked
@@ -248,6 +250,8 @@ pub struct Mesh {
     announce_cache: Vec<AnnounceEntry>,
     announce_cache_gen: u64,
     announce_ids: Vec<(ConnId, PeerName)>,
+    /// Reused by `flush`.
+    flush_buf: Vec<(Entry, ConnSet)>,
     tombstones: HashMap<PeerName, (RecordKey, Instant), crate::peers::NameHashBuilder>,
     next_tombstone_prune: Instant,
     transmit: VecDeque<(ConnId, Vec<u8>)>,
@@ -305,9 +309,11 @@ impl Mesh {
             scratch_idx: Vec::new(),
             conns_gen: 0,
             oldest_recv: Cell::new(None),
+            recv: Vec::new(),
             announce_cache: Vec::new(),
             announce_cache_gen: u64::MAX,
             announce_ids: Vec::new(),
+            flush_buf: Vec::new(),
             tombstones: HashMap::default(),
             next_tombstone_prune: now,
             transmit: VecDeque::new(),
@@ -568,6 +574,9 @@ impl Mesh {
         }
         self.conns_gen += 1;
         self.oldest_recv.set(None);
+        if let Err(pos) = self.recv.binary_search_by_key(&conn, |r| r.0) {
+            self.recv.insert(pos, (conn, now));
+        }
         self.conns.insert(
             conn,
             Connection {
@@ -578,7 +587,6 @@ impl Mesh {
                 addr,
                 outbound,
                 since: now,
-                last_recv: now,
                 queued: 0,
                 mismatch_since: None,
                 last_anti_entropy: None,
@@ -702,10 +710,10 @@ impl Mesh {
             .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
         {
             let dead: Vec<ConnId> = self
-                .conns
-                .values()
-                .filter(|c| now.saturating_duration_since(c.last_recv) >= timeout)
-                .map(|c| c.id)
+                .recv
+                .iter()
+                .filter(|r| now.saturating_duration_since(r.1) >= timeout)
+                .map(|r| r.0)
                 .collect();
             for id in dead {
                 self.close(now, id, CloseReason::HeartbeatTimeout);
@@ -1187,13 +1195,12 @@ impl Mesh {
         }
     }
 
-    /// Returns the tick count (nanoseconds since `epoch`) of `t`.
     /// Notes that something arrived on `conn`; false when it is not one of ours.
     fn touch(&mut self, now: Instant, conn: ConnId) -> bool {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Ok(pos) = self.recv.binary_search_by_key(&conn, |r| r.0) else {
             return false;
         };
-        c.last_recv = now;
+        self.recv[pos].1 = now;
         if self
             .oldest_recv
             .get()
@@ -1212,14 +1219,15 @@ impl Mesh {
             return o.map(|(t, _)| t);
         }
         let o = self
-            .conns
-            .values()
-            .map(|c| (c.last_recv, c.id))
+            .recv
+            .iter()
+            .map(|&(id, t)| (t, id))
             .min_by_key(|&(t, _)| t);
         self.oldest_recv.set(Some(o));
         o.map(|(t, _)| t)
     }
 
+    /// Returns the tick count (nanoseconds since `epoch`) of `t`.
     fn ticks(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
@@ -1265,34 +1273,37 @@ impl Mesh {
         for p in &pending {
             self.peers.set_pending_mark(p.idx, 0);
         }
-        let mut current: Vec<(Entry, ConnSet)> = pending
-            .drain(..)
-            .filter_map(|p| {
-                let r = self.peers.get_at(p.idx)?;
-                Some((
-                    Entry {
-                        name: r.name,
-                        uid: r.uid,
-                        version: r.version,
-                    },
-                    p.excl,
-                ))
-            })
-            .collect();
+        let mut current = std::mem::take(&mut self.flush_buf);
+        current.clear();
+        current.extend(pending.drain(..).filter_map(|p| {
+            let r = self.peers.get_at(p.idx)?;
+            Some((
+                Entry {
+                    name: r.name,
+                    uid: r.uid,
+                    version: r.version,
+                },
+                p.excl,
+            ))
+        }));
         self.pending = pending;
         current.sort_unstable_by_key(|(e, _)| e.name);
         let ids = self.announce_targets();
+        let mut entries: Vec<Entry> = Vec::with_capacity(current.len());
         for &(id, remote) in &ids {
-            let entries: Vec<Entry> = current
-                .iter()
-                .filter(|(e, excl)| e.name != remote && !excl.contains(id))
-                .map(|(e, _)| *e)
-                .collect();
+            entries.clear();
+            entries.extend(
+                current
+                    .iter()
+                    .filter(|(e, excl)| e.name != remote && !excl.contains(id))
+                    .map(|(e, _)| *e),
+            );
             for chunk in entries.chunks(SUMMARY_CHUNK_BYTES / ENTRY_LEN) {
                 self.send_summary(id, 0, chunk);
             }
         }
         self.announce_ids = ids;
+        self.flush_buf = current;
     }
 
     /// Returns the connections announcements go to (see [`Mesh::announces_to`]), in id
@@ -1432,10 +1443,10 @@ impl Mesh {
     fn suspects_timed_out(&self, now: Instant) -> Instant {
         let timeout = self.config.heartbeat_timeout;
         let suspect_after = timeout.saturating_sub(self.config.heartbeat_interval.mul_f64(1.5));
-        self.conns
-            .values()
-            .filter(|c| now.saturating_duration_since(c.last_recv) >= suspect_after)
-            .map(|c| c.last_recv + timeout)
+        self.recv
+            .iter()
+            .filter(|r| now.saturating_duration_since(r.1) >= suspect_after)
+            .map(|r| r.1 + timeout)
             .fold(now, Instant::max)
     }
 
@@ -1556,6 +1567,9 @@ impl Mesh {
             return;
         };
         self.conns_gen += 1;
+        if let Ok(pos) = self.recv.binary_search_by_key(&conn, |r| r.0) {
+            self.recv.remove(pos);
+        }
         if self
             .oldest_recv
             .get()

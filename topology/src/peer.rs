@@ -169,6 +169,8 @@ pub struct PeerInfo {
     pub connections: Vec<ConnectionSummary>,
     /// The indices of `name` and of every remote in one [`PeerNames`], computed on first use.
     ids: OnceLock<RecordIds>,
+    /// The record's encoding inside an Update, computed when first sent.
+    encoded: OnceLock<Box<[u8]>>,
 }
 
 /// A record's names as indices of one interner.
@@ -242,7 +244,17 @@ impl PeerInfo {
             nickname,
             connections,
             ids: OnceLock::new(),
+            encoded: OnceLock::new(),
         }
+    }
+
+    /// Returns the record's encoding as an Update carries it (computed once per record).
+    pub fn encoding(&self) -> &[u8] {
+        self.encoded.get_or_init(|| {
+            let mut out = Vec::with_capacity(crate::wire::record_len(self));
+            crate::wire::encode_record_to(self, &mut out);
+            out.into_boxed_slice()
+        })
     }
 
     /// Returns the index of this record's name and of each remote (in connection order) in

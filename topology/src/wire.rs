@@ -359,7 +359,7 @@ pub fn encode_update<'a>(records: impl ExactSizeIterator<Item = &'a PeerInfo>, o
     out.extend_from_slice(&[VERSION, kind::UPDATE]);
     out.extend_from_slice(&count_u16(records.len()).to_be_bytes());
     for rec in records {
-        encode_record(rec, out);
+        out.extend_from_slice(rec.encoding());
     }
 }
 
