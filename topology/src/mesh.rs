@@ -250,6 +250,8 @@ pub struct Mesh {
     announce_cache: Vec<AnnounceEntry>,
     announce_cache_gen: u64,
     announce_ids: Vec<(ConnId, PeerName)>,
+    /// Reused by `on_request` (empty between calls).
+    scratch_recs: Vec<Arc<PeerInfo>>,
     /// Reused by `flush`.
     flush_buf: Vec<(Entry, ConnSet)>,
     tombstones: HashMap<PeerName, (RecordKey, Instant), crate::peers::NameHashBuilder>,
@@ -314,6 +316,7 @@ impl Mesh {
             announce_cache_gen: u64::MAX,
             announce_ids: Vec::new(),
             flush_buf: Vec::new(),
+            scratch_recs: Vec::new(),
             tombstones: HashMap::default(),
             next_tombstone_prune: now,
             transmit: VecDeque::new(),
@@ -1000,7 +1003,7 @@ impl Mesh {
                 }
             }
         }
-        self.scratch_idx = idxs;
+        self.scratch_idx = recycle(idxs);
         if bumped {
             self.rebuild_own(now, false);
         }
@@ -1017,12 +1020,15 @@ impl Mesh {
         self.peers
             .names_interner()
             .get_many(names.iter().copied(), &mut idxs);
-        let recs: Vec<Arc<PeerInfo>> = idxs
-            .iter()
-            .filter_map(|i| self.peers.get_at((*i)?).cloned())
-            .collect();
-        self.scratch_idx = idxs;
+        let mut recs = std::mem::take(&mut self.scratch_recs);
+        recs.extend(
+            idxs.iter()
+                .filter_map(|i| self.peers.get_at((*i)?).cloned()),
+        );
+        self.scratch_idx = recycle(idxs);
         self.send_records(conn, &recs);
+        recs.clear();
+        self.scratch_recs = recycle(recs);
     }
 
     fn on_update(&mut self, now: Instant, conn: ConnId, records: &[wire::RecordView<'_>]) {
@@ -1100,7 +1106,7 @@ impl Mesh {
                 self.mark_changed(now, i, Some(conn));
             }
         }
-        self.scratch_idx = idxs;
+        self.scratch_idx = recycle(idxs);
         if bumped {
             self.rebuild_own(now, false);
         }
@@ -1286,7 +1292,7 @@ impl Mesh {
                 p.excl,
             ))
         }));
-        self.pending = pending;
+        self.pending = recycle(pending);
         current.sort_unstable_by_key(|(e, _)| e.name);
         let ids = self.announce_targets();
         let mut entries: Vec<Entry> = Vec::with_capacity(current.len());
@@ -1303,7 +1309,7 @@ impl Mesh {
             }
         }
         self.announce_ids = ids;
-        self.flush_buf = current;
+        self.flush_buf = recycle(current);
     }
 
     /// Returns the connections announcements go to (see [`Mesh::announces_to`]), in id
@@ -1332,7 +1338,7 @@ impl Mesh {
                 ids.push((entry.0, entry.1));
             }
         }
-        self.scratch_idx = idxs;
+        self.scratch_idx = recycle(idxs);
         self.announce_cache = cache;
         ids
     }
@@ -1728,6 +1734,18 @@ fn pad(n: PeerName) -> [u8; 8] {
 }
 
 type AnnounceEntry = (ConnId, PeerName, Option<Option<RecordKey>>, bool);
+
+/// Returns an emptied buffer for reuse, or a new one if it grew large: thousands of engines
+/// in one process must not each keep the largest buffer they ever needed.
+pub(crate) fn recycle<T>(mut v: Vec<T>) -> Vec<T> {
+    if v.capacity() > RECYCLE_MAX {
+        return Vec::new();
+    }
+    v.clear();
+    v
+}
+
+const RECYCLE_MAX: usize = 256;
 
 /// Gossip bookkeeping for one name (by interner index).
 #[derive(Clone, Copy, Debug, Default)]

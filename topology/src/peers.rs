@@ -511,7 +511,7 @@ impl Peers {
                 }
             }
         }
-        self.scratch[3] = stack;
+        self.scratch[3] = crate::mesh::recycle(stack);
     }
 
     /// Installs `rec` unconditionally. Returns None if the name had no record, else whether the
