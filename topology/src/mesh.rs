@@ -1831,3 +1831,36 @@ const QUIET_WAIT_FACTOR: u32 = 4;
 const COALESCE_FACTOR: u32 = 5;
 const RECONNECT_HOLD_FACTOR: u32 = 10;
 const UPDATE_CHUNK_BYTES: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_set_keeps_members_beyond_its_inline_part() {
+        let mut s = ConnSet::default();
+        for i in 1..=7 {
+            s.insert(ConnId(i));
+            s.insert(ConnId(i));
+        }
+        assert!((1..=7).all(|i| s.contains(ConnId(i))));
+        assert!(!s.contains(ConnId(8)));
+        for i in [2, 6, 1] {
+            s.remove(ConnId(i));
+            assert!(!s.contains(ConnId(i)));
+        }
+        assert!([3, 4, 5, 7].iter().all(|&i| s.contains(ConnId(i))));
+        s.remove(ConnId(9));
+        assert!([3, 4, 5, 7].iter().all(|&i| s.contains(ConnId(i))));
+    }
+
+    #[test]
+    fn recycle_drops_large_buffers() {
+        let v: Vec<u8> = Vec::with_capacity(RECYCLE_MAX + 1);
+        assert_eq!(recycle(v).capacity(), 0);
+        let mut v: Vec<u8> = Vec::with_capacity(8);
+        v.push(1);
+        let v = recycle(v);
+        assert!(v.is_empty() && v.capacity() >= 8);
+    }
+}

@@ -551,6 +551,58 @@ mod tests {
     }
 
     #[test]
+    fn names_interner_is_shared_by_clones() {
+        let a = PeerNames::new();
+        let b = a.clone();
+        let (x, y) = (PeerName::from_bytes([1; 6]), PeerName::from_bytes([2; 6]));
+        assert_eq!(a.get(x), None);
+        let ix = a.intern(x);
+        assert_eq!(b.intern(x), ix);
+        let iy = b.intern(y);
+        assert_ne!(ix, iy);
+        let mut out = Vec::new();
+        a.get_many([y, PeerName::from_bytes([3; 6]), x].into_iter(), &mut out);
+        assert_eq!(out, vec![Some(iy), None, Some(ix)]);
+        assert_eq!((a.name(iy), a.len()), (Some(y), 2));
+        assert_eq!(
+            PeerNames::new().get(x),
+            None,
+            "another interner is separate"
+        );
+    }
+
+    #[test]
+    fn record_memo_follows_its_interner_and_clones_forget_it() {
+        let conn = |b: u8| ConnectionSummary {
+            remote: PeerName::from_bytes([b; 6]),
+            addr: "192.0.2.1:6783".parse().unwrap_or_else(|_| unreachable!()),
+            outbound: true,
+            established: true,
+        };
+        let rec = PeerInfo::new(
+            PeerName::from_bytes([1; 6]),
+            PeerUid(1),
+            1,
+            String::new(),
+            vec![conn(2), conn(3)],
+        );
+        let (a, b) = (PeerNames::new(), PeerNames::new());
+        b.intern(PeerName::from_bytes([3; 6]));
+        let mut tmp = Vec::new();
+        let (own, remotes) = rec.ids(&a, &mut tmp);
+        assert_eq!((own, remotes.to_vec()), (0, vec![1, 2]));
+        let (own, remotes) = rec.ids(&b, &mut tmp);
+        assert_eq!((own, remotes.to_vec()), (1, vec![2, 0]));
+        let copy = rec.clone();
+        assert_eq!(copy, rec);
+        let (own, remotes) = copy.ids(&b, &mut tmp);
+        assert_eq!((own, remotes.to_vec()), (1, vec![2, 0]));
+        let mut enc = Vec::new();
+        crate::wire::encode_record_to(&rec, &mut enc);
+        assert_eq!(rec.encoding(), &enc[..]);
+    }
+
+    #[test]
     fn cache_shares_equal_records() {
         let cache = RecordCache::new();
         let rec = PeerInfo::new(

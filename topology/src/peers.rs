@@ -822,4 +822,42 @@ mod tests {
         assert_eq!(names(p.remove_dropped_orphans()), vec![n(3)]);
         assert_eq!(p.len(), 2);
     }
+
+    #[test]
+    fn tables_with_shared_or_separate_interners_agree() {
+        // The same records (one Arc each) in a table sharing an interner with another and in
+        // one with its own: the second sees memoised indices of another interner and must
+        // still count in-degrees, orphans and reachability right.
+        let shared = PeerNames::new();
+        let recs = [
+            rec(2, 1, &[1, 3]),
+            rec(3, 1, &[2, 4]),
+            rec(4, 1, &[3]),
+            rec(5, 1, &[6]),
+            rec(6, 1, &[5]),
+        ];
+        let mut a = Peers::with_names(rec(1, 1, &[2]), shared.clone());
+        let mut b = Peers::with_names(rec(9, 1, &[]), shared);
+        let mut c = Peers::new(rec(1, 1, &[2]));
+        for r in &recs {
+            a.apply(Arc::clone(r));
+            b.apply(Arc::clone(r));
+            c.apply(Arc::clone(r));
+        }
+        assert_eq!(a.names(), c.names());
+        assert_eq!(a.digest(), c.digest());
+        assert_eq!(a.unreachable(), vec![n(5), n(6)]);
+        assert_eq!(c.unreachable(), vec![n(5), n(6)]);
+        assert_eq!(b.unreachable().len(), 5);
+        // 2 drops 3: 3 and 4 are cut off, in both tables.
+        a.apply(rec(2, 2, &[1]));
+        c.apply(rec(2, 2, &[1]));
+        assert_eq!(a.unreachable(), vec![n(3), n(4), n(5), n(6)]);
+        assert_eq!(c.unreachable(), vec![n(3), n(4), n(5), n(6)]);
+        assert_eq!(
+            a.index_of(n(3)),
+            b.index_of(n(3)),
+            "one interner, one index"
+        );
+    }
 }
