@@ -1855,6 +1855,15 @@ mod tests {
     }
 
     #[test]
+    fn engines_may_move_between_threads_and_share_interners() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<Mesh>();
+        send_sync::<PeerNames>();
+        send_sync::<PeerInfo>();
+    }
+
+    #[test]
     fn recycle_drops_large_buffers() {
         let v: Vec<u8> = Vec::with_capacity(RECYCLE_MAX + 1);
         assert_eq!(recycle(v).capacity(), 0);
