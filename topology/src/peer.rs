@@ -322,9 +322,10 @@ pub struct RecordKey {
 /// runs when several threads intern: nothing may depend on their order, only on the names.
 ///
 /// The table only grows: it holds every name the process has ever seen (in gossip, as a
-/// record's owner or as a remote), 8 bytes in the table and 6 in the reverse list per name,
-/// plus a few bytes per name in each table that uses it. A router meets a few thousand names
-/// over its life, so it is not compacted.
+/// record's owner or as a remote), a 12-byte hash-map entry and 6 bytes in the reverse list
+/// per name, and each engine's per-index arrays grow to cover every name interned so far (64
+/// bytes per name and engine). A router meets a few thousand names over its life, so it is
+/// not compacted.
 ///
 /// Thread-safe: reads take a shared lock once per call (callers batch their look-ups), and
 /// a write lock only for names not seen before.
