@@ -47,7 +47,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use topology::peers::entry_hash;
 use topology::routes::Graph;
-use topology::{ConnId, Event as MeshEvent, Mesh, PeerName, RecordCache};
+use topology::{ConnId, Event as MeshEvent, Mesh, PeerName, PeerNames, RecordCache};
 
 /// Flags of `weft-sim mesh`.
 #[derive(clap::Args, Debug, Clone)]
@@ -450,6 +450,7 @@ impl<'a> Sim<'a> {
         let base = Instant::now();
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
         let cache = RecordCache::new();
+        let names = PeerNames::new();
         let n = args.nodes;
         let mut nodes = Vec::with_capacity(n);
         let mut by_addr = HashMap::with_capacity(n);
@@ -463,6 +464,7 @@ impl<'a> Sim<'a> {
             config.route_recalc_delay = None;
             config.peer_events = false;
             config.record_cache = Some(cache.clone());
+            config.peer_names = Some(names.clone());
             let mesh = Mesh::new(config, base, rng.r#gen());
             by_addr.insert(addr, i);
             nodes.push(Node {
