@@ -10,9 +10,8 @@
 //!   of the seed. The same seed gives the same result, whatever `--threads`.
 //! - Each node dials `--degree` distinct random peers (explicit targets; discovery off).
 //! - A control connection gets a one-way latency drawn from `[--latency-min-ms,
-//!   --latency-max-ms]`; a dial completes for the dialler after 3 one-way latencies (TCP plus
-//!   a Noise round trip) and for the dialled node one latency later (the last handshake
-//!   message), before anything the dialler sends on it.
+//!   --latency-max-ms]`; a dial takes 3 one-way latencies (TCP plus a Noise round trip) and
+//!   completes for both ends at the same instant.
 //! - Connections are TCP-like: ordered per direction; a message is "lost" with probability
 //!   `--loss-percent` and then arrives `--retransmit-ms` late (a retransmission), delaying the
 //!   messages behind it too.
@@ -26,7 +25,7 @@
 //! # Threads
 //!
 //! A conservative parallel discrete-event simulation. The nodes are split into contiguous
-//! parts (8 per thread with more than one thread), each with its own event queue and record
+//! parts (4 per thread with more than one thread), each with its own event queue and record
 //! cache. Time advances in windows of `--latency-min-ms` (the lookahead): whatever a node sends
 //! inside a window arrives after it, so within a window the parts are independent and the
 //! threads take them one at a time; the events for other parts are handed over at the
@@ -426,7 +425,7 @@ fn round3(x: f64) -> f64 {
 const SEQ_BITS: u32 = 40;
 
 /// Parts per worker thread when there is more than one.
-const PARTS_PER_THREAD: usize = 8;
+const PARTS_PER_THREAD: usize = 4;
 
 /// Rounds a worker spins at a window's end before it sleeps. Short: on a shared machine the
 /// thread it waits for may not be running, and spinning would take its core.
@@ -458,6 +457,12 @@ impl World<'_> {
 
     fn split(&self, a: usize, b: usize) -> bool {
         self.partitioned && self.half[a] != self.half[b]
+    }
+
+    /// Whether a dial from `a` to `b` completing now succeeds. Both ends decide it at the same
+    /// instant from this state, which changes only between windows, so they agree.
+    fn connectable(&self, a: usize, b: usize) -> bool {
+        self.alive[a] && self.alive[b] && !self.split(a, b)
     }
 
     fn at(&self, t: u64) -> Instant {
@@ -509,18 +514,21 @@ enum Action {
         to: usize,
         bytes: Vec<u8>,
     },
-    /// The dialled end learns of an outbound connection, one latency after the dialler.
+    /// The dialled end learns of a connection, at the instant the dialler does; both decide
+    /// from the same state (see [`World::connectable`]).
     Accept {
         conn: u64,
         to: usize,
         from: usize,
         latency: u64,
     },
+    /// The dialler learns whether its dial succeeded.
     DialDone {
         from: usize,
         addr: SocketAddr,
         to: Option<usize>,
         latency: u64,
+        conn: u64,
     },
     Down {
         conn: u64,
@@ -660,7 +668,7 @@ impl Part {
                 from,
                 latency,
             } => {
-                if !w.alive[to] {
+                if !w.connectable(from, to) {
                     return;
                 }
                 let n = self.node(to);
@@ -697,7 +705,8 @@ impl Part {
                 addr,
                 to,
                 latency,
-            } => self.dial_done(w, from, addr, to, latency),
+                conn,
+            } => self.dial_done(w, from, addr, to, latency, conn),
         }
     }
 
@@ -708,12 +717,13 @@ impl Part {
         addr: SocketAddr,
         to: Option<usize>,
         latency: u64,
+        conn: u64,
     ) {
         let now = w.at(self.now);
         if !w.alive[from] {
             return;
         }
-        let Some(j) = to.filter(|&j| w.alive[j] && !w.split(from, j)) else {
+        let Some(j) = to.filter(|&j| w.connectable(from, j)) else {
             self.node(from)
                 .mesh
                 .handle_dial_failed(now, addr, "connection failed");
@@ -721,8 +731,6 @@ impl Part {
             return;
         };
         let n = self.node(from);
-        n.dialled += 1;
-        let conn = ((from as u64 + 1) << 32) | u64::from(n.dialled);
         n.links.push(Link {
             conn,
             peer: j,
@@ -731,19 +739,6 @@ impl Part {
         });
         n.mesh
             .handle_connection_up(now, ConnId(conn), w.names[j], w.uids[j], "", addr, true);
-        // Scheduled before anything this end sends on the connection, so it arrives first.
-        let t = self.now + latency;
-        self.schedule(
-            w,
-            from,
-            t,
-            Action::Accept {
-                conn,
-                to: j,
-                from,
-                latency,
-            },
-        );
         self.drive(w, from);
     }
 
@@ -759,19 +754,33 @@ impl Part {
                     let n = self.node(i);
                     n.mesh.handle_dial_started(now, addr);
                     let latency = w.latency(&mut n.rng);
+                    n.dialled += 1;
+                    let conn = ((i as u64 + 1) << 32) | u64::from(n.dialled);
                     let to = w.by_addr.get(&addr).copied();
                     let delay = match to {
                         Some(j) if w.split(i, j) => w.dial_timeout,
                         Some(j) if !w.alive[j] => 2 * latency,
                         Some(_) | None => 3 * latency,
                     };
+                    // Never less than the lookahead: the accept below goes to another node.
+                    let done = self.now + delay.max(latency);
                     let action = Action::DialDone {
                         from: i,
                         addr,
                         to,
                         latency,
+                        conn,
                     };
-                    self.schedule(w, i, self.now + delay, action);
+                    self.schedule(w, i, done, action);
+                    if let Some(j) = to {
+                        let accept = Action::Accept {
+                            conn,
+                            to: j,
+                            from: i,
+                            latency,
+                        };
+                        self.schedule(w, i, done, accept);
+                    }
                 }
                 MeshEvent::CloseConnection { conn, .. } => {
                     if let Some(link) = self.node(i).remove_link(conn.0)
