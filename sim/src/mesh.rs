@@ -25,11 +25,12 @@
 //! # Threads
 //!
 //! A conservative parallel discrete-event simulation. The nodes are split into contiguous
-//! parts (4 per thread with more than one thread), each with its own event queue and record
-//! cache. Time advances in windows of `--latency-min-ms` (the lookahead): whatever a node sends
-//! inside a window arrives after it, so within a window the parts are independent and the
-//! threads take them one at a time; the events for other parts are handed over at the
-//! window's end (one barrier). Events are ordered by (time, scheduling node, that node's
+//! parts (4 per thread with more than one thread), each with its own event queue; all nodes
+//! share one record cache (its lock is hardly contended; a cache per part cost more in memory
+//! traffic than it saved). Time advances in windows of `--latency-min-ms` (the lookahead):
+//! whatever a node sends inside a window arrives after it, so within a window the parts are
+//! independent and the threads take them one at a time (whoever is free takes the next); the
+//! events for other parts are handed over at the window's end (one barrier). Events are ordered by (time, scheduling node, that node's
 //! sequence number), which no thread interleaving changes, and all state the parts read about
 //! other nodes (alive, partition half, name, uid) changes only between windows, so every node
 //! handles the same events in the same order whatever the thread count: the report (but
@@ -235,6 +236,7 @@ pub fn run(args: &MeshArgs) -> Result<MeshReport> {
         .min(args.nodes);
     let wall = Instant::now();
     let mut sim = Sim::new(args, threads);
+    sim.debug("set up");
     let check = ns(args.check_interval_ms / 1e3);
     let cap = ns(args.max_phase_s);
 
@@ -983,6 +985,8 @@ struct Sim<'a> {
     windows: u64,
     cpu_critical: u64,
     cpu_total: u64,
+    /// Wall time of the convergence checks (one thread).
+    checking: Duration,
 }
 
 impl<'a> Sim<'a> {
@@ -999,9 +1003,7 @@ impl<'a> Sim<'a> {
             (threads * PARTS_PER_THREAD).min(n)
         };
         let chunk = n.div_ceil(parts_n);
-        // One record cache per part: records are shared by the part's nodes without a lock or
-        // a reference count bouncing between cores.
-        let caches: Vec<RecordCache> = (0..parts_n).map(|_| RecordCache::new()).collect();
+        let cache = RecordCache::new();
         let mut nodes = Vec::with_capacity(n);
         let mut world = World {
             args,
@@ -1027,7 +1029,7 @@ impl<'a> Sim<'a> {
             config.discovery = false;
             config.route_recalc_delay = None;
             config.peer_events = false;
-            config.record_cache = Some(caches[i / chunk].clone());
+            config.record_cache = Some(cache.clone());
             let mesh = Mesh::new(config, base, rng.r#gen());
             let mut net = ChaCha8Rng::seed_from_u64(args.seed);
             net.set_stream(i as u64 + 1);
@@ -1091,6 +1093,7 @@ impl<'a> Sim<'a> {
             windows: 0,
             cpu_critical: 0,
             cpu_total: 0,
+            checking: Duration::ZERO,
         };
         for part in &mut sim.parts {
             for i in part.first..part.first + part.nodes.len() {
@@ -1173,13 +1176,14 @@ impl<'a> Sim<'a> {
         eprintln!(
             "[{:.3}s sim, {:.3}s wall] {what}: own versions {versions}, windows {}, waited at \
              window ends (s, per thread) {}, worker CPU {:.3} s, largest per window summed \
-             {:.3} s, {t:?}",
+             {:.3} s, convergence checks {:.3} s, {t:?}",
             self.now as f64 / 1e9,
             self.world.base.elapsed().as_secs_f64(),
             self.windows,
             waited.join("/"),
             self.cpu_total as f64 / 1e9,
             self.cpu_critical as f64 / 1e9,
+            self.checking.as_secs_f64(),
         );
     }
 
@@ -1243,10 +1247,14 @@ impl<'a> Sim<'a> {
         let mut next_route_check = 0;
         loop {
             self.run_to(t);
-            if t >= next_route_check && self.views_agree() {
-                if self.routes_loop_free() {
-                    return Some(t);
-                }
+            let checking = Instant::now();
+            let agree = t >= next_route_check && self.views_agree();
+            let loop_free = agree && self.routes_loop_free();
+            self.checking += checking.elapsed();
+            if loop_free {
+                return Some(t);
+            }
+            if agree {
                 // Route checks are costly; after a failure wait a little longer.
                 next_route_check = t + 10 * step;
             }
