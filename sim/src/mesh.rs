@@ -488,6 +488,10 @@ struct Node {
     timer: Option<u64>,
     /// This end of each open connection.
     links: Vec<Link>,
+    /// The version of its own record the node had after its last event, and that record's
+    /// entry hash (for the convergence check's target digest, kept up to date per part).
+    version: u64,
+    own_hash: u64,
 }
 
 impl Node {
@@ -579,6 +583,8 @@ struct Part {
     /// earlier than this.
     window_end: u64,
     delivered: u64,
+    /// Sum of the entry hashes of the part's nodes' own records (dead nodes included).
+    own_digest: u64,
 }
 
 impl Part {
@@ -624,6 +630,18 @@ impl Part {
         }
     }
 
+    /// Keeps `own_digest` up to date when node `i` has published a new version.
+    fn note_version(&mut self, w: &World<'_>, i: usize) {
+        let n = &mut self.nodes[i - self.first];
+        let version = n.mesh.version();
+        if version != n.version {
+            let hash = entry_hash(w.names[i], n.mesh.uid().0, version);
+            self.own_digest = self.own_digest.wrapping_sub(n.own_hash).wrapping_add(hash);
+            n.version = version;
+            n.own_hash = hash;
+        }
+    }
+
     /// Handles every queued event earlier than `end`.
     fn run_window(&mut self, w: &World<'_>, end: u64) {
         self.window_end = end;
@@ -635,7 +653,9 @@ impl Part {
             self.now = time;
             self.free.push(slot);
             if let Some(action) = self.actions[slot as usize].take() {
+                let target = action.target();
                 self.apply(w, action);
+                self.note_version(w, target);
             }
         }
     }
@@ -1044,6 +1064,8 @@ impl<'a> Sim<'a> {
                 dialled: 0,
                 timer: None,
                 links: Vec::new(),
+                version: 0,
+                own_hash: 0,
             });
         }
         let degree = args.degree.min(n - 1);
@@ -1079,6 +1101,7 @@ impl<'a> Sim<'a> {
                 now: 0,
                 window_end: 0,
                 delivered: 0,
+                own_digest: 0,
             });
         }
         let mut sim = Self {
@@ -1098,6 +1121,7 @@ impl<'a> Sim<'a> {
         for part in &mut sim.parts {
             for i in part.first..part.first + part.nodes.len() {
                 part.drive(&sim.world, i);
+                part.note_version(&sim.world, i);
             }
         }
         sim.post();
@@ -1266,16 +1290,28 @@ impl<'a> Sim<'a> {
     }
 
     fn views_agree(&self) -> bool {
+        // The digest of the live nodes' own records: the parts keep the sum over all nodes.
         let mut count = 0u32;
-        let mut digest = 0u64;
-        for (i, n) in self.live_nodes() {
-            count += 1;
-            digest = digest.wrapping_add(entry_hash(
-                self.world.names[i],
-                n.mesh.uid().0,
-                n.mesh.version(),
-            ));
+        let mut digest = self
+            .parts
+            .iter()
+            .fold(0u64, |d, p| d.wrapping_add(p.own_digest));
+        for (i, &alive) in self.world.alive.iter().enumerate() {
+            if alive {
+                count += 1;
+            } else {
+                digest = digest.wrapping_sub(self.node(i).own_hash);
+            }
         }
+        debug_assert_eq!(
+            digest,
+            self.live_nodes()
+                .fold(0u64, |d, (i, n)| d.wrapping_add(entry_hash(
+                    self.world.names[i],
+                    n.mesh.uid().0,
+                    n.mesh.version()
+                )))
+        );
         self.live_nodes()
             .all(|(_, n)| n.mesh.view_digest() == (count, digest))
     }
