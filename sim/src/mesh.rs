@@ -34,7 +34,10 @@
 //! sequence number), which no thread interleaving changes, and all state the parts read about
 //! other nodes (alive, partition half, name, uid) changes only between windows, so every node
 //! handles the same events in the same order whatever the thread count: the report (but
-//! `wall_s` and `threads`) is the same.
+//! `wall_s` and `threads`) is the same. The thread count is chosen per slice of 10 ms of
+//! simulated time: after a slice in which the threads did less than 1.2 cores' worth of work
+//! per second of wall time (a busy machine, or workers waiting at barriers), the next 15
+//! slices run on the driver thread alone.
 //!
 //! # Convergence
 //!
@@ -428,6 +431,14 @@ const SEQ_BITS: u32 = 40;
 
 /// Parts per worker thread when there is more than one.
 const PARTS_PER_THREAD: usize = 4;
+
+/// Simulated time each choice of thread count holds for (ns).
+const SLICE: u64 = 10_000_000;
+
+/// When the threads did less than this many cores' worth of work per second of wall time in a
+/// slice, the next `SOLO_SLICES` slices run on one thread.
+const SOLO_BELOW: f64 = 1.2;
+const SOLO_SLICES: u32 = 15;
 
 /// Rounds a worker spins at a window's end before it sleeps. Short: on a shared machine the
 /// thread it waits for may not be running, and spinning would take its core.
@@ -1007,6 +1018,9 @@ struct Sim<'a> {
     cpu_total: u64,
     /// Wall time of the convergence checks (one thread).
     checking: Duration,
+    /// Slices still to run on one thread, and slices so run (for `WEFT_SIM_DEBUG`).
+    solo_left: u32,
+    solo_slices: u64,
 }
 
 impl<'a> Sim<'a> {
@@ -1117,6 +1131,8 @@ impl<'a> Sim<'a> {
             cpu_critical: 0,
             cpu_total: 0,
             checking: Duration::ZERO,
+            solo_left: 0,
+            solo_slices: 0,
         };
         for part in &mut sim.parts {
             for i in part.first..part.first + part.nodes.len() {
@@ -1200,7 +1216,7 @@ impl<'a> Sim<'a> {
         eprintln!(
             "[{:.3}s sim, {:.3}s wall] {what}: own versions {versions}, windows {}, waited at \
              window ends (s, per thread) {}, worker CPU {:.3} s, largest per window summed \
-             {:.3} s, convergence checks {:.3} s, {t:?}",
+             {:.3} s, convergence checks {:.3} s, slices on one thread {}, {t:?}",
             self.now as f64 / 1e9,
             self.world.base.elapsed().as_secs_f64(),
             self.windows,
@@ -1208,30 +1224,60 @@ impl<'a> Sim<'a> {
             self.cpu_total as f64 / 1e9,
             self.cpu_critical as f64 / 1e9,
             self.checking.as_secs_f64(),
+            self.solo_slices,
         );
     }
 
     /// Processes events up to and including time `t`, then sets the clock to `t`.
     fn run_to(&mut self, t: u64) {
-        let (world, lookahead, start) = (&self.world, self.lookahead, self.now);
-        if let [part] = self.parts.as_mut_slice() {
+        if self.parts.len() == 1 {
             // One part: one window up to `t` (nothing to exchange).
+            let (world, part) = (&self.world, &mut self.parts[0]);
             part.run_window(world, t + 1);
         } else {
+            // In slices, each of which decides how many threads to run.
+            let mut from = self.now;
+            loop {
+                let to = (from + SLICE).min(t);
+                self.run_slice(from, to);
+                if to >= t {
+                    break;
+                }
+                from = to;
+            }
+        }
+        for part in &mut self.parts {
+            part.now = t;
+        }
+        self.now = t;
+    }
+
+    /// Runs the parts' windows from `start` to `t` on the worker threads, or on this thread
+    /// alone after the threads have just run no faster than one would (`solo_left`).
+    fn run_slice(&mut self, start: u64, t: u64) {
+        let (world, lookahead) = (&self.world, self.lookahead);
+        let threads = if self.solo_left > 0 {
+            self.solo_left -= 1;
+            1
+        } else {
+            self.threads
+        };
+        {
+            let wall = Instant::now();
             let n = self.parts.len();
             let mailboxes = || (0..n).map(|_| Mutex::new(Vec::new())).collect();
             let ex = Exchange {
                 parts: self.parts.iter_mut().map(Mutex::new).collect(),
                 next: AtomicUsize::new(0),
-                barrier: SpinBarrier::new(self.threads),
+                barrier: SpinBarrier::new(threads),
                 mail: [mailboxes(), mailboxes()],
-                busy: (0..self.threads).map(|_| AtomicU64::new(0)).collect(),
+                busy: (0..threads).map(|_| AtomicU64::new(0)).collect(),
                 critical: AtomicU64::new(0),
                 total: AtomicU64::new(0),
             };
             let waited = std::thread::scope(|s| {
                 let ex = &ex;
-                let others: Vec<_> = (1..self.threads)
+                let others: Vec<_> = (1..threads)
                     .map(|me| s.spawn(move || work(ex, world, me, start, t, lookahead)))
                     .collect();
                 let mut waited = vec![work(ex, world, 0, start, t, lookahead)];
@@ -1246,8 +1292,16 @@ impl<'a> Sim<'a> {
                 ..
             } = ex;
             drop(parts);
-            self.cpu_critical += critical.into_inner();
-            self.cpu_total += total.into_inner();
+            let (critical, total) = (critical.into_inner(), total.into_inner());
+            // Less than SOLO_BELOW cores' worth of work per second of wall time (other
+            // processes hold the cores, or the workers wait at the barriers): alone for a
+            // while, then try again.
+            if threads > 1 && (total as f64) < SOLO_BELOW * wall.elapsed().as_nanos() as f64 {
+                self.solo_left = SOLO_SLICES;
+                self.solo_slices += u64::from(SOLO_SLICES);
+            }
+            self.cpu_critical += critical;
+            self.cpu_total += total;
             for (total, w) in self.waited.iter_mut().zip(waited) {
                 *total += w;
             }
@@ -1259,10 +1313,6 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        for part in &mut self.parts {
-            part.now = t;
-        }
-        self.now = t;
     }
 
     /// Runs from `start` until converged (returning the time) or until `deadline`.
