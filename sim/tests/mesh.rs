@@ -33,6 +33,35 @@ fn small_mesh_converges_deterministically() {
     assert_eq!(a.messages_delivered, b.messages_delivered);
 }
 
+/// The parallel run gives the same simulated figures as the sequential one: every key of the
+/// JSON report but the wall-clock time and the thread count is equal for 1, 2 and 3 threads
+/// (3 threads split 60 nodes into parts of unequal size).
+#[test]
+fn thread_count_does_not_change_the_results() {
+    let json = |threads: usize| {
+        let mut args = MeshArgs::with_nodes(60);
+        args.partition_s = 5.0;
+        args.steady_s = 2.0;
+        args.threads = Some(threads);
+        let report = run(&args).unwrap();
+        assert!(report.converged, "{report:?}");
+        assert_eq!(report.threads, threads);
+        let mut out = Vec::new();
+        weft_sim::mesh::print_report(&mut out, &report, true).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let map = v.as_object_mut().unwrap();
+        assert!(map.remove("wall_s").is_some() && map.remove("threads").is_some());
+        v
+    };
+    let one = json(1);
+    assert!(
+        one["messages_delivered"].as_u64().unwrap() > 10_000,
+        "{one}"
+    );
+    assert_eq!(one, json(2));
+    assert_eq!(one, json(3));
+}
+
 #[test]
 fn json_report_has_the_keys_scripts_use() {
     let mut args = MeshArgs::with_nodes(10);

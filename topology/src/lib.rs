@@ -42,4 +42,6 @@ pub mod targets;
 pub mod wire;
 
 pub use mesh::{CloseReason, Config, Connection, Event, Mesh};
-pub use peer::{ConnId, ConnectionSummary, PeerInfo, PeerName, PeerUid, RecordCache, RecordKey};
+pub use peer::{
+    ConnId, ConnectionSummary, PeerInfo, PeerName, PeerNames, PeerUid, RecordCache, RecordKey,
+};

@@ -28,6 +28,7 @@
 //! every differing bucket (the full-state exchange). At steady state only heartbeats flow, so
 //! the bytes per node per second depend on the node's degree, not on the mesh size.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +38,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::api;
-use crate::peer::{ConnId, ConnectionSummary, PeerInfo, PeerName, PeerUid, RecordCache, RecordKey};
+use crate::peer::{
+    ConnId, ConnectionSummary, PeerInfo, PeerName, PeerNames, PeerUid, RecordCache, RecordKey,
+};
 use crate::peers::{Applied, Peers};
 use crate::routes::Routes;
 use crate::targets::{Backoff, Target, TargetState, Targets};
@@ -101,6 +104,10 @@ pub struct Config {
     pub peer_events: bool,
     /// An optional intern table shared between engines in one process.
     pub record_cache: Option<RecordCache>,
+    /// An optional name interner shared between engines in one process (the peer table is
+    /// indexed by it); None makes one per engine. Give engines that share a `record_cache`
+    /// the same interner too, or each record's memoised indices serve only one of them.
+    pub peer_names: Option<PeerNames>,
 }
 
 impl Config {
@@ -133,6 +140,7 @@ impl Config {
             tombstone_ttl: Duration::from_secs(10),
             peer_events: true,
             record_cache: None,
+            peer_names: None,
         }
     }
 }
@@ -204,7 +212,6 @@ pub struct Connection {
     pub outbound: bool,
     /// When it came up.
     pub since: Instant,
-    last_recv: Instant,
     queued: usize,
     mismatch_since: Option<Instant>,
     last_anti_entropy: Option<Instant>,
@@ -221,9 +228,33 @@ pub struct Mesh {
     conns: BTreeMap<ConnId, Connection>,
     by_peer: BTreeMap<PeerName, ConnId>,
     targets: Targets,
-    pending: HashMap<PeerName, (RecordKey, Vec<ConnId>)>,
-    requested: HashMap<PeerName, (RecordKey, Instant)>,
-    tombstones: HashMap<PeerName, (RecordKey, Instant)>,
+    /// Records changed since the last announcement batch, in no order (see `NameState`).
+    pending: Vec<Pending>,
+    /// Per name index of the peer table's interner: requests in flight and the position in
+    /// `pending`, so that gossip bookkeeping is one memory access per name.
+    name_state: Vec<NameState>,
+    /// The zero of the tick counts in `name_state`.
+    epoch: Instant,
+    /// Reused buffers for name indices.
+    scratch_idx: Vec<Option<u32>>,
+    /// Bumped whenever `conns` changes.
+    conns_gen: u64,
+    /// When something last arrived on each connection of `conns`, by id: apart from the
+    /// connections so that noting a receipt touches a few bytes.
+    recv: Vec<(ConnId, Instant)>,
+    /// The earliest receipt time of `recv` and its connection (inner None: no connection);
+    /// outer None when it must be recomputed (see [`Mesh::oldest_recv`]).
+    oldest_recv: Cell<Option<Option<(Instant, ConnId)>>>,
+    /// Per connection (id order): remote, the key of the remote's record when last asked
+    /// (None: not asked), and whether announcements go to it; valid for `announce_cache_gen`.
+    announce_cache: Vec<AnnounceEntry>,
+    announce_cache_gen: u64,
+    announce_ids: Vec<(ConnId, PeerName)>,
+    /// Reused by `on_request` (empty between calls).
+    scratch_recs: Vec<Arc<PeerInfo>>,
+    /// Reused by `flush`.
+    flush_buf: Vec<(Entry, ConnSet)>,
+    tombstones: HashMap<PeerName, (RecordKey, Instant), crate::peers::NameHashBuilder>,
     next_tombstone_prune: Instant,
     transmit: VecDeque<(ConnId, Vec<u8>)>,
     events: VecDeque<Event>,
@@ -253,16 +284,19 @@ impl Mesh {
     pub fn new(config: Config, now: Instant, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let uid = PeerUid(rng.r#gen::<u64>() | 1);
-        let own = Arc::new(PeerInfo {
-            name: config.name,
+        let own = Arc::new(PeerInfo::new(
+            config.name,
             uid,
-            version: 1,
-            nickname: wire::truncate_utf8(&config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
-            connections: Vec::new(),
-        });
+            1,
+            wire::truncate_utf8(&config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
+            Vec::new(),
+        ));
         let first_beat = config.heartbeat_interval.mul_f64(rng.gen_range(0.0..1.0));
         let mut mesh = Self {
-            peers: Peers::new(Arc::clone(&own)),
+            peers: Peers::with_names(
+                Arc::clone(&own),
+                config.peer_names.clone().unwrap_or_default(),
+            ),
             routes: Routes::default(),
             config,
             rng,
@@ -271,9 +305,19 @@ impl Mesh {
             conns: BTreeMap::new(),
             by_peer: BTreeMap::new(),
             targets: Targets::default(),
-            pending: HashMap::new(),
-            requested: HashMap::new(),
-            tombstones: HashMap::new(),
+            pending: Vec::new(),
+            name_state: Vec::new(),
+            epoch: now,
+            scratch_idx: Vec::new(),
+            conns_gen: 0,
+            oldest_recv: Cell::new(None),
+            recv: Vec::new(),
+            announce_cache: Vec::new(),
+            announce_cache_gen: u64::MAX,
+            announce_ids: Vec::new(),
+            flush_buf: Vec::new(),
+            scratch_recs: Vec::new(),
+            tombstones: HashMap::default(),
             next_tombstone_prune: now,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -531,6 +575,11 @@ impl Mesh {
             }
             return;
         }
+        self.conns_gen += 1;
+        self.oldest_recv.set(None);
+        if let Err(pos) = self.recv.binary_search_by_key(&conn, |r| r.0) {
+            self.recv.insert(pos, (conn, now));
+        }
         self.conns.insert(
             conn,
             Connection {
@@ -541,7 +590,6 @@ impl Mesh {
                 addr,
                 outbound,
                 since: now,
-                last_recv: now,
                 queued: 0,
                 mismatch_since: None,
                 last_anti_entropy: None,
@@ -604,10 +652,9 @@ impl Mesh {
                     return Err(e);
                 }
             };
-            let Some(c) = self.conns.get_mut(&conn) else {
+            if !self.touch(now, conn) {
                 return Ok(());
-            };
-            c.last_recv = now;
+            }
             self.on_update(now, conn, view.records());
             return Ok(());
         }
@@ -618,10 +665,9 @@ impl Mesh {
                 return Err(e);
             }
         };
-        let Some(c) = self.conns.get_mut(&conn) else {
+        if !self.touch(now, conn) {
             return Ok(());
-        };
-        c.last_recv = now;
+        }
         match msg {
             Message::Heartbeat { count, digest } => self.on_heartbeat(now, conn, (count, digest)),
             Message::BucketDigest { full, buckets } => self.on_bucket_digest(conn, full, &buckets),
@@ -662,14 +708,19 @@ impl Mesh {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
         let timeout = self.config.heartbeat_timeout;
-        let dead: Vec<ConnId> = self
-            .conns
-            .values()
-            .filter(|c| now.saturating_duration_since(c.last_recv) >= timeout)
-            .map(|c| c.id)
-            .collect();
-        for id in dead {
-            self.close(now, id, CloseReason::HeartbeatTimeout);
+        if self
+            .oldest_recv()
+            .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+        {
+            let dead: Vec<ConnId> = self
+                .recv
+                .iter()
+                .filter(|r| now.saturating_duration_since(r.1) >= timeout)
+                .map(|r| r.0)
+                .collect();
+            for id in dead {
+                self.close(now, id, CloseReason::HeartbeatTimeout);
+            }
         }
         if now >= self.next_heartbeat {
             while self.next_heartbeat <= now {
@@ -683,7 +734,6 @@ impl Mesh {
                 self.stats.sent_heartbeats += 1;
                 self.send(id, hb);
             }
-            self.requested.retain(|_, (_, deadline)| *deadline > now);
             if now >= self.next_tombstone_prune {
                 self.tombstones.retain(|_, (_, expiry)| *expiry > now);
                 self.next_tombstone_prune = now + self.config.tombstone_ttl / 8;
@@ -777,10 +827,7 @@ impl Mesh {
         };
         consider(Some(self.next_heartbeat), "heartbeat");
         consider(
-            self.conns
-                .values()
-                .map(|c| c.last_recv)
-                .min()
+            self.oldest_recv()
                 .map(|t| t + self.config.heartbeat_timeout),
             "heartbeat timeout",
         );
@@ -789,24 +836,36 @@ impl Mesh {
         consider(self.orphan_gc_at, "orphan gc");
         consider(self.component_gc_at, "component gc");
         consider(self.recalc_at, "route recalculation");
-        consider(
-            self.targets.next_deadline(self.config.dial_timeout),
-            "target retry",
-        );
-        let dialling = self
-            .targets
-            .iter()
-            .filter(|t| {
-                matches!(
-                    t.state,
-                    TargetState::Connecting { .. } | TargetState::Requested { .. }
-                )
-            })
-            .count();
+        // One pass over the targets: the next retry or dial deadline (as
+        // `Targets::next_deadline`), how many dials are under way, whether one is pending.
+        let (mut next, mut dialling, mut any_pending) = (None::<Instant>, 0usize, false);
+        for t in self.targets.iter() {
+            let due = match &t.state {
+                TargetState::Retrying { next_attempt, .. } => Some(*next_attempt),
+                TargetState::Requested { since } => {
+                    dialling += 1;
+                    Some(*since + self.config.dial_timeout)
+                }
+                TargetState::Connecting { .. } => {
+                    dialling += 1;
+                    None
+                }
+                TargetState::Pending => {
+                    any_pending = true;
+                    None
+                }
+                TargetState::Established { .. } | TargetState::Failed { .. } => None,
+            };
+            if let Some(d) = due
+                && next.is_none_or(|n| d < n)
+            {
+                next = Some(d);
+            }
+        }
+        consider(next, "target retry");
         // Pending targets are due at once, unless the connection limit holds them back (then
         // a connection going down, itself an input, frees a slot).
-        let pending = self.conns.len() + dialling < self.config.conn_limit
-            && self.targets.iter().any(|t| t.state == TargetState::Pending);
+        let pending = self.conns.len() + dialling < self.config.conn_limit && any_pending;
         consider(pending.then_some(self.last_now), "target pending");
         best
     }
@@ -897,7 +956,28 @@ impl Mesh {
         }
         let mut want: Vec<PeerName> = Vec::new();
         let mut bumped = false;
-        for e in entries {
+        let mut idxs = std::mem::take(&mut self.scratch_idx);
+        idxs.clear();
+        self.peers
+            .names_interner()
+            .get_many(entries.iter().map(|e| e.name), &mut idxs);
+        self.peers.prefetch(idxs.iter().flatten().copied());
+        // Then the request state of the entries newer than what we hold (same reason).
+        let mut acc = 0u64;
+        for (e, idx) in entries.iter().zip(&idxs) {
+            if let Some(i) = *idx
+                && self.peers.key_at(i).is_none_or(|h| h.version < e.version)
+                && let Some(st) = self.name_state.get(i as usize)
+            {
+                acc ^= st.req_deadline;
+            }
+        }
+        std::hint::black_box(acc);
+        let (now_t, deadline_t) = (
+            self.ticks(now),
+            self.ticks(now + self.config.request_timeout),
+        );
+        for (e, &idx) in entries.iter().zip(&idxs) {
             let key = RecordKey {
                 version: e.version,
                 uid: e.uid,
@@ -909,30 +989,32 @@ impl Mesh {
                 }
                 continue;
             }
-            let held = self.peers.key(e.name).or_else(|| self.tombstone(e.name));
+            let held = idx
+                .and_then(|i| self.peers.key_at(i))
+                .or_else(|| self.tombstone(e.name));
             match held {
                 Some(held) if held == key => {
-                    if let Some((k, excl)) = self.pending.get_mut(&e.name)
-                        && *k == key
-                        && !excl.contains(&conn)
+                    if let Some(p) = idx.and_then(|i| self.pending_mut(i))
+                        && p.key == key
                     {
-                        excl.push(conn);
+                        p.excl.insert(conn);
                     }
                 }
                 Some(held) if held > key => {}
                 Some(_) | None => {
-                    let inflight = self
-                        .requested
-                        .get(&e.name)
-                        .is_some_and(|(k, deadline)| *k >= key && *deadline > now);
+                    let i = idx.unwrap_or_else(|| self.peers.names_interner().intern(e.name));
+                    let st = self.state_mut(i);
+                    let inflight = st.req_deadline > now_t && st.req_key >= key;
                     if !inflight {
-                        self.requested
-                            .insert(e.name, (key, now + self.config.request_timeout));
+                        st.req_key = key;
+                        st.req_deadline = deadline_t;
+                        self.peers.set_requested_mark(i, true);
                         want.push(e.name);
                     }
                 }
             }
         }
+        self.scratch_idx = recycle(idxs);
         if bumped {
             self.rebuild_own(now, false);
         }
@@ -944,18 +1026,33 @@ impl Mesh {
     }
 
     fn on_request(&mut self, conn: ConnId, names: &[PeerName]) {
-        let recs: Vec<Arc<PeerInfo>> = names
-            .iter()
-            .filter_map(|n| self.peers.get(*n).cloned())
-            .collect();
+        let mut idxs = std::mem::take(&mut self.scratch_idx);
+        idxs.clear();
+        self.peers
+            .names_interner()
+            .get_many(names.iter().copied(), &mut idxs);
+        let mut recs = std::mem::take(&mut self.scratch_recs);
+        recs.extend(
+            idxs.iter()
+                .filter_map(|i| self.peers.get_at((*i)?).cloned()),
+        );
+        self.scratch_idx = recycle(idxs);
         self.send_records(conn, &recs);
+        recs.clear();
+        self.scratch_recs = recycle(recs);
     }
 
     fn on_update(&mut self, now: Instant, conn: ConnId, records: &[wire::RecordView<'_>]) {
         let mut changed = false;
         let mut removal = false;
         let mut bumped = false;
-        for view in records {
+        let mut idxs = std::mem::take(&mut self.scratch_idx);
+        idxs.clear();
+        self.peers
+            .names_interner()
+            .get_many(records.iter().map(|v| v.name), &mut idxs);
+        self.peers.prefetch(idxs.iter().flatten().copied());
+        for (view, &idx) in records.iter().zip(&idxs) {
             let (name, key) = (
                 view.name,
                 RecordKey {
@@ -970,12 +1067,17 @@ impl Mesh {
                 }
                 continue;
             }
-            if self.requested.get(&name).is_some_and(|(k, _)| key >= *k) {
-                self.requested.remove(&name);
+            if let Some(i) = idx
+                && self.peers.requested_mark(i)
+                && let Some(st) = self.name_state.get_mut(i as usize)
+                && key >= st.req_key
+            {
+                st.req_deadline = 0;
+                self.peers.set_requested_mark(i, false);
             }
             // Most copies are not newer: the key decides without decoding the record; only an
             // equal key (which honest peers never send with other content) needs the content.
-            let held = self.peers.key(name);
+            let held = idx.and_then(|i| self.peers.key_at(i));
             if held.is_some_and(|h| h > key) || self.tombstone(name).is_some_and(|k| key <= k) {
                 continue;
             }
@@ -994,6 +1096,7 @@ impl Mesh {
             if held == Some(key) && !self.peers.is_newer(&rec) {
                 continue;
             }
+            let has_connections = !rec.connections.is_empty();
             match self.peers.apply(rec) {
                 Applied::Added => {
                     if self.config.peer_events {
@@ -1010,14 +1113,11 @@ impl Mesh {
             changed = true;
             // A peer without connections is unreachable for everyone but its neighbours (who
             // hear it directly); spreading it would only add a version to every table.
-            if self
-                .peers
-                .get(name)
-                .is_some_and(|r| !r.connections.is_empty())
-            {
-                self.mark_changed(now, name, Some(conn));
+            if has_connections && let Some(i) = idx.or_else(|| self.peers.index_of(name)) {
+                self.mark_changed(now, i, Some(conn));
             }
         }
+        self.scratch_idx = recycle(idxs);
         if bumped {
             self.rebuild_own(now, false);
         }
@@ -1079,61 +1179,179 @@ impl Mesh {
 
     /// Notes that the record for `name` changed, to be announced to every neighbour except
     /// `from` (which sent it) at the next batch.
-    fn mark_changed(&mut self, now: Instant, name: PeerName, from: Option<ConnId>) {
-        let Some(key) = self.peers.key(name) else {
+    fn mark_changed(&mut self, now: Instant, idx: u32, from: Option<ConnId>) {
+        let Some(key) = self.peers.key_at(idx) else {
             return;
         };
-        let entry = self.pending.entry(name).or_insert((key, Vec::new()));
-        if entry.0 != key {
-            *entry = (key, Vec::new());
+        let entry = match self.pending_mut(idx) {
+            Some(p) => p,
+            None => {
+                self.pending.push(Pending {
+                    idx,
+                    key,
+                    excl: ConnSet::default(),
+                });
+                let pos = self.pending.len();
+                self.peers
+                    .set_pending_mark(idx, u32::try_from(pos).unwrap_or(u32::MAX));
+                let Some(p) = self.pending.last_mut() else {
+                    return;
+                };
+                p
+            }
+        };
+        if entry.key != key {
+            entry.key = key;
+            entry.excl = ConnSet::default();
         }
-        if let Some(f) = from
-            && !entry.1.contains(&f)
-        {
-            entry.1.push(f);
+        if let Some(f) = from {
+            entry.excl.insert(f);
         }
         if self.flush_at.is_none() {
             self.flush_at = Some(now + self.config.gossip_interval);
         }
     }
 
-    fn flush(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() {
+    /// Notes that something arrived on `conn`; false when it is not one of ours.
+    fn touch(&mut self, now: Instant, conn: ConnId) -> bool {
+        let Ok(pos) = self.recv.binary_search_by_key(&conn, |r| r.0) else {
+            return false;
+        };
+        self.recv[pos].1 = now;
+        if self
+            .oldest_recv
+            .get()
+            .is_none_or(|o| o.is_some_and(|(_, id)| id == conn))
+        {
+            self.oldest_recv.set(None);
+        }
+        true
+    }
+
+    /// Returns the earliest `last_recv` of our connections. Cached: receipts only move
+    /// `last_recv` forward, so the minimum changes only when its own connection hears
+    /// something or goes, or a connection is added.
+    fn oldest_recv(&self) -> Option<Instant> {
+        if let Some(o) = self.oldest_recv.get() {
+            return o.map(|(t, _)| t);
+        }
+        let o = self
+            .recv
+            .iter()
+            .map(|&(id, t)| (t, id))
+            .min_by_key(|&(t, _)| t);
+        self.oldest_recv.set(Some(o));
+        o.map(|(t, _)| t)
+    }
+
+    /// Returns the tick count (nanoseconds since `epoch`) of `t`.
+    fn ticks(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn state_mut(&mut self, idx: u32) -> &mut NameState {
+        let i = idx as usize;
+        if i >= self.name_state.len() {
+            let n = (i + 1).max(self.peers.names_interner().len());
+            self.name_state.resize(n, NameState::default());
+        }
+        &mut self.name_state[i]
+    }
+
+    /// Returns the pending announcement of the record at `idx`, if any.
+    fn pending_mut(&mut self, idx: u32) -> Option<&mut Pending> {
+        let pos = self.peers.pending_mark(idx);
+        self.pending.get_mut(pos.checked_sub(1)? as usize)
+    }
+
+    /// Drops the pending announcement of the record at `idx`, if any.
+    fn unpend(&mut self, idx: u32) {
+        let Some(pos) = self.peers.pending_mark(idx).checked_sub(1) else {
+            return;
+        };
+        self.peers.set_pending_mark(idx, 0);
+        let pos = pos as usize;
+        if pos >= self.pending.len() {
             return;
         }
-        #[allow(clippy::disallowed_methods)] // sorted below
-        let mut current: Vec<(Entry, Vec<ConnId>)> = pending
-            .into_iter()
-            .filter_map(|(name, (_, excl))| {
-                let r = self.peers.get(name)?;
-                Some((
-                    Entry {
-                        name,
-                        uid: r.uid,
-                        version: r.version,
-                    },
-                    excl,
-                ))
-            })
-            .collect();
+        self.pending.swap_remove(pos);
+        if let Some(moved) = self.pending.get(pos).map(|p| p.idx) {
+            self.peers
+                .set_pending_mark(moved, u32::try_from(pos + 1).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            self.pending = pending;
+            return;
+        }
+        for p in &pending {
+            self.peers.set_pending_mark(p.idx, 0);
+        }
+        let mut current = std::mem::take(&mut self.flush_buf);
+        current.clear();
+        current.extend(pending.drain(..).filter_map(|p| {
+            let r = self.peers.get_at(p.idx)?;
+            Some((
+                Entry {
+                    name: r.name,
+                    uid: r.uid,
+                    version: r.version,
+                },
+                p.excl,
+            ))
+        }));
+        self.pending = recycle(pending);
         current.sort_unstable_by_key(|(e, _)| e.name);
-        let ids: Vec<(ConnId, PeerName)> = self
-            .conns
-            .values()
-            .filter(|c| self.announces_to(c.remote))
-            .map(|c| (c.id, c.remote))
-            .collect();
-        for (id, remote) in ids {
-            let entries: Vec<Entry> = current
-                .iter()
-                .filter(|(e, excl)| e.name != remote && !excl.contains(&id))
-                .map(|(e, _)| *e)
-                .collect();
+        let ids = self.announce_targets();
+        let mut entries: Vec<Entry> = Vec::with_capacity(current.len());
+        for &(id, remote) in &ids {
+            entries.clear();
+            entries.extend(
+                current
+                    .iter()
+                    .filter(|(e, excl)| e.name != remote && !excl.contains(id))
+                    .map(|(e, _)| *e),
+            );
             for chunk in entries.chunks(SUMMARY_CHUNK_BYTES / ENTRY_LEN) {
                 self.send_summary(id, 0, chunk);
             }
         }
+        self.announce_ids = ids;
+        self.flush_buf = recycle(current);
+    }
+
+    /// Returns the connections announcements go to (see [`Mesh::announces_to`]), in id
+    /// order. Each answer is kept while our connections and the remote's record stay the
+    /// same, which is most batches.
+    fn announce_targets(&mut self) -> Vec<(ConnId, PeerName)> {
+        let mut ids = std::mem::take(&mut self.announce_ids);
+        ids.clear();
+        let mut cache = std::mem::take(&mut self.announce_cache);
+        if self.announce_cache_gen != self.conns_gen || cache.len() != self.conns.len() {
+            cache.clear();
+            cache.extend(self.conns.values().map(|c| (c.id, c.remote, None, false)));
+            self.announce_cache_gen = self.conns_gen;
+        }
+        let mut idxs = std::mem::take(&mut self.scratch_idx);
+        idxs.clear();
+        self.peers
+            .names_interner()
+            .get_many(cache.iter().map(|e| e.1), &mut idxs);
+        for (entry, idx) in cache.iter_mut().zip(&idxs) {
+            let key = idx.and_then(|i| self.peers.key_at(i));
+            if entry.2 != Some(key) {
+                *entry = (entry.0, entry.1, Some(key), self.announces_to(entry.1));
+            }
+            if entry.3 {
+                ids.push((entry.0, entry.1));
+            }
+        }
+        self.scratch_idx = recycle(idxs);
+        self.announce_cache = cache;
+        ids
     }
 
     /// Returns true when announcements go to `remote`: the connection is one of the
@@ -1242,10 +1460,10 @@ impl Mesh {
     fn suspects_timed_out(&self, now: Instant) -> Instant {
         let timeout = self.config.heartbeat_timeout;
         let suspect_after = timeout.saturating_sub(self.config.heartbeat_interval.mul_f64(1.5));
-        self.conns
-            .values()
-            .filter(|c| now.saturating_duration_since(c.last_recv) >= suspect_after)
-            .map(|c| c.last_recv + timeout)
+        self.recv
+            .iter()
+            .filter(|r| now.saturating_duration_since(r.1) >= suspect_after)
+            .map(|r| r.1 + timeout)
             .fold(now, Instant::max)
     }
 
@@ -1266,15 +1484,17 @@ impl Mesh {
             })
             .collect();
         connections.sort_unstable_by_key(|c| c.remote);
-        let own = Arc::new(PeerInfo {
-            name: self.config.name,
-            uid: self.uid,
-            version: self.version,
-            nickname: wire::truncate_utf8(&self.config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
+        let own = Arc::new(PeerInfo::new(
+            self.config.name,
+            self.uid,
+            self.version,
+            wire::truncate_utf8(&self.config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
             connections,
-        });
+        ));
         let removed = self.peers.set_own(own);
-        self.mark_changed(now, self.config.name, None);
+        if let Some(i) = self.peers.index_of(self.config.name) {
+            self.mark_changed(now, i, None);
+        }
         self.topology_changed(now, removed);
     }
 
@@ -1340,7 +1560,9 @@ impl Mesh {
         }
         let expiry = now + self.config.tombstone_ttl;
         for (name, key) in removed {
-            self.pending.remove(&name);
+            if let Some(i) = self.peers.index_of(name) {
+                self.unpend(i);
+            }
             self.tombstones.insert(name, (key, expiry));
             if self.config.peer_events {
                 self.events.push_back(Event::PeerRemoved(name));
@@ -1361,11 +1583,22 @@ impl Mesh {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.conns_gen += 1;
+        if let Ok(pos) = self.recv.binary_search_by_key(&conn, |r| r.0) {
+            self.recv.remove(pos);
+        }
+        if self
+            .oldest_recv
+            .get()
+            .is_none_or(|o| o.is_none_or(|(_, id)| id == conn))
+        {
+            self.oldest_recv.set(None);
+        }
         if self.by_peer.get(&c.remote) == Some(&conn) {
             self.by_peer.remove(&c.remote);
         }
-        for excl in self.pending.values_mut() {
-            excl.1.retain(|id| *id != conn);
+        for p in &mut self.pending {
+            p.excl.remove(conn);
         }
         let (b, rng) = (self.config.backoff, &mut self.rng);
         for t in self.targets.iter_mut() {
@@ -1511,8 +1744,132 @@ fn pad(n: PeerName) -> [u8; 8] {
     [0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
+type AnnounceEntry = (ConnId, PeerName, Option<Option<RecordKey>>, bool);
+
+/// Returns an emptied buffer for reuse, or a new one if it grew large: thousands of engines
+/// in one process must not each keep the largest buffer they ever needed.
+pub(crate) fn recycle<T>(mut v: Vec<T>) -> Vec<T> {
+    if v.capacity() > RECYCLE_MAX {
+        return Vec::new();
+    }
+    v.clear();
+    v
+}
+
+const RECYCLE_MAX: usize = 256;
+
+/// Gossip bookkeeping for one name (by interner index).
+#[derive(Clone, Copy, Debug, Default)]
+struct NameState {
+    /// The key last requested; meaningful while `req_deadline` has not passed.
+    req_key: RecordKey,
+    /// When the request may be repeated, in ticks; 0 when none is in flight. (Whether a
+    /// request is in flight at all is [`Peers::requested_mark`]; the position in
+    /// `Mesh::pending` plus one is [`Peers::pending_mark`].)
+    req_deadline: u64,
+}
+
+/// A record to announce at the next batch, and the connections that need not hear of it.
+#[derive(Clone, Debug)]
+struct Pending {
+    idx: u32,
+    key: RecordKey,
+    excl: ConnSet,
+}
+
+/// A small set of connections: a few inline, the rest in a `Vec` (no allocation for the
+/// usual three or four neighbours that announce the same version).
+#[derive(Clone, Debug, Default)]
+struct ConnSet {
+    inline: [u64; 4],
+    len: u8,
+    more: Vec<ConnId>,
+}
+
+impl ConnSet {
+    fn contains(&self, c: ConnId) -> bool {
+        self.inline
+            .get(..usize::from(self.len))
+            .is_some_and(|v| v.contains(&c.0))
+            || self.more.contains(&c)
+    }
+
+    fn insert(&mut self, c: ConnId) {
+        if self.contains(c) {
+            return;
+        }
+        match self.inline.get_mut(usize::from(self.len)) {
+            Some(slot) => {
+                *slot = c.0;
+                self.len += 1;
+            }
+            None => self.more.push(c),
+        }
+    }
+
+    fn remove(&mut self, c: ConnId) {
+        let len = usize::from(self.len);
+        if let Some(pos) = self
+            .inline
+            .get(..len)
+            .and_then(|v| v.iter().position(|&x| x == c.0))
+        {
+            self.inline[pos] = self.inline[len - 1];
+            self.len -= 1;
+            if let Some(m) = self.more.pop() {
+                self.inline[len - 1] = m.0;
+                self.len += 1;
+            }
+        } else {
+            self.more.retain(|&x| x != c);
+        }
+    }
+}
+
 const SUMMARY_CHUNK_BYTES: usize = 64 * 1024;
 const QUIET_WAIT_FACTOR: u32 = 4;
 const COALESCE_FACTOR: u32 = 5;
 const RECONNECT_HOLD_FACTOR: u32 = 10;
 const UPDATE_CHUNK_BYTES: usize = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_set_keeps_members_beyond_its_inline_part() {
+        let mut s = ConnSet::default();
+        for i in 1..=7 {
+            s.insert(ConnId(i));
+            s.insert(ConnId(i));
+        }
+        assert!((1..=7).all(|i| s.contains(ConnId(i))));
+        assert!(!s.contains(ConnId(8)));
+        for i in [2, 6, 1] {
+            s.remove(ConnId(i));
+            assert!(!s.contains(ConnId(i)));
+        }
+        assert!([3, 4, 5, 7].iter().all(|&i| s.contains(ConnId(i))));
+        s.remove(ConnId(9));
+        assert!([3, 4, 5, 7].iter().all(|&i| s.contains(ConnId(i))));
+    }
+
+    #[test]
+    fn engines_may_move_between_threads_and_share_interners() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<Mesh>();
+        send_sync::<PeerNames>();
+        send_sync::<PeerInfo>();
+    }
+
+    #[test]
+    fn recycle_drops_large_buffers() {
+        let v: Vec<u8> = Vec::with_capacity(RECYCLE_MAX + 1);
+        assert_eq!(recycle(v).capacity(), 0);
+        let mut v: Vec<u8> = Vec::with_capacity(8);
+        v.push(1);
+        let v = recycle(v);
+        assert!(v.is_empty() && v.capacity() >= 8);
+    }
+}

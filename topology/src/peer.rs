@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 /// A peer's stable 48-bit name, shown as `aa:bb:cc:dd:ee:ff`.
 ///
@@ -152,8 +153,9 @@ pub struct ConnectionSummary {
     pub established: bool,
 }
 
-/// One incarnation of one peer at one version, as gossip carries it. Immutable once built.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+/// One incarnation of one peer at one version, as gossip carries it. Immutable once built:
+/// build it with [`PeerInfo::new`] and do not change its fields once a table holds it (the
+/// record memoises its names' [`PeerNames`] indices on first use; a clone forgets them).
 pub struct PeerInfo {
     /// The peer's name.
     pub name: PeerName,
@@ -165,9 +167,117 @@ pub struct PeerInfo {
     pub nickname: String,
     /// The owner's connections, sorted by remote name, at most one per remote.
     pub connections: Vec<ConnectionSummary>,
+    /// The indices of `name` and of every remote in one [`PeerNames`], computed on first use.
+    ids: OnceLock<RecordIds>,
+    /// The record's encoding inside an Update, computed when first sent.
+    encoded: OnceLock<Box<[u8]>>,
+}
+
+/// A record's names as indices of one interner.
+struct RecordIds {
+    /// [`PeerNames::id`] of the interner.
+    names: u64,
+    own: u32,
+    /// One per connection, in the same order.
+    remotes: Box<[u32]>,
+}
+
+impl Clone for PeerInfo {
+    fn clone(&self) -> Self {
+        Self::new(
+            self.name,
+            self.uid,
+            self.version,
+            self.nickname.clone(),
+            self.connections.clone(),
+        )
+    }
+}
+
+impl PartialEq for PeerInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.uid == other.uid
+            && self.version == other.version
+            && self.nickname == other.nickname
+            && self.connections == other.connections
+    }
+}
+
+impl Eq for PeerInfo {}
+
+impl std::hash::Hash for PeerInfo {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.uid.hash(state);
+        self.version.hash(state);
+        self.nickname.hash(state);
+        self.connections.hash(state);
+    }
+}
+
+impl fmt::Debug for PeerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerInfo")
+            .field("name", &self.name)
+            .field("uid", &self.uid)
+            .field("version", &self.version)
+            .field("nickname", &self.nickname)
+            .field("connections", &self.connections)
+            .finish()
+    }
 }
 
 impl PeerInfo {
+    /// Makes a record.
+    pub fn new(
+        name: PeerName,
+        uid: PeerUid,
+        version: u64,
+        nickname: String,
+        connections: Vec<ConnectionSummary>,
+    ) -> Self {
+        Self {
+            name,
+            uid,
+            version,
+            nickname,
+            connections,
+            ids: OnceLock::new(),
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// Returns the record's encoding as an Update carries it (computed once per record).
+    pub fn encoding(&self) -> &[u8] {
+        self.encoded.get_or_init(|| {
+            let mut out = Vec::with_capacity(crate::wire::record_len(self));
+            crate::wire::encode_record_to(self, &mut out);
+            out.into_boxed_slice()
+        })
+    }
+
+    /// Returns the index of this record's name and of each remote (in connection order) in
+    /// `names`, interning names not seen before. Computed once per record and interner: the
+    /// first table that installs a record shared through a [`RecordCache`] pays for everyone.
+    /// `tmp` holds the answer only when the memo belongs to another interner.
+    pub(crate) fn ids<'a>(&'a self, names: &PeerNames, tmp: &'a mut Vec<u32>) -> (u32, &'a [u32]) {
+        let memo = self.ids.get_or_init(|| {
+            let (own, remotes) = names.intern_record(self);
+            RecordIds {
+                names: names.id(),
+                own,
+                remotes: remotes.into_boxed_slice(),
+            }
+        });
+        if memo.names == names.id() {
+            return (memo.own, &memo.remotes);
+        }
+        let (own, remotes) = names.intern_record(self);
+        *tmp = remotes;
+        (own, tmp)
+    }
+
     /// Returns the merge key: records with a greater key replace records with a smaller one.
     pub fn key(&self) -> RecordKey {
         RecordKey {
@@ -201,6 +311,151 @@ pub struct RecordKey {
     pub version: u64,
     /// Ties between incarnations go to the higher uid.
     pub uid: PeerUid,
+}
+
+/// Interns peer names to small dense indices, so that a peer table is a `Vec` indexed by them
+/// instead of a hash map (one memory access per probe, a few bytes per peer).
+///
+/// One interner serves every engine in a process that is given a clone of it (the simulator
+/// shares one between all its nodes, as it shares a [`RecordCache`]); an engine without one
+/// makes its own. Indices are assigned in order of first sight, so they may differ between
+/// runs when several threads intern: nothing may depend on their order, only on the names.
+///
+/// The table only grows: it holds every name the process has ever seen (in gossip, as a
+/// record's owner or as a remote), a 12-byte hash-map entry and 6 bytes in the reverse list
+/// per name, and each engine's per-index arrays grow to cover every name interned so far (64
+/// bytes per name and engine). A router meets a few thousand names over its life, so it is
+/// not compacted.
+///
+/// Thread-safe: reads take a shared lock once per call (callers batch their look-ups), and
+/// a write lock only for names not seen before.
+#[derive(Clone)]
+pub struct PeerNames {
+    inner: Arc<NamesInner>,
+}
+
+struct NamesInner {
+    id: u64,
+    table: RwLock<NameTable>,
+}
+
+#[derive(Default)]
+struct NameTable {
+    map: HashMap<PeerName, u32, crate::peers::NameHashBuilder>,
+    names: Vec<PeerName>,
+}
+
+impl NameTable {
+    fn insert(&mut self, name: PeerName) -> u32 {
+        let next = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        let idx = *self.map.entry(name).or_insert(next);
+        if idx == next {
+            self.names.push(name);
+        }
+        idx
+    }
+}
+
+static NEXT_NAMES_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Default for PeerNames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for PeerNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerNames")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerNames {
+    /// Makes an empty interner.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(NamesInner {
+                id: NEXT_NAMES_ID.fetch_add(1, AtomicOrdering::Relaxed),
+                table: RwLock::default(),
+            }),
+        }
+    }
+
+    /// A number that tells interners apart within the process.
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, NameTable> {
+        self.inner
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, NameTable> {
+        self.inner
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns the index of `name`, if it was ever interned.
+    pub fn get(&self, name: PeerName) -> Option<u32> {
+        self.read().map.get(&name).copied()
+    }
+
+    /// Appends the index of each name (None for names never interned) to `out`, under one
+    /// shared lock.
+    pub fn get_many(&self, names: impl Iterator<Item = PeerName>, out: &mut Vec<Option<u32>>) {
+        let t = self.read();
+        out.extend(names.map(|n| t.map.get(&n).copied()));
+    }
+
+    /// Returns the index of `name`, interning it if new.
+    pub fn intern(&self, name: PeerName) -> u32 {
+        if let Some(i) = self.get(name) {
+            return i;
+        }
+        self.write().insert(name)
+    }
+
+    /// Returns the name at `idx`.
+    pub fn name(&self, idx: u32) -> Option<PeerName> {
+        self.read().names.get(idx as usize).copied()
+    }
+
+    /// Returns the number of names interned.
+    pub fn len(&self) -> usize {
+        self.read().names.len()
+    }
+
+    /// Returns true when no name was interned.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Interns a record's name and remotes (in connection order).
+    fn intern_record(&self, rec: &PeerInfo) -> (u32, Vec<u32>) {
+        {
+            let t = self.read();
+            let own = t.map.get(&rec.name).copied();
+            let remotes: Option<Vec<u32>> = rec
+                .connections
+                .iter()
+                .map(|c| t.map.get(&c.remote).copied())
+                .collect();
+            if let (Some(own), Some(remotes)) = (own, remotes) {
+                return (own, remotes);
+            }
+        }
+        let mut t = self.write();
+        let own = t.insert(rec.name);
+        let remotes = rec.connections.iter().map(|c| t.insert(c.remote)).collect();
+        (own, remotes)
+    }
 }
 
 /// A shared intern table of immutable peer records, keyed by name, uid and version.
@@ -297,15 +552,67 @@ mod tests {
     }
 
     #[test]
+    fn names_interner_is_shared_by_clones() {
+        let a = PeerNames::new();
+        let b = a.clone();
+        let (x, y) = (PeerName::from_bytes([1; 6]), PeerName::from_bytes([2; 6]));
+        assert_eq!(a.get(x), None);
+        let ix = a.intern(x);
+        assert_eq!(b.intern(x), ix);
+        let iy = b.intern(y);
+        assert_ne!(ix, iy);
+        let mut out = Vec::new();
+        a.get_many([y, PeerName::from_bytes([3; 6]), x].into_iter(), &mut out);
+        assert_eq!(out, vec![Some(iy), None, Some(ix)]);
+        assert_eq!((a.name(iy), a.len()), (Some(y), 2));
+        assert_eq!(
+            PeerNames::new().get(x),
+            None,
+            "another interner is separate"
+        );
+    }
+
+    #[test]
+    fn record_memo_follows_its_interner_and_clones_forget_it() {
+        let conn = |b: u8| ConnectionSummary {
+            remote: PeerName::from_bytes([b; 6]),
+            addr: "192.0.2.1:6783".parse().unwrap_or_else(|_| unreachable!()),
+            outbound: true,
+            established: true,
+        };
+        let rec = PeerInfo::new(
+            PeerName::from_bytes([1; 6]),
+            PeerUid(1),
+            1,
+            String::new(),
+            vec![conn(2), conn(3)],
+        );
+        let (a, b) = (PeerNames::new(), PeerNames::new());
+        b.intern(PeerName::from_bytes([3; 6]));
+        let mut tmp = Vec::new();
+        let (own, remotes) = rec.ids(&a, &mut tmp);
+        assert_eq!((own, remotes.to_vec()), (0, vec![1, 2]));
+        let (own, remotes) = rec.ids(&b, &mut tmp);
+        assert_eq!((own, remotes.to_vec()), (1, vec![2, 0]));
+        let copy = rec.clone();
+        assert_eq!(copy, rec);
+        let (own, remotes) = copy.ids(&b, &mut tmp);
+        assert_eq!((own, remotes.to_vec()), (1, vec![2, 0]));
+        let mut enc = Vec::new();
+        crate::wire::encode_record_to(&rec, &mut enc);
+        assert_eq!(rec.encoding(), &enc[..]);
+    }
+
+    #[test]
     fn cache_shares_equal_records() {
         let cache = RecordCache::new();
-        let rec = PeerInfo {
-            name: PeerName::from_bytes([1; 6]),
-            uid: PeerUid(7),
-            version: 3,
-            nickname: "a".into(),
-            connections: vec![],
-        };
+        let rec = PeerInfo::new(
+            PeerName::from_bytes([1; 6]),
+            PeerUid(7),
+            3,
+            "a".into(),
+            vec![],
+        );
         let a = cache.intern(Arc::new(rec.clone()));
         let b = cache.intern(Arc::new(rec));
         assert!(Arc::ptr_eq(&a, &b));

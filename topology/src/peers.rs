@@ -10,12 +10,18 @@
 //! connections (in either state) that known records list. Two paths find unreachable peers:
 //! a cheap one that removes *orphans* (records no known record points at), cascading, and a
 //! breadth-first search for whole components cut off from us.
+//!
+//! The table is dense: names are interned to small integers by a [`PeerNames`] (shared by all
+//! tables in a process when the engines are given the same one), each record memoises its
+//! remotes' indices, and the per-peer state lives in `Vec`s indexed by them, so a probe is one
+//! memory access. Nothing depends on the order of the indices: every list the table returns
+//! is sorted by name.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-use crate::peer::{ConnectionSummary, PeerInfo, PeerName, RecordKey};
+use crate::peer::{PeerInfo, PeerName, PeerNames, RecordKey};
 use crate::wire::{BUCKETS, Entry};
 
 /// What applying one record did.
@@ -36,24 +42,31 @@ pub enum Applied {
 #[derive(Clone, Debug)]
 pub struct Peers {
     ours: PeerName,
-    slots: HashMap<PeerName, Slot, NameHashBuilder>,
+    own_idx: u32,
+    names: PeerNames,
+    /// Per name index: the record held and its key.
+    slots: Vec<Slot>,
+    /// Per name index: in-degree and tree parent, apart from `slots` because a new record
+    /// touches these for each of its remotes (8 bytes each, dense in cache).
+    links: Vec<Link>,
     records: usize,
     digest: u64,
     buckets: [u64; BUCKETS],
     /// The names holding a record, per anti-entropy bucket, so that a bucket's summary costs
     /// its own size rather than a pass over the whole table.
-    index: Vec<BTreeSet<PeerName>>,
+    index: Vec<BTreeMap<PeerName, u32>>,
     /// Orphans that arrived as such ("fresh"): during a cold start a record often arrives
     /// before the records pointing at it.
     fresh_orphans: BTreeSet<PeerName>,
     /// Orphans made by a removed connection ("dropped"): unreachable.
     dropped_orphans: BTreeSet<PeerName>,
-    mark: u32,
     /// Records in the reachability tree (ourselves included). The tree is grown on every
     /// added connection and record; only the loss of a tree edge makes it unsure
     /// (`tree_broken`), and only then does [`Peers::unreachable`] search the whole table.
     treed: usize,
     tree_broken: bool,
+    /// Reused buffers for remote indices (no allocation per record).
+    scratch: [Vec<u32>; 4],
 }
 
 #[derive(Clone, Debug, Default)]
@@ -62,29 +75,65 @@ struct Slot {
     /// The key of `rec` (meaningless without it), kept here so that comparing a summary entry
     /// with what we hold does not touch the record itself.
     key: RecordKey,
+    /// The engine's marks (see [`Peers::pending_mark`]), here to share the cache line.
+    pending_mark: u32,
+    requested_mark: bool,
+    /// Which orphan set holds this name, so that the sets are touched only when it matters.
+    orphan: Orphan,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Orphan {
+    #[default]
+    No,
+    Fresh,
+    Dropped,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Link {
     /// How many held records (other than this peer's own) list a connection to this peer.
     indegree: u32,
-    mark: u32,
     /// This peer's parent in the reachability tree: a peer in the tree whose record lists a
-    /// connection to this one. None when not in the tree (and for ourselves, the root).
-    parent: Option<PeerName>,
+    /// connection to this one. NONE when not in the tree (and for ourselves, the root).
+    parent: u32,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            indegree: 0,
+            parent: NONE,
+        }
+    }
 }
 
 impl Peers {
-    /// Makes a table holding only our own record.
+    /// Makes a table holding only our own record, with its own name interner.
     pub fn new(own: Arc<PeerInfo>) -> Self {
+        Self::with_names(own, PeerNames::new())
+    }
+
+    /// Makes a table holding only our own record, interning names in `names`.
+    pub fn with_names(own: Arc<PeerInfo>, names: PeerNames) -> Self {
+        let own_idx = names.intern(own.name);
         let mut p = Self {
             ours: own.name,
-            slots: HashMap::with_hasher(NameHashBuilder),
+            own_idx,
+            names,
+            slots: Vec::new(),
+            links: Vec::new(),
             records: 0,
             digest: 0,
             buckets: [0; BUCKETS],
-            index: vec![BTreeSet::new(); BUCKETS],
+            index: vec![BTreeMap::new(); BUCKETS],
             fresh_orphans: BTreeSet::new(),
             dropped_orphans: BTreeSet::new(),
-            mark: 0,
             treed: 0,
             tree_broken: false,
+            scratch: Default::default(),
         };
         p.install(own);
         p
@@ -95,17 +144,75 @@ impl Peers {
         self.ours
     }
 
+    /// Returns the name interner of this table.
+    pub fn names_interner(&self) -> &PeerNames {
+        &self.names
+    }
+
+    /// Returns the index of `name` in this table's interner, if it was ever interned.
+    pub fn index_of(&self, name: PeerName) -> Option<u32> {
+        self.names.get(name)
+    }
+
     /// Returns the record held for `name`.
     pub fn get(&self, name: PeerName) -> Option<&Arc<PeerInfo>> {
-        self.slots.get(&name).and_then(|s| s.rec.as_ref())
+        self.get_at(self.index_of(name)?)
+    }
+
+    /// Returns the record held at interner index `idx`.
+    pub fn get_at(&self, idx: u32) -> Option<&Arc<PeerInfo>> {
+        self.slots.get(idx as usize).and_then(|s| s.rec.as_ref())
     }
 
     /// Returns the key of the record held for `name`.
     pub fn key(&self, name: PeerName) -> Option<RecordKey> {
+        self.key_at(self.index_of(name)?)
+    }
+
+    /// Returns the key of the record held at interner index `idx`.
+    pub fn key_at(&self, idx: u32) -> Option<RecordKey> {
         self.slots
-            .get(&name)
+            .get(idx as usize)
             .filter(|s| s.rec.is_some())
             .map(|s| s.key)
+    }
+
+    /// Returns the engine's "pending" mark of the name at `idx` (0 unless set). The engine's
+    /// per-name marks live in the table's slot, so that checking them with the record's key
+    /// costs one memory access; the table itself never reads them, and they outlive the
+    /// record.
+    pub fn pending_mark(&self, idx: u32) -> u32 {
+        self.slots.get(idx as usize).map_or(0, |s| s.pending_mark)
+    }
+
+    /// Sets the engine's "pending" mark of the name at `idx`.
+    pub fn set_pending_mark(&mut self, idx: u32, mark: u32) {
+        self.slot_mut(idx).pending_mark = mark;
+    }
+
+    /// Returns the engine's "requested" mark of the name at `idx` (false unless set).
+    pub fn requested_mark(&self, idx: u32) -> bool {
+        self.slots
+            .get(idx as usize)
+            .is_some_and(|s| s.requested_mark)
+    }
+
+    /// Sets the engine's "requested" mark of the name at `idx`.
+    pub fn set_requested_mark(&mut self, idx: u32, mark: bool) {
+        self.slot_mut(idx).requested_mark = mark;
+    }
+
+    /// Loads the slots at `idxs` into the cache ahead of their use: the loads are independent,
+    /// so their cache misses overlap instead of following one another as the decisions that
+    /// need them do.
+    pub fn prefetch(&self, idxs: impl Iterator<Item = u32>) {
+        let mut acc = 0u64;
+        for i in idxs {
+            if let Some(s) = self.slots.get(i as usize) {
+                acc ^= s.key.version;
+            }
+        }
+        std::hint::black_box(acc);
     }
 
     /// Returns the number of records held (ourselves included).
@@ -120,7 +227,9 @@ impl Peers {
 
     /// Returns true when `rec` would replace what the table holds (or is about an unknown name).
     pub fn is_newer(&self, rec: &PeerInfo) -> bool {
-        let Some(slot) = self.slots.get(&rec.name) else {
+        // The record's memoised index (no interner look-up once any table has installed it).
+        let (idx, _) = rec.ids(&self.names, &mut Vec::new());
+        let Some(slot) = self.slots.get(idx as usize) else {
             return true;
         };
         match (&slot.rec, rec.key().cmp(&slot.key)) {
@@ -156,29 +265,34 @@ impl Peers {
         if name == self.ours {
             return None;
         }
-        let slot = self.slots.get_mut(&name)?;
-        let old = slot.rec.take()?;
-        let indegree = slot.indegree;
-        if slot.parent.is_some() {
+        let idx = self.index_of(name)?;
+        self.get_at(idx)?;
+        self.forget_orphan(idx);
+        let old = self.slots.get_mut(idx as usize)?.rec.take()?;
+        let link = self.link(idx);
+        if link.parent != NONE {
             self.treed -= 1;
         }
-        if indegree == 0 {
-            self.slots.remove(&name);
+        if link.indegree == 0 {
+            // Nothing lists the peer any more: its slot is as if never used.
+            *self.link_mut(idx) = Link::default();
         }
-        for c in &old.connections {
-            if self.parent_of(c.remote) == Some(name) {
+        let mut ids = std::mem::take(&mut self.scratch[0]);
+        let (_, remotes) = old.ids(&self.names, &mut ids);
+        for &r in remotes {
+            if self.link(r).parent == idx {
                 self.tree_broken = true;
             }
         }
-        self.forget_orphan(name);
         if let Some(set) = self.index.get_mut(bucket_of(name)) {
             set.remove(&name);
         }
         self.records -= 1;
         self.account(&old, false);
-        for c in &old.connections {
-            self.dec_indegree(c.remote);
+        for &r in remotes {
+            self.dec_indegree(r);
         }
+        self.scratch[0] = ids;
         Some(old)
     }
 
@@ -195,12 +309,10 @@ impl Peers {
 
     /// Returns every record name, sorted.
     pub fn names(&self) -> Vec<PeerName> {
-        #[allow(clippy::disallowed_methods)] // sorted before use
         let mut v: Vec<PeerName> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.rec.is_some())
-            .map(|(n, _)| *n)
+            .filter_map(|s| s.rec.as_ref().map(|r| r.name))
             .collect();
         v.sort_unstable();
         v
@@ -208,9 +320,7 @@ impl Peers {
 
     /// Returns every record, sorted by name.
     pub fn records(&self) -> Vec<&Arc<PeerInfo>> {
-        #[allow(clippy::disallowed_methods)] // sorted before use
-        let mut v: Vec<&Arc<PeerInfo>> =
-            self.slots.values().filter_map(|s| s.rec.as_ref()).collect();
+        let mut v: Vec<&Arc<PeerInfo>> = self.slots.iter().filter_map(|s| s.rec.as_ref()).collect();
         v.sort_unstable_by_key(|r| r.name);
         v
     }
@@ -223,8 +333,8 @@ impl Peers {
             if mask & (1 << b) == 0 {
                 continue;
             }
-            v.extend(names.iter().filter_map(|&n| {
-                let r = self.get(n)?;
+            v.extend(names.iter().filter_map(|(&n, &i)| {
+                let r = self.get_at(i)?;
                 Some(Entry {
                     name: n,
                     uid: r.uid,
@@ -287,13 +397,14 @@ impl Peers {
         if self.treed == self.records {
             return Vec::new();
         }
-        let ours = self.ours;
-        #[allow(clippy::disallowed_methods)] // sorted before use
+        let own = self.own_idx as usize;
         let mut dead: Vec<PeerName> = self
             .slots
             .iter()
-            .filter(|(n, s)| s.rec.is_some() && s.parent.is_none() && **n != ours)
-            .map(|(n, _)| *n)
+            .zip(&self.links)
+            .enumerate()
+            .filter(|(i, (s, l))| s.rec.is_some() && l.parent == NONE && *i != own)
+            .filter_map(|(_, (s, _))| s.rec.as_ref().map(|r| r.name))
             .collect();
         dead.sort_unstable();
         dead
@@ -302,137 +413,185 @@ impl Peers {
     /// Searches the table from us and records each reached peer's parent.
     fn rebuild_tree(&mut self) {
         self.tree_broken = false;
-        self.mark = self.mark.wrapping_add(1);
-        if self.mark == 0 {
-            #[allow(clippy::disallowed_methods)] // order does not matter when clearing marks
-            for s in self.slots.values_mut() {
-                s.mark = 0;
-            }
-            self.mark = 1;
-        }
-        let mark = self.mark;
+        let n = self.links.len().max(self.slots.len());
+        let mut seen = vec![false; n];
         let mut queue: Vec<Arc<PeerInfo>> = Vec::new();
-        if let Some(s) = self.slots.get_mut(&self.ours) {
-            s.mark = mark;
-            s.parent = None;
-            queue.extend(s.rec.clone());
+        let own = self.own_idx;
+        if let Some(s) = seen.get_mut(own as usize) {
+            *s = true;
         }
+        self.link_mut(own).parent = NONE;
+        queue.extend(self.get_at(own).cloned());
+        let mut tmp = Vec::new();
         let mut reached = 0usize;
         while let Some(rec) = queue.pop() {
             reached += 1;
-            for c in &rec.connections {
-                if let Some(s) = self.slots.get_mut(&c.remote)
-                    && s.mark != mark
-                {
-                    s.mark = mark;
-                    s.parent = Some(rec.name);
-                    if let Some(r) = &s.rec {
-                        queue.push(Arc::clone(r));
+            let (me, remotes) = rec.ids(&self.names, &mut tmp);
+            for &r in remotes {
+                let Some(s) = seen.get_mut(r as usize) else {
+                    continue;
+                };
+                if !*s {
+                    *s = true;
+                    if let Some(l) = self.links.get_mut(r as usize) {
+                        l.parent = me;
+                    }
+                    if let Some(x) = self.get_at(r) {
+                        queue.push(Arc::clone(x));
                     }
                 }
             }
         }
-        #[allow(clippy::disallowed_methods)] // order does not matter when clearing parents
-        for s in self.slots.values_mut() {
-            if s.mark != mark {
-                s.parent = None;
+        for (l, s) in self.links.iter_mut().zip(&seen) {
+            if !*s {
+                l.parent = NONE;
             }
         }
         self.treed = reached;
     }
 
-    fn parent_of(&self, name: PeerName) -> Option<PeerName> {
-        self.slots.get(&name).and_then(|s| s.parent)
+    fn link(&self, idx: u32) -> Link {
+        self.links.get(idx as usize).copied().unwrap_or_default()
     }
 
-    fn in_tree(&self, name: PeerName) -> bool {
-        name == self.ours || self.parent_of(name).is_some()
+    fn link_mut(&mut self, idx: u32) -> &mut Link {
+        let i = idx as usize;
+        if i >= self.links.len() {
+            self.grow(i);
+        }
+        &mut self.links[i]
+    }
+
+    fn slot_mut(&mut self, idx: u32) -> &mut Slot {
+        let i = idx as usize;
+        if i >= self.slots.len() {
+            self.grow(i);
+        }
+        &mut self.slots[i]
+    }
+
+    /// Grows both vectors to cover index `i` and every name interned so far.
+    fn grow(&mut self, i: usize) {
+        let n = (i + 1).max(self.names.len());
+        if self.slots.len() < n {
+            self.slots.resize_with(n, Slot::default);
+        }
+        if self.links.len() < n {
+            self.links.resize(n, Link::default());
+        }
+    }
+
+    fn in_tree(&self, idx: u32) -> bool {
+        idx == self.own_idx || self.link(idx).parent != NONE
     }
 
     /// Adds `to` (listed by `from`, which is in the tree) to the tree if it is not there yet,
     /// and with it every peer newly reachable through it.
-    fn graft(&mut self, from: PeerName, to: PeerName) {
+    fn graft(&mut self, from: u32, to: u32) {
         if self.in_tree(to) {
             return;
         }
-        let mut stack = vec![(from, to)];
-        while let Some((parent, name)) = stack.pop() {
-            let ours = self.ours;
-            let Some(slot) = self.slots.get_mut(&name) else {
-                continue;
-            };
-            if name == ours || slot.parent.is_some() {
+        let mut stack = std::mem::take(&mut self.scratch[3]);
+        stack.clear();
+        stack.extend([from, to]);
+        let mut tmp = Vec::new();
+        while let (Some(name), Some(parent)) = (stack.pop(), stack.pop()) {
+            if name == self.own_idx || self.link(name).parent != NONE {
                 continue;
             }
-            slot.parent = Some(parent);
-            let Some(rec) = slot.rec.clone() else {
+            self.link_mut(name).parent = parent;
+            let Some(rec) = self.get_at(name).cloned() else {
                 continue;
             };
             self.treed += 1;
-            for c in &rec.connections {
-                if !self.in_tree(c.remote) {
-                    stack.push((name, c.remote));
+            let (_, remotes) = rec.ids(&self.names, &mut tmp);
+            for &r in remotes {
+                if !self.in_tree(r) {
+                    stack.extend([name, r]);
                 }
             }
         }
+        self.scratch[3] = crate::mesh::recycle(stack);
     }
 
     /// Installs `rec` unconditionally. Returns None if the name had no record, else whether the
     /// replacement removed connections.
     fn install(&mut self, rec: Arc<PeerInfo>) -> Option<bool> {
         let name = rec.name;
-        let old = self.slots.get(&name).and_then(|s| s.rec.clone());
+        let [mut tmp_new, mut tmp_old, mut added, mut dropped] = std::mem::take(&mut self.scratch);
+        let (idx, new_ids) = rec.ids(&self.names, &mut tmp_new);
+        if idx as usize >= self.slots.len() || idx as usize >= self.links.len() {
+            self.grow(idx as usize);
+        }
+        let old = self.slots.get(idx as usize).and_then(|s| s.rec.clone());
         // Only the connections that differ change in-degrees. A remote listed by both keeps an
         // in-degree of at least one throughout, so its orphanhood does not change either.
-        let (added, dropped) = match &old {
-            Some(old) => diff_remotes(&old.connections, &rec.connections),
-            None => (
-                rec.connections.iter().map(|c| c.remote).collect(),
-                Vec::new(),
-            ),
-        };
+        added.clear();
+        dropped.clear();
+        match &old {
+            Some(old) => {
+                let (_, old_ids) = old.ids(&self.names, &mut tmp_old);
+                diff_remotes(old, old_ids, &rec, new_ids, &mut added, &mut dropped);
+            }
+            None => added.extend_from_slice(new_ids),
+        }
+        // Load the remotes' links first (independent loads: their misses overlap).
+        let mut acc = 0u32;
+        for &r in added.iter().chain(&dropped) {
+            if let Some(l) = self.links.get(r as usize) {
+                acc ^= l.indegree;
+            }
+        }
+        std::hint::black_box(acc);
         // A record's own place in the tree does not depend on its content, so its new remotes
-        // are grafted while their slots are at hand (one cache miss per remote, not two).
-        let name_in_tree = self.in_tree(name);
+        // are grafted while their slots are at hand.
+        let name_in_tree = self.in_tree(idx);
         for &r in &added {
             self.inc_indegree(r);
             if name_in_tree {
-                self.graft(name, r);
+                self.graft(idx, r);
             }
         }
         self.account(&rec, true);
-        let slot = self.slots.entry(name).or_default();
-        let indegree = slot.indegree;
+        let indegree = self.link(idx).indegree;
+        let slot = self.slot_mut(idx);
         slot.key = rec.key();
         slot.rec = Some(rec);
-        if name != self.ours {
+        if idx != self.own_idx {
             if indegree == 0 {
                 // A replaced record keeps its kind of orphanhood.
-                if !self.dropped_orphans.contains(&name) {
+                if self.slot_mut(idx).orphan == Orphan::No {
+                    self.slot_mut(idx).orphan = Orphan::Fresh;
                     self.fresh_orphans.insert(name);
                 }
             } else {
-                self.forget_orphan(name);
+                self.forget_orphan(idx);
             }
         }
-        let Some(old) = old else {
-            self.records += 1;
-            if let Some(set) = self.index.get_mut(bucket_of(name)) {
-                set.insert(name);
+        let result = match old {
+            None => {
+                self.records += 1;
+                if let Some(set) = self.index.get_mut(bucket_of(name)) {
+                    set.insert(name, idx);
+                }
+                if name_in_tree {
+                    self.treed += 1;
+                }
+                None
             }
-            if name_in_tree {
-                self.treed += 1;
+            Some(old) => {
+                self.account(&old, false);
+                for &r in &dropped {
+                    if self.link(r).parent == idx {
+                        self.tree_broken = true;
+                    }
+                    self.dec_indegree(r);
+                }
+                Some(!dropped.is_empty())
             }
-            return None;
         };
-        self.account(&old, false);
-        for &r in &dropped {
-            if self.parent_of(r) == Some(name) {
-                self.tree_broken = true;
-            }
-            self.dec_indegree(r);
-        }
-        Some(!dropped.is_empty())
+        self.scratch = [tmp_new, tmp_old, added, dropped];
+        result
     }
 
     fn account(&mut self, rec: &PeerInfo, add: bool) {
@@ -447,52 +606,70 @@ impl Peers {
         }
     }
 
-    fn inc_indegree(&mut self, name: PeerName) {
-        let slot = self.slots.entry(name).or_default();
-        slot.indegree += 1;
-        if slot.indegree == 1 && slot.rec.is_some() {
-            self.forget_orphan(name);
+    fn inc_indegree(&mut self, idx: u32) {
+        let l = self.link_mut(idx);
+        l.indegree += 1;
+        if l.indegree == 1 {
+            self.forget_orphan(idx);
         }
     }
 
-    fn dec_indegree(&mut self, name: PeerName) {
-        let Some(slot) = self.slots.get_mut(&name) else {
+    fn dec_indegree(&mut self, idx: u32) {
+        let l = self.link_mut(idx);
+        l.indegree = l.indegree.saturating_sub(1);
+        if l.indegree == 0 && idx != self.own_idx {
+            let slot = self.slot_mut(idx);
+            let Some(name) = slot.rec.as_ref().map(|r| r.name) else {
+                // Nothing lists the peer and we hold no record: as if never used.
+                *self.link_mut(idx) = Link::default();
+                return;
+            };
+            let was = std::mem::replace(&mut slot.orphan, Orphan::Dropped);
+            if was == Orphan::Fresh {
+                self.fresh_orphans.remove(&name);
+            }
+            self.dropped_orphans.insert(name);
+        }
+    }
+
+    /// Takes the record at `idx` out of the orphan sets (a no-op unless it is in one).
+    fn forget_orphan(&mut self, idx: u32) {
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
             return;
         };
-        slot.indegree = slot.indegree.saturating_sub(1);
-        if slot.indegree == 0 {
-            if slot.rec.is_none() {
-                self.slots.remove(&name);
-            } else if name != self.ours {
-                self.fresh_orphans.remove(&name);
-                self.dropped_orphans.insert(name);
-            }
+        let was = std::mem::take(&mut slot.orphan);
+        if was == Orphan::No {
+            return;
         }
-    }
-
-    fn forget_orphan(&mut self, name: PeerName) {
+        let Some(name) = slot.rec.as_ref().map(|r| r.name) else {
+            return;
+        };
         self.fresh_orphans.remove(&name);
         self.dropped_orphans.remove(&name);
     }
 }
 
-/// Returns the remotes only `new` lists and those only `old` lists; both lists are sorted by
-/// remote name.
+/// Collects the remotes only `new` lists and those only `old` lists (as indices); both
+/// records' connections are sorted by remote name and `*_ids` follow them.
 fn diff_remotes(
-    old: &[ConnectionSummary],
-    new: &[ConnectionSummary],
-) -> (Vec<PeerName>, Vec<PeerName>) {
-    let (mut added, mut dropped) = (Vec::new(), Vec::new());
+    old: &PeerInfo,
+    old_ids: &[u32],
+    new: &PeerInfo,
+    new_ids: &[u32],
+    added: &mut Vec<u32>,
+    dropped: &mut Vec<u32>,
+) {
+    let (o, n) = (&old.connections, &new.connections);
     let (mut i, mut j) = (0, 0);
     loop {
-        match (old.get(i), new.get(j)) {
-            (Some(o), Some(n)) => match o.remote.cmp(&n.remote) {
+        match (o.get(i), n.get(j)) {
+            (Some(oc), Some(nc)) => match oc.remote.cmp(&nc.remote) {
                 std::cmp::Ordering::Less => {
-                    dropped.push(o.remote);
+                    dropped.extend(old_ids.get(i));
                     i += 1;
                 }
                 std::cmp::Ordering::Greater => {
-                    added.push(n.remote);
+                    added.extend(new_ids.get(j));
                     j += 1;
                 }
                 std::cmp::Ordering::Equal => {
@@ -500,15 +677,15 @@ fn diff_remotes(
                     j += 1;
                 }
             },
-            (Some(o), None) => {
-                dropped.push(o.remote);
+            (Some(_), None) => {
+                dropped.extend(old_ids.get(i));
                 i += 1;
             }
-            (None, Some(n)) => {
-                added.push(n.remote);
+            (None, Some(_)) => {
+                added.extend(new_ids.get(j));
                 j += 1;
             }
-            (None, None) => return (added, dropped),
+            (None, None) => return,
         }
     }
 }
@@ -538,7 +715,7 @@ fn mix(mut z: u64) -> u64 {
 /// A fast hasher for peer-name keys. Names are chosen by authenticated mesh members only, so
 /// flooding attacks on the table are out of scope; lookups never depend on iteration order.
 #[derive(Clone, Copy, Debug, Default)]
-struct NameHashBuilder;
+pub(crate) struct NameHashBuilder;
 
 impl BuildHasher for NameHashBuilder {
     type Hasher = NameHasher;
@@ -547,7 +724,7 @@ impl BuildHasher for NameHashBuilder {
     }
 }
 
-struct NameHasher(u64);
+pub(crate) struct NameHasher(u64);
 
 impl Hasher for NameHasher {
     fn finish(&self) -> u64 {
@@ -568,7 +745,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::peer::PeerUid;
+    use crate::peer::{ConnectionSummary, PeerUid};
 
     pub(crate) fn n(b: u8) -> PeerName {
         PeerName::from_bytes([0, 0, 0, 0, 0, b])
@@ -587,13 +764,13 @@ mod tests {
             .collect();
         connections.sort();
         connections.dedup_by_key(|c| c.remote);
-        Arc::new(PeerInfo {
-            name: n(name),
-            uid: PeerUid(1),
+        Arc::new(PeerInfo::new(
+            n(name),
+            PeerUid(1),
             version,
-            nickname: String::new(),
+            String::new(),
             connections,
-        })
+        ))
     }
 
     #[test]
@@ -644,5 +821,43 @@ mod tests {
         assert!(p.has_dropped_orphans());
         assert_eq!(names(p.remove_dropped_orphans()), vec![n(3)]);
         assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn tables_with_shared_or_separate_interners_agree() {
+        // The same records (one Arc each) in a table sharing an interner with another and in
+        // one with its own: the second sees memoised indices of another interner and must
+        // still count in-degrees, orphans and reachability right.
+        let shared = PeerNames::new();
+        let recs = [
+            rec(2, 1, &[1, 3]),
+            rec(3, 1, &[2, 4]),
+            rec(4, 1, &[3]),
+            rec(5, 1, &[6]),
+            rec(6, 1, &[5]),
+        ];
+        let mut a = Peers::with_names(rec(1, 1, &[2]), shared.clone());
+        let mut b = Peers::with_names(rec(9, 1, &[]), shared);
+        let mut c = Peers::new(rec(1, 1, &[2]));
+        for r in &recs {
+            a.apply(Arc::clone(r));
+            b.apply(Arc::clone(r));
+            c.apply(Arc::clone(r));
+        }
+        assert_eq!(a.names(), c.names());
+        assert_eq!(a.digest(), c.digest());
+        assert_eq!(a.unreachable(), vec![n(5), n(6)]);
+        assert_eq!(c.unreachable(), vec![n(5), n(6)]);
+        assert_eq!(b.unreachable().len(), 5);
+        // 2 drops 3: 3 and 4 are cut off, in both tables.
+        a.apply(rec(2, 2, &[1]));
+        c.apply(rec(2, 2, &[1]));
+        assert_eq!(a.unreachable(), vec![n(3), n(4), n(5), n(6)]);
+        assert_eq!(c.unreachable(), vec![n(3), n(4), n(5), n(6)]);
+        assert_eq!(
+            a.index_of(n(3)),
+            b.index_of(n(3)),
+            "one interner, one index"
+        );
     }
 }

@@ -307,12 +307,8 @@ impl<'a> RecordView<'a> {
     pub fn decode(&self) -> PeerInfo {
         let mut r = Reader { buf: self.bytes };
         // The bytes passed the same checks when the view was parsed.
-        r.record().unwrap_or_else(|_| PeerInfo {
-            name: self.name,
-            uid: self.uid,
-            version: self.version,
-            nickname: String::new(),
-            connections: Vec::new(),
+        r.record().unwrap_or_else(|_| {
+            PeerInfo::new(self.name, self.uid, self.version, String::new(), Vec::new())
         })
     }
 }
@@ -363,7 +359,7 @@ pub fn encode_update<'a>(records: impl ExactSizeIterator<Item = &'a PeerInfo>, o
     out.extend_from_slice(&[VERSION, kind::UPDATE]);
     out.extend_from_slice(&count_u16(records.len()).to_be_bytes());
     for rec in records {
-        encode_record(rec, out);
+        out.extend_from_slice(rec.encoding());
     }
 }
 
@@ -571,13 +567,7 @@ impl<'a> Reader<'a> {
                 established: flags & conn_flags::ESTABLISHED != 0,
             });
         }
-        Ok(PeerInfo {
-            name,
-            uid,
-            version,
-            nickname,
-            connections,
-        })
+        Ok(PeerInfo::new(name, uid, version, nickname, connections))
     }
 }
 
@@ -605,18 +595,18 @@ mod tests {
 
     #[test]
     fn update_bytes_are_exact() {
-        let rec = PeerInfo {
-            name: name(1),
-            uid: PeerUid(2),
-            version: 3,
-            nickname: "h1".into(),
-            connections: vec![ConnectionSummary {
+        let rec = PeerInfo::new(
+            name(1),
+            PeerUid(2),
+            3,
+            "h1".into(),
+            vec![ConnectionSummary {
                 remote: name(2),
                 addr: "192.0.2.7:6783".parse().unwrap(),
                 outbound: true,
                 established: true,
             }],
-        };
+        );
         let msg = Message::Update {
             records: vec![Arc::new(rec.clone())],
         };
@@ -667,13 +657,13 @@ mod tests {
             outbound: false,
             established: true,
         };
-        let rec = PeerInfo {
-            name: name(1),
-            uid: PeerUid(1),
-            version: 1,
-            nickname: String::new(),
-            connections: vec![conn(3), conn(2)],
-        };
+        let rec = PeerInfo::new(
+            name(1),
+            PeerUid(1),
+            1,
+            String::new(),
+            vec![conn(3), conn(2)],
+        );
         let mut out = Vec::new();
         encode_update([&rec].into_iter(), &mut out);
         assert_eq!(Message::decode(&out), Err(Error::NotCanonical));

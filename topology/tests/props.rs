@@ -29,13 +29,13 @@ fn record(i: usize, uid: u64, version: u64, conns: &BTreeSet<usize>) -> Arc<Peer
         })
         .collect();
     connections.sort();
-    Arc::new(PeerInfo {
-        name: name(i),
-        uid: PeerUid(uid),
+    Arc::new(PeerInfo::new(
+        name(i),
+        PeerUid(uid),
         version,
-        nickname: format!("n{i}"),
+        format!("n{i}"),
         connections,
-    })
+    ))
 }
 
 /// A table whose own record (peer 0) is fixed, with the given records applied in order.
