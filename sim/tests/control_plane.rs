@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weft_sim::lab::{self, LabGuard, LabSpec, RouterAction, Underlay};
 
-fn unique(tag: &str) -> String {
-    format!("lt{}{tag}", std::process::id() % 100_000)
-}
+mod common;
+use common::{metric_sum, metrics, unique};
 
 fn spec(name: &str, nodes: usize) -> LabSpec {
     let mut spec = LabSpec::new(name);
@@ -71,25 +70,6 @@ fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
         std::thread::sleep(Duration::from_millis(50));
     }
     None
-}
-
-fn metrics(name: &str, node: &str) -> String {
-    let (ns, _) = lab::target(name, node).unwrap();
-    lab::netns::in_netns(&ns, || {
-        let mut s = TcpStream::connect("127.0.0.1:6782")?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    })
-    .unwrap()
-}
-
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

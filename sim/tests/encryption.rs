@@ -21,18 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use weft_sim::lab::{self, Datapath, LabGuard, LabInfo, LabSpec};
 
-/// Labs in this file run one at a time (iperf3 on two cores).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn unique(tag: &str) -> String {
-    format!("lt{}{tag}", std::process::id() % 100_000)
-}
+mod common;
+use common::{
+    contains, exec, interrupt, pattern_bytes, ping_until, pod_ip, serial, start_tcpdump, unique,
+    weft,
+};
 
 const PASSWORD: &str = "lab mesh password for the encryption test";
 /// Ping payload pattern (16 bytes) searched for in underlay captures.
@@ -44,57 +37,11 @@ const TRAFFIC_SECONDS: u64 = 16;
 /// peers' forwarding entries to the sleeve (a few netlink requests) on a loaded 2-core host.
 const MOVE_ALLOWANCE_S: f64 = 0.05;
 
-fn pattern_bytes() -> Vec<u8> {
-    (0..PATTERN.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&PATTERN[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 fn wall() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-fn pod_ip(info: &LabInfo, node: usize) -> String {
-    let ip = &info.nodes[node - 1].pods[0].ip;
-    ip.split('/').next().unwrap().to_owned()
-}
-
-/// Runs a command in a lab target; returns (success, stdout, stderr).
-fn exec(name: &str, target: &str, argv: &[&str]) -> (bool, String, String) {
-    let out = lab::exec_output(name, target, argv).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs `weft ARGS` in node `node` (its `WEFT_API` is set by the lab).
-fn weft(name: &str, node: &str, args: &[&str]) -> (bool, String, String) {
-    let bin = lab::weft_binary().unwrap();
-    let bin = bin.display().to_string();
-    let argv: Vec<&str> = std::iter::once(bin.as_str())
-        .chain(args.iter().copied())
-        .collect();
-    exec(name, node, &argv)
-}
-
-fn ping_once(name: &str, from: &str, ip: &str, timeout: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if exec(name, from, &["ping", "-c", "1", "-W", "1", ip]).0 {
-            return true;
-        }
-    }
-    false
 }
 
 /// A process in a lab target with its stdout collected (by a thread, so a full pipe never
@@ -157,9 +104,9 @@ struct Capture {
 impl Capture {
     fn start(name: &str, tag: &str) -> Self {
         let file = format!("{}/{name}/{tag}.pcap", lab::RUN_DIR);
-        let mut child = lab::netns::command_in(&format!("{name}-u"), "tcpdump")
-            .unwrap()
-            .args([
+        let (child, ready) = start_tcpdump(
+            &format!("{name}-u"),
+            &[
                 "-Z",
                 "root",
                 "--immediate-mode",
@@ -183,29 +130,9 @@ impl Capture {
                 "or",
                 "less",
                 "1200)",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut stderr = stderr;
-            let mut seen = Vec::new();
-            let mut byte = [0u8; 1];
-            while let Ok(1) = stderr.read(&mut byte) {
-                seen.push(byte[0]);
-                if seen.ends_with(b"listening on") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        assert!(
-            ready_rx.recv_timeout(Duration::from_secs(5)).is_ok(),
-            "tcpdump did not start"
+            ],
         );
+        assert!(ready, "tcpdump did not start");
         std::thread::sleep(Duration::from_millis(200));
         Self {
             child: Some(child),
@@ -216,17 +143,7 @@ impl Capture {
     /// Stops tcpdump (SIGINT flushes the file) and returns each packet's (wall time, bytes).
     fn stop(mut self) -> Vec<(f64, Vec<u8>)> {
         let mut child = self.child.take().unwrap();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        interrupt(&mut child, Duration::from_secs(5));
         let _ = child.kill();
         let _ = child.wait();
         keep(&self.file);
@@ -484,12 +401,13 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
     let pairs = [(1, 2), (2, 3), (3, 1)];
     for &(a, b) in &pairs {
         assert!(
-            ping_once(
+            ping_until(
                 &name,
                 &format!("h{a}/p1"),
                 &ips[b - 1],
                 Duration::from_secs(10)
-            ),
+            )
+            .is_some(),
             "h{a}/p1 cannot reach h{b}/p1"
         );
     }
@@ -760,7 +678,7 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
     assert!(stall <= 1.0, "the TCP stream stalled {stall} s");
     assert!(received > 100e6, "TCP moved only {received} b/s");
 
-    let pattern = pattern_bytes();
+    let pattern = pattern_bytes(PATTERN);
     let clear: Vec<f64> = packets
         .iter()
         .filter(|(_, p)| contains(p, &pattern))
@@ -884,12 +802,13 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
     // off alike (a restart-convergence matter outside this test): wait for that first.
     for (from, to) in [(3, 1), (1, 3), (2, 3)] {
         assert!(
-            ping_once(
+            ping_until(
                 &name,
                 &format!("h{from}/p1"),
                 &ips[to - 1],
                 Duration::from_secs(25)
-            ),
+            )
+            .is_some(),
             "h{from}/p1 cannot reach h{to}/p1 after the rejoin"
         );
     }
@@ -942,7 +861,7 @@ fn trusted_subnets_carry_traffic_unencrypted() {
     spec.trusted_subnets = vec!["192.0.2.0/24".to_owned()];
     let info = lab::up(&spec).unwrap();
     let ip2 = pod_ip(&info, 2);
-    assert!(ping_once(&name, "h1/p1", &ip2, Duration::from_secs(10)));
+    assert!(ping_until(&name, "h1/p1", &ip2, Duration::from_secs(10)).is_some());
     let r = lab::report(&name, "h1").unwrap();
     assert_eq!(r["encryption"]["enabled"], true, "{r:#}");
     let conn = &r["encryption"]["connections"][0];
@@ -980,7 +899,7 @@ fn trusted_subnets_carry_traffic_unencrypted() {
     assert!(
         packets
             .iter()
-            .any(|(ts, p)| *ts >= t && contains(p, &pattern_bytes())),
+            .any(|(ts, p)| *ts >= t && contains(p, &pattern_bytes(PATTERN))),
         "traffic between trusted subnets was sealed"
     );
 }

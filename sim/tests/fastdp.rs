@@ -11,24 +11,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
-use std::io::Read as _;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_sim::lab::{self, Datapath, LabGuard, LabInfo, LabSpec, RouterAction, Underlay};
 
-/// One lab at a time: timings mean nothing when labs compete for two cores.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn unique(tag: &str) -> String {
-    format!("ft{}{tag}", std::process::id() % 100_000)
-}
+mod common;
+use common::{exec, interrupt, pod_ip, serial, start_tcpdump, unique_with, weft};
 
 fn up(name: &str, nodes: usize) -> LabInfo {
     let mut spec = LabSpec::new(name);
@@ -36,19 +25,6 @@ fn up(name: &str, nodes: usize) -> LabInfo {
     spec.pods = 1;
     spec.datapath = Datapath::Auto;
     lab::up(&spec).unwrap()
-}
-
-fn pod_ip(info: &LabInfo, node: usize) -> String {
-    let ip = &info.nodes[node - 1].pods[0].ip;
-    ip.split('/').next().unwrap().to_owned()
-}
-
-fn exec(name: &str, target: &str, argv: &[&str]) -> (bool, String) {
-    let out = lab::exec_output(name, target, argv).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 /// The path node `node` shows for its connection to `peer` (`fastdp`, `sleeve`, or `?`).
@@ -70,9 +46,7 @@ fn path(name: &str, node: &str, peer: &str) -> String {
 
 /// `weft status connections` in node `node`.
 fn status(name: &str, node: &str) -> String {
-    let weft = lab::weft_binary().unwrap();
-    let weft = weft.to_str().unwrap();
-    exec(name, node, &[weft, "status", "connections"]).1
+    weft(name, node, &["status", "connections"]).1
 }
 
 /// Polls until every listed (node, peer) pair shows `want`; returns the time it took.
@@ -116,7 +90,7 @@ fn wait_all_fastdp(name: &str, nodes: usize, limit: Duration) {
 
 /// Packets through `dev` in node `node`: (rx, tx) from the kernel's counters.
 fn link_packets(name: &str, node: &str, dev: &str) -> (u64, u64) {
-    let (_, out) = exec(name, node, &["ip", "-s", "-j", "link", "show", dev]);
+    let (_, out, _) = exec(name, node, &["ip", "-s", "-j", "link", "show", dev]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let s = &v[0]["stats64"];
     (
@@ -140,10 +114,10 @@ fn block_vxlan(name: &str, info: &LabInfo, a: usize, b: usize, on: bool) {
             );
             let file = format!("{}/{name}/block-{me}-{other}.nft", lab::RUN_DIR);
             std::fs::write(&file, rules).unwrap();
-            let (ok, out) = exec(name, &node, &["nft", "-f", &file]);
+            let (ok, out, _) = exec(name, &node, &["nft", "-f", &file]);
             assert!(ok, "nft in {node}: {out}");
         } else {
-            let (ok, out) = exec(
+            let (ok, out, _) = exec(
                 name,
                 &node,
                 &["nft", "delete", "table", "inet", "fastdp_test"],
@@ -161,7 +135,7 @@ impl FastPing {
         let (name, from, ip) = (name.to_owned(), from.to_owned(), ip.to_owned());
         Self(std::thread::spawn(move || {
             let count = count.to_string();
-            let (_, out) = exec(
+            let (_, out, _) = exec(
                 &name,
                 &from,
                 &["ping", "-q", "-i", "0.01", "-W", "1", "-c", &count, &ip],
@@ -197,44 +171,15 @@ impl Capture {
     fn start(name: &str, target: &str, tag: &str, filter: &[&str]) -> Self {
         let (ns, _) = lab::target(name, target).unwrap();
         let file = format!("{}/{name}/{tag}.pcap", lab::RUN_DIR);
-        let mut child = lab::netns::command_in(&ns, "tcpdump")
-            .unwrap()
-            .args(["-Z", "root", "-i", "eth0", "-U", "-w", &file])
-            .args(filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut byte = [0u8; 1];
-            while let Ok(1) = stderr.read(&mut byte) {
-                seen.push(byte[0]);
-                if seen.ends_with(b"listening on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let _ = rx.recv_timeout(Duration::from_secs(5));
+        let mut args = vec!["-Z", "root", "-i", "eth0", "-U", "-w", &file];
+        args.extend_from_slice(filter);
+        let (child, _) = start_tcpdump(&ns, &args);
         Self { child, file }
     }
 
     /// Stops the capture and returns the number of packets in it.
     fn count(mut self) -> usize {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        interrupt(&mut self.child, Duration::from_secs(3));
         let out = std::process::Command::new("tcpdump")
             .args(["-n", "-r", &self.file])
             .stderr(Stdio::null())
@@ -254,13 +199,13 @@ impl Drop for Capture {
 #[test]
 fn auto_puts_every_connection_on_fastdp_and_unicast_never_crosses_userspace() {
     let _serial = serial();
-    let name = unique("a");
+    let name = unique_with("ft", "a");
     let _guard = LabGuard::new(&name);
     let info = up(&name, 3);
     wait_all_fastdp(&name, 3, Duration::from_secs(10));
     let (ip2, ip3) = (pod_ip(&info, 2), pod_ip(&info, 3));
     for ip in [&ip2, &ip3] {
-        let (ok, out) = exec(
+        let (ok, out, _) = exec(
             &name,
             "h1/p1",
             &["ping", "-c", "3", "-i", "0.2", "-W", "1", ip],
@@ -282,7 +227,7 @@ fn auto_puts_every_connection_on_fastdp_and_unicast_never_crosses_userspace() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let (ok, out) = exec(
+    let (ok, out, _) = exec(
         &name,
         "h1/p1",
         &["timeout", "15", "iperf3", "-c", &ip2, "-t", "1", "-J"],
@@ -290,7 +235,7 @@ fn auto_puts_every_connection_on_fastdp_and_unicast_never_crosses_userspace() {
     let _ = server.kill();
     let _ = server.wait();
     assert!(ok, "iperf3 over fastdp failed: {out}");
-    let (ok, out) = exec(&name, "h1/p1", &["ping", "-c", "20", "-i", "0.05", &ip3]);
+    let (ok, out, _) = exec(&name, "h1/p1", &["ping", "-c", "20", "-i", "0.05", &ip3]);
     assert!(ok, "{out}");
     let vx_after = link_packets(&name, "h2", "weft-vxlan");
     let vx_frames = vx_after.0 - vx_before.0;
@@ -313,12 +258,12 @@ fn auto_puts_every_connection_on_fastdp_and_unicast_never_crosses_userspace() {
 #[test]
 fn blocking_the_vxlan_port_moves_the_pair_to_the_sleeve_within_a_second_and_back() {
     let _serial = serial();
-    let name = unique("b");
+    let name = unique_with("ft", "b");
     let _guard = LabGuard::new(&name);
     let info = up(&name, 3);
     wait_all_fastdp(&name, 3, Duration::from_secs(10));
     let ip2 = pod_ip(&info, 2);
-    let (ok, out) = exec(
+    let (ok, out, _) = exec(
         &name,
         "h1/p1",
         &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip2],
@@ -371,7 +316,7 @@ fn blocking_the_vxlan_port_moves_the_pair_to_the_sleeve_within_a_second_and_back
 #[test]
 fn in_a_mixed_mesh_broadcast_and_arp_reach_every_pod_exactly_once() {
     let _serial = serial();
-    let name = unique("m");
+    let name = unique_with("ft", "m");
     let _guard = LabGuard::new(&name);
     let info = up(&name, 3);
     wait_all_fastdp(&name, 3, Duration::from_secs(10));
@@ -465,7 +410,7 @@ fn in_a_mixed_mesh_broadcast_and_arp_reach_every_pod_exactly_once() {
     // Unicast still works both ways across the mixed mesh.
     for (from, to) in [("h1/p1", 2), ("h2/p1", 3), ("h3/p1", 1)] {
         let ip = pod_ip(&info, to);
-        let (ok, out) = exec(
+        let (ok, out, _) = exec(
             &name,
             from,
             &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip],
@@ -477,12 +422,12 @@ fn in_a_mixed_mesh_broadcast_and_arp_reach_every_pod_exactly_once() {
 #[test]
 fn a_killed_router_leaves_fastdp_traffic_flowing_and_its_restart_does_not_break_it() {
     let _serial = serial();
-    let name = unique("k");
+    let name = unique_with("ft", "k");
     let _guard = LabGuard::new(&name);
     let info = up(&name, 2);
     wait_all_fastdp(&name, 2, Duration::from_secs(10));
     let ip2 = pod_ip(&info, 2);
-    let (ok, out) = exec(
+    let (ok, out, _) = exec(
         &name,
         "h1/p1",
         &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip2],
@@ -518,7 +463,7 @@ fn a_killed_router_leaves_fastdp_traffic_flowing_and_its_restart_does_not_break_
 #[test]
 fn with_encryption_on_peers_take_the_encrypted_sleeve_and_status_says_why() {
     let _serial = serial();
-    let name = unique("e");
+    let name = unique_with("ft", "e");
     let _guard = LabGuard::new(&name);
     let mut spec = LabSpec::new(&name);
     spec.nodes = 2;
@@ -533,14 +478,14 @@ fn with_encryption_on_peers_take_the_encrypted_sleeve_and_status_says_why() {
         "{out}"
     );
     let ip2 = pod_ip(&info, 2);
-    let (ok, out) = exec(
+    let (ok, out, _) = exec(
         &name,
         "h1/p1",
         &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip2],
     );
     assert!(ok, "{out}");
     // Nothing went to the VXLAN device.
-    let (_, fdb) = exec(&name, "h1", &["bridge", "fdb", "show", "dev", "weft-vxlan"]);
+    let (_, fdb, _) = exec(&name, "h1", &["bridge", "fdb", "show", "dev", "weft-vxlan"]);
     assert!(!fdb.contains("00:00:00:00:00:00"), "flood entries: {fdb}");
 }
 
@@ -550,7 +495,7 @@ fn on_a_line_a_relayed_broadcast_reaches_the_far_end_exactly_once() {
     // broadcasts reach h2 by VXLAN and h3 through the sleeve relayed by h2 (which must not
     // deliver its sleeve copy a second time).
     let _serial = serial();
-    let name = unique("l");
+    let name = unique_with("ft", "l");
     let _guard = LabGuard::new(&name);
     let mut spec = LabSpec::new(&name);
     spec.nodes = 3;
@@ -598,7 +543,7 @@ fn on_a_line_a_relayed_broadcast_reaches_the_far_end_exactly_once() {
         assert_eq!(got, 20, "h{r}/p1 got {got} of h1/p1's 20 broadcasts");
     }
     let ip3 = pod_ip(&info, 3);
-    let (ok, out) = exec(
+    let (ok, out, _) = exec(
         &name,
         "h1/p1",
         &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip3],

@@ -18,9 +18,8 @@ use std::process::Command;
 
 use weft_sim::lab::{self, LabGuard, LabSpec, Underlay};
 
-fn unique(tag: &str) -> String {
-    format!("lt{}{tag}", std::process::id() % 100_000)
-}
+mod common;
+use common::unique;
 
 fn spec(name: &str, nodes: usize, pods: usize) -> LabSpec {
     let mut spec = LabSpec::new(name);

@@ -10,27 +10,18 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::Ipv4Addr;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_sim::lab::{self, Datapath, LabGuard, LabInfo, LabSpec, Underlay};
 
-/// Labs in this file run one at a time: iperf3 in parallel labs on two cores starves the
-/// routers' control planes and makes timings meaningless.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn unique(tag: &str) -> String {
-    format!("lt{}{tag}", std::process::id() % 100_000)
-}
+mod common;
+use common::{
+    contains, exec, interrupt, metric_sum, metrics, pattern_bytes, ping_until, pod_ip, serial,
+    start_tcpdump, unique,
+};
 
 fn spec(name: &str, nodes: usize, encrypt: bool) -> LabSpec {
     let mut spec = LabSpec::new(name);
@@ -39,50 +30,6 @@ fn spec(name: &str, nodes: usize, encrypt: bool) -> LabSpec {
     spec.datapath = Datapath::Sleeve;
     spec.encrypt = encrypt;
     spec
-}
-
-/// The bare IP of pod `pod` on node `node`.
-fn pod_ip(info: &LabInfo, node: usize, pod: usize) -> String {
-    let ip = &info.nodes[node - 1].pods[pod - 1].ip;
-    ip.split('/').next().unwrap().to_owned()
-}
-
-fn exec(name: &str, target: &str, argv: &[&str]) -> (bool, String) {
-    let out = lab::exec_output(name, target, argv).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// Pings until one reply or `timeout`; returns the time to the first reply.
-fn ping_until(name: &str, from: &str, ip: &str, timeout: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if exec(name, from, &["ping", "-c", "1", "-W", "1", ip]).0 {
-            return Some(start.elapsed());
-        }
-    }
-    None
-}
-
-fn metrics(name: &str, node: &str) -> String {
-    let (ns, _) = lab::target(name, node).unwrap();
-    lab::netns::in_netns(&ns, || {
-        let mut s = TcpStream::connect("127.0.0.1:6782")?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    })
-    .unwrap()
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// A background process in a lab target, killed on drop.
@@ -108,17 +55,7 @@ impl Background {
 
     /// Stops the process with SIGINT (tcpdump flushes its file) and waits, bounded.
     fn interrupt(mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        interrupt(&mut self.0, Duration::from_secs(3));
     }
 }
 
@@ -135,21 +72,21 @@ fn iperf(name: &str, client: &str, server: &str, ip: &str, extra: &[&str]) -> Va
     std::thread::sleep(Duration::from_millis(300));
     let mut argv = vec!["timeout", "15", "iperf3", "-c", ip, "-t", "1", "-J"];
     argv.extend_from_slice(extra);
-    let (_, out) = exec(name, client, &argv);
+    let (_, out, _) = exec(name, client, &argv);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("iperf3 output ({e}): {out}"))
 }
 
 /// Ping, ARP, TCP (TSO super-frames) and UDP between pods on h1 and h2.
 fn check_pod_traffic(name: &str, info: &LabInfo) {
-    let ip2 = pod_ip(info, 2, 1);
+    let ip2 = pod_ip(info, 2);
     let t = ping_until(name, "h1/p1", &ip2, Duration::from_secs(5));
     assert!(t.is_some(), "h1/p1 cannot ping {ip2}");
     // ARP crossed the sleeve: h1/p1 holds h2/p1's MAC.
-    let (_, neigh) = exec(name, "h1/p1", &["ip", "neigh", "show", &ip2]);
+    let (_, neigh, _) = exec(name, "h1/p1", &["ip", "neigh", "show", &ip2]);
     let mac2 = &info.nodes[1].pods[0].mac;
     assert!(neigh.contains(mac2.as_str()), "{neigh} lacks {mac2}");
     // A large ping: one frame at the pod MTU.
-    let (ok, out) = exec(
+    let (ok, out, _) = exec(
         name,
         "h1/p1",
         &["ping", "-c", "2", "-W", "1", "-M", "do", "-s", "1422", &ip2],
@@ -185,12 +122,12 @@ fn plain_sleeve_carries_ping_arp_tcp_udp() {
     assert_eq!(conn["datapath"], "sleeve", "{report:#}");
     assert_eq!(conn["encrypted"], false, "{report:#}");
     let m = metrics(&name, "h1");
-    assert!(metric(&m, "weft_forwarded_frames_total{datapath=\"sleeve\"}") > 0.0);
+    assert!(metric_sum(&m, "weft_forwarded_frames_total{datapath=\"sleeve\"}") > 0.0);
     // The positive control of the encrypted capture test: without encryption the pod's
     // payload is visible on the underlay.
     let pcap = capture_pattern_pings(&name, &info, "plain");
     assert!(
-        contains(&pcap, &pattern_bytes()),
+        contains(&pcap, &pattern_bytes(PATTERN)),
         "capture misses the pattern"
     );
 }
@@ -198,46 +135,21 @@ fn plain_sleeve_carries_ping_arp_tcp_udp() {
 /// Ping payload pattern (16 bytes) searched for in underlay captures.
 const PATTERN: &str = "77656674736c65657665636c65617221";
 
-fn pattern_bytes() -> Vec<u8> {
-    (0..PATTERN.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&PATTERN[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// Captures the underlay's sleeve traffic while h1/p1 pings h2/p1 with the pattern; returns
 /// the capture file's bytes.
 fn capture_pattern_pings(name: &str, info: &LabInfo, tag: &str) -> Vec<u8> {
     let file = format!("{}/{name}/{tag}.pcap", lab::RUN_DIR);
-    let mut child = lab::netns::command_in(&format!("{name}-u"), "tcpdump")
-        .unwrap()
-        .args([
-            "-Z", "root", "-i", "ubr", "-U", "-s", "0", "-w", &file, "udp", "port", "6783",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // tcpdump says "listening on ubr" on stderr once it captures.
-    let stderr = child.stderr.take().unwrap();
+    let (child, _) = start_tcpdump(
+        &format!("{name}-u"),
+        &[
+            "-Z", "root", "-i", "ubr", "-U", "-s", "0", "-w", &file, "udp", "port", "6783",
+        ],
+    );
     let capture = Background(child);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut stderr = stderr;
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 1];
-        while let Ok(1) = stderr.read(&mut byte) {
-            seen.push(byte[0]);
-            if seen.ends_with(b"listening on") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(200));
-    let ip2 = pod_ip(info, 2, 1);
-    let (ok, out) = exec(
+    let ip2 = pod_ip(info, 2);
+    let (ok, out, _) = exec(
         name,
         "h1/p1",
         &[
@@ -248,10 +160,6 @@ fn capture_pattern_pings(name: &str, info: &LabInfo, tag: &str) -> Vec<u8> {
     std::thread::sleep(Duration::from_millis(300));
     capture.interrupt();
     std::fs::read(&file).unwrap()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]
@@ -270,7 +178,7 @@ fn encrypted_sleeve_carries_traffic_and_hides_payload() {
         pcap.len()
     );
     assert!(
-        !contains(&pcap, &pattern_bytes()),
+        !contains(&pcap, &pattern_bytes(PATTERN)),
         "the pod payload crossed the underlay in clear"
     );
 }
@@ -283,7 +191,7 @@ fn line_underlay_relays_through_h2() {
     let mut s = spec(&name, 3, true);
     s.underlay = Underlay::Line;
     let info = lab::up(&s).unwrap();
-    let ip3 = pod_ip(&info, 3, 1);
+    let ip3 = pod_ip(&info, 3);
     let t = ping_until(&name, "h1/p1", &ip3, Duration::from_secs(10));
     assert!(t.is_some(), "h1/p1 cannot reach h3/p1 through h2");
     let tcp = iperf(&name, "h1/p1", "h3/p1", &ip3, &[]);
@@ -291,7 +199,7 @@ fn line_underlay_relays_through_h2() {
     assert!(bytes > 1e6, "TCP through h2 moved only {bytes} bytes");
     let m = metrics(&name, "h2");
     assert!(
-        metric(&m, "weft_forwarded_frames_total{datapath=\"sleeve\"}") > 100.0,
+        metric_sum(&m, "weft_forwarded_frames_total{datapath=\"sleeve\"}") > 100.0,
         "h2 relayed nothing"
     );
 }
@@ -302,8 +210,8 @@ fn moved_pod_is_reachable_within_one_second() {
     let name = unique("sm");
     let _guard = LabGuard::new(&name);
     let info = lab::up(&spec(&name, 3, false)).unwrap();
-    let ip1 = pod_ip(&info, 1, 1);
-    let ip2 = pod_ip(&info, 2, 1);
+    let ip1 = pod_ip(&info, 1);
+    let ip2 = pod_ip(&info, 2);
     // h2 learns h1/p1's MAC behind h1.
     assert!(ping_until(&name, "h2/p1", &ip1, Duration::from_secs(5)).is_some());
     let mac = info.nodes[0].pods[0].mac.clone();
@@ -312,7 +220,7 @@ fn moved_pod_is_reachable_within_one_second() {
     let moved_ip = moved.ip.split('/').next().unwrap().to_owned();
     // The moved pod's first packet, then traffic both ways, all within a second.
     let start = Instant::now();
-    let (ok, out) = exec(&name, "h3/p2", &["ping", "-c", "1", "-W", "1", &ip2]);
+    let (ok, out, _) = exec(&name, "h3/p2", &["ping", "-c", "1", "-W", "1", &ip2]);
     assert!(ok, "moved pod's first ping failed: {out}");
     let back = ping_until(&name, "h2/p1", &moved_ip, Duration::from_secs(1));
     assert!(back.is_some(), "h2/p1 cannot reach the moved pod");
@@ -448,7 +356,7 @@ fn wrong_key_datagram(src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
 }
 
 fn rx_packets(name: &str, target: &str) -> u64 {
-    let (_, out) = exec(
+    let (_, out, _) = exec(
         name,
         target,
         &["cat", "/sys/class/net/eth0/statistics/rx_packets"],
@@ -462,7 +370,7 @@ fn hostile_datagrams_deliver_nothing() {
     let name = unique("sh");
     let _guard = LabGuard::new(&name);
     let info = lab::up(&spec(&name, 2, true)).unwrap();
-    let ip2 = pod_ip(&info, 2, 1);
+    let ip2 = pod_ip(&info, 2);
     assert!(ping_until(&name, "h1/p1", &ip2, Duration::from_secs(5)).is_some());
     // Capture real datagrams h1 → h2 (pings to h2/p1) for the replay.
     let pcap = capture_pattern_pings(&name, &info, "replay");
@@ -495,7 +403,7 @@ fn hostile_datagrams_deliver_nothing() {
     assert_eq!(rx_before, rx_after, "a hostile datagram reached the pod");
     let delta = |reason: &str| {
         let s = format!("weft_dropped_frames_total{{reason=\"{reason}\"}}");
-        metric(&after, &s) - metric(&before, &s)
+        metric_sum(&after, &s) - metric_sum(&before, &s)
     };
     assert!(
         delta("malformed") >= 3.0,
@@ -509,7 +417,7 @@ fn hostile_datagrams_deliver_nothing() {
     );
     assert!(delta("decrypt") >= 2.0, "decrypt: {}", delta("decrypt"));
     // Traffic carries on.
-    let (ok, out) = exec(
+    let (ok, out, _) = exec(
         &name,
         "h1/p1",
         &["ping", "-c", "3", "-i", "0.2", "-W", "1", &ip2],
