@@ -307,12 +307,17 @@ async fn routers_follow_the_nodes_through_watch_disconnects_and_410() {
     // Every router dials the others (never itself), the mesh forms, IPAM agrees (quorum 2 of
     // 3, counted from the node list) and every router turns ready.
     for (r, me) in [(&n1, "n1"), (&n2, "n2"), (&n3, "n3")] {
+        // Connected is not yet known: a peer's record arrives just after its connection is
+        // up, and the checks below read the records.
         let s = wait_for(r, "the mesh and IPAM", |s| {
             s.ready
                 && ["n1", "n2", "n3"]
                     .iter()
                     .filter(|n| **n != me)
                     .all(|n| connected_to(s, n))
+                && ["n1", "n2", "n3"]
+                    .iter()
+                    .all(|n| s.peers.iter().any(|p| p.nickname == *n))
         })
         .await;
         let mut want: Vec<String> = (1..=3u8)
