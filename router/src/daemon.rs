@@ -422,17 +422,7 @@ impl Daemon {
                     .collect(),
             };
             for conn in conns {
-                let Some(tx) = self.conns.get(&conn) else {
-                    continue;
-                };
-                let len = msg.len() as u64;
-                if tx.try_send(msg.clone()).is_ok() {
-                    self.handles
-                        .metrics
-                        .add_gossip_bytes(GossipDirection::Sent, len);
-                } else {
-                    self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
-                }
+                self.send_to(conn, msg.clone());
             }
         }
     }
@@ -539,14 +529,16 @@ impl Daemon {
                     sleeve.add_peer(conn.0, remote, dest, keys, seal);
                 }
                 self.settings.handle_connection_up(conn);
+                let mut announcements = Vec::new();
                 if let Some(f) = &mut self.fastdp {
                     let exempt = self.seal_policy.borrow().enabled && !seal;
                     f.set_encryption_exempt(remote, exempt);
-                    for msg in f.peer_up(now, remote, addr.ip()) {
-                        let _ = tx.try_send(msg);
-                    }
+                    announcements = f.peer_up(now, remote, addr.ip());
                 }
                 self.conns.insert(conn, tx);
+                for msg in announcements {
+                    self.send_to(conn, msg);
+                }
                 self.conn_peer.insert(conn, remote);
                 self.mesh.handle_connection_up(
                     now,
@@ -638,20 +630,7 @@ impl Daemon {
     /// Carries out what the engine asked for: messages to send, dials, closes.
     fn drain(&mut self) {
         while let Some((conn, body)) = self.mesh.poll_transmit() {
-            let Some(tx) = self.conns.get(&conn) else {
-                continue;
-            };
-            let msg = channel::envelope(Channel::Topology, &body);
-            let len = msg.len() as u64;
-            if tx.try_send(msg).is_ok() {
-                self.handles
-                    .metrics
-                    .add_gossip_bytes(GossipDirection::Sent, len);
-            } else {
-                // The engine bounds its own queues; a full socket queue means a stalled peer,
-                // which the heartbeat timeout will close.
-                self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
-            }
+            self.send_to(conn, channel::envelope(Channel::Topology, &body));
         }
         while let Some(event) = self.mesh.poll_event() {
             let now = Instant::now();
@@ -719,16 +698,7 @@ impl Daemon {
                     .collect(),
             };
             for conn in conns {
-                if let Some(tx) = self.conns.get(&conn) {
-                    let len = msg.len() as u64;
-                    if tx.try_send(msg.clone()).is_ok() {
-                        self.handles
-                            .metrics
-                            .add_gossip_bytes(GossipDirection::Sent, len);
-                    } else {
-                        self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
-                    }
-                }
+                self.send_to(conn, msg.clone());
             }
         }
         while let Some(event) = self.ipam.poll_event() {
@@ -1010,17 +980,27 @@ impl Daemon {
 
     /// Sends a control message to every connection but `except`.
     fn send_to_all(&self, msg: &[u8], except: Option<ConnId>) {
-        for (conn, tx) in &self.conns {
-            if Some(*conn) == except {
-                continue;
+        for &conn in self.conns.keys() {
+            if Some(conn) != except {
+                self.send_to(conn, msg.to_vec());
             }
-            if tx.try_send(msg.to_vec()).is_ok() {
-                self.handles
-                    .metrics
-                    .add_gossip_bytes(GossipDirection::Sent, msg.len() as u64);
-            } else {
-                self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
-            }
+        }
+    }
+
+    /// Queues a control message on connection `conn` (gone: nothing to do) and counts it.
+    /// A full queue drops it, counted: the engines bound their own queues, so a full one means
+    /// a stalled peer, which the heartbeat timeout will close.
+    fn send_to(&self, conn: ConnId, msg: Vec<u8>) {
+        let Some(tx) = self.conns.get(&conn) else {
+            return;
+        };
+        let len = msg.len() as u64;
+        if tx.try_send(msg).is_ok() {
+            self.handles
+                .metrics
+                .add_gossip_bytes(GossipDirection::Sent, len);
+        } else {
+            self.handles.metrics.add_dropped(DropReason::QueueFull, 1);
         }
     }
 
