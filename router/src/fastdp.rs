@@ -820,11 +820,16 @@ impl FastdpPlane {
         };
         let tunnel = |i: u32| i == self.fdb.vxlan || Some(i) == self.tap;
         for e in entries {
+            // Only weft's pins (sticky, on a tunnel port) are candidates; the search of the
+            // pins table is for those alone.
+            if !(e.master && e.sticky && tunnel(e.ifindex)) {
+                continue;
+            }
             let ours = self
                 .pins
                 .values()
                 .any(|p| p.get(&e.mac) == Some(&e.ifindex));
-            if e.master && e.sticky && tunnel(e.ifindex) && !ours {
+            if !ours {
                 tracing::info!(mac = %fmt_mac(&e.mac), "fastdp: removing a pinned entry no peer claims");
                 if let Err(err) = self.fdb.netlink.fdb_del_bridge(e.ifindex, e.mac).await {
                     tracing::warn!("fastdp: {err:#}");

@@ -895,11 +895,7 @@ fn send_all(
             segment_size: *seg,
         };
     }
-    let datagrams: u64 = iov
-        .iter()
-        .zip(segs)
-        .map(|(b, s)| s.map_or(1, |s| b.len().div_ceil(usize::from(s).max(1))) as u64)
-        .sum();
+    let datagrams: u64 = iov.iter().zip(segs).map(|(b, s)| datagrams_in(b, *s)).sum();
     add(&shared.counters.tx_datagrams, datagrams);
     let mut done = 0;
     // A full socket means the receiving side is behind (on one host: starved of CPU for a
@@ -907,41 +903,42 @@ fn send_all(
     // meanwhile. Give up only after SEND_PATIENCE without progress.
     let mut deadline = Instant::now() + SEND_PATIENCE;
     while done < iov.len() {
-        match socket.send_batch(Some(dest), &msgs[done..iov.len()]) {
-            Ok(k) if k > 0 => {
+        let stalled = match socket.send_batch(Some(dest), &msgs[done..iov.len()]) {
+            Ok(0) => true,
+            Ok(k) => {
                 done += k;
                 deadline = Instant::now() + SEND_PATIENCE;
+                false
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Ok(_) => {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_micros(50));
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
             Err(e) => {
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_micros(50));
-                    continue;
-                }
                 if !udp::is_refused(&e) {
                     debug!("sleeve send: {e}");
                 }
                 shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
                 done += 1;
+                false
             }
+        };
+        if stalled {
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
     // Still no room after all the waiting: what is left is dropped, and counted.
     for (b, s) in iov.iter().zip(segs).skip(done) {
-        let n = s.map_or(1, |s| b.len().div_ceil(usize::from(s).max(1)));
-        for _ in 0..n {
+        for _ in 0..datagrams_in(b, *s) {
             shared.drop_datagram(DropReason::QueueFull);
         }
     }
+}
+
+/// The datagrams one message makes on the wire: one, or one per GSO segment.
+fn datagrams_in(buf: &[u8], segment_size: Option<u16>) -> u64 {
+    segment_size.map_or(1, |s| buf.len().div_ceil(usize::from(s).max(1))) as u64
 }
 
 fn rx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared) {
