@@ -270,6 +270,10 @@ pub struct Mesh {
     last_publish: Option<Instant>,
     unpublished_since: Option<Instant>,
     unpublished_removal: bool,
+    /// Peers we lost a connection to, and when (forgotten on reconnection or after
+    /// `backoff.max`): while one of them is alive by gossip and not reconnected, additions to
+    /// our record wait for it (see [`Mesh::rebuild_own`]).
+    former: BTreeMap<PeerName, Instant>,
     /// When our connections last changed.
     last_change: Instant,
     component_pending: bool,
@@ -332,6 +336,7 @@ impl Mesh {
             last_publish: None,
             unpublished_since: None,
             unpublished_removal: false,
+            former: BTreeMap::new(),
             last_change: now,
             component_pending: false,
             unreachable_suspects: BTreeSet::new(),
@@ -596,6 +601,7 @@ impl Mesh {
             },
         );
         self.by_peer.insert(remote, conn);
+        self.former.remove(&remote);
         for t in self.targets.iter_mut() {
             let matches = if outbound {
                 t.addr == addr
@@ -925,9 +931,14 @@ impl Mesh {
         let mut budget = self.config.anti_entropy_budget;
         let mut mask = 0u64;
         let mut entries: Vec<Entry> = Vec::new();
+        // One pass over the table for every differing bucket; sorted by bucket, then name.
+        let all_mask = differing.iter().fold(0u64, |m, &b| m | 1 << b);
+        let all = self.peers.entries_in(all_mask);
         for k in 0..differing.len() {
             let b = differing[(start + k) % differing.len()];
-            let bucket = self.peers.entries_in(1 << b);
+            let lo = all.partition_point(|(x, _)| usize::from(*x) < b);
+            let hi = all.partition_point(|(x, _)| usize::from(*x) <= b);
+            let bucket = all.get(lo..hi).unwrap_or_default().iter().map(|(_, e)| *e);
             let bytes = bucket.len() * ENTRY_LEN;
             if mask != 0 && bytes > budget {
                 break;
@@ -1402,10 +1413,11 @@ impl Mesh {
     ///   single crashed neighbour has no suspects and is published at once.
     /// - Additions wait until `own_update_interval` has passed without another one (but at
     ///   most `COALESCE_FACTOR` intervals after the first unpublished change), so that the
-    ///   connections made at start-up make one version. While a dial to a peer we hold a
-    ///   record of is under way (a reconnection, as when a partition heals), additions wait
-    ///   for it to finish, up to `RECONNECT_HOLD_FACTOR` intervals after the first change, so
-    ///   that reconnecting makes one version too.
+    ///   connections made at start-up make one version. While we are reconnecting (a dial to
+    ///   a peer we were connected to before is under way or due, or such a peer is alive by
+    ///   gossip and not back yet, as when a partition heals), additions wait for it, up to
+    ///   `RECONNECT_HOLD_FACTOR` intervals after the first change, so that reconnecting makes
+    ///   one version too.
     fn rebuild_own(&mut self, now: Instant, removal: bool) {
         self.unpublished_since.get_or_insert(now);
         self.unpublished_removal |= removal;
@@ -1422,7 +1434,9 @@ impl Mesh {
         let min_next = self.last_publish.map_or(now, |t| t + delay).max(now);
         let due = if self.unpublished_removal {
             min_next.max(self.suspects_timed_out(now))
-        } else if self.redialling_known_peer() {
+        } else if self.redialling_former_peer(first + delay * RECONNECT_HOLD_FACTOR)
+            || self.awaiting_former_peer(now)
+        {
             (first + delay * RECONNECT_HOLD_FACTOR).max(min_next)
         } else {
             (self.last_change + delay)
@@ -1440,18 +1454,35 @@ impl Mesh {
         }
     }
 
-    /// Returns true while a dial of ours to a peer in our table is under way: after a
-    /// partition heals, such dials (started before the heal, or just after the peer's record
-    /// came back) complete over a few seconds, and publishing additions before they do would
-    /// make a version per completion.
-    fn redialling_known_peer(&self) -> bool {
+    /// Returns true while a peer we lost a connection to is alive by gossip (we hold its
+    /// record) and not reconnected: after a partition heals, both ends redial as soon as they
+    /// see each other's record again, inbound and outbound, over a few seconds. Entries older
+    /// than `backoff.max` are forgotten (the peer may never come back to us).
+    fn awaiting_former_peer(&mut self, now: Instant) -> bool {
+        let ttl = self.config.backoff.max;
+        self.former
+            .retain(|_, lost| now.saturating_duration_since(*lost) < ttl);
+        self.former
+            .keys()
+            .any(|p| !self.by_peer.contains_key(p) && self.peers.get(*p).is_some())
+    }
+
+    /// Returns true while a dial of ours to a peer we were connected to before is under way or
+    /// due by `until`: after a partition heals, such dials (started before the heal and still
+    /// in flight, or retried as soon as the peer's record comes back) complete over a few
+    /// seconds, and publishing additions before they do would make a version per completion.
+    /// The peers' records need not be held (the partition's garbage collection removed them);
+    /// a target that never connected (a cold start) holds nothing back.
+    fn redialling_former_peer(&self, until: Instant) -> bool {
         self.targets.iter().any(|t| {
-            matches!(
-                t.state,
-                TargetState::Connecting { .. } | TargetState::Requested { .. }
-            ) && t
-                .peer
-                .is_some_and(|p| !self.by_peer.contains_key(&p) && self.peers.get(p).is_some())
+            let busy = match &t.state {
+                TargetState::Connecting { .. } | TargetState::Requested { .. } => true,
+                TargetState::Retrying { next_attempt, .. } => *next_attempt <= until,
+                TargetState::Established { .. }
+                | TargetState::Failed { .. }
+                | TargetState::Pending => false,
+            };
+            busy && t.peer.is_some_and(|p| !self.by_peer.contains_key(&p))
         })
     }
 
@@ -1596,6 +1627,7 @@ impl Mesh {
         }
         if self.by_peer.get(&c.remote) == Some(&conn) {
             self.by_peer.remove(&c.remote);
+            self.former.insert(c.remote, now);
         }
         for p in &mut self.pending {
             p.excl.remove(conn);

@@ -343,6 +343,8 @@ struct NamesInner {
 struct NameTable {
     map: HashMap<PeerName, u32, crate::peers::NameHashBuilder>,
     names: Vec<PeerName>,
+    /// The anti-entropy bucket of each name ([`crate::peers::bucket_of`]), by index.
+    buckets: Vec<u8>,
 }
 
 impl NameTable {
@@ -351,6 +353,8 @@ impl NameTable {
         let idx = *self.map.entry(name).or_insert(next);
         if idx == next {
             self.names.push(name);
+            self.buckets
+                .push(u8::try_from(crate::peers::bucket_of(name)).unwrap_or(u8::MAX));
         }
         idx
     }
@@ -427,6 +431,12 @@ impl PeerNames {
         self.read().names.get(idx as usize).copied()
     }
 
+    /// Calls `f` with every name interned so far and each one's anti-entropy bucket, by index.
+    pub(crate) fn with_names<R>(&self, f: impl FnOnce(&[PeerName], &[u8]) -> R) -> R {
+        let t = self.read();
+        f(&t.names, &t.buckets)
+    }
+
     /// Returns the number of names interned.
     pub fn len(&self) -> usize {
         self.read().names.len()
@@ -462,20 +472,52 @@ impl PeerNames {
 ///
 /// Optional. The simulator gives one cache to all of its nodes, so that 5,000 nodes holding
 /// 5,000 records each keep one copy of each record. A cached record is reused only when its
-/// content is equal to the decoded one, so a cache can never change what a node believes.
+/// encoding has the received bytes' length and 128-bit fingerprint (two independent 64-bit
+/// hashes); a different record under the same name, uid and version would have to collide in
+/// both. Comparing the bytes themselves cost a cache miss on the cached copy for every record
+/// a node received (7 % of a 5,000-node cold start). The router keeps no cache.
 #[derive(Clone, Default)]
 pub struct RecordCache {
     inner: Arc<Mutex<CacheInner>>,
 }
 
-/// A shared record and its encoding inside an Update.
-type CachedRecord = (Arc<PeerInfo>, Box<[u8]>);
+/// A shared record and the fingerprint of its encoding inside an Update.
+type CachedRecord = (Arc<PeerInfo>, Fingerprint);
+
+/// Length and two independent 64-bit hashes of a record's encoding.
+type Fingerprint = (usize, u64, u64);
+
+/// Returns the fingerprint of `bytes` (not cryptographic: the simulator's nodes are honest).
+fn fingerprint(bytes: &[u8]) -> Fingerprint {
+    let (mut a, mut b) = (0x243f_6a88_85a3_08d3u64, 0x1319_8a2e_0370_7344u64);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        a = (a ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(23);
+        b = (b.rotate_left(17) ^ x).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    }
+    let mut w = [0u8; 8];
+    w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    let x = u64::from_le_bytes(w);
+    a = (a ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    b = (b.rotate_left(17) ^ x).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    (bytes.len(), mix64(a), mix64(b ^ 0x5851_f42d_4c95_7f2d))
+}
+
+/// SplitMix64's finaliser.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 #[derive(Default)]
 struct CacheInner {
-    /// Each record with its encoding, so that a received copy is recognised by comparing bytes
-    /// instead of decoding it.
-    map: HashMap<(PeerName, PeerUid, u64), CachedRecord>,
+    /// Each record with its encoding's fingerprint, so that a received copy is recognised
+    /// without decoding it.
+    map: HashMap<(PeerName, PeerUid, u64), CachedRecord, crate::peers::NameHashBuilder>,
     prune_at: usize,
 }
 
@@ -500,11 +542,8 @@ impl RecordCache {
         {
             return Arc::clone(found);
         }
-        let mut bytes = Vec::with_capacity(crate::wire::record_len(&rec));
-        crate::wire::encode_record_to(&rec, &mut bytes);
-        inner
-            .map
-            .insert(key, (Arc::clone(&rec), bytes.into_boxed_slice()));
+        let print = fingerprint(rec.encoding());
+        inner.map.insert(key, (Arc::clone(&rec), print));
         if inner.map.len() > inner.prune_at {
             // Drop records nobody but the cache holds; amortised by doubling the threshold.
             inner.map.retain(|_, (v, _)| Arc::strong_count(v) > 1);
@@ -513,11 +552,13 @@ impl RecordCache {
         rec
     }
 
-    /// Returns the cached record whose encoding is exactly `view`'s bytes, without decoding.
+    /// Returns the cached record whose encoding has `view`'s bytes' fingerprint, without
+    /// decoding.
     pub fn lookup(&self, view: &crate::wire::RecordView<'_>) -> Option<Arc<PeerInfo>> {
+        let print = fingerprint(view.bytes());
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let (rec, bytes) = inner.map.get(&(view.name, view.uid, view.version))?;
-        (**bytes == *view.bytes()).then(|| Arc::clone(rec))
+        let (rec, cached) = inner.map.get(&(view.name, view.uid, view.version))?;
+        (*cached == print).then(|| Arc::clone(rec))
     }
 
     /// Returns the number of records cached.
@@ -617,5 +658,33 @@ mod tests {
         let b = cache.intern(Arc::new(rec));
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn cache_lookup_needs_the_same_encoding_not_only_the_same_key() {
+        let cache = RecordCache::new();
+        let rec = |nick: &str| {
+            PeerInfo::new(
+                PeerName::from_bytes([1; 6]),
+                PeerUid(7),
+                3,
+                nick.into(),
+                vec![],
+            )
+        };
+        let held = cache.intern(Arc::new(rec("a")));
+        let found = |r: &PeerInfo| {
+            let mut buf = Vec::new();
+            crate::wire::encode_update([r].into_iter(), &mut buf);
+            let view = crate::wire::UpdateView::parse(&buf).unwrap().unwrap();
+            cache.lookup(&view.records()[0])
+        };
+        assert!(found(&rec("a")).is_some_and(|f| Arc::ptr_eq(&f, &held)));
+        assert!(
+            found(&rec("b")).is_none(),
+            "same name, uid and version, other content"
+        );
+        assert_ne!(fingerprint(b"abcdefgh1"), fingerprint(b"abcdefgh2"));
+        assert_ne!(fingerprint(b""), fingerprint(b"\0"));
     }
 }

@@ -17,7 +17,7 @@
 //! memory access. Nothing depends on the order of the indices: every list the table returns
 //! is sorted by name.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -52,9 +52,6 @@ pub struct Peers {
     records: usize,
     digest: u64,
     buckets: [u64; BUCKETS],
-    /// The names holding a record, per anti-entropy bucket, so that a bucket's summary costs
-    /// its own size rather than a pass over the whole table.
-    index: Vec<BTreeMap<PeerName, u32>>,
     /// Orphans that arrived as such ("fresh"): during a cold start a record often arrives
     /// before the records pointing at it.
     fresh_orphans: BTreeSet<PeerName>,
@@ -128,7 +125,6 @@ impl Peers {
             records: 0,
             digest: 0,
             buckets: [0; BUCKETS],
-            index: vec![BTreeMap::new(); BUCKETS],
             fresh_orphans: BTreeSet::new(),
             dropped_orphans: BTreeSet::new(),
             treed: 0,
@@ -284,9 +280,6 @@ impl Peers {
                 self.tree_broken = true;
             }
         }
-        if let Some(set) = self.index.get_mut(bucket_of(name)) {
-            set.remove(&name);
-        }
         self.records -= 1;
         self.account(&old, false);
         for &r in remotes {
@@ -326,33 +319,31 @@ impl Peers {
     }
 
     /// Returns the summary entries of every record in the buckets set in `mask`, ordered by
-    /// bucket, then by name. Costs the size of the answer, not of the table.
-    pub fn entries_in(&self, mask: u64) -> Vec<Entry> {
-        let mut v = Vec::new();
-        for (b, names) in self.index.iter().enumerate() {
-            if mask & (1 << b) == 0 {
-                continue;
-            }
-            v.extend(names.iter().filter_map(|(&n, &i)| {
-                let r = self.get_at(i)?;
-                Some(Entry {
-                    name: n,
-                    uid: r.uid,
-                    version: r.version,
+    /// bucket, then by name, each with its bucket.
+    ///
+    /// One pass over the table (its slots are contiguous and the interner keeps each name's
+    /// bucket): it runs once per anti-entropy exchange, while an index kept per bucket cost a
+    /// tree insertion for every record applied.
+    pub fn entries_in(&self, mask: u64) -> Vec<(u8, Entry)> {
+        let mut v: Vec<(u8, Entry)> = self.names.with_names(|names, buckets| {
+            self.slots
+                .iter()
+                .zip(names.iter().zip(buckets))
+                .filter(|(s, (_, b))| s.rec.is_some() && mask & (1u64 << (**b & 63)) != 0)
+                .map(|(s, (&name, &b))| {
+                    (
+                        b,
+                        Entry {
+                            name,
+                            uid: s.key.uid,
+                            version: s.key.version,
+                        },
+                    )
                 })
-            }));
-        }
+                .collect()
+        });
+        v.sort_unstable_by_key(|(b, e)| (*b, e.name));
         v
-    }
-
-    /// Returns the number of records in the buckets set in `mask`.
-    pub fn count_in(&self, mask: u64) -> usize {
-        self.index
-            .iter()
-            .enumerate()
-            .filter(|(b, _)| mask & (1 << b) != 0)
-            .map(|(_, names)| names.len())
-            .sum()
     }
 
     /// Returns true when some record was orphaned by a removed connection: no held record
@@ -571,9 +562,6 @@ impl Peers {
         let result = match old {
             None => {
                 self.records += 1;
-                if let Some(set) = self.index.get_mut(bucket_of(name)) {
-                    set.insert(name, idx);
-                }
                 if name_in_tree {
                     self.treed += 1;
                 }
@@ -736,7 +724,11 @@ impl Hasher for NameHasher {
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 ^= v;
+        // Mixed in, not xor-ed: a key of several integers (name, uid, version) must not
+        // collide whenever two of them swap bits.
+        self.0 = (self.0 ^ v)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
     }
 }
 

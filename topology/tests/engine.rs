@@ -44,12 +44,24 @@ impl Net {
     }
 
     fn connect(&mut self, a: usize, b: usize) {
-        let id = ConnId(self.links.len() as u64 + 1);
+        let id = ConnId(self.links.iter().map(|l| l.0.0).max().unwrap_or(0) + 1);
         self.links.push((id, a, b));
         let (na, ua) = (name(a), self.nodes[a].uid());
         let (nb, ub) = (name(b), self.nodes[b].uid());
         self.nodes[a].handle_connection_up(self.now, id, nb, ub, "", addr(b), true);
         self.nodes[b].handle_connection_up(self.now, id, na, ua, "", addr(a), false);
+    }
+
+    /// Closes the connection between `a` and `b` at both ends, as a cut link would.
+    fn disconnect(&mut self, a: usize, b: usize) {
+        let pos = self
+            .links
+            .iter()
+            .position(|&(_, x, y)| (x, y) == (a, b) || (x, y) == (b, a))
+            .unwrap();
+        let (id, x, y) = self.links.remove(pos);
+        self.nodes[x].handle_connection_down(self.now, id, "cut");
+        self.nodes[y].handle_connection_down(self.now, id, "cut");
     }
 
     fn other(&self, conn: ConnId, me: usize) -> Option<usize> {
@@ -230,4 +242,49 @@ fn a_burst_of_heartbeat_timeouts_makes_one_version_and_a_lone_crash_is_published
             .connections
             .is_empty()
     );
+}
+
+#[test]
+fn reconnections_after_a_cut_make_one_version() {
+    // Node 0 is connected to 1, 2 and 3; 1-2 and 2-3 are connected too. The links 0-2 and
+    // 0-3 are cut (a partition, as node 0 sees it) and come back one second apart, as after a
+    // heal: node 0 still sees 2 and 3 alive (through 1), so it holds the first reconnection
+    // until the second instead of publishing a version for each.
+    let mut net = Net::new(4);
+    for i in 1..4 {
+        net.connect(0, i);
+    }
+    net.connect(1, 2);
+    net.connect(2, 3);
+    net.run(Duration::from_secs(2));
+    net.disconnect(0, 2);
+    net.disconnect(0, 3);
+    net.run(Duration::from_secs(1));
+    let own = |net: &Net| net.nodes[0].peers().get(name(0)).unwrap().connections.len();
+    assert_eq!(own(&net), 1, "the cut is published");
+    assert!(
+        net.nodes[0].peers().get(name(3)).is_some(),
+        "3 is alive via 1"
+    );
+    let v = net.nodes[0].version();
+    net.connect(0, 2);
+    net.run(Duration::from_secs(1));
+    assert_eq!(net.nodes[0].version(), v, "held while 3 is away");
+    net.connect(0, 3);
+    net.run(Duration::from_secs(1));
+    assert_eq!(net.nodes[0].version(), v + 1, "one version for both");
+    assert_eq!(own(&net), 3);
+
+    // A former peer that does not come back holds an addition for at most 3 s
+    // (`own_update_interval` × 10).
+    net.disconnect(0, 2);
+    net.disconnect(0, 3);
+    net.run(Duration::from_secs(1));
+    let v = net.nodes[0].version();
+    net.connect(0, 2);
+    net.run(Duration::from_millis(2_900));
+    assert_eq!(net.nodes[0].version(), v);
+    net.run(Duration::from_millis(200));
+    assert_eq!(net.nodes[0].version(), v + 1);
+    assert_eq!(own(&net), 2);
 }
