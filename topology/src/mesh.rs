@@ -251,7 +251,6 @@ pub struct Mesh {
     announce_cache_gen: u64,
     announce_ids: Vec<(ConnId, PeerName)>,
     /// Reused by `on_request` (empty between calls).
-    scratch_recs: Vec<Arc<PeerInfo>>,
     /// Reused by `flush`.
     flush_buf: Vec<(Entry, ConnSet)>,
     tombstones: HashMap<PeerName, (RecordKey, Instant), crate::peers::NameHashBuilder>,
@@ -320,7 +319,6 @@ impl Mesh {
             announce_cache_gen: u64::MAX,
             announce_ids: Vec::new(),
             flush_buf: Vec::new(),
-            scratch_recs: Vec::new(),
             tombstones: HashMap::default(),
             next_tombstone_prune: now,
             transmit: VecDeque::new(),
@@ -1042,15 +1040,18 @@ impl Mesh {
         self.peers
             .names_interner()
             .get_many(names.iter().copied(), &mut idxs);
-        let mut recs = std::mem::take(&mut self.scratch_recs);
-        recs.extend(
+        // Encoded from the table in place: cloning each shared record's `Arc` to send it
+        // was an atomic write to a line other threads' tables also hold.
+        let peers = &self.peers;
+        let msgs = encode_updates(
             idxs.iter()
-                .filter_map(|i| self.peers.get_at((*i)?).cloned()),
+                .filter_map(|i| peers.get_at((*i)?))
+                .map(|r| &**r),
         );
         self.scratch_idx = recycle(idxs);
-        self.send_records(conn, &recs);
-        recs.clear();
-        self.scratch_recs = recycle(recs);
+        for m in msgs {
+            self.send(conn, m);
+        }
     }
 
     fn on_update(&mut self, now: Instant, conn: ConnId, records: &[wire::RecordView<'_>]) {
@@ -1165,27 +1166,6 @@ impl Mesh {
         let mut out = Vec::with_capacity(wire::SUMMARY_HEADER_LEN + entries.len() * ENTRY_LEN);
         wire::encode_summary(complete, entries, &mut out);
         self.send(conn, out);
-    }
-
-    fn send_records(&mut self, conn: ConnId, recs: &[Arc<PeerInfo>]) {
-        let mut start = 0;
-        while start < recs.len() {
-            let mut end = start;
-            let mut len = wire::LIST_HEADER_LEN;
-            while let Some(r) = recs.get(end) {
-                let l = wire::record_len(r);
-                if end > start && (len + l > UPDATE_CHUNK_BYTES || end - start >= wire::MAX_ENTRIES)
-                {
-                    break;
-                }
-                len += l;
-                end += 1;
-            }
-            let mut out = Vec::with_capacity(len);
-            wire::encode_update(recs[start..end].iter().map(|r| &**r), &mut out);
-            self.send(conn, out);
-            start = end;
-        }
     }
 
     /// Notes that the record for `name` changed, to be announced to every neighbour except
@@ -1777,6 +1757,34 @@ fn pad(n: PeerName) -> [u8; 8] {
 }
 
 type AnnounceEntry = (ConnId, PeerName, Option<Option<RecordKey>>, bool);
+
+/// Encodes `recs` as Update messages of at most `UPDATE_CHUNK_BYTES` (or one record) and
+/// `wire::MAX_ENTRIES` records each.
+fn encode_updates<'a>(recs: impl Iterator<Item = &'a PeerInfo>) -> Vec<Vec<u8>> {
+    let mut msgs = Vec::new();
+    let mut batch: Vec<&PeerInfo> = Vec::new();
+    let mut len = wire::LIST_HEADER_LEN;
+    let mut flush = |batch: &mut Vec<&PeerInfo>, len: usize| {
+        if !batch.is_empty() {
+            let mut out = Vec::with_capacity(len);
+            wire::encode_update(batch.drain(..), &mut out);
+            msgs.push(out);
+        }
+    };
+    for r in recs {
+        let l = r.encoding().len();
+        if !batch.is_empty()
+            && (len + l > UPDATE_CHUNK_BYTES || batch.len() >= wire::MAX_ENTRIES)
+        {
+            flush(&mut batch, len);
+            len = wire::LIST_HEADER_LEN;
+        }
+        len += l;
+        batch.push(r);
+    }
+    flush(&mut batch, len);
+    msgs
+}
 
 /// Returns an emptied buffer for reuse, or a new one if it grew large: thousands of engines
 /// in one process must not each keep the largest buffer they ever needed.

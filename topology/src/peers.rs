@@ -406,19 +406,22 @@ impl Peers {
         self.tree_broken = false;
         let n = self.links.len().max(self.slots.len());
         let mut seen = vec![false; n];
-        let mut queue: Vec<Arc<PeerInfo>> = Vec::new();
         let own = self.own_idx;
         if let Some(s) = seen.get_mut(own as usize) {
             *s = true;
         }
         self.link_mut(own).parent = NONE;
-        queue.extend(self.get_at(own).cloned());
-        let mut tmp = Vec::new();
+        // Indices, not records: cloning a shared record's `Arc` is an atomic write to a line
+        // other threads' tables also hold.
+        let mut queue: Vec<u32> = vec![own];
+        let (mut tmp, mut remotes) = (Vec::new(), Vec::new());
         let mut reached = 0usize;
-        while let Some(rec) = queue.pop() {
+        while let Some(me) = queue.pop() {
+            if !self.remotes_at(me, &mut tmp, &mut remotes) {
+                continue;
+            }
             reached += 1;
-            let (me, remotes) = rec.ids(&self.names, &mut tmp);
-            for &r in remotes {
+            for &r in &remotes {
                 let Some(s) = seen.get_mut(r as usize) else {
                     continue;
                 };
@@ -427,9 +430,7 @@ impl Peers {
                     if let Some(l) = self.links.get_mut(r as usize) {
                         l.parent = me;
                     }
-                    if let Some(x) = self.get_at(r) {
-                        queue.push(Arc::clone(x));
-                    }
+                    queue.push(r);
                 }
             }
         }
@@ -439,6 +440,17 @@ impl Peers {
             }
         }
         self.treed = reached;
+    }
+
+    /// Copies the remotes' indices of the record held at `idx` into `out`; false when no
+    /// record is held there.
+    fn remotes_at(&self, idx: u32, tmp: &mut Vec<u32>, out: &mut Vec<u32>) -> bool {
+        out.clear();
+        let Some(rec) = self.get_at(idx) else {
+            return false;
+        };
+        out.extend_from_slice(rec.ids(&self.names, tmp).1);
+        true
     }
 
     fn link(&self, idx: u32) -> Link {
@@ -485,18 +497,17 @@ impl Peers {
         let mut stack = std::mem::take(&mut self.scratch[3]);
         stack.clear();
         stack.extend([from, to]);
-        let mut tmp = Vec::new();
+        let (mut tmp, mut remotes) = (Vec::new(), Vec::new());
         while let (Some(name), Some(parent)) = (stack.pop(), stack.pop()) {
             if name == self.own_idx || self.link(name).parent != NONE {
                 continue;
             }
             self.link_mut(name).parent = parent;
-            let Some(rec) = self.get_at(name).cloned() else {
+            if !self.remotes_at(name, &mut tmp, &mut remotes) {
                 continue;
-            };
+            }
             self.treed += 1;
-            let (_, remotes) = rec.ids(&self.names, &mut tmp);
-            for &r in remotes {
+            for &r in &remotes {
                 if !self.in_tree(r) {
                     stack.extend([name, r]);
                 }
@@ -514,7 +525,9 @@ impl Peers {
         if idx as usize >= self.slots.len() || idx as usize >= self.links.len() {
             self.grow(idx as usize);
         }
-        let old = self.slots.get(idx as usize).and_then(|s| s.rec.clone());
+        // Taken out, not cloned (an atomic write to a line shared with other threads); the
+        // slot gets `rec` below, and nothing in between reads this slot's record.
+        let old = self.slots.get_mut(idx as usize).and_then(|s| s.rec.take());
         // Only the connections that differ change in-degrees. A remote listed by both keeps an
         // in-degree of at least one throughout, so its orphanhood does not change either.
         added.clear();
