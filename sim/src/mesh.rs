@@ -441,6 +441,12 @@ const SLICE: u64 = 10_000_000;
 const SOLO_BELOW: f64 = 1.2;
 const SOLO_SLICES: u32 = 15;
 
+/// A slice run on one thread whose windows averaged at least this much work (CPU ns) ends the
+/// run on one thread early: bursts (a cold start's records, a partition's collections) come
+/// in a few hundred ms of simulated time, and waiting out `SOLO_SLICES` after a quiet slice
+/// ran a 5,000-node partition's burst on one core.
+const HEAVY_WINDOW_NS: u64 = 200_000;
+
 /// Rounds a worker spins at a window's end before it sleeps. Short: on a shared machine the
 /// thread it waits for may not be running, and spinning would take its core.
 const SPINS: usize = 200;
@@ -1316,16 +1322,21 @@ impl<'a> Sim<'a> {
             // Less than SOLO_BELOW cores' worth of work per second of wall time (other
             // processes hold the cores, or the workers wait at the barriers): alone for a
             // while, then try again.
+            let windows = (t + 1 - start).div_ceil(lookahead);
             if threads > 1 && (total as f64) < SOLO_BELOW * wall.elapsed().as_nanos() as f64 {
                 self.solo_left = SOLO_SLICES;
-                self.solo_slices += u64::from(SOLO_SLICES);
+            } else if threads == 1 && self.solo_left > 0 && total >= HEAVY_WINDOW_NS * windows {
+                self.solo_left = 0;
+            }
+            if threads == 1 && self.threads > 1 {
+                self.solo_slices += 1;
             }
             self.cpu_critical += critical;
             self.cpu_total += total;
             for (total, w) in self.waited.iter_mut().zip(waited) {
                 *total += w;
             }
-            self.windows += (t + 1 - start).div_ceil(lookahead);
+            self.windows += windows;
             // The last window's mail (the other parity was emptied in the last window).
             for boxes in mail {
                 for (part, inbox) in self.parts.iter_mut().zip(boxes) {
