@@ -389,14 +389,17 @@ impl Peers {
             return Vec::new();
         }
         let own = self.own_idx as usize;
-        let mut dead: Vec<PeerName> = self
-            .slots
-            .iter()
-            .zip(&self.links)
-            .enumerate()
-            .filter(|(i, (s, l))| s.rec.is_some() && l.parent == NONE && *i != own)
-            .filter_map(|(_, (s, _))| s.rec.as_ref().map(|r| r.name))
-            .collect();
+        // Names from the interner's list, not from the records (a cache miss each).
+        let mut dead: Vec<PeerName> = self.names.with_names(|names, _| {
+            self.slots
+                .iter()
+                .zip(&self.links)
+                .zip(names)
+                .enumerate()
+                .filter(|(i, ((s, l), _))| s.rec.is_some() && l.parent == NONE && *i != own)
+                .map(|(_, (_, &name))| name)
+                .collect()
+        });
         dead.sort_unstable();
         dead
     }
@@ -411,28 +414,49 @@ impl Peers {
             *s = true;
         }
         self.link_mut(own).parent = NONE;
+        // Level by level, each level in passes whose loads do not depend on each other (the
+        // records held, then their remotes, then the marks), so that their cache misses
+        // overlap; one node after another, each step waited for the previous one's three.
         // Indices, not records: cloning a shared record's `Arc` is an atomic write to a line
         // other threads' tables also hold.
-        let mut queue: Vec<u32> = vec![own];
-        let (mut tmp, mut remotes) = (Vec::new(), Vec::new());
+        let mut frontier: Vec<u32> = vec![own];
+        let mut next: Vec<u32> = Vec::new();
+        let mut held: Vec<(u32, &PeerInfo)> = Vec::new();
+        let mut remotes: Vec<u32> = Vec::new();
+        let mut ends: Vec<usize> = Vec::new();
+        let mut tmp = Vec::new();
         let mut reached = 0usize;
-        while let Some(me) = queue.pop() {
-            if !self.remotes_at(me, &mut tmp, &mut remotes) {
-                continue;
+        while !frontier.is_empty() {
+            held.clear();
+            held.extend(frontier.iter().filter_map(|&i| {
+                let rec = self.slots.get(i as usize)?.rec.as_deref()?;
+                Some((i, rec))
+            }));
+            reached += held.len();
+            remotes.clear();
+            ends.clear();
+            for (_, rec) in &held {
+                remotes.extend_from_slice(rec.ids(&self.names, &mut tmp).1);
+                ends.push(remotes.len());
             }
-            reached += 1;
-            for &r in &remotes {
-                let Some(s) = seen.get_mut(r as usize) else {
-                    continue;
-                };
-                if !*s {
-                    *s = true;
-                    if let Some(l) = self.links.get_mut(r as usize) {
-                        l.parent = me;
+            next.clear();
+            let mut start = 0;
+            for (&(me, _), &end) in held.iter().zip(&ends) {
+                for &r in remotes.get(start..end).unwrap_or_default() {
+                    let Some(s) = seen.get_mut(r as usize) else {
+                        continue;
+                    };
+                    if !*s {
+                        *s = true;
+                        if let Some(l) = self.links.get_mut(r as usize) {
+                            l.parent = me;
+                        }
+                        next.push(r);
                     }
-                    queue.push(r);
                 }
+                start = end;
             }
+            std::mem::swap(&mut frontier, &mut next);
         }
         for (l, s) in self.links.iter_mut().zip(&seen) {
             if !*s {
