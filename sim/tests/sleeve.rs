@@ -214,6 +214,9 @@ fn moved_pod_is_reachable_within_one_second() {
     let ip2 = pod_ip(&info, 2);
     // h2 learns h1/p1's MAC behind h1.
     assert!(ping_until(&name, "h2/p1", &ip1, Duration::from_secs(5)).is_some());
+    // And h3, where the pod moves to, has its routes to h2: the lab is up when the routers
+    // are, not when their connections are (a CI run lost the moved pod's first ping to that).
+    assert!(ping_until(&name, "h3/p1", &ip2, Duration::from_secs(5)).is_some());
     let mac = info.nodes[0].pods[0].mac.clone();
     lab::pod_del(&name, "h1", "p1").unwrap();
     let moved = lab::pod_add(&name, "h3", "p2", Some(&mac)).unwrap();

@@ -252,7 +252,6 @@ pub struct Mesh {
     announce_cache: Vec<AnnounceEntry>,
     announce_cache_gen: u64,
     announce_ids: Vec<(ConnId, PeerName)>,
-    /// Reused by `on_request` (empty between calls).
     /// Reused by `flush`.
     flush_buf: Vec<(Entry, ConnSet)>,
     tombstones: HashMap<PeerName, (RecordKey, Instant), crate::peers::NameHashBuilder>,
@@ -791,6 +790,8 @@ impl Mesh {
             self.close(now, id, CloseReason::PeerRemoved);
         }
         self.targets.retain(|_, t| t.direct || t.peer != Some(peer));
+        // Forgotten on purpose: our additions do not wait for it to come back.
+        self.former.remove(&peer);
         if let Some(rec) = self.peers.remove(peer) {
             self.after_removal(now, vec![(peer, rec.key())]);
         }
