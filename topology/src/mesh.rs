@@ -968,11 +968,7 @@ impl Mesh {
         }
         let mut want: Vec<PeerName> = Vec::new();
         let mut bumped = false;
-        let mut idxs = std::mem::take(&mut self.scratch_idx);
-        idxs.clear();
-        self.peers
-            .names_interner()
-            .get_many(entries.iter().map(|e| e.name), &mut idxs);
+        let idxs = self.indices_of(entries.iter().map(|e| e.name));
         self.peers.prefetch(idxs.iter().flatten().copied());
         // Then the request state of the entries newer than what we hold (same reason).
         let mut acc = 0u64;
@@ -1038,11 +1034,7 @@ impl Mesh {
     }
 
     fn on_request(&mut self, conn: ConnId, names: &[PeerName]) {
-        let mut idxs = std::mem::take(&mut self.scratch_idx);
-        idxs.clear();
-        self.peers
-            .names_interner()
-            .get_many(names.iter().copied(), &mut idxs);
+        let idxs = self.indices_of(names.iter().copied());
         // Encoded from the table in place: cloning each shared record's `Arc` to send it
         // was an atomic write to a line other threads' tables also hold.
         let peers = &self.peers;
@@ -1061,11 +1053,7 @@ impl Mesh {
         let mut changed = false;
         let mut removal = false;
         let mut bumped = false;
-        let mut idxs = std::mem::take(&mut self.scratch_idx);
-        idxs.clear();
-        self.peers
-            .names_interner()
-            .get_many(records.iter().map(|v| v.name), &mut idxs);
+        let idxs = self.indices_of(records.iter().map(|v| v.name));
         self.peers.prefetch(idxs.iter().flatten().copied());
         for (view, &idx) in records.iter().zip(&idxs) {
             let (name, key) = (
@@ -1169,6 +1157,15 @@ impl Mesh {
         let mut out = Vec::with_capacity(wire::SUMMARY_HEADER_LEN + entries.len() * ENTRY_LEN);
         wire::encode_summary(complete, entries, &mut out);
         self.send(conn, out);
+    }
+
+    /// Returns the interner index of each name (None for a name never interned) in the reused
+    /// buffer; the caller gives it back with `self.scratch_idx = recycle(idxs)`.
+    fn indices_of(&mut self, names: impl Iterator<Item = PeerName>) -> Vec<Option<u32>> {
+        let mut idxs = std::mem::take(&mut self.scratch_idx);
+        idxs.clear();
+        self.peers.names_interner().get_many(names, &mut idxs);
+        idxs
     }
 
     /// Notes that the record for `name` changed, to be announced to every neighbour except
@@ -1329,11 +1326,7 @@ impl Mesh {
             cache.extend(self.conns.values().map(|c| (c.id, c.remote, None, false)));
             self.announce_cache_gen = self.conns_gen;
         }
-        let mut idxs = std::mem::take(&mut self.scratch_idx);
-        idxs.clear();
-        self.peers
-            .names_interner()
-            .get_many(cache.iter().map(|e| e.1), &mut idxs);
+        let idxs = self.indices_of(cache.iter().map(|e| e.1));
         for (entry, idx) in cache.iter_mut().zip(&idxs) {
             let key = idx.and_then(|i| self.peers.key_at(i));
             if entry.2 != Some(key) {
