@@ -230,12 +230,10 @@ pub struct Mesh {
     conns: BTreeMap<ConnId, Connection>,
     by_peer: BTreeMap<PeerName, ConnId>,
     targets: Targets,
-    /// Records changed since the last announcement batch, in no order (see `NameState`).
+    /// Records changed since the last announcement batch, in no order; a name's position here plus one is its
+    /// [`Peers::pending_mark`].
     pending: Vec<Pending>,
-    /// Per name index of the peer table's interner: requests in flight and the position in
-    /// `pending`, so that gossip bookkeeping is one memory access per name.
-    name_state: Vec<NameState>,
-    /// The zero of the tick counts in `name_state`.
+    /// The zero of the tick counts in the table's request marks ([`crate::peers::RequestMark`]).
     epoch: Instant,
     /// Reused buffers for name indices.
     scratch_idx: Vec<Option<u32>>,
@@ -310,7 +308,6 @@ impl Mesh {
             by_peer: BTreeMap::new(),
             targets: Targets::default(),
             pending: Vec::new(),
-            name_state: Vec::new(),
             epoch: now,
             scratch_idx: Vec::new(),
             conns_gen: 0,
@@ -970,17 +967,6 @@ impl Mesh {
         let mut bumped = false;
         let idxs = self.indices_of(entries.iter().map(|e| e.name));
         self.peers.prefetch(idxs.iter().flatten().copied());
-        // Then the request state of the entries newer than what we hold (same reason).
-        let mut acc = 0u64;
-        for (e, idx) in entries.iter().zip(&idxs) {
-            if let Some(i) = *idx
-                && self.peers.key_at(i).is_none_or(|h| h.version < e.version)
-                && let Some(st) = self.name_state.get(i as usize)
-            {
-                acc ^= st.req_deadline;
-            }
-        }
-        std::hint::black_box(acc);
         let (now_t, deadline_t) = (
             self.ticks(now),
             self.ticks(now + self.config.request_timeout),
@@ -1011,12 +997,11 @@ impl Mesh {
                 Some(held) if held > key => {}
                 Some(_) | None => {
                     let i = idx.unwrap_or_else(|| self.peers.names_interner().intern(e.name));
-                    let st = self.state_mut(i);
-                    let inflight = st.req_deadline > now_t && st.req_key >= key;
+                    let req = self.peers.request_mark_mut(i);
+                    let inflight = req.deadline > now_t && req.key >= key;
                     if !inflight {
-                        st.req_key = key;
-                        st.req_deadline = deadline_t;
-                        self.peers.set_requested_mark(i, true);
+                        req.key = key;
+                        req.deadline = deadline_t;
                         want.push(e.name);
                     }
                 }
@@ -1035,6 +1020,7 @@ impl Mesh {
 
     fn on_request(&mut self, conn: ConnId, names: &[PeerName]) {
         let idxs = self.indices_of(names.iter().copied());
+        self.peers.prefetch(idxs.iter().flatten().copied());
         // Encoded from the table in place: cloning each shared record's `Arc` to send it
         // was an atomic write to a line other threads' tables also hold.
         let peers = &self.peers;
@@ -1071,12 +1057,12 @@ impl Mesh {
                 continue;
             }
             if let Some(i) = idx
-                && self.peers.requested_mark(i)
-                && let Some(st) = self.name_state.get_mut(i as usize)
-                && key >= st.req_key
+                && self.peers.request_mark(i).deadline != 0
             {
-                st.req_deadline = 0;
-                self.peers.set_requested_mark(i, false);
+                let req = self.peers.request_mark_mut(i);
+                if key >= req.key {
+                    req.deadline = 0;
+                }
             }
             // Most copies are not newer: the key decides without decoding the record; only an
             // equal key (which honest peers never send with other content) needs the content.
@@ -1238,15 +1224,6 @@ impl Mesh {
     /// Returns the tick count (nanoseconds since `epoch`) of `t`.
     fn ticks(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn state_mut(&mut self, idx: u32) -> &mut NameState {
-        let i = idx as usize;
-        if i >= self.name_state.len() {
-            let n = (i + 1).max(self.peers.names_interner().len());
-            self.name_state.resize(n, NameState::default());
-        }
-        &mut self.name_state[i]
     }
 
     /// Returns the pending announcement of the record at `idx`, if any.
@@ -1795,17 +1772,6 @@ pub(crate) fn recycle<T>(mut v: Vec<T>) -> Vec<T> {
 }
 
 const RECYCLE_MAX: usize = 256;
-
-/// Gossip bookkeeping for one name (by interner index).
-#[derive(Clone, Copy, Debug, Default)]
-struct NameState {
-    /// The key last requested; meaningful while `req_deadline` has not passed.
-    req_key: RecordKey,
-    /// When the request may be repeated, in ticks; 0 when none is in flight. (Whether a
-    /// request is in flight at all is [`Peers::requested_mark`]; the position in
-    /// `Mesh::pending` plus one is [`Peers::pending_mark`].)
-    req_deadline: u64,
-}
 
 /// A record to announce at the next batch, and the connections that need not hear of it.
 #[derive(Clone, Debug)]

@@ -66,7 +66,10 @@ pub struct Peers {
     scratch: [Vec<u32>; 4],
 }
 
+// One cache line per slot: a summary entry or a received record reads the key and the request
+// mark together, and a slot straddling two lines cost two misses.
 #[derive(Clone, Debug, Default)]
+#[repr(align(64))]
 struct Slot {
     rec: Option<Arc<PeerInfo>>,
     /// The key of `rec` (meaningless without it), kept here so that comparing a summary entry
@@ -74,9 +77,19 @@ struct Slot {
     key: RecordKey,
     /// The engine's marks (see [`Peers::pending_mark`]), here to share the cache line.
     pending_mark: u32,
-    requested_mark: bool,
+    request: RequestMark,
     /// Which orphan set holds this name, so that the sets are touched only when it matters.
     orphan: Orphan,
+}
+
+/// The engine's record of a request for a name's record: kept in the table's slot, beside the
+/// key held, because both are read for every summary entry and every received record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestMark {
+    /// The key last requested; meaningful while a request is in flight.
+    pub key: RecordKey,
+    /// When the request may be repeated, in the engine's ticks; 0 when none is in flight.
+    pub deadline: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -186,16 +199,16 @@ impl Peers {
         self.slot_mut(idx).pending_mark = mark;
     }
 
-    /// Returns the engine's "requested" mark of the name at `idx` (false unless set).
-    pub fn requested_mark(&self, idx: u32) -> bool {
+    /// Returns the engine's request mark of the name at `idx` (the default unless set).
+    pub fn request_mark(&self, idx: u32) -> RequestMark {
         self.slots
             .get(idx as usize)
-            .is_some_and(|s| s.requested_mark)
+            .map_or_else(RequestMark::default, |s| s.request)
     }
 
-    /// Sets the engine's "requested" mark of the name at `idx`.
-    pub fn set_requested_mark(&mut self, idx: u32, mark: bool) {
-        self.slot_mut(idx).requested_mark = mark;
+    /// Returns the engine's request mark of the name at `idx`, to change it.
+    pub fn request_mark_mut(&mut self, idx: u32) -> &mut RequestMark {
+        &mut self.slot_mut(idx).request
     }
 
     /// Loads the slots at `idxs` into the cache ahead of their use: the loads are independent,
