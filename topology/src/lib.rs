@@ -43,5 +43,6 @@ pub mod wire;
 
 pub use mesh::{CloseReason, Config, Connection, Event, Mesh};
 pub use peer::{
-    ConnId, ConnectionSummary, PeerInfo, PeerName, PeerNames, PeerUid, RecordCache, RecordKey,
+    ConnId, ConnectionSummary, PeerInfo, PeerName, PeerNames, PeerUid, Record, RecordCache,
+    RecordKey,
 };

@@ -39,7 +39,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::api;
 use crate::peer::{
-    ConnId, ConnectionSummary, PeerInfo, PeerName, PeerNames, PeerUid, RecordCache, RecordKey,
+    ConnId, ConnectionSummary, PeerInfo, PeerName, PeerNames, PeerUid, Record, RecordCache,
+    RecordKey,
 };
 use crate::peers::{Applied, Peers};
 use crate::routes::Routes;
@@ -1075,12 +1076,9 @@ impl Mesh {
                 .record_cache
                 .as_ref()
                 .and_then(|c| c.lookup(view));
-            let rec = cached.unwrap_or_else(|| {
-                let rec = Arc::new(view.decode());
-                match &self.config.record_cache {
-                    Some(cache) => cache.intern(rec),
-                    None => rec,
-                }
+            let rec = cached.unwrap_or_else(|| match &self.config.record_cache {
+                Some(cache) => cache.intern(view.decode()),
+                None => Record::from(view.decode()),
             });
             if held == Some(key) && !self.peers.is_newer(&rec) {
                 continue;

@@ -156,6 +156,11 @@ pub struct ConnectionSummary {
 /// One incarnation of one peer at one version, as gossip carries it. Immutable once built:
 /// build it with [`PeerInfo::new`] and do not change its fields once a table holds it (the
 /// record memoises its names' [`PeerNames`] indices on first use; a clone forgets them).
+///
+/// Aligned to a cache line so that, inside an `Arc`, the fields do not share a line with the
+/// reference counts: the simulator's threads clone and drop each record's `Arc` while the
+/// others read its fields (a line bouncing between cores on every read).
+#[repr(align(64))]
 pub struct PeerInfo {
     /// The peer's name.
     pub name: PeerName,
@@ -468,6 +473,63 @@ impl PeerNames {
     }
 }
 
+/// A record as a peer table holds it: shared by reference count, or interned for good by a
+/// [`RecordCache`]. Cloning an interned record copies a pointer; cloning a counted one writes
+/// its count, which the simulator's threads did on every record they received (a cache line
+/// moving between cores each time).
+#[derive(Clone)]
+pub struct Record(Held);
+
+#[derive(Clone)]
+enum Held {
+    Counted(Arc<PeerInfo>),
+    Interned(&'static PeerInfo),
+}
+
+impl Record {
+    /// True when both are the same shared record (not merely equal).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        std::ptr::eq::<PeerInfo>(&**a, &**b)
+    }
+}
+
+impl std::ops::Deref for Record {
+    type Target = PeerInfo;
+
+    fn deref(&self) -> &PeerInfo {
+        match &self.0 {
+            Held::Counted(a) => a,
+            Held::Interned(r) => r,
+        }
+    }
+}
+
+impl From<Arc<PeerInfo>> for Record {
+    fn from(a: Arc<PeerInfo>) -> Self {
+        Self(Held::Counted(a))
+    }
+}
+
+impl From<PeerInfo> for Record {
+    fn from(r: PeerInfo) -> Self {
+        Self(Held::Counted(Arc::new(r)))
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Record {}
+
 /// A shared intern table of immutable peer records, keyed by name, uid and version.
 ///
 /// Optional. The simulator gives one cache to all of its nodes, so that 5,000 nodes holding
@@ -475,14 +537,18 @@ impl PeerNames {
 /// encoding has the received bytes' length and 128-bit fingerprint (two independent 64-bit
 /// hashes); a different record under the same name, uid and version would have to collide in
 /// both. Comparing the bytes themselves cost a cache miss on the cached copy for every record
-/// a node received (7 % of a 5,000-node cold start). The router keeps no cache.
+/// a node received (7 % of a 5,000-node cold start).
+///
+/// Interned records are never freed: the tables share them without reference counts (see
+/// [`Record`]). A simulation is bounded (a 5,000-node run interns a few versions per node, a
+/// few MB); a long-lived process must not use a cache, and the router keeps none.
 #[derive(Clone, Default)]
 pub struct RecordCache {
     inner: Arc<Mutex<CacheInner>>,
 }
 
-/// A shared record and the fingerprint of its encoding inside an Update.
-type CachedRecord = (Arc<PeerInfo>, Fingerprint);
+/// An interned record and the fingerprint of its encoding inside an Update.
+type CachedRecord = (&'static PeerInfo, Fingerprint);
 
 /// Length and two independent 64-bit hashes of a record's encoding.
 type Fingerprint = (usize, u64, u64);
@@ -518,7 +584,6 @@ struct CacheInner {
     /// Each record with its encoding's fingerprint, so that a received copy is recognised
     /// without decoding it.
     map: HashMap<(PeerName, PeerUid, u64), CachedRecord, crate::peers::NameHashBuilder>,
-    prune_at: usize,
 }
 
 impl fmt::Debug for RecordCache {
@@ -533,32 +598,28 @@ impl RecordCache {
         Self::default()
     }
 
-    /// Returns the shared copy of `rec`, inserting it if no equal record is cached.
-    pub fn intern(&self, rec: Arc<PeerInfo>) -> Arc<PeerInfo> {
+    /// Returns the interned copy of `rec`, interning it if no equal record is.
+    pub fn intern(&self, rec: PeerInfo) -> Record {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (rec.name, rec.uid, rec.version);
-        if let Some((found, _)) = inner.map.get(&key)
-            && **found == *rec
+        if let Some(&(found, _)) = inner.map.get(&key)
+            && *found == rec
         {
-            return Arc::clone(found);
+            return Record(Held::Interned(found));
         }
         let print = fingerprint(rec.encoding());
-        inner.map.insert(key, (Arc::clone(&rec), print));
-        if inner.map.len() > inner.prune_at {
-            // Drop records nobody but the cache holds; amortised by doubling the threshold.
-            inner.map.retain(|_, (v, _)| Arc::strong_count(v) > 1);
-            inner.prune_at = (inner.map.len() * 2).max(1024);
-        }
-        rec
+        let leaked: &'static PeerInfo = Box::leak(Box::new(rec));
+        inner.map.insert(key, (leaked, print));
+        Record(Held::Interned(leaked))
     }
 
     /// Returns the cached record whose encoding has `view`'s bytes' fingerprint, without
     /// decoding.
-    pub fn lookup(&self, view: &crate::wire::RecordView<'_>) -> Option<Arc<PeerInfo>> {
+    pub fn lookup(&self, view: &crate::wire::RecordView<'_>) -> Option<Record> {
         let print = fingerprint(view.bytes());
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let (rec, cached) = inner.map.get(&(view.name, view.uid, view.version))?;
-        (*cached == print).then(|| Arc::clone(rec))
+        let &(rec, cached) = inner.map.get(&(view.name, view.uid, view.version))?;
+        (cached == print).then_some(Record(Held::Interned(rec)))
     }
 
     /// Returns the number of records cached.
@@ -654,9 +715,9 @@ mod tests {
             "a".into(),
             vec![],
         );
-        let a = cache.intern(Arc::new(rec.clone()));
-        let b = cache.intern(Arc::new(rec));
-        assert!(Arc::ptr_eq(&a, &b));
+        let a = cache.intern(rec.clone());
+        let b = cache.intern(rec);
+        assert!(Record::ptr_eq(&a, &b));
         assert_eq!(cache.len(), 1);
     }
 
@@ -672,14 +733,14 @@ mod tests {
                 vec![],
             )
         };
-        let held = cache.intern(Arc::new(rec("a")));
+        let held = cache.intern(rec("a"));
         let found = |r: &PeerInfo| {
             let mut buf = Vec::new();
             crate::wire::encode_update([r].into_iter(), &mut buf);
             let view = crate::wire::UpdateView::parse(&buf).unwrap().unwrap();
             cache.lookup(&view.records()[0])
         };
-        assert!(found(&rec("a")).is_some_and(|f| Arc::ptr_eq(&f, &held)));
+        assert!(found(&rec("a")).is_some_and(|f| Record::ptr_eq(&f, &held)));
         assert!(
             found(&rec("b")).is_none(),
             "same name, uid and version, other content"

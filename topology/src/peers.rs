@@ -19,9 +19,8 @@
 
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
 
-use crate::peer::{PeerInfo, PeerName, PeerNames, RecordKey};
+use crate::peer::{PeerInfo, PeerName, PeerNames, Record, RecordKey};
 use crate::wire::{BUCKETS, Entry};
 
 /// What applying one record did.
@@ -71,7 +70,7 @@ pub struct Peers {
 #[derive(Clone, Debug, Default)]
 #[repr(align(64))]
 struct Slot {
-    rec: Option<Arc<PeerInfo>>,
+    rec: Option<Record>,
     /// The key of `rec` (meaningless without it), kept here so that comparing a summary entry
     /// with what we hold does not touch the record itself.
     key: RecordKey,
@@ -122,12 +121,13 @@ impl Default for Link {
 
 impl Peers {
     /// Makes a table holding only our own record, with its own name interner.
-    pub fn new(own: Arc<PeerInfo>) -> Self {
+    pub fn new(own: impl Into<Record>) -> Self {
         Self::with_names(own, PeerNames::new())
     }
 
     /// Makes a table holding only our own record, interning names in `names`.
-    pub fn with_names(own: Arc<PeerInfo>, names: PeerNames) -> Self {
+    pub fn with_names(own: impl Into<Record>, names: PeerNames) -> Self {
+        let own = own.into();
         let own_idx = names.intern(own.name);
         let mut p = Self {
             ours: own.name,
@@ -164,12 +164,12 @@ impl Peers {
     }
 
     /// Returns the record held for `name`.
-    pub fn get(&self, name: PeerName) -> Option<&Arc<PeerInfo>> {
+    pub fn get(&self, name: PeerName) -> Option<&Record> {
         self.get_at(self.index_of(name)?)
     }
 
     /// Returns the record held at interner index `idx`.
-    pub fn get_at(&self, idx: u32) -> Option<&Arc<PeerInfo>> {
+    pub fn get_at(&self, idx: u32) -> Option<&Record> {
         self.slots.get(idx as usize).and_then(|s| s.rec.as_ref())
     }
 
@@ -249,7 +249,8 @@ impl Peers {
     }
 
     /// Merges one record. Our own record is only changed through [`Peers::set_own`].
-    pub fn apply(&mut self, rec: Arc<PeerInfo>) -> Applied {
+    pub fn apply(&mut self, rec: impl Into<Record>) -> Applied {
+        let rec = rec.into();
         if rec.name == self.ours || !self.is_newer(&rec) {
             return Applied::Ignored;
         }
@@ -264,13 +265,14 @@ impl Peers {
     /// Replaces our own record.
     ///
     /// Returns true when connections were removed.
-    pub fn set_own(&mut self, rec: Arc<PeerInfo>) -> bool {
+    pub fn set_own(&mut self, rec: impl Into<Record>) -> bool {
+        let rec = rec.into();
         debug_assert_eq!(rec.name, self.ours);
         self.install(rec).unwrap_or(false)
     }
 
     /// Removes the record for `name` (never our own). Returns it.
-    pub fn remove(&mut self, name: PeerName) -> Option<Arc<PeerInfo>> {
+    pub fn remove(&mut self, name: PeerName) -> Option<Record> {
         if name == self.ours {
             return None;
         }
@@ -325,8 +327,8 @@ impl Peers {
     }
 
     /// Returns every record, sorted by name.
-    pub fn records(&self) -> Vec<&Arc<PeerInfo>> {
-        let mut v: Vec<&Arc<PeerInfo>> = self.slots.iter().filter_map(|s| s.rec.as_ref()).collect();
+    pub fn records(&self) -> Vec<&Record> {
+        let mut v: Vec<&Record> = self.slots.iter().filter_map(|s| s.rec.as_ref()).collect();
         v.sort_unstable_by_key(|r| r.name);
         v
     }
@@ -555,7 +557,7 @@ impl Peers {
 
     /// Installs `rec` unconditionally. Returns None if the name had no record, else whether the
     /// replacement removed connections.
-    fn install(&mut self, rec: Arc<PeerInfo>) -> Option<bool> {
+    fn install(&mut self, rec: Record) -> Option<bool> {
         let name = rec.name;
         let [mut tmp_new, mut tmp_old, mut added, mut dropped] = std::mem::take(&mut self.scratch);
         let (idx, new_ids) = rec.ids(&self.names, &mut tmp_new);
@@ -788,6 +790,7 @@ mod tests {
 
     use super::*;
     use crate::peer::{ConnectionSummary, PeerUid};
+    use std::sync::Arc;
 
     pub(crate) fn n(b: u8) -> PeerName {
         PeerName::from_bytes([0, 0, 0, 0, 0, b])
@@ -882,9 +885,9 @@ mod tests {
         let mut b = Peers::with_names(rec(9, 1, &[]), shared);
         let mut c = Peers::new(rec(1, 1, &[2]));
         for r in &recs {
-            a.apply(Arc::clone(r));
-            b.apply(Arc::clone(r));
-            c.apply(Arc::clone(r));
+            a.apply(r.clone());
+            b.apply(r.clone());
+            c.apply(r.clone());
         }
         assert_eq!(a.names(), c.names());
         assert_eq!(a.digest(), c.digest());

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use topology::peers::Peers;
 use topology::routes::Routes;
 use topology::wire::{Entry, Message};
-use topology::{ConnectionSummary, PeerInfo, PeerName, PeerUid};
+use topology::{ConnectionSummary, PeerInfo, PeerName, PeerUid, Record};
 
 fn name(i: usize) -> PeerName {
     PeerName::from_bytes([0x02, 0, 0, 0, (i >> 8) as u8, i as u8 + 1])
@@ -122,7 +122,7 @@ proptest! {
         // Merging a merged table into another equals merging everything.
         let mut m = table(&a);
         for r in table(&b.iter().chain(&c).cloned().collect::<Vec<_>>()).records() {
-            m.apply(Arc::clone(r));
+            m.apply(r.clone());
         }
         prop_assert_eq!(snapshot(&m), snapshot(&x));
     }
@@ -274,10 +274,10 @@ proptest! {
 
 /// The peers with a record that a search from `me` over listed connections does not reach.
 fn reference_unreachable(p: &Peers, me: PeerName) -> Vec<PeerName> {
-    let recs: BTreeMap<PeerName, Arc<PeerInfo>> = p
+    let recs: BTreeMap<PeerName, Record> = p
         .records()
         .into_iter()
-        .map(|r| (r.name, Arc::clone(r)))
+        .map(|r| (r.name, r.clone()))
         .collect();
     let mut seen = BTreeSet::from([me]);
     let mut q = VecDeque::from([me]);
