@@ -569,14 +569,16 @@ impl Peers {
         let old = self.slots.get_mut(idx as usize).and_then(|s| s.rec.take());
         // Only the connections that differ change in-degrees. A remote listed by both keeps an
         // in-degree of at least one throughout, so its orphanhood does not change either.
-        added.clear();
-        dropped.clear();
         match &old {
             Some(old) => {
                 let (_, old_ids) = old.ids(&self.names, &mut tmp_old);
-                diff_remotes(old, old_ids, &rec, new_ids, &mut added, &mut dropped);
+                diff_remotes(old_ids, new_ids, &mut added, &mut dropped);
             }
-            None => added.extend_from_slice(new_ids),
+            None => {
+                added.clear();
+                added.extend_from_slice(new_ids);
+                dropped.clear();
+            }
         }
         // Load the remotes' links first (independent loads: their misses overlap).
         let mut acc = 0u32;
@@ -689,45 +691,40 @@ impl Peers {
     }
 }
 
-/// Collects the remotes only `new` lists and those only `old` lists (as indices); both
-/// records' connections are sorted by remote name and `*_ids` follow them.
-fn diff_remotes(
-    old: &PeerInfo,
-    old_ids: &[u32],
-    new: &PeerInfo,
-    new_ids: &[u32],
-    added: &mut Vec<u32>,
-    dropped: &mut Vec<u32>,
-) {
-    let (o, n) = (&old.connections, &new.connections);
-    let (mut i, mut j) = (0, 0);
-    loop {
-        match (o.get(i), n.get(j)) {
-            (Some(oc), Some(nc)) => match oc.remote.cmp(&nc.remote) {
-                std::cmp::Ordering::Less => {
-                    dropped.extend(old_ids.get(i));
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    added.extend(new_ids.get(j));
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    i += 1;
-                    j += 1;
-                }
-            },
-            (Some(_), None) => {
-                dropped.extend(old_ids.get(i));
+/// Collects the remotes only `new_ids` lists into `added` and those only `old_ids` lists into
+/// `dropped` (in index order): a record's remotes as interner indices, compared as sets. The
+/// indices are one line per record; comparing the connections by name read six.
+fn diff_remotes(old_ids: &[u32], new_ids: &[u32], added: &mut Vec<u32>, dropped: &mut Vec<u32>) {
+    added.clear();
+    added.extend_from_slice(new_ids);
+    added.sort_unstable();
+    dropped.clear();
+    dropped.extend_from_slice(old_ids);
+    dropped.sort_unstable();
+    // One merge pass keeps what only one side has, in place.
+    let (mut i, mut j, mut kept_added, mut kept_dropped) = (0, 0, 0, 0);
+    while let (Some(&x), Some(&y)) = (added.get(i), dropped.get(j)) {
+        match x.cmp(&y) {
+            std::cmp::Ordering::Less => {
+                added[kept_added] = x;
+                kept_added += 1;
                 i += 1;
             }
-            (None, Some(_)) => {
-                added.extend(new_ids.get(j));
+            std::cmp::Ordering::Greater => {
+                dropped[kept_dropped] = y;
+                kept_dropped += 1;
                 j += 1;
             }
-            (None, None) => return,
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
         }
     }
+    added.copy_within(i.., kept_added);
+    added.truncate(kept_added + (added.len() - i));
+    dropped.copy_within(j.., kept_dropped);
+    dropped.truncate(kept_dropped + (dropped.len() - j));
 }
 
 /// Returns the anti-entropy bucket of a name.
@@ -816,6 +813,28 @@ mod tests {
             String::new(),
             connections,
         ))
+    }
+
+    #[test]
+    fn remote_diff_keeps_what_one_side_lists() {
+        let (mut added, mut dropped) = (vec![9], vec![9]);
+        diff_remotes(&[5, 1, 7, 3], &[2, 7, 5, 8, 0], &mut added, &mut dropped);
+        assert_eq!(
+            (added.as_slice(), dropped.as_slice()),
+            (&[0, 2, 8][..], &[1, 3][..])
+        );
+        diff_remotes(&[], &[4, 2], &mut added, &mut dropped);
+        assert_eq!(
+            (added.as_slice(), dropped.as_slice()),
+            (&[2, 4][..], &[][..])
+        );
+        diff_remotes(&[4, 2], &[2, 4], &mut added, &mut dropped);
+        assert!(added.is_empty() && dropped.is_empty());
+        diff_remotes(&[6, 1], &[], &mut added, &mut dropped);
+        assert_eq!(
+            (added.as_slice(), dropped.as_slice()),
+            (&[][..], &[1, 6][..])
+        );
     }
 
     #[test]
