@@ -927,22 +927,29 @@ impl Mesh {
         // learns spread the rest.
         let _ = full;
         let start = self.rng.gen_range(0..differing.len());
+        // The buckets that fit in the budget, chosen by their counts; then one pass over the
+        // table collects only their entries (sorted by bucket, then name).
+        let counts = self.peers.bucket_counts();
         let mut budget = self.config.anti_entropy_budget;
-        let mut mask = 0u64;
-        let mut entries: Vec<Entry> = Vec::new();
-        // One pass over the table for every differing bucket; sorted by bucket, then name.
-        let all_mask = differing.iter().fold(0u64, |m, &b| m | 1 << b);
-        let all = self.peers.entries_in(all_mask);
+        let mut chosen: Vec<usize> = Vec::new();
         for k in 0..differing.len() {
             let b = differing[(start + k) % differing.len()];
-            let lo = all.partition_point(|(x, _)| usize::from(*x) < b);
-            let hi = all.partition_point(|(x, _)| usize::from(*x) <= b);
-            let bucket = all.get(lo..hi).unwrap_or_default().iter().map(|(_, e)| *e);
-            let bytes = bucket.len() * ENTRY_LEN;
-            if mask != 0 && bytes > budget {
+            let bytes = counts[b] as usize * ENTRY_LEN;
+            if !chosen.is_empty() && bytes > budget {
                 break;
             }
             budget = budget.saturating_sub(bytes);
+            chosen.push(b);
+        }
+        let all = self
+            .peers
+            .entries_in(chosen.iter().fold(0u64, |m, &b| m | 1 << b));
+        let mut mask = 0u64;
+        let mut entries: Vec<Entry> = Vec::new();
+        for b in chosen {
+            let lo = all.partition_point(|(x, _)| usize::from(*x) < b);
+            let hi = all.partition_point(|(x, _)| usize::from(*x) <= b);
+            let bucket = all.get(lo..hi).unwrap_or_default().iter().map(|(_, e)| *e);
             if mask != 0 && (entries.len() + bucket.len()) * ENTRY_LEN > SUMMARY_CHUNK_BYTES {
                 self.send_summary(conn, mask, &entries);
                 mask = 0;

@@ -51,6 +51,9 @@ pub struct Peers {
     records: usize,
     digest: u64,
     buckets: [u64; BUCKETS],
+    /// Records held per bucket, so that an anti-entropy answer picks its buckets before it
+    /// collects their entries.
+    bucket_counts: [u32; BUCKETS],
     /// Orphans that arrived as such ("fresh"): during a cold start a record often arrives
     /// before the records pointing at it.
     fresh_orphans: BTreeSet<PeerName>,
@@ -138,6 +141,7 @@ impl Peers {
             records: 0,
             digest: 0,
             buckets: [0; BUCKETS],
+            bucket_counts: [0; BUCKETS],
             fresh_orphans: BTreeSet::new(),
             dropped_orphans: BTreeSet::new(),
             treed: 0,
@@ -310,6 +314,11 @@ impl Peers {
         (u32::try_from(self.records).unwrap_or(u32::MAX), self.digest)
     }
 
+    /// Returns the number of records held in each anti-entropy bucket.
+    pub fn bucket_counts(&self) -> &[u32; BUCKETS] {
+        &self.bucket_counts
+    }
+
     /// Returns the digest of each anti-entropy bucket.
     pub fn bucket_digests(&self) -> &[u64; BUCKETS] {
         &self.buckets
@@ -344,7 +353,8 @@ impl Peers {
             self.slots
                 .iter()
                 .zip(names.iter().zip(buckets))
-                .filter(|(s, (_, b))| s.rec.is_some() && mask & (1u64 << (**b & 63)) != 0)
+                // The bucket first: it is a dense byte per name, the slot a line.
+                .filter(|(s, (_, b))| mask & (1u64 << (**b & 63)) != 0 && s.rec.is_some())
                 .map(|(s, (&name, &b))| {
                     (
                         b,
@@ -357,7 +367,8 @@ impl Peers {
                 })
                 .collect()
         });
-        v.sort_unstable_by_key(|(b, e)| (*b, e.name));
+        // One integer per key (names order as their big-endian value).
+        v.sort_unstable_by_key(|(b, e)| (u64::from(*b) << 48) | name_u64(e.name));
         v
     }
 
@@ -642,9 +653,11 @@ impl Peers {
         if add {
             self.digest = self.digest.wrapping_add(h);
             self.buckets[b] = self.buckets[b].wrapping_add(h);
+            self.bucket_counts[b] += 1;
         } else {
             self.digest = self.digest.wrapping_sub(h);
             self.buckets[b] = self.buckets[b].wrapping_sub(h);
+            self.bucket_counts[b] = self.bucket_counts[b].saturating_sub(1);
         }
     }
 
@@ -885,6 +898,13 @@ mod tests {
         assert!(p.has_dropped_orphans());
         assert_eq!(names(p.remove_dropped_orphans()), vec![n(3)]);
         assert_eq!(p.len(), 2);
+        // The per-bucket counts follow adds, replacements and removals.
+        let mut counted = [0u32; BUCKETS];
+        for (b, _) in p.entries_in(u64::MAX) {
+            counted[usize::from(b)] += 1;
+        }
+        assert_eq!(p.bucket_counts(), &counted);
+        assert_eq!(p.bucket_counts().iter().sum::<u32>(), 2);
     }
 
     #[test]
