@@ -1111,6 +1111,8 @@ impl<'a> Sim<'a> {
                 own_hash: 0,
             });
         }
+        // Every name is known: from now on the nodes read the interner without its lock.
+        names.freeze();
         let degree = args.degree.min(n - 1);
         for (i, node) in nodes.iter_mut().enumerate() {
             let mut picked: Vec<usize> = Vec::with_capacity(degree);

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 /// A peer's stable 48-bit name, shown as `aa:bb:cc:dd:ee:ff`.
@@ -341,10 +341,16 @@ pub struct PeerNames {
 
 struct NamesInner {
     id: u64,
+    /// A copy of the table taken by [`PeerNames::freeze`], read without the lock: the
+    /// simulator's threads took the shared lock (two atomic writes to one cache line) several
+    /// times per message.
+    frozen: OnceLock<NameTable>,
+    /// Names interned, kept apart from the table so that reading it takes no lock.
+    len: AtomicUsize,
     table: RwLock<NameTable>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct NameTable {
     map: HashMap<PeerName, u32, crate::peers::NameHashBuilder>,
     names: Vec<PeerName>,
@@ -387,6 +393,8 @@ impl PeerNames {
         Self {
             inner: Arc::new(NamesInner {
                 id: NEXT_NAMES_ID.fetch_add(1, AtomicOrdering::Relaxed),
+                frozen: OnceLock::new(),
+                len: AtomicUsize::new(0),
                 table: RwLock::default(),
             }),
         }
@@ -411,14 +419,42 @@ impl PeerNames {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Copies the names interned so far into a table read without a lock. Only the first call
+    /// copies. Names interned later are still found, under the lock; call it once the names
+    /// are (mostly) known, as the simulator does after its set-up.
+    pub fn freeze(&self) {
+        let copy = self.read().clone();
+        let _ = self.inner.frozen.set(copy);
+    }
+
+    /// The frozen table, when it holds every name interned (nothing was added since).
+    fn frozen_whole(&self) -> Option<&NameTable> {
+        self.inner
+            .frozen
+            .get()
+            .filter(|f| f.names.len() == self.inner.len.load(AtomicOrdering::Acquire))
+    }
+
     /// Returns the index of `name`, if it was ever interned.
     pub fn get(&self, name: PeerName) -> Option<u32> {
+        if let Some(f) = self.inner.frozen.get()
+            && let Some(&i) = f.map.get(&name)
+        {
+            return Some(i);
+        }
+        if self.frozen_whole().is_some() {
+            return None;
+        }
         self.read().map.get(&name).copied()
     }
 
     /// Appends the index of each name (None for names never interned) to `out`, under one
-    /// shared lock.
+    /// shared lock (or none, when the frozen table holds every name).
     pub fn get_many(&self, names: impl Iterator<Item = PeerName>, out: &mut Vec<Option<u32>>) {
+        if let Some(f) = self.frozen_whole() {
+            out.extend(names.map(|n| f.map.get(&n).copied()));
+            return;
+        }
         let t = self.read();
         out.extend(names.map(|n| t.map.get(&n).copied()));
     }
@@ -428,23 +464,34 @@ impl PeerNames {
         if let Some(i) = self.get(name) {
             return i;
         }
-        self.write().insert(name)
+        let mut t = self.write();
+        let i = t.insert(name);
+        self.inner.len.store(t.names.len(), AtomicOrdering::Release);
+        i
     }
 
     /// Returns the name at `idx`.
     pub fn name(&self, idx: u32) -> Option<PeerName> {
+        if let Some(f) = self.inner.frozen.get()
+            && let Some(&n) = f.names.get(idx as usize)
+        {
+            return Some(n);
+        }
         self.read().names.get(idx as usize).copied()
     }
 
     /// Calls `f` with every name interned so far and each one's anti-entropy bucket, by index.
     pub(crate) fn with_names<R>(&self, f: impl FnOnce(&[PeerName], &[u8]) -> R) -> R {
+        if let Some(t) = self.frozen_whole() {
+            return f(&t.names, &t.buckets);
+        }
         let t = self.read();
         f(&t.names, &t.buckets)
     }
 
     /// Returns the number of names interned.
     pub fn len(&self) -> usize {
-        self.read().names.len()
+        self.inner.len.load(AtomicOrdering::Acquire)
     }
 
     /// Returns true when no name was interned.
@@ -651,6 +698,33 @@ mod tests {
         assert!("aa:bb:cc:dd:ee:ff:00".parse::<PeerName>().is_err());
         assert!("aa:bb:cc:dd:ee:fff".parse::<PeerName>().is_err());
         assert!("aa:bb:cc:dd:ee:zz".parse::<PeerName>().is_err());
+    }
+
+    #[test]
+    fn a_frozen_interner_still_finds_and_adds_names() {
+        let a = PeerNames::new();
+        let (x, y, z) = (
+            PeerName::from_bytes([1; 6]),
+            PeerName::from_bytes([2; 6]),
+            PeerName::from_bytes([3; 6]),
+        );
+        let ix = a.intern(x);
+        a.freeze();
+        let mut out = Vec::new();
+        a.get_many([x, y].into_iter(), &mut out);
+        assert_eq!(out, vec![Some(ix), None]);
+        let iy = a.intern(y);
+        assert_ne!(ix, iy);
+        out.clear();
+        a.get_many([y, x, z].into_iter(), &mut out);
+        assert_eq!(out, vec![Some(iy), Some(ix), None]);
+        assert_eq!(
+            (a.get(y), a.get(z), a.name(iy), a.len()),
+            (Some(iy), None, Some(y), 2)
+        );
+        assert_eq!(a.with_names(|names, _| names.to_vec()), vec![x, y]);
+        a.freeze(); // only the first call copies
+        assert_eq!(a.intern(x), ix);
     }
 
     #[test]
