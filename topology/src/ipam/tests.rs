@@ -993,18 +993,13 @@ impl Lossy {
                 }
             }
             if started == count && self.settled() {
-                let rounds = self
+                let (rounds, decided_round) = self
                     .peers
                     .iter()
-                    .flat_map(|p| p.paxos.claims().values().map(|c| c.promise.round))
-                    .max()
-                    .unwrap_or(0);
-                let decided_round = self
-                    .peers
-                    .iter()
-                    .flat_map(|p| p.paxos.claims().values().map(|c| c.accepted.round))
-                    .max()
-                    .unwrap_or(0);
+                    .flat_map(|p| p.paxos.claims().values())
+                    .fold((0, 0), |(r, d), c| {
+                        (r.max(c.promise.round), d.max(c.accepted.round))
+                    });
                 return Some(Settled {
                     after: self.now - self.start,
                     rounds,
