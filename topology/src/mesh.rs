@@ -231,8 +231,8 @@ pub struct Mesh {
     conns: BTreeMap<ConnId, Connection>,
     by_peer: BTreeMap<PeerName, ConnId>,
     targets: Targets,
-    /// Records changed since the last announcement batch, in no order; a name's position here plus one is its
-    /// [`Peers::pending_mark`].
+    /// Records changed since the last announcement batch, in no order; a name's position here
+    /// plus one is its [`Peers::pending_mark`].
     pending: Vec<Pending>,
     /// The zero of the tick counts in the table's request marks ([`crate::peers::RequestMark`]).
     epoch: Instant,
