@@ -156,11 +156,6 @@ pub struct ConnectionSummary {
 /// One incarnation of one peer at one version, as gossip carries it. Immutable once built:
 /// build it with [`PeerInfo::new`] and do not change its fields once a table holds it (the
 /// record memoises its names' [`PeerNames`] indices on first use; a clone forgets them).
-///
-/// Aligned to a cache line so that, inside an `Arc`, the fields do not share a line with the
-/// reference counts: the simulator's threads clone and drop each record's `Arc` while the
-/// others read its fields (a line bouncing between cores on every read).
-#[repr(align(64))]
 pub struct PeerInfo {
     /// The peer's name.
     pub name: PeerName,
