@@ -3,9 +3,10 @@
 # iproute2/iputils-ping/nftables: the lab; iperf3: benches; prometheus: promtool checks the
 # metrics exposition; tcpdump: underlay captures; containernetworking-plugins + iptables: the
 # reference CNI plugins (portmap chain test, latency comparison); jq: the CNI harness;
-# containerd, runc, busybox-static: the real-runtime CNI test (../shared/harness/ctr-cni.sh).
+# containerd, runc, busybox-static: the real-runtime CNI test (../shared/harness/ctr-cni.sh);
+# gcc: links every Rust binary, and builds mimalloc (weft-sim's allocator).
 set -euo pipefail
-pkgs=(iproute2 iputils-ping nftables iperf3 tcpdump prometheus procps containernetworking-plugins iptables jq containerd runc busybox-static)
+pkgs=(gcc iproute2 iputils-ping nftables iperf3 tcpdump prometheus procps containernetworking-plugins iptables jq containerd runc busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

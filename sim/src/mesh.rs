@@ -943,7 +943,9 @@ struct Exchange<'p> {
 /// engines allocate and free millions of messages and announcement lists of up to a few
 /// hundred KB; by default the allocator gave such blocks back (trimming the heap top, or
 /// `mmap` for large ones) and the next allocation faulted in freshly zeroed pages: at 5,000
-/// nodes the kernel's page zeroing was 11 % of the cold start's samples.
+/// nodes the kernel's page zeroing was 11 % of the cold start's samples. (The `weft-sim`
+/// binary allocates with mimalloc, which this does not touch; it serves a program that calls
+/// [`run`] on glibc's allocator, as the tests do.)
 fn keep_freed_memory() {
     // SAFETY: mallopt only changes allocator parameters; any value is accepted or ignored.
     unsafe {
