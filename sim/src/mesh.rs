@@ -1063,10 +1063,10 @@ impl<'a> Sim<'a> {
             (threads * PARTS_PER_THREAD).min(n)
         };
         let chunk = n.div_ceil(parts_n);
-        let cache = RecordCache::new();
         // One interner for all nodes; every name interned here, in node order, before
         // anything runs, so the indices never depend on the threads' scheduling.
         let names = PeerNames::new();
+        let cache = RecordCache::indexed(names.clone());
         let mut nodes = Vec::with_capacity(n);
         let mut world = World {
             args,

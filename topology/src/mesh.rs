@@ -1049,6 +1049,9 @@ impl Mesh {
         let mut bumped = false;
         let idxs = self.indices_of(records.iter().map(|v| v.name));
         self.peers.prefetch(idxs.iter().flatten().copied());
+        if let Some(c) = &self.config.record_cache {
+            c.prefetch_at(self.peers.names_interner(), idxs.iter().flatten().copied());
+        }
         for (view, &idx) in records.iter().zip(&idxs) {
             let (name, key) = (
                 view.name,
@@ -1078,14 +1081,15 @@ impl Mesh {
             if held.is_some_and(|h| h > key) || self.tombstone(name).is_some_and(|k| key <= k) {
                 continue;
             }
-            let cached = self
-                .config
-                .record_cache
-                .as_ref()
-                .and_then(|c| c.lookup(view));
-            let rec = cached.unwrap_or_else(|| match &self.config.record_cache {
-                Some(cache) => cache.intern(view.decode()),
-                None => Record::from(view.decode()),
+            let names = self.peers.names_interner();
+            let cached = self.config.record_cache.as_ref().and_then(|c| match idx {
+                Some(i) => c.lookup_at(view, names, i),
+                None => c.lookup(view),
+            });
+            let rec = cached.unwrap_or_else(|| match (&self.config.record_cache, idx) {
+                (Some(cache), Some(i)) => cache.intern_at(view.decode(), names, i),
+                (Some(cache), None) => cache.intern(view.decode()),
+                (None, _) => Record::from(view.decode()),
             });
             if held == Some(key) && !self.peers.is_newer(&rec) {
                 continue;
