@@ -13,6 +13,19 @@ use weft_sim::lab::{self, Datapath, LabSpec, RouterAction, Underlay};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h (v3, the version the crate builds).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Tells mimalloc never to give freed memory back to the kernel. By default it does so 10 ms
+/// after a page empties, and a run's next allocations then fault in fresh pages that the
+/// kernel zeroes (slow on this machine: its first touch of a page is). A simulation's memory
+/// is bounded and reused, so it keeps it. 3,000-node runs, two sets of five pairs alternated:
+/// wall time 0.895 / 0.892 and CPU time 0.942 / 0.954 of the default's.
+fn keep_freed_memory() {
+    // SAFETY: mi_option_set only stores the value of a known option; -1 means "never".
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "weft-sim",
@@ -123,6 +136,7 @@ enum PodAction {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
