@@ -7,18 +7,8 @@ use std::process::Command;
 
 use weft_sim::lab::{self, LabGuard, LabSpec};
 
-fn active(name: &str, node: &str) -> u64 {
-    // This router's own IPAM share comes first; `active` counts its pods and its gateway. The
-    // status snapshot may trail the last change by up to 100 ms.
-    for _ in 0..30 {
-        let report = lab::report(name, node).unwrap();
-        if let Some(n) = report["ipam"]["owners"][0]["active"].as_u64() {
-            return n;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("{node} reports no active IPAM count");
-}
+mod common;
+use common::settled_active;
 
 /// Lines of `ip`/`bridge` output (run in `ns`) that mention a weft host veth (`vw…`).
 fn veth_lines(ns: &str, tool: &str, args: &[&str]) -> Vec<String> {
@@ -48,21 +38,22 @@ fn two_hundred_add_del_cycles_leak_nothing() {
     spec.pods = 1;
     lab::up(&spec).unwrap();
     let nodes = ["h1", "h2", "h3"];
-    let before: Vec<u64> = nodes.iter().map(|n| active(&name, n)).collect();
+    // Each node holds its pod's address and its gateway's.
+    let held = spec.pods as u64 + 1;
+    let before: Vec<u64> = nodes
+        .iter()
+        .map(|n| settled_active(&name, n, held))
+        .collect();
+    assert_eq!(before, [held; 3], "before the churn");
     for cycle in 0..200 {
         let node = nodes[cycle % 3];
         lab::pod_add(&name, node, "p9", None).unwrap();
         lab::pod_del(&name, node, "p9").unwrap();
     }
-    // The status snapshot may trail the last DEL by up to 100 ms.
-    let mut after = Vec::new();
-    for _ in 0..30 {
-        after = nodes.iter().map(|n| active(&name, n)).collect();
-        if after == before {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let after: Vec<u64> = nodes
+        .iter()
+        .map(|n| settled_active(&name, n, held))
+        .collect();
     assert_eq!(after, before, "addresses leaked");
     for node in nodes {
         let ns = format!("{name}-{node}");

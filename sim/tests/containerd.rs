@@ -12,18 +12,8 @@ use std::time::{Duration, Instant};
 
 use weft_sim::lab::{self, LabGuard, LabSpec};
 
-fn active(name: &str, node: &str) -> u64 {
-    // This router's own IPAM share comes first; `active` counts its pods and its gateway. The
-    // status snapshot may trail the last change by up to 100 ms.
-    for _ in 0..30 {
-        let report = lab::report(name, node).unwrap();
-        if let Some(n) = report["ipam"]["owners"][0]["active"].as_u64() {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{node} reports no active IPAM count");
-}
+mod common;
+use common::{active, settled_active};
 
 #[test]
 fn a_containerd_container_gets_a_weft_address_reaches_another_node_and_gives_it_back() {
@@ -53,7 +43,13 @@ fn a_containerd_container_gets_a_weft_address_reaches_another_node_and_gives_it_
         ],
     });
     std::fs::write(&conf, conflist.to_string()).unwrap();
-    let baseline = active(&name, "h1");
+    // h1's pod and gateway.
+    let baseline = settled_active(&name, "h1", spec.pods as u64 + 1);
+    assert_eq!(
+        baseline,
+        spec.pods as u64 + 1,
+        "h1's addresses before the container"
+    );
 
     let cmd = format!("ip -4 addr show eth0; ping -c1 -W2 {remote}; sleep 2");
     let run = {

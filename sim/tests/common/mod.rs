@@ -1,5 +1,5 @@
 //! Helpers shared by the lab integration tests (`sleeve`, `fastdp`, `encryption`,
-//! `control_plane`, `lab`). Each test file is its own crate and includes this module with
+//! `control_plane`, `lab`, `cni_churn`, `containerd`). Each test file is its own crate and includes this module with
 //! `mod common;`; not every file uses every helper, hence the `dead_code` allowances.
 
 #![allow(dead_code)]
@@ -144,4 +144,33 @@ pub(crate) fn interrupt(child: &mut Child, timeout: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The count of addresses `node`'s router holds in its own IPAM share (its pods and its
+/// gateway), once it reports one.
+pub(crate) fn active(name: &str, node: &str) -> u64 {
+    for _ in 0..30 {
+        let report = lab::report(name, node).unwrap();
+        // This router's own share comes first.
+        if let Some(n) = report["ipam"]["owners"][0]["active"].as_u64() {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{node} reports no active IPAM count");
+}
+
+/// Waits (3 s at most) until `node` reports `want` active addresses, and returns the last
+/// count seen. The status snapshot may trail a change by 100 ms, and right after `lab up` a
+/// router's first snapshot may predate its pods: a count read once is not a baseline.
+pub(crate) fn settled_active(name: &str, node: &str, want: u64) -> u64 {
+    let mut seen = active(name, node);
+    for _ in 0..30 {
+        if seen == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        seen = active(name, node);
+    }
+    seen
 }
