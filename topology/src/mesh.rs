@@ -1082,14 +1082,11 @@ impl Mesh {
                 continue;
             }
             let names = self.peers.names_interner();
-            let cached = self.config.record_cache.as_ref().and_then(|c| match idx {
-                Some(i) => c.lookup_at(view, names, i),
-                None => c.lookup(view),
-            });
-            let rec = cached.unwrap_or_else(|| match (&self.config.record_cache, idx) {
-                (Some(cache), Some(i)) => cache.intern_at(view.decode(), names, i),
-                (Some(cache), None) => cache.intern(view.decode()),
-                (None, _) => Record::from(view.decode()),
+            let cache = self.config.record_cache.as_ref();
+            let cached = cache.and_then(|c| c.lookup_at(view, names, idx));
+            let rec = cached.unwrap_or_else(|| match cache {
+                Some(c) => c.intern_at(view.decode(), names, idx),
+                None => Record::from(view.decode()),
             });
             if held == Some(key) && !self.peers.is_newer(&rec) {
                 continue;

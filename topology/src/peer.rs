@@ -706,9 +706,9 @@ impl RecordCache {
         self.intern_inner(rec, None)
     }
 
-    /// [`RecordCache::intern`] for a record whose name has index `idx` in `names`.
-    pub fn intern_at(&self, rec: PeerInfo, names: &PeerNames, idx: u32) -> Record {
-        self.intern_inner(rec, self.indexed_at(names, idx))
+    /// [`RecordCache::intern`] for a record whose name has index `idx` in `names` (if known).
+    pub fn intern_at(&self, rec: PeerInfo, names: &PeerNames, idx: Option<u32>) -> Record {
+        self.intern_inner(rec, idx.and_then(|i| self.indexed_at(names, i)))
     }
 
     fn intern_inner(&self, rec: PeerInfo, slot: Option<&NameVersions>) -> Record {
@@ -780,15 +780,15 @@ impl RecordCache {
         std::hint::black_box(acc);
     }
 
-    /// [`RecordCache::lookup`] for a record whose name has index `idx` in `names`: read
-    /// without the lock when the cache indexes `names`.
+    /// [`RecordCache::lookup`] for a record whose name has index `idx` in `names` (if known):
+    /// read without the lock when the cache indexes `names`.
     pub fn lookup_at(
         &self,
         view: &crate::wire::RecordView<'_>,
         names: &PeerNames,
-        idx: u32,
+        idx: Option<u32>,
     ) -> Option<Record> {
-        let Some(v) = self.indexed_at(names, idx) else {
+        let Some(v) = idx.and_then(|i| self.indexed_at(names, i)) else {
             return self.lookup(view);
         };
         let len = v.len.load(AtomicOrdering::Acquire);
@@ -949,11 +949,11 @@ mod tests {
             let mut buf = Vec::new();
             crate::wire::encode_update([r].into_iter(), &mut buf);
             let view = crate::wire::UpdateView::parse(&buf).unwrap().unwrap();
-            cache.lookup_at(&view.records()[0], names, idx)
+            cache.lookup_at(&view.records()[0], names, Some(idx))
         };
         // More versions than the lock-free index keeps: the later ones come from the map.
         let held: Vec<Record> = (1..=VERSIONS_INDEXED as u64 + 3)
-            .map(|v| first.intern_at(rec(v, "a"), &names, idx))
+            .map(|v| first.intern_at(rec(v, "a"), &names, Some(idx)))
             .collect();
         for (v, h) in (1..).zip(&held) {
             let found = find(&first, &names, &rec(v, "a"));
@@ -975,11 +975,11 @@ mod tests {
             let mut buf = Vec::new();
             crate::wire::encode_update([&rec2].into_iter(), &mut buf);
             let view = crate::wire::UpdateView::parse(&buf).unwrap().unwrap();
-            cache.lookup_at(&view.records()[0], &names, idx2)
+            cache.lookup_at(&view.records()[0], &names, Some(idx2))
         };
         assert!(find2().is_none());
         assert!(Record::ptr_eq(
-            &cache.intern_at(rec2.clone(), &names, idx2),
+            &cache.intern_at(rec2.clone(), &names, Some(idx2)),
             &plain
         ));
         assert!(find2().is_some_and(|f| Record::ptr_eq(&f, &plain)));
