@@ -86,13 +86,9 @@ fn a_containerd_container_gets_a_weft_address_reaches_another_node_and_gives_it_
     assert!(text.contains("1 packets received"), "{text}");
     assert!(text.contains("inet 10."), "{text}");
     assert!(held, "weft's IPAM never showed the container's address");
-    // The status snapshot may trail the DEL by up to 100 ms.
-    let released = (0..30).any(|_| {
-        let back = active(&name, "h1") == baseline;
-        if !back {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        back
-    });
-    assert!(released, "CNI DEL did not give the address back");
+    assert_eq!(
+        settled_active(&name, "h1", baseline),
+        baseline,
+        "CNI DEL did not give the address back"
+    );
 }

@@ -19,7 +19,7 @@ use std::process::Command;
 use weft_sim::lab::{self, LabGuard, LabSpec, Underlay};
 
 mod common;
-use common::unique;
+use common::{settled_active, unique};
 
 fn spec(name: &str, nodes: usize, pods: usize) -> LabSpec {
     let mut spec = LabSpec::new(name);
@@ -234,19 +234,9 @@ fn pods_attach_through_the_cni_plugin_and_give_their_address_back() {
     let info = lab::up(&s).unwrap();
     let p1 = &info.nodes[0].pods[0];
     assert!(p1.ip.starts_with("10.") && p1.ip.ends_with("/12"), "{p1:?}");
-    // This router's own IPAM share comes first; `active` counts its pods and its gateway. The
-    // status snapshot may trail a change by up to 100 ms, so expectations are polled.
-    let active =
-        |node: &str| lab::report(&name, node).unwrap()["ipam"]["owners"][0]["active"].as_u64();
-    let becomes = |want: u64| {
-        (0..30).any(|_| {
-            let hit = active("h1") == Some(want);
-            if !hit {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            hit
-        })
-    };
+    // `active` counts h1's pods and its gateway; the snapshot may trail a change, so
+    // expectations are polled.
+    let becomes = |want: u64| settled_active(&name, "h1", want) == want;
     // h1's pod and gateway: right after `lab up` its first snapshot may predate its pod.
     let before = s.pods as u64 + 1;
     assert!(becomes(before), "h1's pod and gateway are not counted");
