@@ -29,7 +29,7 @@
 //! the bytes per node per second depend on the node's degree, not on the mesh size.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -253,7 +253,11 @@ pub struct Mesh {
     announce_ids: Vec<(ConnId, PeerName)>,
     /// Reused by `flush`.
     flush_buf: Vec<(Entry, ConnSet)>,
-    tombstones: HashMap<PeerName, (RecordKey, Instant), crate::peers::NameHashBuilder>,
+    scratch_keys: Vec<Option<RecordKey>>,
+    /// The tombstones' expiries in the order they were made (so by expiry), with their
+    /// names' indices; the keys live in the peer table ([`Peers::tombstone_at`]). A tombstone
+    /// counts until the prune that finds it expired, as a map pruned at those times would.
+    tombstones: VecDeque<(u32, Instant)>,
     next_tombstone_prune: Instant,
     transmit: VecDeque<(ConnId, Vec<u8>)>,
     events: VecDeque<Event>,
@@ -276,7 +280,8 @@ pub struct Mesh {
     /// When our connections last changed.
     last_change: Instant,
     component_pending: bool,
-    unreachable_suspects: BTreeSet<PeerName>,
+    /// Peers found unreachable by the last collection, sorted.
+    unreachable_suspects: Vec<PeerName>,
     /// When a record from a neighbour last changed our table.
     last_news: Option<Instant>,
     stats: api::GossipStats,
@@ -318,7 +323,8 @@ impl Mesh {
             announce_cache_gen: u64::MAX,
             announce_ids: Vec::new(),
             flush_buf: Vec::new(),
-            tombstones: HashMap::default(),
+            scratch_keys: Vec::new(),
+            tombstones: VecDeque::new(),
             next_tombstone_prune: now,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -336,7 +342,7 @@ impl Mesh {
             former: BTreeMap::new(),
             last_change: now,
             component_pending: false,
-            unreachable_suspects: BTreeSet::new(),
+            unreachable_suspects: Vec::new(),
             last_news: None,
             stats: api::GossipStats::default(),
         };
@@ -738,7 +744,16 @@ impl Mesh {
                 self.send(id, hb);
             }
             if now >= self.next_tombstone_prune {
-                self.tombstones.retain(|_, (_, expiry)| *expiry > now);
+                while let Some(&(idx, expiry)) = self.tombstones.front()
+                    && expiry <= now
+                {
+                    self.tombstones.pop_front();
+                    self.peers.drop_tombstone(idx);
+                }
+                if self.tombstones.is_empty() {
+                    // Thousands after a partition: not kept for good by every engine.
+                    self.tombstones = VecDeque::new();
+                }
                 self.next_tombstone_prune = now + self.config.tombstone_ttl / 8;
             }
         }
@@ -991,9 +1006,7 @@ impl Mesh {
                 }
                 continue;
             }
-            let held = idx
-                .and_then(|i| self.peers.key_at(i))
-                .or_else(|| self.tombstone(e.name));
+            let held = idx.and_then(|i| self.peers.key_at(i).or_else(|| self.tombstone(i)));
             match held {
                 Some(held) if held == key => {
                     if let Some(p) = idx.and_then(|i| self.pending_mut(i))
@@ -1078,7 +1091,8 @@ impl Mesh {
             // Most copies are not newer: the key decides without decoding the record; only an
             // equal key (which honest peers never send with other content) needs the content.
             let held = idx.and_then(|i| self.peers.key_at(i));
-            if held.is_some_and(|h| h > key) || self.tombstone(name).is_some_and(|k| key <= k) {
+            let tombstone = idx.and_then(|i| self.tombstone(i));
+            if held.is_some_and(|h| h > key) || tombstone.is_some_and(|k| key <= k) {
                 continue;
             }
             let names = self.peers.names_interner();
@@ -1261,22 +1275,30 @@ impl Mesh {
             self.pending = pending;
             return;
         }
+        // Each entry from the slot (its line is at hand: the mark is cleared in the same pass)
+        // and the interner's dense name list, not from the record: a cache miss each.
+        let mut keys = std::mem::take(&mut self.scratch_keys);
+        keys.clear();
         for p in &pending {
             self.peers.set_pending_mark(p.idx, 0);
+            keys.push(self.peers.key_at(p.idx));
         }
         let mut current = std::mem::take(&mut self.flush_buf);
         current.clear();
-        current.extend(pending.drain(..).filter_map(|p| {
-            let r = self.peers.get_at(p.idx)?;
-            Some((
-                Entry {
-                    name: r.name,
-                    uid: r.uid,
-                    version: r.version,
-                },
-                p.excl,
-            ))
-        }));
+        self.peers.names_interner().with_names(|names, _| {
+            current.extend(pending.drain(..).zip(&keys).filter_map(|(p, key)| {
+                let key = (*key)?;
+                Some((
+                    Entry {
+                        name: *names.get(p.idx as usize)?,
+                        uid: key.uid,
+                        version: key.version,
+                    },
+                    p.excl,
+                ))
+            }));
+        });
+        self.scratch_keys = recycle(keys);
         self.pending = recycle(pending);
         current.sort_unstable_by_key(|(e, _)| e.name);
         let ids = self.announce_targets();
@@ -1524,28 +1546,31 @@ impl Mesh {
 
     fn slow_gc(&mut self, now: Instant) {
         self.last_component_gc = Some(now);
-        let mut suspects: BTreeSet<PeerName> = self.peers.fresh_orphans().into_iter().collect();
+        // Sorted lists, merged: a partition's collection lists thousands of names.
+        let mut suspects = self.peers.fresh_orphans();
         if self.component_pending || !self.unreachable_suspects.is_empty() {
             self.component_pending = false;
-            suspects.extend(self.peers.unreachable());
+            let unreachable = self.peers.unreachable();
+            suspects = merge_sorted(&suspects, &unreachable);
         }
+        let last = std::mem::take(&mut self.unreachable_suspects);
         let (remove, keep): (Vec<PeerName>, Vec<PeerName>) = suspects
             .into_iter()
-            .partition(|n| self.unreachable_suspects.contains(n));
+            .partition(|n| last.binary_search(n).is_ok());
         let removed: Vec<(PeerName, RecordKey)> = remove
             .into_iter()
             .filter_map(|n| self.peers.remove(n).map(|r| (n, r.key())))
             .collect();
-        self.unreachable_suspects = keep.into_iter().collect();
+        self.unreachable_suspects = keep;
         self.after_removal(now, removed);
         if !self.unreachable_suspects.is_empty() {
             self.schedule_slow_gc(now);
         }
     }
 
-    /// Returns the key of a recently collected peer's last record.
-    fn tombstone(&self, name: PeerName) -> Option<RecordKey> {
-        self.tombstones.get(&name).map(|(k, _)| *k)
+    /// Returns the key of a recently collected peer's last record, by its name's index.
+    fn tombstone(&self, idx: u32) -> Option<RecordKey> {
+        self.peers.tombstone_at(idx)
     }
 
     fn after_removal(&mut self, now: Instant, removed: Vec<(PeerName, RecordKey)>) {
@@ -1556,8 +1581,10 @@ impl Mesh {
         for (name, key) in removed {
             if let Some(i) = self.peers.index_of(name) {
                 self.unpend(i);
+                if self.peers.add_tombstone(i, key) {
+                    self.tombstones.push_back((i, expiry));
+                }
             }
-            self.tombstones.insert(name, (key, expiry));
             if self.config.peer_events {
                 self.events.push_back(Event::PeerRemoved(name));
             }
@@ -1729,6 +1756,20 @@ impl Target {
 }
 
 /// Returns a hash of the edge between two peers, the same at both ends.
+/// Returns the union of two sorted lists, sorted, without duplicates.
+fn merge_sorted(a: &[PeerName], b: &[PeerName]) -> Vec<PeerName> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while let (Some(&x), Some(&y)) = (a.get(i), b.get(j)) {
+        out.push(x.min(y));
+        i += usize::from(x <= y);
+        j += usize::from(y <= x);
+    }
+    out.extend_from_slice(a.get(i..).unwrap_or_default());
+    out.extend_from_slice(b.get(j..).unwrap_or_default());
+    out
+}
+
 fn edge_hash(a: PeerName, b: PeerName) -> u64 {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
     crate::peers::entry_hash(lo, 0x5eed, u64::from_be_bytes(pad(hi)))
@@ -1922,6 +1963,17 @@ mod tests {
         // r's record lists only connections with a higher edge hash: r picks ours.
         m.peers.apply(record(2, &higher));
         assert!(m.announces_to(r));
+    }
+
+    #[test]
+    fn merged_lists_are_sorted_and_without_duplicates() {
+        let n = |b: u8| PeerName::from_bytes([0, 0, 0, 0, 0, b]);
+        let (a, b) = ([n(1), n(3), n(5), n(7)], [n(2), n(3), n(8)]);
+        let want: Vec<PeerName> = [1, 2, 3, 5, 7, 8].into_iter().map(n).collect();
+        assert_eq!(merge_sorted(&a, &b), want);
+        assert_eq!(merge_sorted(&b, &a), want);
+        assert_eq!(merge_sorted(&[], &b), b.to_vec());
+        assert_eq!(merge_sorted(&a, &[]), a.to_vec());
     }
 
     #[test]

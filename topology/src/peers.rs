@@ -17,7 +17,6 @@
 //! memory access. Nothing depends on the order of the indices: every list the table returns
 //! is sorted by name.
 
-use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hasher};
 
 use crate::peer::{PeerInfo, PeerName, PeerNames, Record, RecordKey};
@@ -56,9 +55,9 @@ pub struct Peers {
     bucket_counts: [u32; BUCKETS],
     /// Orphans that arrived as such ("fresh"): during a cold start a record often arrives
     /// before the records pointing at it.
-    fresh_orphans: BTreeSet<PeerName>,
+    fresh_orphans: OrphanList,
     /// Orphans made by a removed connection ("dropped"): unreachable.
-    dropped_orphans: BTreeSet<PeerName>,
+    dropped_orphans: OrphanList,
     /// Records in the reachability tree (ourselves included). The tree is grown on every
     /// added connection and record; only the loss of a tree edge makes it unsure
     /// (`tree_broken`), and only then does [`Peers::unreachable`] search the whole table.
@@ -80,8 +79,23 @@ struct Slot {
     /// The engine's marks (see [`Peers::pending_mark`]), here to share the cache line.
     pending_mark: u32,
     request: RequestMark,
-    /// Which orphan set holds this name, so that the sets are touched only when it matters.
+    /// How many of the engine's tombstones of records removed here are unexpired (the last
+    /// one's key is then `key`); meaningless while a record is held.
+    tombstones: u16,
+    /// Which orphan list holds this name (the lists may also name it stale).
     orphan: Orphan,
+}
+
+const _: () = assert!(size_of::<Slot>() == 64, "a slot is one cache line");
+
+/// The names of one kind of orphan: candidate indices, each of which is one while its slot's
+/// `orphan` says so (a name may be listed twice, or no longer be one), and how many are. A
+/// tree set of names cost a search and often an allocation per change, and a partition's
+/// collection changes thousands.
+#[derive(Clone, Debug, Default)]
+struct OrphanList {
+    idxs: Vec<u32>,
+    live: usize,
 }
 
 /// The engine's record of a request for a name's record: kept in the table's slot, beside the
@@ -142,8 +156,8 @@ impl Peers {
             digest: 0,
             buckets: [0; BUCKETS],
             bucket_counts: [0; BUCKETS],
-            fresh_orphans: BTreeSet::new(),
-            dropped_orphans: BTreeSet::new(),
+            fresh_orphans: OrphanList::default(),
+            dropped_orphans: OrphanList::default(),
             treed: 0,
             tree_broken: false,
             scratch: Default::default(),
@@ -376,31 +390,87 @@ impl Peers {
     /// lists a connection to it any more. Such a peer is unreachable;
     /// [`Peers::remove_dropped_orphans`] drops it.
     pub fn has_dropped_orphans(&self) -> bool {
-        !self.dropped_orphans.is_empty()
+        self.dropped_orphans.live != 0
     }
 
     /// Returns the records that arrived as orphans and still are, sorted. During a cold start
     /// a record often arrives before the records pointing at it, so these are only suspects.
     pub fn fresh_orphans(&self) -> Vec<PeerName> {
-        self.fresh_orphans.iter().copied().collect()
+        let mut idxs: Vec<u32> = self
+            .fresh_orphans
+            .idxs
+            .iter()
+            .copied()
+            .filter(|&i| self.orphan_at(i) == Orphan::Fresh)
+            .collect();
+        idxs.sort_unstable();
+        idxs.dedup();
+        let mut v: Vec<PeerName> = idxs.iter().filter_map(|&i| self.name_at(i)).collect();
+        v.sort_unstable();
+        v
     }
 
     /// Returns true when no record is a fresh orphan.
     pub fn fresh_orphans_empty(&self) -> bool {
-        self.fresh_orphans.is_empty()
+        self.fresh_orphans.live == 0
     }
 
     /// Removes the orphans made by removed connections, and those that removing them makes;
     /// returns the names and keys of the records removed, sorted by name.
     pub fn remove_dropped_orphans(&mut self) -> Vec<(PeerName, RecordKey)> {
         let mut removed = Vec::new();
-        while let Some(name) = self.dropped_orphans.pop_first() {
-            if let Some(rec) = self.remove(name) {
-                removed.push((name, rec.key()));
+        // Removing one may orphan others, which join the (emptied) list: until it stays empty.
+        loop {
+            let batch = std::mem::take(&mut self.dropped_orphans.idxs);
+            if batch.is_empty() {
+                break;
+            }
+            for &i in &batch {
+                if self.orphan_at(i) != Orphan::Dropped {
+                    continue;
+                }
+                if let Some(name) = self.name_at(i)
+                    && let Some(rec) = self.remove(name)
+                {
+                    removed.push((name, rec.key()));
+                }
+            }
+            if self.dropped_orphans.idxs.is_empty() {
+                self.dropped_orphans.idxs = crate::mesh::recycle(batch);
             }
         }
         removed.sort_unstable();
         removed
+    }
+
+    /// Adds a tombstone of the record just removed at `idx` (the engine's memory of a collected
+    /// peer's last record, kept in the slot that held it so that checking it costs no look-up
+    /// of its own; see [`Peers::tombstone_at`]). False when none can be added (a name removed
+    /// 65,535 times before its tombstones expire).
+    pub fn add_tombstone(&mut self, idx: u32, key: RecordKey) -> bool {
+        let slot = self.slot_mut(idx);
+        if slot.rec.is_some() || slot.tombstones == u16::MAX {
+            return false;
+        }
+        slot.key = key;
+        slot.tombstones += 1;
+        true
+    }
+
+    /// Drops one of the tombstones at `idx` (the engine's oldest has expired).
+    pub fn drop_tombstone(&mut self, idx: u32) {
+        let slot = self.slot_mut(idx);
+        slot.tombstones = slot.tombstones.saturating_sub(1);
+    }
+
+    /// Returns the key of the last record removed at `idx` while one of its tombstones is
+    /// unexpired and no record is held there: the engine installs a record over a tombstone
+    /// only when it is newer, so a record held makes the tombstone moot.
+    pub fn tombstone_at(&self, idx: u32) -> Option<RecordKey> {
+        self.slots
+            .get(idx as usize)
+            .filter(|s| s.rec.is_none() && s.tombstones != 0)
+            .map(|s| s.key)
     }
 
     /// Returns every peer not reachable from us over listed connections, sorted.
@@ -569,7 +639,6 @@ impl Peers {
     /// Installs `rec` unconditionally. Returns None if the name had no record, else whether the
     /// replacement removed connections.
     fn install(&mut self, rec: Record) -> Option<bool> {
-        let name = rec.name;
         let [mut tmp_new, mut tmp_old, mut added, mut dropped] = std::mem::take(&mut self.scratch);
         let (idx, new_ids) = rec.ids(&self.names, &mut tmp_new);
         if idx as usize >= self.slots.len() || idx as usize >= self.links.len() {
@@ -616,9 +685,8 @@ impl Peers {
         if idx != self.own_idx {
             if indegree == 0 {
                 // A replaced record keeps its kind of orphanhood.
-                if self.slot_mut(idx).orphan == Orphan::No {
-                    self.slot_mut(idx).orphan = Orphan::Fresh;
-                    self.fresh_orphans.insert(name);
+                if self.orphan_at(idx) == Orphan::No {
+                    self.set_orphan(idx, Orphan::Fresh);
                 }
             } else {
                 self.forget_orphan(idx);
@@ -673,34 +741,67 @@ impl Peers {
         let l = self.link_mut(idx);
         l.indegree = l.indegree.saturating_sub(1);
         if l.indegree == 0 && idx != self.own_idx {
-            let slot = self.slot_mut(idx);
-            let Some(name) = slot.rec.as_ref().map(|r| r.name) else {
+            if self.get_at(idx).is_none() {
                 // Nothing lists the peer and we hold no record: as if never used.
                 *self.link_mut(idx) = Link::default();
                 return;
-            };
-            let was = std::mem::replace(&mut slot.orphan, Orphan::Dropped);
-            if was == Orphan::Fresh {
-                self.fresh_orphans.remove(&name);
             }
-            self.dropped_orphans.insert(name);
+            self.set_orphan(idx, Orphan::Dropped);
         }
     }
 
-    /// Takes the record at `idx` out of the orphan sets (a no-op unless it is in one).
+    /// Takes the record at `idx` out of the orphan lists (a no-op unless it is in one).
     fn forget_orphan(&mut self, idx: u32) {
+        self.set_orphan(idx, Orphan::No);
+    }
+
+    fn orphan_at(&self, idx: u32) -> Orphan {
+        self.slots
+            .get(idx as usize)
+            .map_or(Orphan::No, |s| s.orphan)
+    }
+
+    /// Returns the name of the record held at `idx`.
+    fn name_at(&self, idx: u32) -> Option<PeerName> {
+        self.get_at(idx).map(|r| r.name)
+    }
+
+    /// Moves the name at `idx` (which holds a record unless `to` is `No`) to the orphan list
+    /// of kind `to`.
+    fn set_orphan(&mut self, idx: u32, to: Orphan) {
         let Some(slot) = self.slots.get_mut(idx as usize) else {
             return;
         };
-        let was = std::mem::take(&mut slot.orphan);
-        if was == Orphan::No {
+        let from = std::mem::replace(&mut slot.orphan, to);
+        if from == to {
             return;
         }
-        let Some(name) = slot.rec.as_ref().map(|r| r.name) else {
+        if let Some(list) = self.orphan_list(from) {
+            list.live -= 1;
+        }
+        let Some(list) = self.orphan_list(to) else {
             return;
         };
-        self.fresh_orphans.remove(&name);
-        self.dropped_orphans.remove(&name);
+        list.live += 1;
+        list.idxs.push(idx);
+        if list.idxs.len() > 2 * list.live + 64 {
+            // Stale entries are dropped once they outnumber the live ones.
+            let mut idxs = std::mem::take(&mut list.idxs);
+            idxs.retain(|&i| self.orphan_at(i) == to);
+            idxs.sort_unstable();
+            idxs.dedup();
+            if let Some(list) = self.orphan_list(to) {
+                list.idxs = idxs;
+            }
+        }
+    }
+
+    fn orphan_list(&mut self, kind: Orphan) -> Option<&mut OrphanList> {
+        match kind {
+            Orphan::No => None,
+            Orphan::Fresh => Some(&mut self.fresh_orphans),
+            Orphan::Dropped => Some(&mut self.dropped_orphans),
+        }
     }
 }
 
@@ -905,6 +1006,52 @@ mod tests {
         }
         assert_eq!(p.bucket_counts(), &counted);
         assert_eq!(p.bucket_counts().iter().sum::<u32>(), 2);
+    }
+
+    #[test]
+    fn tombstones_live_in_the_slot_while_no_record_is_held() {
+        let mut p = Peers::new(rec(1, 1, &[2]));
+        p.apply(rec(2, 3, &[1]));
+        let i = p.index_of(n(2)).unwrap();
+        assert_eq!(p.tombstone_at(i), None);
+        let old = p.remove(n(2)).unwrap().key();
+        assert!(p.add_tombstone(i, old));
+        assert!(p.add_tombstone(i, old));
+        assert_eq!(p.tombstone_at(i), Some(old));
+        p.drop_tombstone(i);
+        assert_eq!(p.tombstone_at(i), Some(old), "one of the two is left");
+        p.apply(rec(2, 4, &[1]));
+        assert_eq!(p.tombstone_at(i), None, "a record held makes it moot");
+        assert!(!p.add_tombstone(i, old), "none while a record is held");
+        let newer = p.remove(n(2)).unwrap().key();
+        assert!(p.add_tombstone(i, newer));
+        assert_eq!(p.tombstone_at(i), Some(newer), "the last removal's key");
+        p.drop_tombstone(i);
+        p.drop_tombstone(i);
+        assert_eq!(p.tombstone_at(i), None);
+        assert_eq!(p.key_at(i), None);
+    }
+
+    #[test]
+    fn a_name_orphaned_again_and_again_is_listed_once() {
+        let mut p = Peers::new(rec(1, 1, &[2]));
+        p.apply(rec(2, 1, &[1]));
+        p.apply(rec(3, 1, &[2]));
+        assert_eq!(p.fresh_orphans(), vec![n(3)]);
+        for v in 0..300 {
+            p.apply(rec(2, 2 * v + 2, &[1, 3]));
+            assert!(p.fresh_orphans_empty() && !p.has_dropped_orphans());
+            p.apply(rec(2, 2 * v + 3, &[1]));
+            assert!(p.has_dropped_orphans());
+        }
+        // Stale entries are dropped as they pile up.
+        assert!(p.dropped_orphans.idxs.len() <= 2 * p.dropped_orphans.live + 65);
+        assert_eq!(p.fresh_orphans(), Vec::<PeerName>::new());
+        let removed = p.remove_dropped_orphans();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].0, n(3));
+        assert!(!p.has_dropped_orphans());
+        assert_eq!(p.names(), vec![n(1), n(2)]);
     }
 
     #[test]
