@@ -288,3 +288,35 @@ fn reconnections_after_a_cut_make_one_version() {
     assert_eq!(net.nodes[0].version(), v + 1);
     assert_eq!(own(&net), 2);
 }
+
+#[test]
+fn a_collected_peer_is_not_brought_back_by_a_stale_copy_until_its_tombstone_expires() {
+    let mut net = Net::new(3);
+    net.connect(0, 1);
+    net.connect(1, 2);
+    net.run(Duration::from_secs(2));
+    let last = net.nodes[0].peers().get(name(2)).cloned().unwrap();
+    let mut stale = Vec::new();
+    topology::wire::encode_update([&*last].into_iter(), &mut stale);
+    let ab = net.links.iter().find(|l| (l.1, l.2) == (0, 1)).unwrap().0;
+
+    net.alive[2] = false;
+    net.run(Duration::from_secs(3));
+    assert!(net.nodes[0].peers().get(name(2)).is_none(), "A collected C");
+    // A slower neighbour still has C's last record: refused while the tombstone lasts.
+    net.nodes[0].handle_control(net.now, ab, &stale).unwrap();
+    assert!(
+        net.nodes[0].peers().get(name(2)).is_none(),
+        "stale copy refused"
+    );
+    net.run(Duration::from_secs(5));
+    net.nodes[0].handle_control(net.now, ab, &stale).unwrap();
+    assert!(net.nodes[0].peers().get(name(2)).is_none(), "still refused");
+    // Tombstones last 10 s, and are pruned every 1.25 s: after that the copy is news again.
+    net.run(Duration::from_secs(8));
+    net.nodes[0].handle_control(net.now, ab, &stale).unwrap();
+    assert!(
+        net.nodes[0].peers().get(name(2)).is_some(),
+        "accepted once the tombstone expired"
+    );
+}
