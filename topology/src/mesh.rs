@@ -251,9 +251,8 @@ pub struct Mesh {
     announce_cache: Vec<AnnounceEntry>,
     announce_cache_gen: u64,
     announce_ids: Vec<(ConnId, PeerName)>,
-    /// Reused by `flush`.
-    flush_buf: Vec<(Entry, ConnSet)>,
-    scratch_keys: Vec<Option<RecordKey>>,
+    /// Reused by `flush`: each entry to announce and its position in `pending`.
+    flush_buf: Vec<(Entry, u32)>,
     /// The tombstones' expiries in the order they were made (so by expiry), with their
     /// names' indices; the keys live in the peer table ([`Peers::tombstone_at`]). A tombstone
     /// counts until the prune that finds it expired, as a map pruned at those times would.
@@ -323,7 +322,6 @@ impl Mesh {
             announce_cache_gen: u64::MAX,
             announce_ids: Vec::new(),
             flush_buf: Vec::new(),
-            scratch_keys: Vec::new(),
             tombstones: VecDeque::new(),
             next_tombstone_prune: now,
             transmit: VecDeque::new(),
@@ -1270,36 +1268,32 @@ impl Mesh {
     }
 
     fn flush(&mut self) {
-        let mut pending = std::mem::take(&mut self.pending);
+        let pending = std::mem::take(&mut self.pending);
         if pending.is_empty() {
             self.pending = pending;
             return;
         }
         // Each entry from the slot (its line is at hand: the mark is cleared in the same pass)
-        // and the interner's dense name list, not from the record: a cache miss each.
-        let mut keys = std::mem::take(&mut self.scratch_keys);
-        keys.clear();
-        for p in &pending {
-            self.peers.set_pending_mark(p.idx, 0);
-            keys.push(self.peers.key_at(p.idx));
-        }
+        // and the interner's dense name list, not from the record (a cache miss each); sorted
+        // by name with its position in `pending`, where its exclusions stay (a batch lists
+        // thousands after a partition heals: 32 bytes each here, not a copy of the set).
         let mut current = std::mem::take(&mut self.flush_buf);
         current.clear();
-        self.peers.names_interner().with_names(|names, _| {
-            current.extend(pending.drain(..).zip(&keys).filter_map(|(p, key)| {
-                let key = (*key)?;
-                Some((
-                    Entry {
-                        name: *names.get(p.idx as usize)?,
-                        uid: key.uid,
-                        version: key.version,
-                    },
-                    p.excl,
-                ))
-            }));
-        });
-        self.scratch_keys = recycle(keys);
-        self.pending = recycle(pending);
+        for (pos, p) in pending.iter().enumerate() {
+            self.peers.set_pending_mark(p.idx, 0);
+            let (Some(key), Some(name)) = (
+                self.peers.key_at(p.idx),
+                self.peers.names_interner().name(p.idx),
+            ) else {
+                continue;
+            };
+            let entry = Entry {
+                name,
+                uid: key.uid,
+                version: key.version,
+            };
+            current.push((entry, u32::try_from(pos).unwrap_or(u32::MAX)));
+        }
         current.sort_unstable_by_key(|(e, _)| e.name);
         let ids = self.announce_targets();
         let mut entries: Vec<Entry> = Vec::with_capacity(current.len());
@@ -1308,7 +1302,12 @@ impl Mesh {
             entries.extend(
                 current
                     .iter()
-                    .filter(|(e, excl)| e.name != remote && !excl.contains(id))
+                    .filter(|(e, pos)| {
+                        e.name != remote
+                            && !pending
+                                .get(*pos as usize)
+                                .is_some_and(|p| p.excl.contains(id))
+                    })
                     .map(|(e, _)| *e),
             );
             for chunk in entries.chunks(SUMMARY_CHUNK_BYTES / ENTRY_LEN) {
@@ -1317,6 +1316,7 @@ impl Mesh {
         }
         self.announce_ids = ids;
         self.flush_buf = recycle(current);
+        self.pending = recycle(pending);
     }
 
     /// Returns the connections announcements go to (see [`Mesh::announces_to`]), in id
