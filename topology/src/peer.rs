@@ -422,6 +422,11 @@ impl PeerNames {
         let _ = self.inner.frozen.set(copy);
     }
 
+    /// How many names the frozen table holds (None before [`PeerNames::freeze`]).
+    pub(crate) fn frozen_len(&self) -> Option<usize> {
+        self.inner.frozen.get().map(|f| f.names.len())
+    }
+
     /// The frozen table, when it holds every name interned (nothing was added since).
     fn frozen_whole(&self) -> Option<&NameTable> {
         self.inner

