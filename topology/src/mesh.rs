@@ -1004,7 +1004,8 @@ impl Mesh {
                 }
                 continue;
             }
-            let held = idx.and_then(|i| self.peers.key_at(i).or_else(|| self.tombstone(i)));
+            let held =
+                idx.and_then(|i| self.peers.key_at(i).or_else(|| self.peers.tombstone_at(i)));
             match held {
                 Some(held) if held == key => {
                     if let Some(p) = idx.and_then(|i| self.pending_mut(i))
@@ -1089,7 +1090,7 @@ impl Mesh {
             // Most copies are not newer: the key decides without decoding the record; only an
             // equal key (which honest peers never send with other content) needs the content.
             let held = idx.and_then(|i| self.peers.key_at(i));
-            let tombstone = idx.and_then(|i| self.tombstone(i));
+            let tombstone = idx.and_then(|i| self.peers.tombstone_at(i));
             if held.is_some_and(|h| h > key) || tombstone.is_some_and(|k| key <= k) {
                 continue;
             }
@@ -1568,11 +1569,6 @@ impl Mesh {
         }
     }
 
-    /// Returns the key of a recently collected peer's last record, by its name's index.
-    fn tombstone(&self, idx: u32) -> Option<RecordKey> {
-        self.peers.tombstone_at(idx)
-    }
-
     fn after_removal(&mut self, now: Instant, removed: Vec<(PeerName, RecordKey)>) {
         if removed.is_empty() {
             return;
@@ -1755,7 +1751,6 @@ impl Target {
     }
 }
 
-/// Returns a hash of the edge between two peers, the same at both ends.
 /// Returns the union of two sorted lists, sorted, without duplicates.
 fn merge_sorted(a: &[PeerName], b: &[PeerName]) -> Vec<PeerName> {
     let mut out = Vec::with_capacity(a.len() + b.len());
@@ -1770,6 +1765,7 @@ fn merge_sorted(a: &[PeerName], b: &[PeerName]) -> Vec<PeerName> {
     out
 }
 
+/// Returns a hash of the edge between two peers, the same at both ends.
 fn edge_hash(a: PeerName, b: PeerName) -> u64 {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
     crate::peers::entry_hash(lo, 0x5eed, u64::from_be_bytes(pad(hi)))

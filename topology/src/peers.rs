@@ -396,17 +396,16 @@ impl Peers {
     /// Returns the records that arrived as orphans and still are, sorted. During a cold start
     /// a record often arrives before the records pointing at it, so these are only suspects.
     pub fn fresh_orphans(&self) -> Vec<PeerName> {
-        let mut idxs: Vec<u32> = self
+        let mut v: Vec<PeerName> = self
             .fresh_orphans
             .idxs
             .iter()
-            .copied()
-            .filter(|&i| self.orphan_at(i) == Orphan::Fresh)
+            .filter(|&&i| self.orphan_at(i) == Orphan::Fresh)
+            .filter_map(|&i| self.name_at(i))
             .collect();
-        idxs.sort_unstable();
-        idxs.dedup();
-        let mut v: Vec<PeerName> = idxs.iter().filter_map(|&i| self.name_at(i)).collect();
+        // A name may be listed more than once.
         v.sort_unstable();
+        v.dedup();
         v
     }
 

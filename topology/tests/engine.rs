@@ -64,6 +64,15 @@ impl Net {
         self.nodes[y].handle_connection_down(self.now, id, "cut");
     }
 
+    /// A line A–B–C, run for 2 s: everyone knows everyone.
+    fn settled_line() -> Self {
+        let mut net = Self::new(3);
+        net.connect(0, 1);
+        net.connect(1, 2);
+        net.run(Duration::from_secs(2));
+        net
+    }
+
     fn other(&self, conn: ConnId, me: usize) -> Option<usize> {
         let &(_, a, b) = self.links.iter().find(|l| l.0 == conn)?;
         Some(if a == me { b } else { a })
@@ -106,10 +115,7 @@ impl Net {
 
 #[test]
 fn line_relays_through_the_middle_and_collects_a_crashed_peer() {
-    let mut net = Net::new(3);
-    net.connect(0, 1);
-    net.connect(1, 2);
-    net.run(Duration::from_secs(2));
+    let mut net = Net::settled_line();
     for i in 0..3 {
         net.nodes[i].recalculate_routes();
         assert_eq!(net.nodes[i].peers().len(), 3, "node {i} knows everyone");
@@ -291,10 +297,7 @@ fn reconnections_after_a_cut_make_one_version() {
 
 #[test]
 fn a_collected_peer_is_not_brought_back_by_a_stale_copy_until_its_tombstone_expires() {
-    let mut net = Net::new(3);
-    net.connect(0, 1);
-    net.connect(1, 2);
-    net.run(Duration::from_secs(2));
+    let mut net = Net::settled_line();
     let last = net.nodes[0].peers().get(name(2)).cloned().unwrap();
     let mut stale = Vec::new();
     topology::wire::encode_update([&*last].into_iter(), &mut stale);
