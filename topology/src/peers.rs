@@ -291,10 +291,14 @@ impl Peers {
 
     /// Removes the record for `name` (never our own). Returns it.
     pub fn remove(&mut self, name: PeerName) -> Option<Record> {
-        if name == self.ours {
+        self.remove_at(self.index_of(name)?)
+    }
+
+    /// Removes the record at interner index `idx` (never our own). Returns it.
+    fn remove_at(&mut self, idx: u32) -> Option<Record> {
+        if idx == self.own_idx {
             return None;
         }
-        let idx = self.index_of(name)?;
         self.get_at(idx)?;
         self.forget_orphan(idx);
         let old = self.slots.get_mut(idx as usize)?.rec.take()?;
@@ -428,10 +432,8 @@ impl Peers {
                 if self.orphan_at(i) != Orphan::Dropped {
                     continue;
                 }
-                if let Some(name) = self.name_at(i)
-                    && let Some(rec) = self.remove(name)
-                {
-                    removed.push((name, rec.key()));
+                if let Some(rec) = self.remove_at(i) {
+                    removed.push((rec.name, rec.key()));
                 }
             }
             if self.dropped_orphans.idxs.is_empty() {
