@@ -232,7 +232,8 @@ pub struct Mesh {
     by_peer: BTreeMap<PeerName, ConnId>,
     targets: Targets,
     /// Records changed since the last announcement batch, in no order; a name's position here
-    /// plus one is its [`Peers::pending_mark`].
+    /// plus one is its [`Peers::pending_mark`] (a mark naming a position held by another
+    /// name's entry, or past the end, is left over from an earlier batch).
     pending: Vec<Pending>,
     /// The zero of the tick counts in the table's request marks ([`crate::peers::RequestMark`]).
     epoch: Instant,
@@ -1121,8 +1122,16 @@ impl Mesh {
             changed = true;
             // A peer without connections is unreachable for everyone but its neighbours (who
             // hear it directly); spreading it would only add a version to every table.
-            if has_connections && let Some(i) = idx.or_else(|| self.peers.index_of(name)) {
+            let Some(i) = idx.or_else(|| self.peers.index_of(name)) else {
+                continue;
+            };
+            if has_connections {
                 self.mark_changed(now, i, Some(conn));
+            } else if let Some(key) = self.peers.key_at(i)
+                && let Some(p) = self.pending_mut(i)
+            {
+                // Not spread itself, but a batch announces the key held.
+                p.key = key;
             }
         }
         self.scratch_idx = recycle(idxs);
@@ -1246,9 +1255,13 @@ impl Mesh {
     }
 
     /// Returns the pending announcement of the record at `idx`, if any.
+    ///
+    /// A mark is valid only while the entry at its position is this name's: a batch leaves
+    /// the marks it announced in place (clearing them cost a cache miss per record announced)
+    /// and the next batch's entries take their positions.
     fn pending_mut(&mut self, idx: u32) -> Option<&mut Pending> {
-        let pos = self.peers.pending_mark(idx);
-        self.pending.get_mut(pos.checked_sub(1)? as usize)
+        let pos = self.peers.pending_mark(idx).checked_sub(1)?;
+        self.pending.get_mut(pos as usize).filter(|p| p.idx == idx)
     }
 
     /// Drops the pending announcement of the record at `idx`, if any.
@@ -1256,11 +1269,11 @@ impl Mesh {
         let Some(pos) = self.peers.pending_mark(idx).checked_sub(1) else {
             return;
         };
-        self.peers.set_pending_mark(idx, 0);
         let pos = pos as usize;
-        if pos >= self.pending.len() {
+        if self.pending.get(pos).is_none_or(|p| p.idx != idx) {
             return;
         }
+        self.peers.set_pending_mark(idx, 0);
         self.pending.swap_remove(pos);
         if let Some(moved) = self.pending.get(pos).map(|p| p.idx) {
             self.peers
@@ -1274,24 +1287,22 @@ impl Mesh {
             self.pending = pending;
             return;
         }
-        // Each entry from the slot (its line is at hand: the mark is cleared in the same pass)
-        // and the interner's dense name list, not from the record (a cache miss each); sorted
-        // by name with its position in `pending`, where its exclusions stay (a batch lists
-        // thousands after a partition heals: 32 bytes each here, not a copy of the set).
+        // Each entry from the pending entry's key (kept equal to the key held: a removal drops
+        // the entry) and the interner's dense name list, touching neither the slot nor the
+        // record (a cache miss each); the marks stay (see `pending_mut`). Sorted by name with
+        // its position in `pending`, where its exclusions stay (a batch lists thousands after a
+        // partition heals: 32 bytes each here, not a copy of the set).
         let mut current = std::mem::take(&mut self.flush_buf);
         current.clear();
         for (pos, p) in pending.iter().enumerate() {
-            self.peers.set_pending_mark(p.idx, 0);
-            let (Some(key), Some(name)) = (
-                self.peers.key_at(p.idx),
-                self.peers.names_interner().name(p.idx),
-            ) else {
+            let Some(name) = self.peers.names_interner().name(p.idx) else {
                 continue;
             };
+            debug_assert_eq!(self.peers.key_at(p.idx), Some(p.key));
             let entry = Entry {
                 name,
-                uid: key.uid,
-                version: key.version,
+                uid: p.key.uid,
+                version: p.key.version,
             };
             current.push((entry, u32::try_from(pos).unwrap_or(u32::MAX)));
         }
