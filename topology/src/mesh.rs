@@ -1895,6 +1895,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pending_mark_left_by_an_earlier_batch_names_no_entry() {
+        let name = |b: u8| PeerName::from_bytes([2, 0, 0, 0, 0, b]);
+        #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
+        let now = Instant::now();
+        let mut m = Mesh::new(Config::new(name(1), "me"), now, 1);
+        let rec = |b: u8| {
+            let addr = SocketAddr::from(([192, 0, 2, 1], 6783));
+            let to_us = ConnectionSummary {
+                remote: name(1),
+                addr,
+                outbound: true,
+                established: true,
+            };
+            Arc::new(PeerInfo::new(
+                name(b),
+                PeerUid(7),
+                1,
+                String::new(),
+                vec![to_us],
+            ))
+        };
+        m.peers.apply(rec(2));
+        m.peers.apply(rec(3));
+        let idx = |m: &Mesh, b: u8| m.peers.index_of(name(b)).unwrap_or(u32::MAX);
+        let (a, b) = (idx(&m, 2), idx(&m, 3));
+        m.mark_changed(now, a, None);
+        assert_eq!(m.pending_mut(a).map(|p| p.idx), Some(a));
+        // The batch announces a and leaves its mark, naming the first position.
+        m.flush();
+        assert!(m.pending.is_empty());
+        assert_eq!(m.peers.pending_mark(a), 1);
+        // b takes that position: a's mark is stale, and dropping a must not drop b.
+        m.mark_changed(now, b, Some(ConnId(5)));
+        assert!(m.pending_mut(a).is_none());
+        m.unpend(a);
+        assert_eq!(
+            m.pending_mut(b)
+                .map(|p| (p.idx, p.excl.contains(ConnId(5)))),
+            Some((b, true))
+        );
+        // a is pending again (second position); dropping b moves a to the first, mark too.
+        m.mark_changed(now, a, None);
+        m.unpend(b);
+        assert_eq!(m.pending.len(), 1);
+        assert_eq!(m.pending_mut(a).map(|p| p.idx), Some(a));
+        assert!(m.pending_mut(b).is_none());
+    }
+
+    #[test]
     fn a_remote_record_that_does_not_list_us_yet_still_decides_its_picks() {
         let n = |i: u32| {
             let b = i.to_be_bytes();

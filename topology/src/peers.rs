@@ -118,7 +118,7 @@ enum Orphan {
 
 #[derive(Clone, Copy, Debug)]
 struct Link {
-    /// How many held records (other than this peer's own) list a connection to this peer.
+    /// How many held records list a connection to this peer (a record listing itself counts).
     indegree: u32,
     /// This peer's parent in the reachability tree: a peer in the tree whose record lists a
     /// connection to this one. NONE when not in the tree (and for ourselves, the root).
@@ -940,6 +940,46 @@ mod tests {
             String::new(),
             connections,
         ))
+    }
+
+    /// Asserts that every link and slot agree with a recount from the records held: the
+    /// in-degree (held records that list the peer; a record listing itself counts) and the
+    /// orphan state (a held record nothing lists is in an orphan list, any other name in none).
+    fn assert_links_agree(p: &Peers) {
+        let mut count = vec![0u32; p.links.len()];
+        for s in &p.slots {
+            if let Some(r) = &s.rec {
+                for &x in r.ids(&p.names, &mut Vec::new()).1 {
+                    count[x as usize] += 1;
+                }
+            }
+        }
+        for (i, (s, l)) in p.slots.iter().zip(&p.links).enumerate() {
+            assert_eq!(l.indegree, count[i], "in-degree of {i}");
+            let orphan = s.rec.is_some() && count[i] == 0 && i != p.own_idx as usize;
+            assert_eq!(s.orphan != Orphan::No, orphan, "orphan state of {i}");
+        }
+    }
+
+    #[test]
+    fn links_agree_with_the_records_held_through_applies_and_removals() {
+        let mut p = Peers::new(rec(1, 1, &[2, 3]));
+        let mut versions = [1u64; 16];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let name = 2 + (x % 12) as u8;
+            if x.is_multiple_of(7) {
+                p.remove(n(name));
+            } else {
+                versions[usize::from(name)] += 1;
+                let conns: Vec<u8> = (1..15u8).filter(|&c| (x >> (8 + c)) & 3 == 0).collect();
+                p.apply(rec(name, versions[usize::from(name)], &conns));
+            }
+            assert_links_agree(&p);
+        }
     }
 
     #[test]
