@@ -1896,29 +1896,13 @@ mod tests {
 
     #[test]
     fn a_pending_mark_left_by_an_earlier_batch_names_no_entry() {
-        let name = |b: u8| PeerName::from_bytes([2, 0, 0, 0, 0, b]);
+        use crate::peers::tests::{n, rec};
         #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
         let now = Instant::now();
-        let mut m = Mesh::new(Config::new(name(1), "me"), now, 1);
-        let rec = |b: u8| {
-            let addr = SocketAddr::from(([192, 0, 2, 1], 6783));
-            let to_us = ConnectionSummary {
-                remote: name(1),
-                addr,
-                outbound: true,
-                established: true,
-            };
-            Arc::new(PeerInfo::new(
-                name(b),
-                PeerUid(7),
-                1,
-                String::new(),
-                vec![to_us],
-            ))
-        };
-        m.peers.apply(rec(2));
-        m.peers.apply(rec(3));
-        let idx = |m: &Mesh, b: u8| m.peers.index_of(name(b)).unwrap_or(u32::MAX);
+        let mut m = Mesh::new(Config::new(n(1), "me"), now, 1);
+        m.peers.apply(rec(2, 1, &[1]));
+        m.peers.apply(rec(3, 1, &[1]));
+        let idx = |m: &Mesh, b: u8| m.peers.index_of(n(b)).unwrap_or(u32::MAX);
         let (a, b) = (idx(&m, 2), idx(&m, 3));
         m.mark_changed(now, a, None);
         assert_eq!(m.pending_mut(a).map(|p| p.idx), Some(a));

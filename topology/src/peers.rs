@@ -909,7 +909,7 @@ impl Hasher for NameHasher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::SocketAddr;
 
     use super::*;
