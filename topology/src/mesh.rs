@@ -1294,18 +1294,18 @@ impl Mesh {
         // partition heals: 32 bytes each here, not a copy of the set).
         let mut current = std::mem::take(&mut self.flush_buf);
         current.clear();
-        for (pos, p) in pending.iter().enumerate() {
-            let Some(name) = self.peers.names_interner().name(p.idx) else {
-                continue;
-            };
-            debug_assert_eq!(self.peers.key_at(p.idx), Some(p.key));
-            let entry = Entry {
-                name,
-                uid: p.key.uid,
-                version: p.key.version,
-            };
-            current.push((entry, u32::try_from(pos).unwrap_or(u32::MAX)));
-        }
+        let peers = &self.peers;
+        peers.names_interner().with_names(|names, _| {
+            current.extend(pending.iter().enumerate().filter_map(|(pos, p)| {
+                debug_assert_eq!(peers.key_at(p.idx), Some(p.key));
+                let entry = Entry {
+                    name: *names.get(p.idx as usize)?,
+                    uid: p.key.uid,
+                    version: p.key.version,
+                };
+                Some((entry, u32::try_from(pos).unwrap_or(u32::MAX)))
+            }));
+        });
         current.sort_unstable_by_key(|(e, _)| e.name);
         let ids = self.announce_targets();
         let mut entries: Vec<Entry> = Vec::with_capacity(current.len());
