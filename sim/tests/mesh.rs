@@ -90,8 +90,10 @@ fn json_report_has_the_keys_scripts_use() {
 /// deterministic; nothing here is timed): convergence within 3 s after a cold start and after
 /// a node leaves, steady gossip within 10 KB/s per node, and the costs that make 5,000 nodes
 /// feasible: one version per node for a cold start, a partition and a heal (at most 1.1), and
-/// at most 1.6 N² records applied for a heal. The partition is shortened to 10 s (the default is 30 s) to keep the debug-build
-/// run to about a minute of CPU; the full runs are in docs/SIMULATOR.md.
+/// at most 1.1 N² records applied for a heal, which converges within 6 s (4.2 s at this seed;
+/// the redials wait out no back-off). The partition is shortened to 10 s (the default is 30 s)
+/// to keep the debug-build run to about a minute of CPU; the full runs are in
+/// docs/SIMULATOR.md.
 #[test]
 fn thousand_nodes_meet_the_acceptance_figures() {
     let mut args = MeshArgs::with_nodes(1000);
@@ -103,8 +105,10 @@ fn thousand_nodes_meet_the_acceptance_figures() {
     assert!(r.gossip_bytes_per_node_per_s_max <= 10_000.0, "{r:?}");
     let [cold, _, partition, heal] = r.versions_per_node;
     assert!(cold <= 1.01 && partition <= 1.1 && heal <= 1.1, "{r:?}");
-    // A heal costs the other half's records as they were (0.5 N²) and every node's new
-    // version (1 N²): nothing more.
+    // Each side kept the other's records through the split (`Config::cut_off_ttl`), so a
+    // heal costs every node's new version (1 N²) and nothing more: not the other side's
+    // interim versions (0.5 N² more before the records were kept).
     let [_, _, _, heal_records] = r.records_applied_per_n2;
-    assert!(heal_records <= 1.6, "{r:?}");
+    assert!(heal_records <= 1.1, "{r:?}");
+    assert!(r.partition_heal_convergence_s.unwrap() <= 6.0, "{r:?}");
 }

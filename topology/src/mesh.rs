@@ -92,6 +92,13 @@ pub struct Config {
     /// Least time between searches for cut-off components, and the delay before collecting
     /// orphans that arrived as such (default 1 s).
     pub gc_interval: Duration,
+    /// How long the records of peers cut off from us are kept: peers we cannot reach but that
+    /// records we hold still list, as after a network split or when several neighbouring
+    /// peers fail together. A peer that fails alone is listed by nobody once its neighbours
+    /// notice, and goes within `gc_delay`. Kept, a split that heals costs only the peers' new
+    /// versions: no fetch of every record of the other side and no full exchange with the
+    /// peers we reconnect to (default 60 s).
+    pub cut_off_ttl: Duration,
     /// Dial back-off (default 1 s × 1.5ⁿ, capped at 60 s, ±50 % jitter).
     pub backoff: Backoff,
     /// How long a dial may take before the target is retried (default 30 s).
@@ -134,6 +141,7 @@ impl Config {
             route_recalc_delay: Some(Duration::from_millis(100)),
             gc_delay: Duration::from_millis(50),
             gc_interval: Duration::from_secs(1),
+            cut_off_ttl: Duration::from_secs(60),
             backoff: Backoff {
                 initial: Duration::from_secs(1),
                 max: Duration::from_secs(60),
@@ -280,8 +288,14 @@ pub struct Mesh {
     /// When our connections last changed.
     last_change: Instant,
     component_pending: bool,
-    /// Peers found unreachable by the last collection, sorted.
+    /// Orphans found unreachable by the last collection, sorted.
     unreachable_suspects: Vec<PeerName>,
+    /// Peers cut off from us (see [`Config::cut_off_ttl`]) by table index, sorted, each with
+    /// the engine second (since `epoch`) in which a collection first found it so.
+    cut_off: Vec<(u32, u32)>,
+    /// True once a cut-off peer was heard from again (a newer record of it, or a connection
+    /// to it) since the list last grew: the split is healing.
+    cut_off_heard: bool,
     /// When a record from a neighbour last changed our table.
     last_news: Option<Instant>,
     stats: api::GossipStats,
@@ -342,6 +356,8 @@ impl Mesh {
             last_change: now,
             component_pending: false,
             unreachable_suspects: Vec::new(),
+            cut_off: Vec::new(),
+            cut_off_heard: false,
             last_news: None,
             stats: api::GossipStats::default(),
         };
@@ -604,6 +620,10 @@ impl Mesh {
         );
         self.by_peer.insert(remote, conn);
         self.former.remove(&remote);
+        let cut_off = self.is_cut_off(remote);
+        if cut_off {
+            self.heard_from_cut_off(now);
+        }
         for t in self.targets.iter_mut() {
             let matches = if outbound {
                 t.addr == addr
@@ -625,9 +645,16 @@ impl Mesh {
         let mut hb = Vec::with_capacity(14);
         wire::encode_heartbeat(count, digest, &mut hb);
         self.send(conn, hb);
-        let mut bd = Vec::with_capacity(4 + 8 * BUCKETS);
-        wire::encode_bucket_digest(true, self.peers.bucket_digests(), &mut bd);
-        self.send(conn, bd);
+        // With a peer cut off from us, we hold the records of its side as they were at the
+        // split, and its side ours: the versions the reconnecting peers publish replace
+        // them, and a full exchange now would first fetch the other side's interim versions
+        // (half of all records, after a split in two halves). Heartbeat digests still run, and
+        // anti-entropy repairs what the new versions do not.
+        if !cut_off {
+            let mut bd = Vec::with_capacity(4 + 8 * BUCKETS);
+            wire::encode_bucket_digest(true, self.peers.bucket_digests(), &mut bd);
+            self.send(conn, bd);
+        }
     }
 
     /// Reports that a control connection closed (for any reason, including our own request).
@@ -1115,7 +1142,15 @@ impl Mesh {
                 }
                 Applied::Replaced {
                     removed_connections,
-                } => removal |= removed_connections,
+                } => {
+                    removal |= removed_connections;
+                    if !self.cut_off.is_empty()
+                        && !self.cut_off_heard
+                        && idx.is_some_and(|i| self.cut_off_at(i))
+                    {
+                        self.heard_from_cut_off(now);
+                    }
+                }
                 Applied::Ignored => continue,
             }
             self.stats.records_applied += 1;
@@ -1452,16 +1487,19 @@ impl Mesh {
     }
 
     /// Returns true while a peer we lost a connection to is alive by gossip (we hold its
-    /// record) and not reconnected: after a partition heals, both ends redial as soon as they
+    /// record, and it is not cut off from us, or a cut-off peer was heard from again) and not
+    /// reconnected: after a partition heals, both ends redial as soon as they
     /// see each other's record again, inbound and outbound, over a few seconds. Entries older
     /// than `backoff.max` are forgotten (the peer may never come back to us).
     fn awaiting_former_peer(&mut self, now: Instant) -> bool {
         let ttl = self.config.backoff.max;
         self.former
             .retain(|_, lost| now.saturating_duration_since(*lost) < ttl);
-        self.former
-            .keys()
-            .any(|p| !self.by_peer.contains_key(p) && self.peers.get(*p).is_some())
+        self.former.keys().any(|p| {
+            !self.by_peer.contains_key(p)
+                && self.peers.get(*p).is_some()
+                && (self.cut_off_heard || !self.is_cut_off(*p))
+        })
     }
 
     /// Returns true while a dial of ours to a peer we were connected to before is under way or
@@ -1548,35 +1586,121 @@ impl Mesh {
     }
 
     fn schedule_slow_gc(&mut self, now: Instant) {
-        if self.component_gc_at.is_none() {
-            let earliest = self
-                .last_component_gc
-                .map_or(now, |t| t + self.config.gc_interval);
-            self.component_gc_at = Some(earliest.max(now + self.config.gc_delay));
-        }
+        let earliest = self
+            .last_component_gc
+            .map_or(now, |t| t + self.config.gc_interval)
+            .max(now + self.config.gc_delay);
+        // Sooner than a cut-off peer's expiry, which may be set.
+        self.component_gc_at = Some(self.component_gc_at.map_or(earliest, |t| t.min(earliest)));
     }
 
     fn slow_gc(&mut self, now: Instant) {
         self.last_component_gc = Some(now);
         // Sorted lists, merged: a partition's collection lists thousands of names.
         let mut suspects = self.peers.fresh_orphans();
-        if self.component_pending || !self.unreachable_suspects.is_empty() {
+        let mut expired = Vec::new();
+        if self.component_pending
+            || !self.unreachable_suspects.is_empty()
+            || !self.cut_off.is_empty()
+        {
             self.component_pending = false;
-            let unreachable = self.peers.unreachable();
-            suspects = merge_sorted(&suspects, &unreachable);
+            let (unlisted, listed) = self.peers.unreachable_split();
+            suspects = merge_sorted(&suspects, &unlisted);
+            expired = self.note_cut_off(now, &listed);
         }
         let last = std::mem::take(&mut self.unreachable_suspects);
         let (remove, keep): (Vec<PeerName>, Vec<PeerName>) = suspects
             .into_iter()
             .partition(|n| last.binary_search(n).is_ok());
+        let names = self.peers.names_interner().clone();
         let removed: Vec<(PeerName, RecordKey)> = remove
             .into_iter()
+            .chain(expired.into_iter().filter_map(|i| names.name(i)))
             .filter_map(|n| self.peers.remove(n).map(|r| (n, r.key())))
             .collect();
         self.unreachable_suspects = keep;
         self.after_removal(now, removed);
         if !self.unreachable_suspects.is_empty() {
             self.schedule_slow_gc(now);
+        }
+        if let Some(at) = self
+            .cut_off
+            .iter()
+            .map(|&(_, s)| self.cut_off_expiry(s))
+            .min()
+        {
+            self.component_gc_at = Some(self.component_gc_at.map_or(at, |t| t.min(at)));
+        }
+    }
+
+    /// Replaces the cut-off list with `listed` (indices, sorted), keeping each peer's first
+    /// second; returns those cut off for `cut_off_ttl`, which leave the list. Once a cut-off
+    /// peer was heard from again, every clock starts again: the list is not searched again
+    /// until something is removed, so a peer still on it may have been back since.
+    fn note_cut_off(&mut self, now: Instant, listed: &[u32]) -> Vec<u32> {
+        let second =
+            u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
+        let old = std::mem::take(&mut self.cut_off);
+        let old = if self.cut_off_heard { Vec::new() } else { old };
+        let mut next = Vec::with_capacity(listed.len());
+        let mut expired = Vec::new();
+        let mut grew = false;
+        let mut k = 0;
+        for &i in listed {
+            while old.get(k).is_some_and(|&(j, _)| j < i) {
+                k += 1;
+            }
+            let since = match old.get(k) {
+                Some(&(j, since)) if j == i => since,
+                _ => {
+                    grew = true;
+                    second
+                }
+            };
+            if self.cut_off_expiry(since) <= now {
+                expired.push(i);
+            } else {
+                next.push((i, since));
+            }
+        }
+        if grew {
+            self.cut_off_heard = false;
+        }
+        self.cut_off = next;
+        expired
+    }
+
+    /// When a peer cut off from us since engine second `since` is collected: `cut_off_ttl`
+    /// after the end of that second, so never sooner than the ttl.
+    fn cut_off_expiry(&self, since: u32) -> Instant {
+        self.epoch + Duration::from_secs(u64::from(since) + 1) + self.config.cut_off_ttl
+    }
+
+    fn cut_off_at(&self, idx: u32) -> bool {
+        self.cut_off.binary_search_by_key(&idx, |&(i, _)| i).is_ok()
+    }
+
+    fn is_cut_off(&self, name: PeerName) -> bool {
+        !self.cut_off.is_empty()
+            && self
+                .peers
+                .index_of(name)
+                .is_some_and(|i| self.cut_off_at(i))
+    }
+
+    /// A peer cut off from us was heard from again: the split is healing. Our targets on its
+    /// side are retried within a quarter of the initial back-off (they may be waiting out a
+    /// long one), as when a collected peer reappears.
+    fn heard_from_cut_off(&mut self, now: Instant) {
+        self.cut_off_heard = true;
+        let cut: Vec<PeerName> = self
+            .targets
+            .iter()
+            .filter_map(|t| t.peer)
+            .filter(|&p| self.is_cut_off(p))
+            .collect();
+        for p in cut {
+            self.peer_reappeared(now, p);
         }
     }
 

@@ -479,26 +479,45 @@ impl Peers {
     /// Cheap unless a connection on the reachability tree was lost since the last call: the
     /// tree then is rebuilt by a search of the whole table.
     pub fn unreachable(&mut self) -> Vec<PeerName> {
+        let (unlisted, listed) = self.unreachable_split();
+        let mut all: Vec<PeerName> = listed.iter().filter_map(|&i| self.name_at(i)).collect();
+        all.extend(unlisted);
+        all.sort_unstable();
+        all
+    }
+
+    /// Returns the peers not reachable from us over listed connections, in two lists: those
+    /// no record held lists (orphans), sorted by name; and those some record held still lists
+    /// (cut off from us together with others, as by a network split), by table index.
+    ///
+    /// Cheap unless a connection on the reachability tree was lost since the last call: the
+    /// tree then is rebuilt by a search of the whole table.
+    pub fn unreachable_split(&mut self) -> (Vec<PeerName>, Vec<u32>) {
         if self.tree_broken {
             self.rebuild_tree();
         }
         if self.treed == self.records {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let own = self.own_idx as usize;
+        let mut listed = Vec::new();
         // Names from the interner's list, not from the records (a cache miss each).
-        let mut dead: Vec<PeerName> = self.names.with_names(|names, _| {
-            self.slots
-                .iter()
-                .zip(&self.links)
-                .zip(names)
-                .enumerate()
-                .filter(|(i, ((s, l), _))| s.rec.is_some() && l.parent == NONE && *i != own)
-                .map(|(_, (_, &name))| name)
-                .collect()
+        let mut unlisted: Vec<PeerName> = self.names.with_names(|names, _| {
+            let mut unlisted = Vec::new();
+            for (i, ((s, l), &name)) in self.slots.iter().zip(&self.links).zip(names).enumerate() {
+                if s.rec.is_none() || l.parent != NONE || i == own {
+                    continue;
+                }
+                if l.indegree == 0 {
+                    unlisted.push(name);
+                } else {
+                    listed.push(i as u32);
+                }
+            }
+            unlisted
         });
-        dead.sort_unstable();
-        dead
+        unlisted.sort_unstable();
+        (unlisted, listed)
     }
 
     /// Searches the table from us and records each reached peer's parent.

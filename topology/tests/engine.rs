@@ -17,6 +17,11 @@ struct Net {
     /// (deliver at, conn, to, bytes)
     wire: VecDeque<(Instant, ConnId, usize, Vec<u8>)>,
     links: Vec<(ConnId, usize, usize)>,
+    /// When true, every dial is refused at once (and logged in `dials`); otherwise dials are
+    /// left unanswered.
+    refuse_dials: bool,
+    /// (when, dialler, address) of each dial refused.
+    dials: Vec<(Instant, usize, SocketAddr)>,
 }
 
 fn name(i: usize) -> PeerName {
@@ -40,6 +45,8 @@ impl Net {
             alive: vec![true; n],
             wire: VecDeque::new(),
             links: Vec::new(),
+            refuse_dials: false,
+            dials: Vec::new(),
         }
     }
 
@@ -99,7 +106,15 @@ impl Net {
                             .push_back((self.now + Duration::from_millis(1), conn, to, bytes));
                     }
                 }
-                while self.nodes[i].poll_event().is_some() {}
+                while let Some(e) = self.nodes[i].poll_event() {
+                    if let (Event::Dial(a), true) = (e, self.refuse_dials) {
+                        self.dials.push((self.now, i, a));
+                    }
+                }
+                for &(_, _, a) in self.dials.iter().filter(|d| d.0 == self.now && d.1 == i) {
+                    self.nodes[i].handle_dial_started(self.now, a);
+                    self.nodes[i].handle_dial_failed(self.now, a, "connection refused");
+                }
             }
             while self.wire.front().is_some_and(|m| m.0 <= self.now) {
                 let (_, conn, to, bytes) = self.wire.pop_front().unwrap();
@@ -322,4 +337,79 @@ fn a_collected_peer_is_not_brought_back_by_a_stale_copy_until_its_tombstone_expi
         net.nodes[0].peers().get(name(2)).is_some(),
         "accepted once the tombstone expired"
     );
+}
+
+#[test]
+fn a_split_keeps_the_cut_off_side_and_heals_without_a_full_exchange() {
+    // Pairs 0–1 and 2–3, bridged by 1–2 (dialled by 1, one of its targets). The bridge is
+    // cut and 1's redials are refused: 0 and 1 can no longer reach 2 and 3, which still list
+    // each other (a split, not a crash).
+    let mut net = Net::new(4);
+    net.refuse_dials = true;
+    net.connect(0, 1);
+    net.connect(2, 3);
+    net.nodes[1].add_target(addr(2));
+    net.connect(1, 2);
+    net.run(Duration::from_secs(2));
+    net.disconnect(1, 2);
+    net.run(Duration::from_secs(20));
+    for i in 0..2 {
+        let m = &mut net.nodes[i];
+        m.recalculate_routes();
+        for j in 2..4 {
+            assert!(m.peers().get(name(j)).is_some(), "node {i} keeps {j}");
+            assert_eq!(m.unicast_next_hop(name(j)), None, "node {i}: {j} cut off");
+        }
+    }
+    // Node 1's redials have backed off well beyond the quarter second a heal allows.
+    let next = |net: &Net| match net.nodes[1].targets().get(addr(2)).map(|t| t.state.clone()) {
+        Some(TargetState::Retrying { next_attempt, .. }) => next_attempt,
+        other => panic!("retrying: {other:?}"),
+    };
+    assert!(next(&net) > net.now + Duration::from_millis(1_500));
+
+    // The split heals through a new bridge 0–3: neither end sends a full exchange (the
+    // bucket digest) to a peer cut off from it.
+    let digests = |net: &Net, i: usize| net.nodes[i].stats().sent_bucket_digest_bytes;
+    let (d0, d3) = (digests(&net, 0), digests(&net, 3));
+    let healed = net.now;
+    net.connect(0, 3);
+    net.run(Duration::from_millis(100));
+    assert_eq!((digests(&net, 0), digests(&net, 3)), (d0, d3));
+    // Node 1 hears 2's and 3's new versions through 0 and retries its target at once.
+    net.run(Duration::from_secs(1));
+    let redial = net
+        .dials
+        .iter()
+        .find(|d| d.0 > healed && d.1 == 1 && d.2 == addr(2))
+        .map(|d| d.0);
+    assert!(
+        redial.is_some_and(|t| t < healed + Duration::from_secs(1)),
+        "redialled at {:?} after the heal",
+        redial.map(|t| t - healed)
+    );
+    // And everyone knows everyone at the latest version, with routes across the new bridge.
+    net.run(Duration::from_secs(3));
+    for i in 0..4 {
+        for j in 0..4 {
+            let key = net.nodes[i].peers().key(name(j)).map(|k| k.version);
+            assert_eq!(key, Some(net.nodes[j].version()), "node {i} knows {j}");
+        }
+    }
+    net.nodes[1].recalculate_routes();
+    assert_eq!(net.nodes[1].unicast_next_hop(name(2)), Some(name(0)));
+
+    // Cut off again for good: kept for `cut_off_ttl` (60 s), then collected.
+    net.disconnect(0, 3);
+    net.run(Duration::from_secs(50));
+    assert!(net.nodes[0].peers().get(name(3)).is_some(), "kept for 50 s");
+    net.run(Duration::from_secs(15));
+    for i in 0..2 {
+        for j in 2..4 {
+            assert!(
+                net.nodes[i].peers().get(name(j)).is_none(),
+                "{i} collected {j}"
+            );
+        }
+    }
 }
