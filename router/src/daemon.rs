@@ -663,6 +663,16 @@ impl Daemon {
                     info!(%peer, "peer removed");
                     self.ipam.handle_peer_gone(now, peer);
                 }
+                // IPAM follows reachability: a peer cut off by a split is gone for it at once,
+                // though the mesh keeps its record for a while.
+                Event::PeerCutOff(peer) => {
+                    info!(%peer, "peer cut off");
+                    self.ipam.handle_peer_gone(now, peer);
+                }
+                Event::PeerBack(peer) => {
+                    info!(%peer, "peer back");
+                    self.ipam.handle_peer_seen(now, peer);
+                }
                 Event::RoutesChanged => {
                     debug!("routes changed");
                     if let Some(sleeve) = &self.sleeve {

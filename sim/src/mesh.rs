@@ -838,7 +838,11 @@ impl Part {
                         self.schedule(w, i, t, action);
                     }
                 }
-                MeshEvent::PeerAdded(_) | MeshEvent::PeerRemoved(_) | MeshEvent::RoutesChanged => {}
+                MeshEvent::PeerAdded(_)
+                | MeshEvent::PeerRemoved(_)
+                | MeshEvent::PeerCutOff(_)
+                | MeshEvent::PeerBack(_)
+                | MeshEvent::RoutesChanged => {}
             }
         }
         // Event handling may have queued more to send.

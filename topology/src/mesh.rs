@@ -110,7 +110,8 @@ pub struct Config {
     /// are refused meanwhile, so stale copies held by slower neighbours cannot bring it back
     /// (default 10 s).
     pub tombstone_ttl: Duration,
-    /// Emit [`Event::PeerAdded`] and [`Event::PeerRemoved`] (default true).
+    /// Emit [`Event::PeerAdded`], [`Event::PeerRemoved`], [`Event::PeerCutOff`] and
+    /// [`Event::PeerBack`] (default true).
     pub peer_events: bool,
     /// An optional intern table shared between engines in one process.
     pub record_cache: Option<RecordCache>,
@@ -173,6 +174,12 @@ pub enum Event {
     PeerAdded(PeerName),
     /// A peer was forgotten (unreachable, or removed by command).
     PeerRemoved(PeerName),
+    /// A peer is cut off from us: unreachable, but listed by records we hold (a network
+    /// split). Its record is kept for [`Config::cut_off_ttl`], then it is removed
+    /// ([`Event::PeerRemoved`]) unless it comes back first ([`Event::PeerBack`]).
+    PeerCutOff(PeerName),
+    /// A peer cut off from us was heard from again, or is reachable again.
+    PeerBack(PeerName),
     /// The unicast routes changed.
     RoutesChanged,
 }
@@ -1641,19 +1648,23 @@ impl Mesh {
         let second =
             u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
         let old = std::mem::take(&mut self.cut_off);
+        // Those heard from were reported back then.
         let old = if self.cut_off_heard { Vec::new() } else { old };
         let mut next = Vec::with_capacity(listed.len());
-        let mut expired = Vec::new();
-        let mut grew = false;
+        let (mut expired, mut cut, mut back) = (Vec::new(), Vec::new(), Vec::new());
         let mut k = 0;
         for &i in listed {
-            while old.get(k).is_some_and(|&(j, _)| j < i) {
+            while let Some(&(j, _)) = old.get(k).filter(|&&(j, _)| j < i) {
+                back.push(j);
                 k += 1;
             }
             let since = match old.get(k) {
-                Some(&(j, since)) if j == i => since,
+                Some(&(j, since)) if j == i => {
+                    k += 1;
+                    since
+                }
                 _ => {
-                    grew = true;
+                    cut.push(i);
                     second
                 }
             };
@@ -1663,10 +1674,25 @@ impl Mesh {
                 next.push((i, since));
             }
         }
-        if grew {
+        back.extend(old.get(k..).unwrap_or_default().iter().map(|&(j, _)| j));
+        if !cut.is_empty() {
             self.cut_off_heard = false;
         }
         self.cut_off = next;
+        // Off the list but still held: reachable again (those collected are reported so).
+        let names = self.peers.names_interner().clone();
+        back.retain(|&i| self.peers.get_at(i).is_some());
+        for name in back.into_iter().filter_map(|i| names.name(i)) {
+            self.peer_reappeared(now, name);
+            if self.config.peer_events {
+                self.events.push_back(Event::PeerBack(name));
+            }
+        }
+        if self.config.peer_events {
+            let cut = cut.into_iter().filter(|i| !expired.contains(i));
+            self.events
+                .extend(cut.filter_map(|i| names.name(i)).map(Event::PeerCutOff));
+        }
         expired
     }
 
@@ -1693,6 +1719,11 @@ impl Mesh {
     /// long one), as when a collected peer reappears.
     fn heard_from_cut_off(&mut self, now: Instant) {
         self.cut_off_heard = true;
+        if self.config.peer_events {
+            let names = self.peers.names_interner().clone();
+            let back = self.cut_off.iter().filter_map(|&(i, _)| names.name(i));
+            self.events.extend(back.map(Event::PeerBack));
+        }
         let cut: Vec<PeerName> = self
             .targets
             .iter()

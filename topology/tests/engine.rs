@@ -22,6 +22,8 @@ struct Net {
     refuse_dials: bool,
     /// (when, dialler, address) of each dial refused.
     dials: Vec<(Instant, usize, SocketAddr)>,
+    /// (node, event) of every peer event, in order.
+    peer_events: Vec<(usize, Event)>,
 }
 
 fn name(i: usize) -> PeerName {
@@ -47,6 +49,7 @@ impl Net {
             links: Vec::new(),
             refuse_dials: false,
             dials: Vec::new(),
+            peer_events: Vec::new(),
         }
     }
 
@@ -107,8 +110,13 @@ impl Net {
                     }
                 }
                 while let Some(e) = self.nodes[i].poll_event() {
-                    if let (Event::Dial(a), true) = (e, self.refuse_dials) {
-                        self.dials.push((self.now, i, a));
+                    match e {
+                        Event::Dial(a) if self.refuse_dials => self.dials.push((self.now, i, a)),
+                        Event::PeerAdded(_)
+                        | Event::PeerRemoved(_)
+                        | Event::PeerCutOff(_)
+                        | Event::PeerBack(_) => self.peer_events.push((i, e)),
+                        Event::CloseConnection { .. } | Event::Dial(_) | Event::RoutesChanged => {}
                     }
                 }
                 for &(_, _, a) in self.dials.iter().filter(|d| d.0 == self.now && d.1 == i) {
@@ -352,7 +360,24 @@ fn a_split_keeps_the_cut_off_side_and_heals_without_a_full_exchange() {
     net.connect(1, 2);
     net.run(Duration::from_secs(2));
     net.disconnect(1, 2);
+    net.peer_events.clear();
     net.run(Duration::from_secs(20));
+    // Each side reports the other cut off once per peer (to IPAM, in the router), and removes
+    // nothing.
+    assert_eq!(net.peer_events.len(), 8, "{:?}", net.peer_events);
+    for (i, j) in [
+        (0, 2),
+        (0, 3),
+        (1, 2),
+        (1, 3),
+        (2, 0),
+        (2, 1),
+        (3, 0),
+        (3, 1),
+    ] {
+        let cut = (i, Event::PeerCutOff(name(j)));
+        assert!(net.peer_events.contains(&cut), "{cut:?}");
+    }
     for i in 0..2 {
         let m = &mut net.nodes[i];
         m.recalculate_routes();
@@ -373,6 +398,7 @@ fn a_split_keeps_the_cut_off_side_and_heals_without_a_full_exchange() {
     let digests = |net: &Net, i: usize| net.nodes[i].stats().sent_bucket_digest_bytes;
     let (d0, d3) = (digests(&net, 0), digests(&net, 3));
     let healed = net.now;
+    net.peer_events.clear();
     net.connect(0, 3);
     net.run(Duration::from_millis(100));
     assert_eq!((digests(&net, 0), digests(&net, 3)), (d0, d3));
@@ -398,6 +424,12 @@ fn a_split_keeps_the_cut_off_side_and_heals_without_a_full_exchange() {
     }
     net.nodes[1].recalculate_routes();
     assert_eq!(net.nodes[1].unicast_next_hop(name(2)), Some(name(0)));
+    for i in 0..2 {
+        for j in 2..4 {
+            let back = (i, Event::PeerBack(name(j)));
+            assert!(net.peer_events.contains(&back), "{i} reports {j} back");
+        }
+    }
 
     // Cut off again for good: kept for `cut_off_ttl` (60 s), then collected.
     net.disconnect(0, 3);
@@ -409,6 +441,11 @@ fn a_split_keeps_the_cut_off_side_and_heals_without_a_full_exchange() {
             assert!(
                 net.nodes[i].peers().get(name(j)).is_none(),
                 "{i} collected {j}"
+            );
+            let removed = (i, Event::PeerRemoved(name(j)));
+            assert!(
+                net.peer_events.contains(&removed),
+                "{i} reports {j} removed"
             );
         }
     }
