@@ -701,8 +701,12 @@ impl Peers {
         }
         std::hint::black_box(acc);
         // A record's own place in the tree does not depend on its content, so its new remotes
-        // are grafted while their slots are at hand.
-        let name_in_tree = self.in_tree(idx);
+        // are grafted while their slots are at hand. Its own link (a cache miss) is read only
+        // when something here depends on it: a new record, new remotes, or its own in-degree
+        // changing (a record listing itself).
+        let new_record = old.is_none();
+        let name_in_tree = (new_record || !added.is_empty()) && self.in_tree(idx);
+        let own_indegree_changes = new_record || added.contains(&idx) || dropped.contains(&idx);
         for &r in &added {
             self.inc_indegree(r);
             if name_in_tree {
@@ -710,11 +714,13 @@ impl Peers {
             }
         }
         self.account(&rec, true);
-        let indegree = self.link(idx).indegree;
         let slot = self.slot_mut(idx);
         slot.key = rec.key();
         slot.rec = Some(rec);
-        if idx != self.own_idx {
+        // A replaced record whose own in-degree did not change keeps its orphan state: what
+        // it lists is not what lists it.
+        if idx != self.own_idx && own_indegree_changes {
+            let indegree = self.link(idx).indegree;
             if indegree == 0 {
                 // A replaced record keeps its kind of orphanhood.
                 if self.orphan_at(idx) == Orphan::No {
