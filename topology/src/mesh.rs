@@ -1714,11 +1714,14 @@ impl Mesh {
                 .is_some_and(|i| self.cut_off_at(i))
     }
 
-    /// A peer cut off from us was heard from again: the split is healing. Our targets on its
-    /// side are retried within a quarter of the initial back-off (they may be waiting out a
-    /// long one), as when a collected peer reappears.
+    /// A peer cut off from us was heard from again: the split is healing. Once per split
+    /// (until the list grows again), every peer on the list is reported back, and our targets
+    /// among them are retried within a quarter of the initial back-off (they may be waiting out
+    /// a long one), as when a collected peer reappears.
     fn heard_from_cut_off(&mut self, now: Instant) {
-        self.cut_off_heard = true;
+        if std::mem::replace(&mut self.cut_off_heard, true) {
+            return;
+        }
         if self.config.peer_events {
             let names = self.peers.names_interner().clone();
             let back = self.cut_off.iter().filter_map(|&(i, _)| names.name(i));
