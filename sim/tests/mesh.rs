@@ -90,7 +90,7 @@ fn json_report_has_the_keys_scripts_use() {
 /// deterministic; nothing here is timed): convergence within 3 s after a cold start and after
 /// a node leaves, steady gossip within 10 KB/s per node, and the costs that make 5,000 nodes
 /// feasible: one version per node for a cold start, a partition and a heal (at most 1.1), and
-/// at most 1.1 N² records applied for a heal, which converges within 6 s (4.2 s at this seed;
+/// at most 1.1 N² records applied for a heal, which converges within 6 s (4.0 s at this seed;
 /// the redials wait out no back-off). The partition is shortened to 10 s (the default is 30 s)
 /// to keep the debug-build run to about a minute of CPU; the full runs are in
 /// docs/SIMULATOR.md.
