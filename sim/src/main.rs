@@ -53,7 +53,7 @@ enum Command {
 enum LabCommand {
     /// Build a lab and wait until it is ready.
     Up {
-        /// The lab's name: prefix of its namespaces (N-u, N-hI, N-hI-pJ).
+        /// The lab's name: prefix of its namespaces (N-u, N-x, N-hI, N-hI-pJ).
         #[arg(long)]
         name: String,
         /// Number of nodes.
@@ -83,12 +83,17 @@ enum LabCommand {
         /// The routers' `--trusted-subnets` (comma-separated CIDRs).
         #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
         trusted_subnets: Vec<String>,
+        /// MTU of the underlay cables (1280–9000); pods the lab attaches without routers get
+        /// this less 50, routers derive theirs from their underlay interface.
+        #[arg(long, value_name = "N", default_value_t = lab::DEFAULT_UNDERLAY_MTU)]
+        underlay_mtu: u32,
     },
-    /// Run a command in a node's or pod's namespace (exit code = the command's).
+    /// Run a command in a node's, pod's or the external host's namespace (exit code = the
+    /// command's).
     Exec {
         /// The lab's name.
         name: String,
-        /// `hI` or `hI/pJ`.
+        /// `hI`, `hI/pJ`, or `x` for the external host (203.0.113.1).
         target: String,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
@@ -175,6 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 no_router,
                 password,
                 trusted_subnets,
+                underlay_mtu,
             } => {
                 let spec = LabSpec {
                     name,
@@ -186,6 +192,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     routers: !no_router,
                     password,
                     trusted_subnets,
+                    underlay_mtu,
                 };
                 let info = lab::up(&spec)?;
                 if json {
@@ -199,13 +206,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 target,
                 command,
             } => {
-                let (ns, api) = lab::target(&name, &target)?;
-                let (prog, args) = command.split_first().context("no command given")?;
-                let mut cmd = lab::netns::command_in(&ns, prog)?;
-                cmd.args(args).env("WEFT_API", api);
+                let mut cmd = lab::exec_command(&name, &target, &command)?;
                 // exec replaces this process, so the exit code is the command's own.
                 let err = std::os::unix::process::CommandExt::exec(&mut cmd);
-                return Err(err).with_context(|| format!("running {prog} in {ns}"));
+                return Err(err)
+                    .with_context(|| format!("running {} in {target} of lab {name}", command[0]));
             }
             LabCommand::Router { name, node, action } => lab::router_action(&name, &node, action)?,
             LabCommand::Pod {

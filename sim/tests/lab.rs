@@ -1,9 +1,10 @@
 //! Lab tests: real namespaces on this machine (run as root, as the README's test command does).
 //!
 //! ```text
-//!            N-u: bridge ubr (192.0.2.0/24)
+//!   N-x eth0 (203.0.113.1) ── x (203.0.113.254)
+//!                                  N-u: bridge ubr (192.0.2.0/24, gateway 192.0.2.254)
 //!          /          |           \
-//!   N-h1 eth0    N-h2 eth0    N-h3 eth0      (192.0.2.I)
+//!   N-h1 eth0    N-h2 eth0    N-h3 eth0      (192.0.2.I, default via 192.0.2.254)
 //!   bridge weft  bridge weft  bridge weft
 //!    |     |      |     |      |     |
 //!   p1    p2     p1    p2     p1    p2      (N-hI-pJ, 10.32.I.J/12)
@@ -15,11 +16,12 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::process::Command;
+use std::time::Duration;
 
 use weft_sim::lab::{self, LabGuard, LabSpec, Underlay};
 
 mod common;
-use common::{settled_active, unique};
+use common::{exec, ping_until, settled_active, unique};
 
 fn spec(name: &str, nodes: usize, pods: usize) -> LabSpec {
     let mut spec = LabSpec::new(name);
@@ -35,6 +37,22 @@ fn ping(name: &str, from: &str, ip: &str) -> bool {
         .unwrap()
         .status
         .success()
+}
+
+/// The MTU of link `dev` in namespace `ns`, read over netlink (`/sys/class/net` inside a
+/// namespace entered with setns still shows the root namespace's links).
+fn link_mtu(ns: &str, dev: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", "dev", dev])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["mtu"].as_u64().unwrap()
 }
 
 fn root_links() -> String {
@@ -69,7 +87,7 @@ fn three_nodes_two_pods_ping_on_one_node_and_leave_nothing() {
                 node.pods[1].ip
             );
         }
-        assert_eq!(lab::lab_namespaces(&name).len(), 1 + 3 + 6);
+        assert_eq!(lab::lab_namespaces(&name).len(), 2 + 3 + 6);
         drop(guard);
     }
     assert!(lab::lab_namespaces(&name).is_empty());
@@ -91,7 +109,7 @@ fn a_panicking_test_leaves_no_namespace() {
     let result = std::panic::catch_unwind(|| {
         let _guard = LabGuard::new(&name);
         lab::up(&spec(&name, 2, 1)).unwrap();
-        assert_eq!(lab::lab_namespaces(&name).len(), 1 + 2 + 2);
+        assert_eq!(lab::lab_namespaces(&name).len(), 2 + 2 + 2);
         panic!("test body fails on purpose");
     });
     assert!(result.is_err());
@@ -191,7 +209,7 @@ fn two_labs_run_side_by_side() {
     assert!(ping(&b, "h1", "192.0.2.2"));
     lab::down(&a).unwrap();
     assert!(lab::lab_namespaces(&a).is_empty());
-    assert_eq!(lab::lab_namespaces(&b).len(), 1 + 2 + 2);
+    assert_eq!(lab::lab_namespaces(&b).len(), 2 + 2 + 2);
     assert!(ping(&b, "h2", "192.0.2.1"));
 }
 
@@ -204,6 +222,24 @@ fn line_underlay_reaches_only_neighbours() {
     lab::up(&s).unwrap();
     assert!(ping(&name, "h1", "192.0.2.2"));
     assert!(ping(&name, "h2", "192.0.2.3"));
+    assert!(!ping(&name, "h1", "192.0.2.3"));
+    // Every node still reaches the gateway (the underlay bridge's own address) and, through
+    // it, the external host.
+    for node in ["h1", "h2", "h3"] {
+        assert!(
+            ping_until(&name, node, lab::EXTERNAL_IP, Duration::from_secs(10)).is_some(),
+            "{node} -> external host"
+        );
+    }
+    // The gateway is no way around the cut: routed through it, h1 and h3 still do not meet.
+    for (node, other) in [("h1", "192.0.2.3/32"), ("h3", "192.0.2.1/32")] {
+        let (ok, _, err) = exec(
+            &name,
+            node,
+            &["ip", "route", "add", other, "via", lab::GATEWAY_IP],
+        );
+        assert!(ok, "{err}");
+    }
     assert!(!ping(&name, "h1", "192.0.2.3"));
 }
 
@@ -221,7 +257,7 @@ fn pods_can_be_added_and_removed() {
     );
     lab::pod_del(&name, "h1", "p2").unwrap();
     assert!(lab::pod_del(&name, "h1", "p2").is_err());
-    assert_eq!(lab::lab_namespaces(&name).len(), 1 + 1 + 1);
+    assert_eq!(lab::lab_namespaces(&name).len(), 2 + 1 + 1);
     assert!(lab::up(&spec(&name, 1, 1)).is_err(), "a lab built twice");
 }
 
@@ -246,4 +282,111 @@ fn pods_attach_through_the_cni_plugin_and_give_their_address_back() {
     assert!(ping(&name, "h1/p1", &pod.ip));
     lab::pod_del(&name, "h1", "p2").unwrap();
     assert!(becomes(before), "CNI DEL did not release the address");
+}
+
+#[test]
+fn nodes_reach_the_external_host_over_an_underlay_of_the_chosen_mtu() {
+    let name = unique("x");
+    let _guard = LabGuard::new(&name);
+    let bin = env!("CARGO_BIN_EXE_weft-sim");
+    let lab_cmd = |args: &[&str]| Command::new(bin).arg("lab").args(args).output().unwrap();
+
+    // A bad MTU is refused by name before anything is built.
+    let out = lab_cmd(&[
+        "up",
+        "--name",
+        &name,
+        "--no-router",
+        "--underlay-mtu",
+        "1000",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--underlay-mtu"), "{err}");
+    assert!(lab::lab_namespaces(&name).is_empty());
+
+    let out = lab_cmd(&[
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--no-router",
+        "--underlay-mtu",
+        "1400",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let x_ns = format!("{name}-x");
+    assert_eq!(
+        v["external"],
+        serde_json::json!({"netns": x_ns, "ip": "203.0.113.1"})
+    );
+    assert_eq!(lab::lab_namespaces(&name).len(), 2 + 2 + 2);
+
+    // The underlay cables have the MTU asked for, the bridge follows its ports, and pods the
+    // lab attaches itself get the underlay's less the VXLAN overhead.
+    for i in 1..=2 {
+        assert_eq!(link_mtu(&format!("{name}-h{i}"), "eth0"), 1400, "h{i}");
+        assert_eq!(link_mtu(&format!("{name}-u"), &format!("h{i}")), 1400);
+        assert_eq!(link_mtu(&format!("{name}-h{i}-p1"), "eth0"), 1350);
+    }
+    assert_eq!(link_mtu(&format!("{name}-u"), "ubr"), 1400);
+    assert_eq!(link_mtu(&x_ns, "eth0"), 1400);
+
+    for node in ["h1", "h2"] {
+        assert!(
+            ping_until(&name, node, lab::EXTERNAL_IP, Duration::from_secs(10)).is_some(),
+            "{node} -> external host"
+        );
+        // A full-size packet crosses unfragmented (1400 = 1372 + 8 ICMP + 20 IP).
+        let (ok, out, _) = exec(
+            &name,
+            node,
+            &[
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                "1372",
+                lab::EXTERNAL_IP,
+            ],
+        );
+        assert!(ok, "{node}: {out}");
+        let (ok, route, _) = exec(&name, node, &["ip", "route", "show", "default"]);
+        assert!(ok && route.contains("via 192.0.2.254 dev eth0"), "{route}");
+    }
+
+    // `lab exec N x` runs in the external host: it answers from its own address, reaches the
+    // nodes' underlay addresses and has no route to any pod.
+    let x = |args: &[&str]| {
+        let mut argv = vec!["exec", &name, "x", "--"];
+        argv.extend_from_slice(args);
+        lab_cmd(&argv)
+    };
+    let out = x(&["ip", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("203.0.113.1/24"));
+    assert!(
+        x(&["ping", "-c", "1", "-W", "2", "192.0.2.2"])
+            .status
+            .success()
+    );
+    assert!(!x(&["ip", "route", "get", "10.32.1.1"]).status.success());
+    assert_eq!(x(&["sh", "-c", "exit 3"]).status.code(), Some(3));
+
+    // `lab down` removes the external host with the rest.
+    let out = lab_cmd(&["down", "--name", &name]);
+    assert!(out.status.success());
+    assert!(lab::lab_namespaces(&name).is_empty());
+    assert!(!lab::netns::list().contains(&x_ns));
 }

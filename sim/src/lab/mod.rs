@@ -2,11 +2,26 @@
 //!
 //! A lab named `N` is made of:
 //! - the underlay namespace `N-u`, holding bridge `ubr` that plays the network between hosts;
-//! - one namespace per node, `N-hI`, with `eth0` cabled to the underlay (192.0.2.I/24), bridge
-//!   `weft` and, when a router binary is available, a `weft router` process;
-//! - one namespace per pod, `N-hI-pJ`, whose `eth0` hangs off its node's `weft` bridge.
+//!   `ubr` also holds the gateway address [`GATEWAY_IP`] (192.0.2.254/24), and `N-u` forwards
+//!   between it and the external host's cable `x` (203.0.113.254/24);
+//! - one namespace per node, `N-hI`, with `eth0` cabled to the underlay (192.0.2.I/24, default
+//!   route via the gateway), bridge `weft` and, when a router binary is available, a
+//!   `weft router` process;
+//! - one namespace per pod, `N-hI-pJ`, whose `eth0` hangs off its node's `weft` bridge;
+//! - the external host `N-x`, a stand-in for "the world outside": `eth0` at [`EXTERNAL_IP`]
+//!   (203.0.113.1/24) with a route to the node underlay (192.0.2.0/24) through the gateway and
+//!   no route to any pod range, so a pod reaches it only with its node's address (masquerade).
 //!
-//! Nothing is ever linked to the root namespace, so no lab packet can leave the sandbox.
+//! ```text
+//!   N-x eth0 203.0.113.1 ── x 203.0.113.254 ┐
+//!                                           N-u (ip_forward): bridge ubr 192.0.2.254
+//!                           ┌───────────────┼───────────────┐
+//!                   N-h1 eth0 .1     N-h2 eth0 .2     N-h3 eth0 .3   (default via .254)
+//! ```
+//!
+//! The underlay cables (each node's veth pair, and the external host's) have the spec's
+//! `underlay_mtu`. Nothing is ever linked to the root namespace, so no lab packet can leave the
+//! sandbox.
 //! Per-lab files (state, sockets, logs) live under [`RUN_DIR`]`/N`. Everything is removed by
 //! [`down`], which also sweeps every namespace whose name matches the lab's naming scheme, so a
 //! half-built or crashed lab is cleaned up too. [`LabGuard`] calls it on drop (and so on panic).
@@ -30,10 +45,22 @@ pub const RUN_DIR: &str = "/run/weft-lab";
 pub const MAX_NODES: usize = 250;
 /// The most pods per node the lab's numbering supports.
 pub const MAX_PODS: usize = 250;
-/// MTU of the underlay cables.
-pub const UNDERLAY_MTU: u32 = 1500;
-/// Pod MTU: the underlay less the VXLAN overhead (DESIGN.md).
-pub const POD_MTU: u32 = UNDERLAY_MTU - 50;
+/// MTU of the underlay cables unless `--underlay-mtu` says otherwise.
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+/// The underlay MTUs `--underlay-mtu` accepts: IPv6's minimum link MTU up to jumbo frames.
+pub const UNDERLAY_MTU_RANGE: std::ops::RangeInclusive<u32> = 1280..=9000;
+/// What the VXLAN encapsulation adds to a pod frame; the pod MTU is the underlay's less this
+/// (DESIGN.md).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// The gateway every node's default route points at: `ubr`'s address in the underlay
+/// namespace `N-u`.
+pub const GATEWAY_IP: &str = "192.0.2.254";
+/// The external host's address (namespace `N-x`).
+pub const EXTERNAL_IP: &str = "203.0.113.1";
+/// The gateway's address on the external host's network (`x` in `N-u`).
+const EXTERNAL_GATEWAY_IP: &str = "203.0.113.254";
+/// The node underlay, the only range the external host has a route to.
+const UNDERLAY_NET: &str = "192.0.2.0/24";
 
 /// How the underlay connects the nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -89,6 +116,14 @@ pub struct LabSpec {
     /// The routers' `--trusted-subnets` (CIDRs); empty for none.
     #[serde(default)]
     pub trusted_subnets: Vec<String>,
+    /// MTU of the underlay cables (`--underlay-mtu`), within [`UNDERLAY_MTU_RANGE`]. The
+    /// routers are not given `--mtu`: they derive the pod MTU from their underlay interface.
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u32,
+}
+
+fn default_underlay_mtu() -> u32 {
+    DEFAULT_UNDERLAY_MTU
 }
 
 impl LabSpec {
@@ -104,7 +139,14 @@ impl LabSpec {
             routers: true,
             password: None,
             trusted_subnets: Vec::new(),
+            underlay_mtu: DEFAULT_UNDERLAY_MTU,
         }
+    }
+
+    /// The MTU of pods the lab attaches itself (without routers): the underlay's less the
+    /// VXLAN overhead, as weft's own default.
+    pub fn pod_mtu(&self) -> u32 {
+        self.underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
     }
 }
 
@@ -119,6 +161,19 @@ pub struct LabInfo {
     /// routers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_s: Option<f64>,
+    /// The external host every node reaches through the gateway (empty in the state of a lab
+    /// built before labs had one).
+    #[serde(default)]
+    pub external: ExternalInfo,
+}
+
+/// The lab's external host, a stand-in for the world outside the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalInfo {
+    /// `N-x`.
+    pub netns: String,
+    /// Its bare address, [`EXTERNAL_IP`].
+    pub ip: String,
 }
 
 /// One node of a lab.
@@ -199,6 +254,7 @@ pub fn up(spec: &LabSpec) -> Result<LabInfo> {
         "--pods must be at most {MAX_PODS}, got {}",
         spec.pods
     );
+    validate_underlay_mtu(spec.underlay_mtu)?;
     let existing = lab_namespaces(&spec.name);
     if !existing.is_empty() || lab_dir(&spec.name).exists() {
         bail!(
@@ -220,14 +276,13 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
         .with_context(|| format!("creating {}", lab_dir(name).display()))?;
     std::fs::create_dir_all(netns::NETNS_DIR).context("creating /var/run/netns")?;
 
-    let u = underlay_ns(name);
-    add_ns(&u)?;
-    netns::ip(&["-n", &u, "link", "add", "ubr", "type", "bridge"])?;
-    netns::ip(&["-n", &u, "link", "set", "ubr", "up"])?;
+    add_underlay(spec)?;
+    let external = add_external(spec)?;
     let mut info = LabInfo {
         name: name.clone(),
         nodes: Vec::new(),
         ready_s: None,
+        external,
     };
     for i in 1..=spec.nodes {
         info.nodes.push(add_node(spec, i)?);
@@ -265,26 +320,104 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
     Ok(info)
 }
 
+/// The underlay namespace: bridge `ubr` holding the gateway address, forwarding on (the
+/// gateway routes between the nodes and the external host). `ubr` takes the smallest MTU of
+/// its ports, which are all `underlay_mtu`.
+fn add_underlay(spec: &LabSpec) -> Result<()> {
+    let u = underlay_ns(&spec.name);
+    add_ns(&u)?;
+    // The gateway stands for the network outside the nodes: whatever a node sends it is routed
+    // on (or dropped for want of a route), never filtered by the host's reverse-path setting.
+    for key in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+    ] {
+        netns::sysctl(&u, key, "0")?;
+    }
+    netns::sysctl(&u, "net.ipv4.ip_forward", "1")?;
+    netns::ip(&["-n", &u, "link", "add", "ubr", "type", "bridge"])?;
+    netns::ip(&[
+        "-n",
+        &u,
+        "addr",
+        "add",
+        &format!("{GATEWAY_IP}/24"),
+        "dev",
+        "ubr",
+    ])?;
+    netns::ip(&["-n", &u, "link", "set", "ubr", "up"])
+}
+
+/// The external host `N-x`, cabled to the gateway in `N-u` (`x` there, `eth0` here). It has
+/// a route to the node underlay only: a packet from a pod address reaches it, but its answer
+/// has nowhere to go, which is what masquerade is tested against.
+fn add_external(spec: &LabSpec) -> Result<ExternalInfo> {
+    let (u, x) = (underlay_ns(&spec.name), external_ns(&spec.name));
+    add_ns(&x)?;
+    for key in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+    ] {
+        netns::sysctl(&x, key, "0")?;
+    }
+    let mtu = spec.underlay_mtu.to_string();
+    netns::ip(&[
+        "-n", &u, "link", "add", "x", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+        &mtu, "netns", &x,
+    ])?;
+    netns::ip(&[
+        "-n",
+        &u,
+        "addr",
+        "add",
+        &format!("{EXTERNAL_GATEWAY_IP}/24"),
+        "dev",
+        "x",
+    ])?;
+    netns::ip(&["-n", &u, "link", "set", "x", "up"])?;
+    netns::ip(&[
+        "-n",
+        &x,
+        "addr",
+        "add",
+        &format!("{EXTERNAL_IP}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    netns::ip(&["-n", &x, "link", "set", "eth0", "up"])?;
+    netns::ip(&[
+        "-n",
+        &x,
+        "route",
+        "add",
+        UNDERLAY_NET,
+        "via",
+        EXTERNAL_GATEWAY_IP,
+        "dev",
+        "eth0",
+    ])?;
+    Ok(ExternalInfo {
+        netns: x,
+        ip: EXTERNAL_IP.to_owned(),
+    })
+}
+
 fn add_node(spec: &LabSpec, i: usize) -> Result<NodeInfo> {
     let (name, u) = (&spec.name, underlay_ns(&spec.name));
     let ns = node_ns(name, i);
     add_ns(&ns)?;
     let port = format!("h{i}");
+    let mtu = spec.underlay_mtu.to_string();
     netns::ip(&[
-        "-n", &u, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        "-n", &u, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+        &mtu, "netns", &ns,
     ])?;
     netns::ip(&["-n", &u, "link", "set", &port, "master", "ubr", "up"])?;
     let ip = underlay_ip(i);
     netns::ip(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    netns::ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
     netns::ip(&[
-        "-n",
-        &ns,
-        "link",
-        "set",
-        "eth0",
-        "mtu",
-        &UNDERLAY_MTU.to_string(),
-        "up",
+        "-n", &ns, "route", "add", "default", "via", GATEWAY_IP, "dev", "eth0",
     ])?;
     // The router creates and owns the bridge; without one the lab makes a plain bridge so pods
     // on one node still reach each other.
@@ -302,7 +435,11 @@ fn add_node(spec: &LabSpec, i: usize) -> Result<NodeInfo> {
 }
 
 /// Cuts every underlay path between non-neighbours with a bridge filter in the underlay
-/// namespace, so only h(i)–h(i+1) reach each other.
+/// namespace, so only h(i)–h(i+1) reach each other. The bridge's forward hook sees only frames
+/// bridged from port to port, so every node still reaches the gateway (the bridge's own
+/// address). The gateway refuses to route from the underlay back onto it (a policy rule, which
+/// bridged frames never meet, unlike an `ip` forward filter once `br_netfilter` hands them to
+/// the IP hooks), so it is no way around the cut either.
 fn wire_line(spec: &LabSpec) -> Result<()> {
     let mut rules = String::from("table bridge weftlab {\n chain forward {\n");
     rules.push_str("  type filter hook forward priority 0; policy accept;\n");
@@ -322,7 +459,20 @@ fn wire_line(spec: &LabSpec) -> Result<()> {
             .arg(&file),
     )
     .context("installing the line underlay's filter (is nftables installed?)")?;
-    Ok(())
+    // After the local table (preference 0), so the gateway's own addresses still answer.
+    netns::ip(&[
+        "-n",
+        &underlay_ns(&spec.name),
+        "rule",
+        "add",
+        "pref",
+        "100",
+        "iif",
+        "ubr",
+        "to",
+        UNDERLAY_NET,
+        "prohibit",
+    ])
 }
 
 /// Attaches pod `j` to node `i`: namespace, veth into the node's `weft` bridge, address, MAC.
@@ -357,7 +507,7 @@ fn attach_pod(spec: &LabSpec, i: usize, j: usize, mac: Option<&str>) -> Result<P
         "set",
         &host_if,
         "mtu",
-        &POD_MTU.to_string(),
+        &spec.pod_mtu().to_string(),
         "master",
         "weft",
         "up",
@@ -371,7 +521,7 @@ fn attach_pod(spec: &LabSpec, i: usize, j: usize, mac: Option<&str>) -> Result<P
         "address",
         &mac,
         "mtu",
-        &POD_MTU.to_string(),
+        &spec.pod_mtu().to_string(),
         "up",
     ])?;
     netns::ip(&["-n", &ns, "addr", "add", &ip, "dev", "eth0"])?;
@@ -509,13 +659,16 @@ pub fn info(name: &str) -> Result<LabInfo> {
     Ok(load(name)?.info)
 }
 
-/// Resolves `NODE` or `NODE/POD` of lab `name` to its namespace and the `WEFT_API` value of
-/// its node's router.
+/// Resolves `NODE`, `NODE/POD` or `x` (the external host) of lab `name` to its namespace and
+/// the `WEFT_API` value of its node's router (`None` for the external host, which runs none).
 ///
 /// # Errors
 /// Fails when the lab, node or pod is unknown.
-pub fn target(name: &str, target: &str) -> Result<(String, String)> {
+pub fn target(name: &str, target: &str) -> Result<(String, Option<String>)> {
     let state = load(name)?;
+    if target == "x" {
+        return Ok((external_ns(name), None));
+    }
     let (node, pod) = match target.split_once('/') {
         Some((n, p)) => (n, Some(p)),
         None => (target, None),
@@ -531,22 +684,44 @@ pub fn target(name: &str, target: &str) -> Result<(String, String)> {
         }
         None => node_ns(name, i),
     };
-    Ok((ns, api_value(name, i)))
+    Ok((ns, Some(api_value(name, i))))
 }
 
-/// Runs a command in a lab node or pod and returns its output (for tests and the demo).
+/// Builds the command `argv` in a lab node, pod or the external host (see [`target`]), with
+/// `WEFT_API` set to the node's router (and unset on the external host).
+///
+/// # Errors
+/// Fails when the target is unknown or `argv` is empty.
+pub fn exec_command(
+    name: &str,
+    tgt: &str,
+    argv: &[impl AsRef<std::ffi::OsStr>],
+) -> Result<std::process::Command> {
+    let (ns, api) = target(name, tgt)?;
+    let (prog, args) = argv.split_first().context("no command given")?;
+    let mut cmd = netns::command_in(&ns, prog)?;
+    cmd.args(args);
+    match api {
+        Some(api) => cmd.env("WEFT_API", api),
+        None => cmd.env_remove("WEFT_API"),
+    };
+    Ok(cmd)
+}
+
+/// Runs a command in a lab node, pod or the external host and returns its output (for tests
+/// and the demo).
 ///
 /// # Errors
 /// Fails when the target is unknown or the command cannot start.
 pub fn exec_output(name: &str, tgt: &str, argv: &[&str]) -> Result<std::process::Output> {
-    let (ns, api) = target(name, tgt)?;
-    let (prog, args) = argv.split_first().context("no command given")?;
-    let mut cmd = netns::command_in(&ns, prog)?;
-    cmd.args(args)
-        .env("WEFT_API", api)
-        .stdin(std::process::Stdio::null());
-    cmd.output()
-        .with_context(|| format!("running {prog} in {ns}"))
+    let mut cmd = exec_command(name, tgt, argv)?;
+    cmd.stdin(std::process::Stdio::null());
+    cmd.output().with_context(|| {
+        format!(
+            "running {} in {tgt} of lab {name}",
+            argv.first().copied().unwrap_or_default()
+        )
+    })
 }
 
 /// The namespaces that belong to lab `name`, by the lab's naming scheme exactly (so lab `t`
@@ -562,7 +737,7 @@ fn belongs_to(name: &str, ns: &str) -> bool {
     let Some(rest) = ns.strip_prefix(name).and_then(|r| r.strip_prefix('-')) else {
         return false;
     };
-    if rest == "u" {
+    if rest == "u" || rest == "x" {
         return true;
     }
     let numbered = |s: &str, c: char| {
@@ -585,6 +760,16 @@ fn validate_name(name: &str) -> Result<()> {
             && name.as_bytes()[0].is_ascii_alphanumeric(),
         "--name must be 1–32 characters of letters, digits, '-' and '_', starting with a letter \
          or digit, got {name:?}"
+    );
+    Ok(())
+}
+
+fn validate_underlay_mtu(mtu: u32) -> Result<()> {
+    ensure!(
+        UNDERLAY_MTU_RANGE.contains(&mtu),
+        "--underlay-mtu must be between {} and {}, got {mtu}",
+        UNDERLAY_MTU_RANGE.start(),
+        UNDERLAY_MTU_RANGE.end()
     );
     Ok(())
 }
@@ -627,20 +812,11 @@ fn default_mac(name: &str, i: usize, j: usize) -> String {
     )
 }
 
+/// Adds a namespace with its loopback up. It sets no sysctl: a lab node is a fresh host, and
+/// weft sets what it needs itself (DESIGN.md).
 fn add_ns(ns: &str) -> Result<()> {
     netns::ip(&["netns", "add", ns])?;
-    netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    // iptables must not see bridged frames in lab namespaces (DESIGN.md); the file exists only
-    // where br_netfilter is present.
-    for key in [
-        "net.bridge.bridge-nf-call-iptables",
-        "net.bridge.bridge-nf-call-ip6tables",
-    ] {
-        if Path::new("/proc/sys").join(key.replace('.', "/")).exists() {
-            netns::sysctl(ns, key, "0")?;
-        }
-    }
-    Ok(())
+    netns::ip(&["-n", ns, "link", "set", "lo", "up"])
 }
 
 fn save(state: &StateFile) -> Result<()> {
@@ -668,6 +844,10 @@ fn node_dir(name: &str, i: usize) -> PathBuf {
 
 fn underlay_ns(name: &str) -> String {
     format!("{name}-u")
+}
+
+fn external_ns(name: &str) -> String {
+    format!("{name}-x")
 }
 
 fn node_ns(name: &str, i: usize) -> String {
@@ -722,6 +902,66 @@ mod tests {
         assert!(!belongs_to("t", "t-h1-q1"));
         assert!(!belongs_to("t", "t-h1-p"));
         assert!(belongs_to("t-x", "t-x-h1"));
+        // The external host: exactly `N-x`, and lab `t`'s is not lab `t-x`'s.
+        assert!(belongs_to("t", "t-x"));
+        assert!(belongs_to("t-x", "t-x-x"));
+        assert!(!belongs_to("t-x", "t-x"));
+        assert!(!belongs_to("t", "t-x1"));
+        assert!(!belongs_to("t", "t-xx"));
+        assert!(!belongs_to("t", "t-x-u"));
+        assert!(!belongs_to("t", "t-h1-x"));
+        assert!(!belongs_to("t", "tx"));
+        assert!(!belongs_to("t", "t-X"));
+    }
+
+    #[test]
+    fn underlay_mtu_is_checked_and_sets_the_pod_mtu() {
+        assert!(validate_underlay_mtu(1280).is_ok());
+        assert!(validate_underlay_mtu(1500).is_ok());
+        assert!(validate_underlay_mtu(9000).is_ok());
+        for bad in [0, 576, 1279, 9001, 65535] {
+            let err = validate_underlay_mtu(bad).unwrap_err().to_string();
+            assert!(err.contains("--underlay-mtu"), "{err}");
+            assert!(err.contains(&bad.to_string()), "{err}");
+        }
+        let mut spec = LabSpec::new("t");
+        assert_eq!(spec.underlay_mtu, DEFAULT_UNDERLAY_MTU);
+        assert_eq!(spec.pod_mtu(), 1450);
+        spec.underlay_mtu = 1400;
+        assert_eq!(spec.pod_mtu(), 1350);
+        spec.underlay_mtu = 100;
+        let err = up(&spec).unwrap_err().to_string();
+        assert!(err.contains("--underlay-mtu"), "{err}");
+    }
+
+    #[test]
+    fn old_state_files_still_load() {
+        // A state file written before `underlay_mtu` and `external` existed.
+        let old = r#"{"spec": {"name": "t", "nodes": 2, "pods": 1, "datapath": "auto",
+            "encrypt": false, "underlay": "full", "routers": false, "password": null},
+            "info": {"name": "t", "nodes": []}}"#;
+        let state: StateFile = serde_json::from_str(old).unwrap();
+        assert_eq!(state.spec.underlay_mtu, DEFAULT_UNDERLAY_MTU);
+        assert_eq!(state.info.external, ExternalInfo::default());
+    }
+
+    #[test]
+    fn lab_info_json_names_the_external_host() {
+        let info = LabInfo {
+            name: "t".into(),
+            nodes: Vec::new(),
+            ready_s: None,
+            external: ExternalInfo {
+                netns: external_ns("t"),
+                ip: EXTERNAL_IP.into(),
+            },
+        };
+        let v = serde_json::to_value(&info).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"name": "t", "nodes": [],
+                "external": {"netns": "t-x", "ip": "203.0.113.1"}})
+        );
     }
 
     #[test]
