@@ -244,9 +244,23 @@ pub struct RouterArgs {
     /// Which data paths to use.
     #[arg(long, value_enum, default_value = "auto", env = "WEFT_DATAPATH")]
     pub datapath: DatapathMode,
-    /// Pod MTU [default: underlay MTU - 50].
+    /// Pod MTU [default: the underlay's MTU toward the peers (or of the default route's
+    /// interface) - 50].
     #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535), env = "WEFT_MTU")]
     pub mtu: Option<u32>,
+    /// Masquerade pod traffic to destinations outside the pod range (other nodes, the world)
+    /// with the node's address.
+    #[arg(long, value_enum, default_value = "on", env = "WEFT_MASQUERADE")]
+    pub masquerade: OnOff,
+    /// Destinations pods reach without masquerade, comma-separated CIDRs (like ip-masq-agent's
+    /// nonMasqueradeCIDRs).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        env = "WEFT_NO_MASQ_CIDRS"
+    )]
+    pub no_masq_cidrs: Vec<IpNet>,
     /// State directory: node key, IPAM claims, persisted peers.
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
@@ -343,6 +357,8 @@ impl RouterArgs {
             ipalloc_reclaim_after: self.ipalloc_reclaim_after.0,
             datapath: self.datapath,
             mtu: self.mtu,
+            masquerade: self.masquerade == OnOff::On,
+            no_masq_cidrs: self.no_masq_cidrs,
             state_dir: self.state_dir,
             api_socket: self.api_socket,
             http_addr: self.http_addr,

@@ -36,6 +36,10 @@ pub struct RouterConfig {
     pub datapath: DatapathMode,
     /// The pod MTU; `None` means underlay MTU minus the VXLAN overhead.
     pub mtu: Option<u32>,
+    /// Whether pod traffic leaving the pod range is masqueraded (`--masquerade`).
+    pub masquerade: bool,
+    /// Destinations pods reach without masquerade (`--no-masq-cidrs`).
+    pub no_masq_cidrs: Vec<IpNet>,
     /// Where the node key, IPAM claims and persisted peers live.
     pub state_dir: PathBuf,
     /// The unix socket that serves every API route.
@@ -89,6 +93,8 @@ impl RouterConfig {
             ipalloc_reclaim_after: Some(DEFAULT_RECLAIM_AFTER),
             datapath: DatapathMode::Auto,
             mtu: None,
+            masquerade: true,
+            no_masq_cidrs: Vec::new(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             api_socket,
             http_addr,

@@ -49,11 +49,36 @@ use crate::status::{
 /// cannot be bound; the message names the file or address.
 pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
     let identity = Identity::load(&config)?;
+    // The pod MTU and the sleeve's datagram size, from the underlay when not given.
+    let mut pod_mtu = config.mtu.unwrap_or(DEFAULT_POD_MTU);
+    let mut max_datagram = UNDERLAY_MAX_DATAGRAM;
+    let mut netfilter = None;
     let bridge = if config.devices {
         let netlink = crate::netlink::Netlink::connect()?;
-        let index = netlink
-            .ensure_bridge(BRIDGE, config.mtu.unwrap_or(DEFAULT_POD_MTU))
-            .await?;
+        let underlay =
+            crate::underlay::detect(netlink.handle(), &config.peers, config.bind_addr).await;
+        pod_mtu = config.mtu.unwrap_or_else(|| underlay.pod_mtu());
+        max_datagram = underlay.max_datagram();
+        info!(
+            underlay_mtu = underlay.mtu,
+            from = %underlay.source,
+            pod_mtu,
+            given = config.mtu.is_some(),
+            "MTU"
+        );
+        let warnings = crate::node_net::ensure_sysctls(Path::new("/proc/sys"));
+        netfilter = Some(crate::node_net::spawn_rules(
+            crate::node_net::wanted_chains(
+                config.ipalloc_range,
+                config.masquerade,
+                &config.no_masq_cidrs,
+            ),
+            config.masquerade,
+            warnings,
+            handles.metrics.clone(),
+            handles.shutdown.clone(),
+        ));
+        let index = netlink.ensure_bridge(BRIDGE, pod_mtu).await?;
         info!(bridge = BRIDGE, index, "bridge ready");
         Some((netlink, index))
     } else {
@@ -77,9 +102,9 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
                 bind: SocketAddr::new(bind.ip(), port),
                 tap: TAP.to_owned(),
                 bridge_index: *index,
-                mtu: config.mtu.unwrap_or(DEFAULT_POD_MTU),
+                mtu: pod_mtu,
                 encryption: config.encryption,
-                max_datagram: UNDERLAY_MAX_DATAGRAM,
+                max_datagram,
             };
             let sleeve = Sleeve::start(sleeve_config, netlink, handles.metrics.clone())
                 .await
@@ -104,7 +129,7 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
                     crate::config::DatapathMode::Sleeve => Mode::Sleeve,
                 },
                 vxlan_port: config.vxlan_port,
-                mtu: config.mtu.unwrap_or(DEFAULT_POD_MTU),
+                mtu: pod_mtu,
                 bridge: *index,
                 // No kernel ESP here: encrypted traffic takes the sealed sleeve.
                 encryption_required: config.encryption,
@@ -120,6 +145,7 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
     let ipam = start_ipam(&config, identity.name)?;
     let mut daemon = Daemon::new(config, identity, handles, port, ipam, bridge);
     daemon.sleeve = sleeve;
+    daemon.netfilter = netfilter;
     if let Some((plane, answers)) = fastdp {
         daemon.fastdp = Some(plane);
         daemon.fastdp_answers = Some(answers);
@@ -232,6 +258,8 @@ struct Daemon {
     fastdp_answers: Option<mpsc::UnboundedReceiver<IpAddr>>,
     /// fastdp announcements received, handled in [`Daemon::drain_fastdp`].
     fastdp_inbox: Vec<(ConnId, Vec<u8>)>,
+    /// What the nftables task last found, when the router manages devices.
+    netfilter: Option<watch::Receiver<crate::nft::NetfilterStatus>>,
 }
 
 /// An allocation request answered once IPAM can, or with an error at its deadline.
@@ -294,6 +322,7 @@ impl Daemon {
             fastdp: None,
             fastdp_answers: None,
             fastdp_inbox: Vec::new(),
+            netfilter: None,
         }
     }
 
@@ -1132,6 +1161,7 @@ impl Daemon {
         status.name = ms.name.to_string();
         status.nickname = ms.nickname.clone();
         status.port = self.port;
+        status.netfilter = self.netfilter.as_ref().map(|rx| rx.borrow().clone());
         let record = self.settings.record();
         status.encryption.enabled = record.enabled;
         status.encryption.password_set = self.identity.password_set;

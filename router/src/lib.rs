@@ -9,6 +9,8 @@
 //! - [`status`] and [`status_text`]: the published status snapshot and its `weave status`-style
 //!   rendering.
 //! - [`metrics`]: counters bumped through atomics and rendered for Prometheus.
+//! - [`node_net`], [`nft`] and [`underlay`]: the node's sysctls, weft's nftables table
+//!   (masquerade) through netlink, and the underlay MTU the pod MTU follows.
 //!
 //! [`start_router`] binds the API and metrics listeners, then hands the engine an
 //! [`EngineHandles`]: the status publisher, the command receiver, the metrics handle and the
@@ -25,12 +27,15 @@ pub mod ipam_store;
 pub mod kube;
 pub mod metrics;
 pub mod netlink;
+pub mod nft;
+pub mod node_net;
 pub mod sleeve;
 pub mod sleeve_io;
 pub mod status;
 pub mod status_text;
 pub mod tap;
 pub mod udp;
+pub mod underlay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

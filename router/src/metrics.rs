@@ -102,6 +102,11 @@ impl Metrics {
         self.inner.fastdp[what as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one failed reconcile of weft's nftables rules.
+    pub fn inc_nft_sync_error(&self) {
+        self.inner.nft_sync_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Returns the frames and bytes forwarded over a data path so far.
     pub fn forwarded(&self, datapath: Datapath) -> (u64, u64) {
         let i = datapath_index(datapath);
@@ -229,6 +234,26 @@ impl Metrics {
                 reason.as_str()
             );
         }
+
+        header(
+            &mut out,
+            "weft_nft_sync_errors_total",
+            "counter",
+            "Reconciles of weft's nftables rules the kernel refused or that failed.",
+        );
+        let _ = writeln!(
+            out,
+            "weft_nft_sync_errors_total {}",
+            load(&c.nft_sync_errors)
+        );
+        header(
+            &mut out,
+            "weft_nft_rules_in_place",
+            "gauge",
+            "1 when the kernel holds exactly weft's wanted nftables rules, 0 when not.",
+        );
+        let in_place = status.netfilter.as_ref().is_some_and(|n| n.in_place);
+        let _ = writeln!(out, "weft_nft_rules_in_place {}", u8::from(in_place));
 
         header(
             &mut out,
@@ -389,6 +414,8 @@ struct Counters {
     dropped_frames: [AtomicU64; DropReason::ALL.len()],
     /// fastdp: probes sent, probes answered, switches to fastdp, switches to the sleeve.
     fastdp: [AtomicU64; 4],
+    /// Reconciles of weft's nftables rules that failed.
+    nft_sync_errors: AtomicU64,
 }
 
 /// A fastdp counter.

@@ -40,6 +40,11 @@ impl Netlink {
         Ok(Self { handle })
     }
 
+    /// The rtnetlink handle, for queries this module does not wrap.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Returns the index of the link named `name`, or `None` when there is none.
     ///
     /// # Errors

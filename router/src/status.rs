@@ -64,6 +64,10 @@ pub struct RouterStatus {
     /// and TAP errors); absent without a sleeve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleeve: Option<crate::sleeve::SleeveCounters>,
+    /// weft's nftables rules (masquerade), the node's sysctls and the underlay MTU; absent
+    /// when the router manages no devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netfilter: Option<crate::nft::NetfilterStatus>,
 }
 
 /// The control protocol name and version range, shown as `weft 1` or `weft 1..2`.
@@ -351,6 +355,7 @@ impl RouterStatus {
             ipam: None,
             datapaths: None,
             sleeve: None,
+            netfilter: None,
         }
     }
 }

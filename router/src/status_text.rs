@@ -62,7 +62,35 @@ pub fn render_status(status: &RouterStatus) -> String {
         }
         None => label(&mut out, "Status", IPAM_NOT_AVAILABLE),
     }
+    if let Some(nf) = &status.netfilter {
+        out.push('\n');
+        label(&mut out, "Service", "node");
+        label(&mut out, "Rules", &rules_line(nf));
+        label(&mut out, "Masquerade", enabled(nf.masquerade));
+        for chain in &nf.forward_drop {
+            label(
+                &mut out,
+                "Warning",
+                &format!("{chain} drops forwarded traffic by policy: pod traffic may be lost"),
+            );
+        }
+        for warning in &nf.sysctl_warnings {
+            label(&mut out, "Warning", warning);
+        }
+    }
     out
+}
+
+fn rules_line(nf: &crate::nft::NetfilterStatus) -> String {
+    let rules = match nf.rules {
+        1 => "1 rule".to_owned(),
+        n => format!("{n} rules"),
+    };
+    match (&nf.error, nf.in_place) {
+        (Some(e), _) => format!("not in place ({rules} wanted): {e}"),
+        (None, true) => format!("in place ({rules})"),
+        (None, false) => format!("pending ({rules} wanted)"),
+    }
 }
 
 /// Renders the body of `GET /status/connections`: one line per connection.
@@ -464,6 +492,7 @@ pub(crate) mod tests {
             ipam: None,
             datapaths: None,
             sleeve: None,
+            netfilter: None,
         }
     }
 

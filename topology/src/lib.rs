@@ -20,6 +20,8 @@
 //!   announcement message.
 //! - [`mac`]: the MAC → peer learning table used by the data plane.
 //! - [`api`]: serde status types for `weft status` and `weft report`.
+//! - [`netfilter`]: the nftables rules weft owns (masquerade), their netlink encoding and the
+//!   reconcile from what the kernel holds.
 //! - [`kube`]: peer discovery from Kubernetes Node objects: the API's JSON decoded, and the
 //!   pure reconcile of nodes into connect, forget and rmpeer actions.
 //!
@@ -33,6 +35,7 @@ pub mod ipam;
 pub mod kube;
 pub mod mac;
 pub mod mesh;
+pub mod netfilter;
 pub mod peer;
 pub mod peers;
 pub mod routes;

@@ -1,0 +1,269 @@
+//! The nftables shell: a `NETLINK_NETFILTER` socket that dumps what the kernel holds, sends
+//! the batch `topology::netfilter::reconcile::plan` asks for, and reads every acknowledgement,
+//! so a rule the kernel refuses is reported with the kernel's reason, never taken as in place.
+//!
+//! No `nft` or `iptables` binary is run (the image has neither); docs/ARCHITECTURE.md says why
+//! weft writes these few messages itself.
+
+use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+use serde::{Deserialize, Serialize};
+use topology::netfilter::reconcile::{Present, plan};
+use topology::netfilter::wire::{
+    self, NETLINK_NETFILTER, Op, PresentChain, PresentRule, Reply, decode_replies,
+};
+use topology::netfilter::{Chain, Hook};
+
+/// What `weft status` and the report show of weft's rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetfilterStatus {
+    /// True once the kernel holds exactly the wanted rules (checked at the last reconcile).
+    pub in_place: bool,
+    /// The number of rules weft wants in its table.
+    pub rules: usize,
+    /// Masquerade of pod egress (`--masquerade`).
+    pub masquerade: bool,
+    /// The last error from the kernel, while rules are not in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Other tables whose forward hook drops by policy (e.g. Docker's iptables FORWARD), as
+    /// `family table/chain`: they may drop routed pod traffic that weft's rules let through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_drop: Vec<String>,
+    /// Sysctls weft needs that could not be set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctl_warnings: Vec<String>,
+}
+
+/// A netlink socket to nf_tables.
+#[derive(Debug)]
+pub struct Nft {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// The operations sent (empty when everything was in place).
+    pub ops: Vec<Op>,
+    /// Base forward chains of other tables with a drop policy.
+    pub forward_drop: Vec<String>,
+}
+
+impl Nft {
+    /// Opens the socket in the current network namespace.
+    ///
+    /// # Errors
+    /// Fails when the kernel has no nf_tables netlink or the process lacks `CAP_NET_ADMIN`.
+    pub fn open() -> io::Result<Self> {
+        // SAFETY: plain syscalls on a descriptor this function owns from the start.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            if libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::from_ref(&addr).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // A kernel that never answers must not hang the router.
+            let tv = libc::timeval {
+                tv_sec: 5,
+                tv_usec: 0,
+            };
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            );
+            let seq = std::process::id().wrapping_mul(65_536);
+            Ok(Self { fd, seq })
+        }
+    }
+
+    fn next_seq(&mut self, n: u32) -> u32 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(n + 2);
+        s
+    }
+
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        // SAFETY: the buffer outlives the call.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<Vec<Reply>> {
+        // SAFETY: the kernel writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        decode_replies(&buf[..n as usize])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Runs a dump and collects its replies until the kernel says it is done.
+    fn dump(&mut self, request: impl FnOnce(u32) -> Vec<u8>) -> io::Result<Vec<Reply>> {
+        let seq = self.next_seq(1);
+        self.send(&request(seq))?;
+        let mut buf = vec![0_u8; 64 * 1024];
+        let mut out = Vec::new();
+        loop {
+            for reply in self.recv(&mut buf)? {
+                match reply {
+                    Reply::Done { error, .. } | Reply::Ack { error, .. } if error != 0 => {
+                        // A dump of a table that does not exist yet is an empty dump.
+                        if -error == libc::ENOENT {
+                            return Ok(out);
+                        }
+                        return Err(io::Error::from_raw_os_error(-error));
+                    }
+                    Reply::Done { .. } | Reply::Ack { .. } => return Ok(out),
+                    other @ (Reply::Rule(_) | Reply::Chain(_) | Reply::Other) => out.push(other),
+                }
+            }
+        }
+    }
+
+    /// Every chain of every table and family.
+    ///
+    /// # Errors
+    /// Fails when the dump fails.
+    pub fn chains(&mut self) -> io::Result<Vec<PresentChain>> {
+        let replies = self.dump(wire::encode_get_chains)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| {
+                if let Reply::Chain(c) = r {
+                    Some(c)
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// The rules of weft's table.
+    ///
+    /// # Errors
+    /// Fails when the dump fails.
+    pub fn rules(&mut self) -> io::Result<Vec<PresentRule>> {
+        let replies = self.dump(wire::encode_get_rules)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| {
+                if let Reply::Rule(r) = r {
+                    Some(r)
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Sends `ops` as one atomic batch and waits for every acknowledgement.
+    ///
+    /// # Errors
+    /// The first operation the kernel refused, with its reason; the kernel then applied none.
+    pub fn apply(&mut self, ops: &[Op]) -> io::Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let seq = self.next_seq(ops.len() as u32);
+        let (bytes, seqs) = wire::encode_batch(ops, seq);
+        self.send(&bytes)?;
+        let mut waiting: std::collections::BTreeSet<u32> = seqs.iter().copied().collect();
+        let mut refused: Option<io::Error> = None;
+        let mut buf = vec![0_u8; 64 * 1024];
+        while !waiting.is_empty() {
+            let replies = match self.recv(&mut buf) {
+                Ok(r) => r,
+                // After an error the kernel may not acknowledge the rest of an aborted batch.
+                Err(e) if refused.is_some() && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            for reply in replies {
+                let Reply::Ack { seq, error } = reply else {
+                    continue;
+                };
+                waiting.remove(&seq);
+                if error != 0 && refused.is_none() {
+                    let what = seqs
+                        .iter()
+                        .position(|s| *s == seq)
+                        .map_or_else(|| format!("message {seq}"), |i| ops[i].describe());
+                    let err = io::Error::from_raw_os_error(-error);
+                    refused = Some(io::Error::new(err.kind(), format!("{what}: {err}")));
+                }
+            }
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Brings weft's table to `wanted`: reads what the kernel holds and sends what differs.
+    ///
+    /// # Errors
+    /// A failed dump, or the operation the kernel refused.
+    pub fn reconcile(&mut self, wanted: &[Chain]) -> io::Result<Reconciled> {
+        let chains = self.chains()?;
+        let rules = self.rules()?;
+        let present = Present::from_dumps(&chains, &rules);
+        let ops = plan(wanted, &present);
+        self.apply(&ops)?;
+        Ok(Reconciled {
+            ops,
+            forward_drop: forward_drop(&chains),
+        })
+    }
+
+    /// Deletes weft's table and every rule in it (uninstall); no table is no error.
+    ///
+    /// # Errors
+    /// Fails when the kernel refuses.
+    pub fn remove_table(&mut self) -> io::Result<()> {
+        match self.apply(&[Op::DelTable]) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Base chains of other tables on the forward hook (IPv4, IPv6 or inet) whose policy drops.
+fn forward_drop(chains: &[PresentChain]) -> Vec<String> {
+    chains
+        .iter()
+        .filter(|c| {
+            c.table != topology::netfilter::TABLE
+                && c.hook == Some(Hook::Forward as u32)
+                && c.policy == Some(0)
+                && matches!(c.family, 1 | 2 | 10)
+        })
+        .map(|c| {
+            let family = match c.family {
+                1 => "inet",
+                2 => "ip",
+                _ => "ip6",
+            };
+            format!("{family} {}/{}", c.table, c.name)
+        })
+        .collect()
+}

@@ -1,0 +1,177 @@
+//! What makes the node a Kubernetes node beyond pod ↔ pod: forwarding, bridged traffic through
+//! conntrack, and weft's nftables rules (egress masquerade), kept in place while the router runs.
+//!
+//! - Sysctls, set at start, idempotently, each change logged: `net.ipv4.ip_forward=1` (pods reach
+//!   other nodes and the world through their node) and `net.bridge.bridge-nf-call-iptables=1`
+//!   (bridged replies meet the node's conntrack, so kube-proxy's DNAT is undone for pod ↔ pod
+//!   Service traffic).
+//! - Rules: a task reconciles weft's table every [`RECONCILE_INTERVAL`] (sooner after a
+//!   failure, backing off to [`RETRY_MAX`]), publishing what it found for `weft status`.
+//!   Stopping the router leaves the rules in place; the next router reconciles them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::sync::watch;
+use topology::netfilter::Chain;
+use topology::netfilter::masquerade::{self, MasqueradeSettings};
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::nft::{NetfilterStatus, Nft};
+
+/// How often the rules are checked while all is well.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest wait between retries after a failure.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The sysctls weft needs in its node's network namespace, with the value it sets.
+pub const SYSCTLS: [(&str, &str); 2] = [
+    ("net/ipv4/ip_forward", "1"),
+    ("net/bridge/bridge-nf-call-iptables", "1"),
+];
+
+/// Sets [`SYSCTLS`] under `proc_sys` (`/proc/sys`), logging each change; returns a warning per
+/// sysctl that could not be set (for status).
+pub fn ensure_sysctls(proc_sys: &Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (key, want) in SYSCTLS {
+        let path = proc_sys.join(key);
+        let name = key.replace('/', ".");
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == want => {}
+            Ok(v) => match std::fs::write(&path, want) {
+                Ok(()) => info!(sysctl = %name, from = v.trim(), to = want, "sysctl set"),
+                Err(e) => {
+                    warn!(sysctl = %name, error = %e, "cannot set sysctl");
+                    warnings.push(format!("{name} is {} and cannot be set: {e}", v.trim()));
+                }
+            },
+            Err(e) => {
+                let why = if key.starts_with("net/bridge") {
+                    " (is br_netfilter loaded? bridged Service replies miss conntrack without it)"
+                } else {
+                    ""
+                };
+                warn!(sysctl = %name, error = %e, "cannot read sysctl{why}");
+                warnings.push(format!("{name} cannot be read: {e}{why}"));
+            }
+        }
+    }
+    warnings
+}
+
+/// The chains weft wants in its table for these settings.
+pub fn wanted_chains(pod_range: IpNet, masquerade: bool, no_masq_cidrs: &[IpNet]) -> Vec<Chain> {
+    vec![masquerade::chain(&MasqueradeSettings {
+        pod_range,
+        enabled: masquerade,
+        no_masq_cidrs: no_masq_cidrs.to_vec(),
+    })]
+}
+
+/// Reconciles `wanted` until `shutdown`, publishing each outcome; returns the status receiver.
+pub fn spawn_rules(
+    wanted: Vec<Chain>,
+    masquerade: bool,
+    sysctl_warnings: Vec<String>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> watch::Receiver<NetfilterStatus> {
+    let rules = wanted.iter().map(|c| c.rules.len()).sum();
+    let initial = NetfilterStatus {
+        in_place: false,
+        rules,
+        masquerade,
+        error: None,
+        forward_drop: Vec::new(),
+        sysctl_warnings,
+    };
+    let (tx, rx) = watch::channel(initial.clone());
+    tokio::spawn(async move {
+        let mut nft: Option<Nft> = None;
+        let mut retry = Duration::from_secs(1);
+        loop {
+            let chains = wanted.clone();
+            let mut socket = nft.take();
+            let (outcome, socket) = tokio::task::spawn_blocking(move || {
+                let result = match socket.as_mut() {
+                    Some(s) => s.reconcile(&chains),
+                    None => Nft::open().and_then(|mut s| {
+                        let r = s.reconcile(&chains);
+                        socket = Some(s);
+                        r
+                    }),
+                };
+                (result, socket)
+            })
+            .await
+            .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None));
+            nft = socket;
+            let mut status = initial.clone();
+            let wait = match outcome {
+                Ok(done) => {
+                    if !done.ops.is_empty() {
+                        let what: Vec<String> = done.ops.iter().map(|o| o.describe()).collect();
+                        info!(ops = ?what, "nftables rules reconciled");
+                    }
+                    if done.forward_drop != tx.borrow().forward_drop
+                        && !done.forward_drop.is_empty()
+                    {
+                        warn!(chains = ?done.forward_drop, "another table's forward hook drops by policy: routed pod traffic may be lost");
+                    }
+                    status.in_place = true;
+                    status.forward_drop = done.forward_drop;
+                    retry = Duration::from_secs(1);
+                    RECONCILE_INTERVAL
+                }
+                Err(e) => {
+                    metrics.inc_nft_sync_error();
+                    warn!(error = %e, retry_in = ?retry, "nftables rules not in place");
+                    status.error = Some(e.to_string());
+                    // A socket in an unknown state is not reused.
+                    nft = None;
+                    let wait = retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    wait
+                }
+            };
+            tx.send_replace(status);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctls_are_set_once_and_missing_ones_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("net/ipv4")).expect("mkdir");
+        std::fs::write(dir.path().join("net/ipv4/ip_forward"), "0\n").expect("write");
+        // No net/bridge: br_netfilter is not loaded.
+        let warnings = ensure_sysctls(dir.path());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("net/ipv4/ip_forward")).expect("read"),
+            "1"
+        );
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("bridge-nf-call-iptables"),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("br_netfilter"), "{warnings:?}");
+        // Set again: nothing changes, the same warning.
+        assert_eq!(ensure_sysctls(dir.path()), warnings);
+    }
+}

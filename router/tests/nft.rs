@@ -1,0 +1,194 @@
+//! weft's nftables layer against the real kernel, in a network namespace of its own: the
+//! reconcile builds the table, rests when it is in place, repairs what was changed by hand,
+//! reports a rule the kernel refuses with its reason, spots another table's forward drop, and
+//! uninstall removes the table. `nft` only looks from the outside. Needs root.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+use std::fs::File;
+use std::os::fd::AsRawFd as _;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+use topology::netfilter::{BaseChain, Chain, ChainType, Expr, Hook, Rule};
+use weft_router::nft::Nft;
+use weft_router::node_net::wanted_chains;
+
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn namespace(tag: &str) -> Namespace {
+    let name = format!("wnft-{tag}-{}", std::process::id());
+    let out = Command::new("ip")
+        .args(["netns", "add", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Namespace(name)
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = File::open(format!("/var/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd; only this thread moves.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn nft(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn range() -> IpNet {
+    "10.32.0.0/12".parse().unwrap()
+}
+
+#[test]
+fn the_masquerade_table_is_built_kept_repaired_and_removed() {
+    let ns = namespace("masq");
+    let name = ns.0.clone();
+    let wanted = wanted_chains(range(), true, &["198.51.100.0/24".parse().unwrap()]);
+    let ops = in_netns(&name, {
+        let wanted = wanted.clone();
+        move || Nft::open().unwrap().reconcile(&wanted).unwrap().ops
+    });
+    assert!(!ops.is_empty());
+    let table = nft(&name, &["list", "table", "inet", "weft"]);
+    assert!(
+        table.contains("type nat hook postrouting priority srcnat; policy accept;"),
+        "{table}"
+    );
+    assert!(
+        table.contains("ip saddr 10.32.0.0/12 ip daddr 198.51.100.0/24 return"),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            "ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 counter packets 0 bytes 0 masquerade"
+        ),
+        "{table}"
+    );
+    // The return comes before the masquerade.
+    assert!(table.find("return") < table.find("masquerade"), "{table}");
+
+    // In place: nothing is sent.
+    let again = in_netns(&name, {
+        let wanted = wanted.clone();
+        move || Nft::open().unwrap().reconcile(&wanted).unwrap().ops
+    });
+    assert!(again.is_empty(), "{again:?}");
+
+    // A rule added by hand is noticed and the chain brought back to exactly weft's rules.
+    nft(
+        &name,
+        &[
+            "insert",
+            "rule",
+            "inet",
+            "weft",
+            "postrouting",
+            "ip",
+            "saddr",
+            "10.32.0.9",
+            "accept",
+        ],
+    );
+    let repaired = in_netns(&name, move || {
+        Nft::open().unwrap().reconcile(&wanted).unwrap().ops
+    });
+    assert!(!repaired.is_empty());
+    let table = nft(&name, &["list", "table", "inet", "weft"]);
+    assert!(!table.contains("10.32.0.9"), "{table}");
+    assert_eq!(table.matches("masquerade").count(), 1, "{table}");
+
+    // --masquerade off: the chain stays, empty.
+    let off = wanted_chains(range(), false, &[]);
+    in_netns(&name, move || Nft::open().unwrap().reconcile(&off).unwrap());
+    let table = nft(&name, &["list", "table", "inet", "weft"]);
+    assert!(
+        !table.contains("masquerade") && table.contains("chain postrouting"),
+        "{table}"
+    );
+
+    // Uninstall removes the table; removing it again is no error.
+    in_netns(&name, || {
+        let mut n = Nft::open().unwrap();
+        n.remove_table().unwrap();
+        n.remove_table().unwrap();
+    });
+    assert!(!nft(&name, &["list", "tables"]).contains("weft"));
+}
+
+#[test]
+fn a_refused_rule_is_reported_with_the_kernels_reason_and_nothing_is_applied() {
+    let ns = namespace("refused");
+    let name = ns.0.clone();
+    // Masquerade is only valid in a nat chain: the kernel refuses it in a filter chain.
+    let bad = vec![Chain {
+        name: "forward".to_owned(),
+        base: Some(BaseChain {
+            kind: ChainType::Filter,
+            hook: Hook::Forward,
+            priority: 0,
+        }),
+        rules: vec![Rule {
+            name: "bad".to_owned(),
+            exprs: vec![Expr::Masquerade],
+        }],
+    }];
+    let err = in_netns(&name, move || {
+        Nft::open().unwrap().reconcile(&bad).unwrap_err()
+    });
+    let text = err.to_string();
+    assert!(text.contains("add rule weft:bad:"), "{text}");
+    // The batch was all or nothing: not even the table was made.
+    assert!(!nft(&name, &["list", "tables"]).contains("weft"), "{text}");
+}
+
+#[test]
+fn another_tables_forward_drop_is_reported() {
+    let ns = namespace("fwd");
+    let name = ns.0.clone();
+    nft(&name, &["add", "table", "ip", "filter"]);
+    nft(
+        &name,
+        &[
+            "add",
+            "chain",
+            "ip",
+            "filter",
+            "FORWARD",
+            "{ type filter hook forward priority 0; policy drop; }",
+        ],
+    );
+    let wanted = wanted_chains(range(), true, &[]);
+    let found = in_netns(&name, move || {
+        Nft::open().unwrap().reconcile(&wanted).unwrap()
+    });
+    assert_eq!(found.forward_drop, vec!["ip filter/FORWARD".to_owned()]);
+}

@@ -1,0 +1,257 @@
+//! weft's packet rules: what nftables should hold, and how to get there from what it holds.
+//!
+//! weft owns one nftables table (`inet weft`). Its content is a pure function of the router's
+//! settings ([`masquerade`] builds the NAT chain today; NetworkPolicy and the tunnel-port filter
+//! add chains later). The router's shell reads what the kernel holds ([`wire`] decodes the
+//! netlink dump), asks [`reconcile::plan`] for the operations that turn it into what is wanted,
+//! and sends them as one netlink batch, which the kernel applies atomically: a packet meets the
+//! old rules or the new ones, never an empty chain.
+//!
+//! Every rule carries a key in its user data (`weft:NAME:HASH`, the hash over its encoded
+//! expressions), so a rule whose meaning changed gets a new key and is replaced, and a rule
+//! someone else altered is noticed.
+//!
+//! Pure: no sockets; [`wire`] only builds and parses bytes.
+
+pub mod masquerade;
+pub mod reconcile;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// The table weft owns (family `inet`).
+pub const TABLE: &str = "weft";
+
+/// Which chain types the kernel knows (`NFTA_CHAIN_TYPE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainType {
+    /// `filter`.
+    Filter,
+    /// `nat`.
+    Nat,
+}
+
+impl ChainType {
+    /// The kernel's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filter => "filter",
+            Self::Nat => "nat",
+        }
+    }
+}
+
+/// Netfilter hooks of the `inet` family (`NF_INET_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Before routing.
+    Prerouting = 0,
+    /// To a local socket.
+    Input = 1,
+    /// Routed or bridged through.
+    Forward = 2,
+    /// From a local socket.
+    Output = 3,
+    /// After routing.
+    Postrouting = 4,
+}
+
+impl Hook {
+    /// The hook numbered `n`, if any.
+    pub fn from_number(n: u32) -> Option<Self> {
+        Some(match n {
+            0 => Self::Prerouting,
+            1 => Self::Input,
+            2 => Self::Forward,
+            3 => Self::Output,
+            4 => Self::Postrouting,
+            _ => return None,
+        })
+    }
+}
+
+/// A base chain's place in the packet path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseChain {
+    /// Its type.
+    pub kind: ChainType,
+    /// Its hook.
+    pub hook: Hook,
+    /// Its priority (lower runs first; `srcnat` is 100).
+    pub priority: i32,
+}
+
+/// A chain of weft's table, with the rules it should hold, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// Its name.
+    pub name: String,
+    /// `None` for a regular chain reached by jumps.
+    pub base: Option<BaseChain>,
+    /// Its rules, in order.
+    pub rules: Vec<Rule>,
+}
+
+/// One rule: a name for people and a list of expressions for the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// What the rule is for, e.g. `masquerade` (part of its key).
+    pub name: String,
+    /// Its expressions, in order.
+    pub exprs: Vec<Expr>,
+}
+
+impl Rule {
+    /// The rule's key, kept in its user data: the name and a hash of its encoded expressions.
+    pub fn key(&self) -> String {
+        let mut bytes = Vec::new();
+        wire::encode_exprs(&mut bytes, &self.exprs);
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("weft:{}:{:016x}", self.name, hash)
+    }
+}
+
+/// Comparison operators (`NFT_CMP_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpOp {
+    /// Equal.
+    Eq = 0,
+    /// Not equal.
+    Neq = 1,
+}
+
+/// Verdicts (`NF_*` and `NFT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the packet pass this chain.
+    Accept,
+    /// Drop it.
+    Drop,
+    /// Leave this chain (a base chain's policy decides).
+    Return,
+}
+
+impl Verdict {
+    /// The kernel's code.
+    pub fn code(self) -> i32 {
+        match self {
+            Self::Drop => 0,
+            Self::Accept => 1,
+            Self::Return => -5,
+        }
+    }
+}
+
+/// Packet header bases for [`Expr::Payload`] (`NFT_PAYLOAD_*_HEADER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadBase {
+    /// The network (IP) header.
+    Network = 1,
+    /// The transport header.
+    Transport = 2,
+}
+
+/// Keys for [`Expr::Meta`] (`NFT_META_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaKey {
+    /// The packet's mark.
+    Mark = 3,
+    /// The input interface's name.
+    IifName = 6,
+    /// The output interface's name.
+    OifName = 7,
+    /// The layer-3 protocol family (`NFPROTO_*`), one byte.
+    NfProto = 15,
+    /// The layer-4 protocol, one byte.
+    L4Proto = 16,
+}
+
+/// One nftables expression, in the kernel's terms. All of them use register 1 (the 16-byte
+/// `NFT_REG_1`) but the verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expr {
+    /// Load a meta key into register 1.
+    Meta(MetaKey),
+    /// Load `len` bytes at `offset` of a header into register 1.
+    Payload {
+        /// Which header.
+        base: PayloadBase,
+        /// Offset in it.
+        offset: u32,
+        /// How many bytes.
+        len: u32,
+    },
+    /// Register 1 &= mask (its length is the mask's).
+    Mask(Vec<u8>),
+    /// Compare register 1 with a value; the rule stops here when it does not hold.
+    Cmp(CmpOp, Vec<u8>),
+    /// A verdict.
+    Verdict(Verdict),
+    /// Source NAT to the output interface's address.
+    Masquerade,
+    /// Count packets and bytes.
+    Counter,
+}
+
+/// `NFPROTO_IPV4`.
+pub const NFPROTO_IPV4: u8 = 2;
+/// `NFPROTO_IPV6`.
+pub const NFPROTO_IPV6: u8 = 10;
+
+/// Which address of the IP header a match reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addr {
+    /// The source.
+    Source,
+    /// The destination.
+    Destination,
+}
+
+/// The expressions that match the packet's family to `net`'s (`meta nfproto ipv4`).
+pub fn match_family(net: &IpNet) -> Vec<Expr> {
+    let proto = match net {
+        IpNet::V4(_) => NFPROTO_IPV4,
+        IpNet::V6(_) => NFPROTO_IPV6,
+    };
+    vec![
+        Expr::Meta(MetaKey::NfProto),
+        Expr::Cmp(CmpOp::Eq, vec![proto]),
+    ]
+}
+
+/// The expressions that match (or, with `Neq`, exclude) an address in `net`; the packet's
+/// family must have been matched first ([`match_family`]).
+pub fn match_addr(which: Addr, op: CmpOp, net: &IpNet) -> Vec<Expr> {
+    let (offset, value) = match (net.network(), which) {
+        (IpAddr::V4(a), Addr::Source) => (12, a.octets().to_vec()),
+        (IpAddr::V4(a), Addr::Destination) => (16, a.octets().to_vec()),
+        (IpAddr::V6(a), Addr::Source) => (8, a.octets().to_vec()),
+        (IpAddr::V6(a), Addr::Destination) => (24, a.octets().to_vec()),
+    };
+    let len = value.len();
+    let mut exprs = vec![Expr::Payload {
+        base: PayloadBase::Network,
+        offset,
+        len: len as u32,
+    }];
+    let prefix = usize::from(net.prefix_len());
+    if prefix < len * 8 {
+        let mask: Vec<u8> = (0..len)
+            .map(|i| {
+                let bits = prefix.saturating_sub(i * 8).min(8);
+                // The top `bits` bits of the byte.
+                (0xff_u16 << (8 - bits)) as u8
+            })
+            .collect();
+        exprs.push(Expr::Mask(mask));
+    }
+    exprs.push(Expr::Cmp(op, value));
+    exprs
+}

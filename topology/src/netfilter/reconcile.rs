@@ -1,0 +1,103 @@
+//! From what the kernel holds to what weft wants, in one atomic batch.
+//!
+//! Rules:
+//! - A chain whose rules already carry the wanted keys, in the wanted order, is left alone:
+//!   a reconcile that finds everything in place sends nothing.
+//! - A chain that differs has its rules replaced: every present rule deleted and every wanted
+//!   rule appended, in the same batch (the kernel applies a batch atomically, so traffic never
+//!   meets a half-made chain).
+//! - A base chain whose hook, priority or type changed is deleted and made again, in the batch.
+//! - Chains of weft's table that are no longer wanted are emptied and deleted.
+//! - Nothing outside weft's table is touched.
+
+use std::collections::BTreeMap;
+
+use super::Chain;
+use super::wire::{NFPROTO_INET, Op, PresentChain, PresentRule};
+
+/// A chain as held: its base-chain settings and its rules (handle, key), in order.
+pub type HeldChain = (Option<super::BaseChain>, Vec<(u64, Option<String>)>);
+
+/// What the kernel holds in weft's table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Present {
+    /// Whether the table exists.
+    pub table: bool,
+    /// Its chains by name: the base chain settings and the rules (handle, key), in order.
+    pub chains: BTreeMap<String, HeldChain>,
+}
+
+impl Present {
+    /// Builds the view from chain and rule dumps (other tables and families are ignored).
+    pub fn from_dumps(chains: &[PresentChain], rules: &[PresentRule]) -> Self {
+        let mut present = Self::default();
+        for c in chains
+            .iter()
+            .filter(|c| c.family == NFPROTO_INET && c.table == super::TABLE)
+        {
+            present.table = true;
+            present.chains.insert(c.name.clone(), (c.base, Vec::new()));
+        }
+        for r in rules.iter().filter(|r| r.table == super::TABLE) {
+            if let Some((_, list)) = present.chains.get_mut(&r.chain) {
+                list.push((r.handle, r.key.clone()));
+            }
+        }
+        present
+    }
+}
+
+/// The operations that make `present` hold exactly `wanted` (empty when it does).
+pub fn plan(wanted: &[Chain], present: &Present) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if !present.table {
+        ops.push(Op::AddTable);
+    }
+    for chain in wanted {
+        let keys: Vec<Option<String>> = chain.rules.iter().map(|r| Some(r.key())).collect();
+        let add_rules = |ops: &mut Vec<Op>| {
+            for rule in &chain.rules {
+                ops.push(Op::AddRule {
+                    chain: chain.name.clone(),
+                    rule: rule.clone(),
+                });
+            }
+        };
+        match present.chains.get(&chain.name) {
+            None => {
+                ops.push(Op::AddChain(chain.clone()));
+                add_rules(&mut ops);
+            }
+            Some((base, rules)) => {
+                let same_rules = rules.iter().map(|(_, k)| k).eq(keys.iter());
+                if *base == chain.base && same_rules {
+                    continue;
+                }
+                for (handle, _) in rules {
+                    ops.push(Op::DelRule {
+                        chain: chain.name.clone(),
+                        handle: *handle,
+                    });
+                }
+                if *base != chain.base {
+                    ops.push(Op::DelChain(chain.name.clone()));
+                    ops.push(Op::AddChain(chain.clone()));
+                }
+                add_rules(&mut ops);
+            }
+        }
+    }
+    for (name, (_, rules)) in &present.chains {
+        if wanted.iter().any(|c| &c.name == name) {
+            continue;
+        }
+        for (handle, _) in rules {
+            ops.push(Op::DelRule {
+                chain: name.clone(),
+                handle: *handle,
+            });
+        }
+        ops.push(Op::DelChain(name.clone()));
+    }
+    ops
+}
