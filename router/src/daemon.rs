@@ -1255,9 +1255,10 @@ impl Daemon {
                 });
                 let (datapath, reason) = match (path, on_sleeve) {
                     (Some(FastdpPath::Fastdp), _) => (Some(crate::status::Datapath::Fastdp), None),
-                    (Some(FastdpPath::Sleeve(r)), Some(_)) => {
-                        (Some(crate::status::Datapath::Sleeve), Some(r.to_string()))
-                    }
+                    (Some(FastdpPath::Sleeve(r)), Some(s)) => (
+                        Some(crate::status::Datapath::Sleeve),
+                        Some(sleeve_reason(r, s, c.name)),
+                    ),
                     (None, Some(_)) => (Some(crate::status::Datapath::Sleeve), None),
                     (_, None) => (None, None),
                 };
@@ -1275,6 +1276,10 @@ impl Daemon {
                     encrypted: sleeve_used
                         && link.is_some_and(|l| l.sending == crypto::Mode::Sealed),
                     mtu: on_sleeve.map(Sleeve::mtu),
+                    path_mtu: on_sleeve
+                        .and_then(|s| s.path_mtu(c.name))
+                        .and_then(|p| p.verified)
+                        .map(|v| v as u32 + crate::underlay::UDP_OVERHEAD),
                 }
             })
             .collect();
@@ -1335,6 +1340,7 @@ impl Daemon {
                 datapath_reason: None,
                 encrypted: false,
                 mtu: None,
+                path_mtu: None,
             });
         }
         let ipam = self.ipam.status(now);
@@ -1727,6 +1733,24 @@ pub const BRIDGE: &str = "weft";
 pub const TAP: &str = "weft-tap";
 /// The largest sleeve datagram: a 1500-byte IPv4 underlay less the IP and UDP headers.
 const UNDERLAY_MAX_DATAGRAM: usize = 1472;
+/// Why a peer is on the sleeve; when its VXLAN probes go unanswered and the sleeve found the
+/// path to it smaller than a full-size VXLAN packet, says so with the figures.
+fn sleeve_reason(reason: FastdpReason, sleeve: &Sleeve, peer: PeerName) -> String {
+    let full = sleeve.mtu() + crate::underlay::VXLAN_OVERHEAD;
+    let path = sleeve
+        .path_mtu(peer)
+        .filter(|p| p.failed.is_some())
+        .and_then(|p| p.verified)
+        .map(|v| v as u32 + crate::underlay::UDP_OVERHEAD);
+    match (reason, path) {
+        (FastdpReason::NoAnswer { port }, Some(path)) if path < full => format!(
+            "no answer to full-size VXLAN probes on UDP {port}: the path to this peer carries \
+             {path}-byte packets (found by the sleeve), full-size VXLAN needs {full}"
+        ),
+        (r, _) => r.to_string(),
+    }
+}
+
 /// Pod MTU when `--mtu` is not given: a 1500-byte underlay less the VXLAN overhead.
 pub const DEFAULT_POD_MTU: u32 = 1450;
 /// The node key's file in the state directory.

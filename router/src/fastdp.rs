@@ -12,6 +12,10 @@
 //! only), so the listener sits on no hot path: pod traffic never meets it. Nothing of weft's runs on the
 //! answering side, so the probe answers while the peer's router is down, and fails exactly when
 //! VXLAN between the two fails.
+//!
+//! The probe is padded to a full-size frame (the pod MTU of Ethernet payload, so the VXLAN
+//! packet is as large as the underlay MTU) and sent with fragmentation forbidden: a path that
+//! cannot carry full-size VXLAN packets loses the probe, and the peer stays on the sleeve.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
@@ -28,23 +32,28 @@ use topology::PeerName;
 use topology::channel::{Channel, envelope};
 use topology::fastdp::{
     Announcement, Announcements, Config as CoreConfig, Event, Fastdp, Mac, Mode, Path,
-    PathEncryption, Probe, VNI,
+    PathEncryption, Probe, Reason, VNI,
 };
 
 use crate::metrics::{FastdpCounter, Metrics};
 use crate::netlink::{Netlink, fmt_mac};
 use crate::sleeve::{Sleeve, SleeveFastdp};
 
+/// How often the sleeve's path to a peer whose VXLAN probes go unanswered is verified again.
+pub const RECHECK_UNANSWERED: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The VXLAN device's name.
 pub const VXLAN: &str = "weft-vxlan";
 /// The VXLAN header's length.
 pub const VXLAN_HDR_LEN: usize = 8;
-/// A probe's length: VXLAN header, Ethernet header, ARP for IPv4.
+/// The shortest probe: VXLAN header, Ethernet header, ARP for IPv4.
 pub const PROBE_LEN: usize = VXLAN_HDR_LEN + 14 + 28;
 
-/// Builds the probe for `target` (an IPv4 underlay address) from `src_mac` to `dst_mac`.
-pub fn probe_frame(src_mac: Mac, dst_mac: Mac, target: Ipv4Addr) -> [u8; PROBE_LEN] {
-    let mut f = [0u8; PROBE_LEN];
+/// Builds the probe for `target` (an IPv4 underlay address) from `src_mac` to `dst_mac`,
+/// its ARP request padded with zeros to `pod_mtu` bytes of Ethernet payload (at least the ARP).
+pub fn probe_frame(src_mac: Mac, dst_mac: Mac, target: Ipv4Addr, pod_mtu: u32) -> Vec<u8> {
+    let len = (VXLAN_HDR_LEN + 14 + pod_mtu as usize).max(PROBE_LEN);
+    let mut f = vec![0u8; len];
     // VXLAN: flags (I bit), 3 reserved, VNI (24 bits), 1 reserved.
     f[0] = 0x08;
     f[4..7].copy_from_slice(&VNI.to_be_bytes()[1..4]);
@@ -86,6 +95,7 @@ pub struct Prober {
     socket: UdpSocket,
     port: u16,
     our_mac: Mac,
+    pod_mtu: u32,
     stop: Arc<AtomicBool>,
     listener: Option<JoinHandle<()>>,
 }
@@ -100,11 +110,13 @@ impl Prober {
         bridge_index: u32,
         port: u16,
         our_mac: Mac,
+        pod_mtu: u32,
         answers: mpsc::UnboundedSender<IpAddr>,
     ) -> Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
             .context("binding the fastdp probe socket")?;
         socket.set_nonblocking(true)?;
+        forbid_fragmentation(&socket).context("setting IP_PMTUDISC_DO on the probe socket")?;
         let fd = packet_socket(bridge_index).context("opening the AF_PACKET probe listener")?;
         let stop = Arc::new(AtomicBool::new(false));
         let listener = {
@@ -117,6 +129,7 @@ impl Prober {
             socket,
             port,
             our_mac,
+            pod_mtu,
             stop,
             listener: Some(listener),
         })
@@ -127,8 +140,9 @@ impl Prober {
         let IpAddr::V4(target) = probe.addr else {
             return;
         };
-        let frame = probe_frame(self.our_mac, probe.mac, target);
-        // A full socket buffer or an unreachable peer is a lost probe, which the core counts.
+        let frame = probe_frame(self.our_mac, probe.mac, target, self.pod_mtu);
+        // A full socket buffer, an unreachable peer or a route MTU too small for a full-size
+        // probe (EMSGSIZE) is a lost probe, which the core counts.
         let _ = self
             .socket
             .send_to(&frame, SocketAddr::new(probe.addr, self.port));
@@ -361,6 +375,25 @@ impl Fdb {
 
 const ETH_P_ARP: u16 = 0x0806;
 
+/// Sets DF on every datagram and never fragments (`IP_PMTUDISC_DO`).
+fn forbid_fragmentation(socket: &UdpSocket) -> io::Result<()> {
+    let value: libc::c_int = libc::IP_PMTUDISC_DO;
+    // SAFETY: a plain setsockopt with a valid int on a socket this process owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            std::ptr::from_ref(&value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -370,7 +403,14 @@ mod tests {
     fn probe_layout_and_answer_parsing() {
         let ours = [0x02, 1, 2, 3, 4, 5];
         let theirs = [0x02, 9, 8, 7, 6, 5];
-        let f = probe_frame(ours, theirs, Ipv4Addr::new(192, 0, 2, 2));
+        let f = probe_frame(ours, theirs, Ipv4Addr::new(192, 0, 2, 2), 1450);
+        // Full size: VXLAN header + Ethernet header + 1450 bytes, zero after the ARP.
+        assert_eq!(f.len(), 8 + 14 + 1450);
+        assert!(f[50..].iter().all(|b| *b == 0));
+        assert_eq!(
+            probe_frame(ours, theirs, Ipv4Addr::LOCALHOST, 0).len(),
+            PROBE_LEN
+        );
         assert_eq!(&f[..8], &[0x08, 0, 0, 0, 0x00, 0x77, 0x65, 0]);
         assert_eq!(&f[8..14], &theirs);
         assert_eq!(&f[14..20], &ours);
@@ -411,6 +451,8 @@ pub struct FastdpPlane {
     bridge_mac: Mac,
     own: Announcement,
     own_dirty: bool,
+    /// Peers whose probes go unanswered, with when their sleeve path was last rechecked.
+    unanswered: BTreeMap<PeerName, Instant>,
     table: Announcements,
     /// Flood remotes left by an earlier run; kept for their peers until probed.
     inherited: BTreeSet<IpAddr>,
@@ -470,7 +512,7 @@ impl FastdpPlane {
         let fdb = Fdb::new(netlink.clone(), vxlan);
         let inherited = fdb.flood_remotes().await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let prober = Prober::start(config.bridge, config.vxlan_port, bridge_mac, tx)?;
+        let prober = Prober::start(config.bridge, config.vxlan_port, bridge_mac, config.mtu, tx)?;
         let mut core = Fastdp::new(CoreConfig::new(config.mode, config.vxlan_port));
         core.set_encryption_required(config.encryption_required);
         let seq = SystemTime::now()
@@ -501,6 +543,7 @@ impl FastdpPlane {
                 bridge_mac,
                 own,
                 own_dirty: true,
+                unanswered: BTreeMap::new(),
                 table: Announcements::new(),
                 inherited,
                 started: Instant::now(),
@@ -643,9 +686,14 @@ impl FastdpPlane {
     /// database and the sleeve; returns our announcement when it changed (for every
     /// connection).
     pub async fn drain(&mut self, sleeve: Option<&Sleeve>) -> Option<Vec<u8>> {
+        let mut probed = false;
         while let Some(probe) = self.core.poll_probe() {
             self.metrics.inc_fastdp(FastdpCounter::ProbeSent);
             self.prober.send(&probe);
+            probed = true;
+        }
+        if probed && let Some(s) = sleeve {
+            self.recheck_unanswered(s);
         }
         let mut changed = false;
         while let Some(event) = self.core.poll_event() {
@@ -859,6 +907,31 @@ impl FastdpPlane {
     /// A peer this router just moved onto fastdp may still send over the sleeve until it hears
     /// of the change; while it does, the bridge learns its pods on the TAP, so the sleeve
     /// keeps carrying to it (a duplicate at worst) rather than drop what the bridge hands it.
+    /// A peer whose full-size probes go unanswered may sit behind a path that shrank (or was
+    /// always small): the sleeve verifies its datagram size toward it again, at once and every
+    /// [`RECHECK_UNANSWERED`] while the probes stay unanswered.
+    fn recheck_unanswered(&mut self, sleeve: &Sleeve) {
+        let now = Instant::now();
+        let unanswered: BTreeSet<PeerName> = self
+            .core
+            .views()
+            .into_iter()
+            .filter(|v| matches!(v.path, Path::Sleeve(Reason::NoAnswer { .. })))
+            .map(|v| v.peer)
+            .collect();
+        self.unanswered.retain(|p, _| unanswered.contains(p));
+        for peer in unanswered {
+            let due = self
+                .unanswered
+                .get(&peer)
+                .is_none_or(|last| now >= *last + RECHECK_UNANSWERED);
+            if due {
+                sleeve.recheck_path(peer);
+                self.unanswered.insert(peer, now);
+            }
+        }
+    }
+
     fn update_sleeve(&self, sleeve: Option<&Sleeve>) {
         let Some(sleeve) = sleeve else { return };
         let local: HashSet<Mac> = self

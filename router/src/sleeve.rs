@@ -28,8 +28,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,8 @@ use topology::sleeve::{
     Received, Receiver, Repr, VNET_HDR_LEN,
 };
 use tracing::debug;
+
+mod pmtu;
 
 use crate::metrics::{DropReason, Metrics};
 use crate::netlink::Netlink;
@@ -175,6 +177,7 @@ pub struct Sleeve {
     shared: Arc<Shared>,
     tx: Option<JoinHandle<()>>,
     rx: Option<JoinHandle<()>>,
+    pmtu: Option<JoinHandle<()>>,
     mtu: u32,
 }
 
@@ -210,6 +213,9 @@ impl Sleeve {
             stop: AtomicBool::new(false),
             metrics,
             counters: AtomicCounters::default(),
+            pmtu: pmtu::table(config.max_datagram),
+            datagram: AtomicUsize::new(config.max_datagram),
+            pmtu_thread: OnceLock::new(),
         });
         let tap = Arc::new(tap);
         let socket = Arc::new(socket);
@@ -220,6 +226,13 @@ impl Sleeve {
                 .name("sleeve-tx".into())
                 .spawn(move || tx_loop(&tap, &socket, &shared, layout, first_frame_id))?
         };
+        let path_mtu = {
+            let (socket, shared) = (socket.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("sleeve-pmtu".into())
+                .spawn(move || pmtu::pmtu_loop(&socket, &shared))?
+        };
+        let _ = shared.pmtu_thread.set(path_mtu.thread().clone());
         let rx = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -230,6 +243,7 @@ impl Sleeve {
             shared,
             tx: Some(tx),
             rx: Some(rx),
+            pmtu: Some(path_mtu),
             mtu: config.mtu,
         })
     }
@@ -237,6 +251,23 @@ impl Sleeve {
     /// Returns the pod MTU the sleeve carries.
     pub fn mtu(&self) -> u32 {
         self.mtu
+    }
+
+    /// The datagram size the sleeve sends now (the smallest path MTU found, less IP and UDP).
+    pub fn datagram_size(&self) -> usize {
+        self.shared.datagram.load(Ordering::Relaxed)
+    }
+
+    /// Runs the path MTU search toward `peer` again (its path may have changed).
+    pub fn recheck_path(&self, peer: PeerName) {
+        if self.has_peer(peer) {
+            pmtu::peer_added(&self.shared, peer.bytes());
+        }
+    }
+
+    /// What the path MTU search toward `peer` found so far.
+    pub fn path_mtu(&self, peer: PeerName) -> Option<topology::sleeve::pmtu::PathView> {
+        pmtu::verified(&self.shared, peer.bytes())
     }
 
     /// Returns whether new datagrams are sealed.
@@ -277,6 +308,7 @@ impl Sleeve {
             });
             s.peers.entry(addr).or_default().push(link);
         });
+        pmtu::peer_added(&self.shared, peer.bytes());
     }
 
     /// Removes the link of connection `conn`, if it is still the one in use.
@@ -298,6 +330,7 @@ impl Sleeve {
             && self.snapshot().link(name).is_none()
         {
             lock(&self.shared.macs).remove_peer(PeerName::from_bytes(name));
+            pmtu::peer_removed(&self.shared, name);
         }
     }
 
@@ -412,7 +445,11 @@ impl Sleeve {
 
     fn join(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        for h in [self.tx.take(), self.rx.take()].into_iter().flatten() {
+        pmtu::wake(&self.shared);
+        for h in [self.tx.take(), self.rx.take(), self.pmtu.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = h.join();
         }
     }
@@ -462,6 +499,12 @@ struct Shared {
     stop: AtomicBool,
     metrics: Metrics,
     counters: AtomicCounters,
+    /// The path MTU search toward every peer.
+    pmtu: Mutex<topology::sleeve::pmtu::PmtuTable<[u8; 6]>>,
+    /// The datagram size the TX thread chunks to (the search's verdict).
+    datagram: AtomicUsize,
+    /// The PMTU thread, to wake it.
+    pmtu_thread: OnceLock<std::thread::Thread>,
 }
 
 impl Shared {
@@ -642,20 +685,42 @@ struct Ready {
 }
 
 fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, first_id: u32) {
-    let slot_len = layout.slot_len();
-    // One slot more than the largest frame needs, so a longer frame shows as oversize.
-    let slots = layout.chunk_count(MAX_FRAME_LEN) + 1;
-    let mut bufs: Vec<Box<[u8]>> = (0..FRAMES_PER_BATCH)
-        .map(|_| vec![0u8; slots * slot_len].into_boxed_slice())
-        .collect();
-    let mut scratch = vec![0u8; slots * slot_len].into_boxed_slice();
-    let mut lens = [0usize; FRAMES_PER_BATCH];
-    let mut chunker = Chunker::new(layout, shared.local, BROADCAST, first_id);
-    let data_offset = layout.data_offset();
-    let payload = layout.payload();
-    let per_message = (MAX_UDP_PAYLOAD / slot_len).min(MAX_GSO_SEGMENTS);
+    let mut datagram = shared.datagram.load(Ordering::Relaxed);
+    let mut tx = TxBuffers::new(
+        layout,
+        Chunker::new(layout, shared.local, BROADCAST, first_id),
+    );
     let c = &shared.counters;
     while !shared.stop.load(Ordering::Relaxed) {
+        // The path MTU search settled on another datagram size: chunk to it from now on.
+        let want = shared.datagram.load(Ordering::Relaxed);
+        if want != datagram
+            && let Ok(layout) = ChunkLayout::sealed(want, crypto::HEADER_LEN, TAG_LEN)
+        {
+            let next_id = tx.chunker.next_frame_id();
+            tx = TxBuffers::new(
+                layout,
+                Chunker::new(layout, shared.local, BROADCAST, next_id),
+            );
+            debug!(
+                from = datagram,
+                to = want,
+                "sleeve TX chunks to a new datagram size"
+            );
+            datagram = want;
+        }
+        let TxBuffers {
+            layout,
+            slot_len,
+            slots,
+            ref mut bufs,
+            ref mut scratch,
+            ref mut chunker,
+            data_offset,
+            payload,
+            per_message,
+        } = tx;
+        let mut lens = [0usize; FRAMES_PER_BATCH];
         match tap.wait_readable(POLL) {
             Ok(true) => {}
             Ok(false) => continue,
@@ -694,7 +759,7 @@ fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, 
         let mut dsts = [BROADCAST; FRAMES_PER_BATCH];
         {
             let macs = lock(&shared.macs);
-            for (dst, buf) in dsts.iter_mut().zip(&bufs).take(n) {
+            for (dst, buf) in dsts.iter_mut().zip(bufs.iter()).take(n) {
                 let at = data_offset + VNET_HDR_LEN;
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(&buf[at..at + 6]);
@@ -752,8 +817,8 @@ fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, 
                     // Further hops: a sealed copy each, sent at once.
                     let wire = chunks.wire_len();
                     scratch[..wire].copy_from_slice(&buf[..wire]);
-                    seal_chunks(&link.session, now, &mut scratch, &chunks, layout);
-                    send_frame(socket, shared, &scratch, &chunks, &link.dest, per_message);
+                    seal_chunks(&link.session, now, scratch, &chunks, layout);
+                    send_frame(socket, shared, scratch, &chunks, &link.dest, per_message);
                     shared
                         .metrics
                         .add_forwarded(Datapath::Sleeve, 1, len as u64);
@@ -779,7 +844,42 @@ fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, 
                 link: link.clone(),
             });
         }
-        send_ready(socket, shared, &bufs, &ready[..n], per_message, &lens[..n]);
+        send_ready(socket, shared, bufs, &ready[..n], per_message, &lens[..n]);
+    }
+}
+
+/// The TX thread's buffers, laid out for one datagram size.
+struct TxBuffers {
+    layout: ChunkLayout,
+    slot_len: usize,
+    /// Slots per frame buffer: one more than the largest frame needs, so a longer frame
+    /// shows as oversize.
+    slots: usize,
+    bufs: Vec<Box<[u8]>>,
+    scratch: Box<[u8]>,
+    chunker: Chunker,
+    data_offset: usize,
+    payload: usize,
+    per_message: usize,
+}
+
+impl TxBuffers {
+    fn new(layout: ChunkLayout, chunker: Chunker) -> Self {
+        let slot_len = layout.slot_len();
+        let slots = layout.chunk_count(MAX_FRAME_LEN) + 1;
+        Self {
+            layout,
+            slot_len,
+            slots,
+            bufs: (0..FRAMES_PER_BATCH)
+                .map(|_| vec![0u8; slots * slot_len].into_boxed_slice())
+                .collect(),
+            scratch: vec![0u8; slots * slot_len].into_boxed_slice(),
+            chunker,
+            data_offset: layout.data_offset(),
+            payload: layout.payload(),
+            per_message: (MAX_UDP_PAYLOAD / slot_len).min(MAX_GSO_SEGMENTS),
+        }
     }
 }
 
@@ -1028,7 +1128,16 @@ impl RxCtx<'_> {
     fn handle(&mut self, datagram: &mut [u8]) {
         let shared = self.shared;
         let repr = match Packet::new_checked(&*datagram).and_then(|p| Repr::parse(&p)) {
-            Ok(r) if r.msg_type == MessageType::SealedChunk => r,
+            Ok(r)
+                if matches!(
+                    r.msg_type,
+                    MessageType::SealedChunk
+                        | MessageType::SealedPmtuProbe
+                        | MessageType::SealedPmtuAck
+                ) =>
+            {
+                r
+            }
             // Plain (unauthenticated) chunks are never sent by this router: refuse them.
             Ok(_) | Err(_) => {
                 shared.drop_datagram(DropReason::Malformed);
@@ -1076,6 +1185,24 @@ impl RxCtx<'_> {
             }
         }
         let (body_at, body_len) = (packet.offset, packet.len);
+        if repr.msg_type != MessageType::SealedChunk {
+            // Path MTU probes and acks: one hop, from the link's own peer, to us.
+            let body = &datagram[body_at..body_at + body_len];
+            let ok = match from_link {
+                Some(link) if repr.src == link.name && repr.dst == shared.local => {
+                    if repr.msg_type == MessageType::SealedPmtuProbe {
+                        pmtu::answer_probe(self.socket, shared, link, body, len)
+                    } else {
+                        pmtu::take_ack(shared, link.name, body)
+                    }
+                }
+                _ => false,
+            };
+            if !ok {
+                shared.drop_datagram(DropReason::Malformed);
+            }
+            return;
+        }
         if repr.src == shared.local {
             // Our own frame came back: a routing loop or a reflection; never deliver it.
             shared.drop_datagram(DropReason::NoRoute);

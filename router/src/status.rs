@@ -206,6 +206,10 @@ pub struct ConnectionStatus {
     pub encrypted: bool,
     /// The pod MTU verified on this connection's data path.
     pub mtu: Option<u32>,
+    /// The largest underlay packet the sleeve's path MTU search verified toward this peer
+    /// (IP and UDP headers included), once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<u32>,
 }
 
 /// The state of a connection, in Weave's words.

@@ -364,6 +364,7 @@ pub(crate) mod tests {
             datapath_reason: None,
             encrypted: false,
             mtu: None,
+            path_mtu: None,
         };
         let refused = "dial tcp 192.0.2.14:6783: connection refused";
         let unreachable = "dial tcp 192.0.2.15:6783: no route to host";
@@ -422,6 +423,7 @@ pub(crate) mod tests {
                     datapath_reason: Some("no answer to VXLAN probes on UDP 6784".to_owned()),
                     encrypted: false,
                     mtu: Some(1376),
+                    path_mtu: None,
                 },
                 ConnectionStatus {
                     outbound: true,
@@ -435,6 +437,7 @@ pub(crate) mod tests {
                     datapath_reason: None,
                     encrypted: false,
                     mtu: Some(1376),
+                    path_mtu: None,
                 },
                 dialling(
                     "192.0.2.14:6783",

@@ -102,7 +102,10 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Probing => f.write_str("probing the VXLAN path"),
-            Self::NoAnswer { port } => write!(f, "no answer to VXLAN probes on UDP {port}"),
+            Self::NoAnswer { port } => write!(
+                f,
+                "no answer to VXLAN probes on UDP {port} (full-size probes: a filtered port, or a path MTU below the pod MTU + 50)"
+            ),
             Self::Encryption => f.write_str(
                 "encryption is on and the kernel has no ESP: traffic goes through the encrypted sleeve",
             ),

@@ -196,7 +196,12 @@ impl Chunker {
         &self.layout
     }
 
-    /// Sets the destination of the frames that follow.
+    /// The id the next frame gets (a chunker made for a new layout continues from it).
+    pub const fn next_frame_id(&self) -> u32 {
+        self.next_frame_id
+    }
+
+    /// Sets the destination peer of the frames chunked next.
     pub fn set_dst(&mut self, dst: [u8; 6]) {
         self.dst = dst;
     }

@@ -11,10 +11,12 @@
 //! - [`packet`] holds checked views ([`Packet`], [`ChunkPacket`]) with [`Repr`] and [`ChunkRepr`].
 //! - [`chunker`] holds [`ChunkLayout`] and [`Chunker`].
 //! - [`reassembly`] holds [`Reassembler`].
+//! - [`pmtu`] holds the path MTU search ([`pmtu::PmtuTable`]) and its probe bodies.
 //! - [`vnet`] holds the safety check of the carried virtio_net_hdr.
 
 pub mod chunker;
 pub mod packet;
+pub mod pmtu;
 pub mod reassembly;
 pub mod vnet;
 
@@ -169,7 +171,9 @@ impl Receiver {
         }
         match repr.msg_type {
             MessageType::Chunk => self.handle_chunk(now, repr.src, &datagram[HEADER_LEN..]),
-            MessageType::SealedChunk => {
+            MessageType::SealedChunk
+            | MessageType::SealedPmtuProbe
+            | MessageType::SealedPmtuAck => {
                 self.counters.sealed += 1;
                 Received::Open { src: repr.src }
             }

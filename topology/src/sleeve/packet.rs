@@ -30,6 +30,10 @@ pub enum MessageType {
     /// A sealed chunk: the body is a crypto packet (header, ciphertext, tag) that opens to a
     /// [`ChunkPacket`].
     SealedChunk,
+    /// A sealed path MTU probe: opens to a nonce and padding ([`super::pmtu`]).
+    SealedPmtuProbe,
+    /// A sealed acknowledgement of a path MTU probe ([`super::pmtu`]).
+    SealedPmtuAck,
 }
 
 impl MessageType {
@@ -38,6 +42,8 @@ impl MessageType {
         match self {
             Self::Chunk => 0x01,
             Self::SealedChunk => 0x02,
+            Self::SealedPmtuProbe => 0x03,
+            Self::SealedPmtuAck => 0x04,
         }
     }
 
@@ -46,6 +52,8 @@ impl MessageType {
         match code {
             0x01 => Some(Self::Chunk),
             0x02 => Some(Self::SealedChunk),
+            0x03 => Some(Self::SealedPmtuProbe),
+            0x04 => Some(Self::SealedPmtuAck),
             _ => None,
         }
     }

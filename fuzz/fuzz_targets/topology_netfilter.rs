@@ -1,0 +1,31 @@
+//! The nf_tables netlink decoder (dumps and acknowledgements the kernel sends weft): never
+//! panics, and whatever it accepts feeds the reconcile plan without panicking either.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use topology::netfilter::masquerade::{self, MasqueradeSettings};
+use topology::netfilter::reconcile::{Present, plan};
+use topology::netfilter::wire::{Reply, decode_replies};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(replies) = decode_replies(data) else {
+        return;
+    };
+    let mut chains = Vec::new();
+    let mut rules = Vec::new();
+    for r in replies {
+        match r {
+            Reply::Chain(c) => chains.push(c),
+            Reply::Rule(r) => rules.push(r),
+            Reply::Ack { .. } | Reply::Done { .. } | Reply::Other => {}
+        }
+    }
+    let present = Present::from_dumps(&chains, &rules);
+    let wanted = [masquerade::chain(&MasqueradeSettings {
+        pod_range: "10.32.0.0/12".parse().expect("range"),
+        enabled: true,
+        no_masq_cidrs: Vec::new(),
+    })];
+    let _ = plan(&wanted, &present);
+});
