@@ -51,10 +51,29 @@ pub const BASELINE: &str = "kernel-vxlan";
 pub const RELAY: &str = "sleeve-relay";
 /// The real routers on fastdp (`lab up --datapath fastdp`).
 pub const FASTDP: &str = "fastdp";
+/// A lab node itself to the lab's external host (the egress baseline).
+pub const EGRESS_NODE: &str = "egress-node";
+/// A lab pod to the external host, through its node's masquerade.
+pub const EGRESS_POD: &str = "egress-pod";
 /// Configurations this bench can run, baseline first.
-pub const CONFIGS: [&str; 5] = [BASELINE, FASTDP, "sleeve", "sleeve-encrypted", RELAY];
+pub const CONFIGS: [&str; 7] = [
+    BASELINE,
+    FASTDP,
+    "sleeve",
+    "sleeve-encrypted",
+    RELAY,
+    EGRESS_NODE,
+    EGRESS_POD,
+];
 /// Configurations run by default.
-pub const DEFAULT_CONFIGS: [&str; 4] = [BASELINE, FASTDP, "sleeve", "sleeve-encrypted"];
+pub const DEFAULT_CONFIGS: [&str; 6] = [
+    BASELINE,
+    FASTDP,
+    "sleeve",
+    "sleeve-encrypted",
+    EGRESS_NODE,
+    EGRESS_POD,
+];
 
 /// `weft-sim bench` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,8 +82,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Comma-separated configurations (kernel-vxlan, fastdp, sleeve, sleeve-encrypted,
-    /// sleeve-relay); the baseline always runs. Default: kernel-vxlan, fastdp, sleeve,
-    /// sleeve-encrypted.
+    /// sleeve-relay, egress-node, egress-pod); the baseline always runs. Default: all but
+    /// sleeve-relay.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Runs per configuration and stream count (the median is reported).
@@ -97,6 +116,22 @@ pub struct BenchReport {
     pub pod_mtu: u32,
     /// Counters of the two sleeve relays (h1, h2) at the end, when the sleeve ran.
     pub sleeve_relays: Vec<RelayStats>,
+    /// `egress-pod` against `egress-node` (masquerade's cost), when both ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRatio>,
+}
+
+/// A pod's egress through masquerade against its node's own, in the same run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EgressRatio {
+    /// Median Gb/s ratio, 1 stream.
+    pub ratio_gbps_1: f64,
+    /// Median Gb/s ratio, 4 streams.
+    pub ratio_gbps_4: f64,
+    /// Median of run-by-run ratios (pod run / node run just before it), 1 stream.
+    pub paired_ratio_gbps_1: f64,
+    /// The same, 4 streams.
+    pub paired_ratio_gbps_4: f64,
 }
 
 /// One configuration's medians and the ratios to the baseline.
@@ -182,6 +217,14 @@ impl BenchReport {
              idle ping; paired = median of run-by-run ratios to the baseline)",
             self.seconds, self.runs, self.pod_mtu
         );
+        if let Some(e) = self.egress {
+            let _ = writeln!(
+                s,
+                "egress to the external host, pod (masqueraded) / node: {:.2} (1 stream), {:.2} \
+                 (4 streams); paired {:.2}, {:.2}",
+                e.ratio_gbps_1, e.ratio_gbps_4, e.paired_ratio_gbps_1, e.paired_ratio_gbps_4
+            );
+        }
         s
     }
 }
@@ -228,10 +271,24 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     // The lab rows: one two-node lab each, removed on drop (panics included).
     let mut labs: Vec<LabGuard> = Vec::new();
     let mut targets = Vec::new();
+    let mut egress: Option<(Target, Target)> = None;
     for c in &configs {
         let target = match c.as_str() {
             BASELINE => Target::harness(ns.pod(1, c), ns.pod(2, c), PEER_POD, Vec::new()),
             RELAY => Target::harness(ns.pod(1, c), ns.pod(2, c), PEER_POD, relay_stats.clone()),
+            EGRESS_NODE | EGRESS_POD => {
+                if egress.is_none() {
+                    let (guard, node, pod) = start_egress_lab(&prefix)?;
+                    labs.push(guard);
+                    egress = Some((node, pod));
+                }
+                let (node, pod) = egress.as_ref().context("egress lab")?;
+                if c == EGRESS_NODE {
+                    node.clone()
+                } else {
+                    pod.clone()
+                }
+            }
             _ => {
                 let datapath = if c == FASTDP {
                     lab::Datapath::Fastdp
@@ -246,8 +303,12 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         targets.push(target);
     }
     let mut servers = Vec::new();
+    let mut serving = std::collections::BTreeSet::new();
     for t in &targets {
-        servers.push(Server::start(&t.server)?);
+        // The egress rows share the external host's server.
+        if serving.insert(t.server.clone()) {
+            servers.push(Server::start(&t.server)?);
+        }
     }
     for (c, t) in configs.iter().zip(&targets) {
         warm_up(&t.client, &t.server_ip)
@@ -304,12 +365,24 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             }
         })
         .collect();
+    let at = |name: &str| configs.iter().position(|c| c == name);
+    let egress = at(EGRESS_NODE).zip(at(EGRESS_POD)).map(|(n, p)| {
+        let (node, pod) = (&samples[n], &samples[p]);
+        let (mn, mp) = (node.medians(), pod.medians());
+        EgressRatio {
+            ratio_gbps_1: round(mp.0 / mn.0, 2),
+            ratio_gbps_4: round(mp.1 / mn.1, 2),
+            paired_ratio_gbps_1: round(paired_ratio(&pod.gbps_1, &node.gbps_1), 2),
+            paired_ratio_gbps_4: round(paired_ratio(&pod.gbps_4, &node.gbps_4), 2),
+        }
+    });
     Ok(BenchReport {
         rows,
         runs: args.runs,
         seconds: args.seconds,
         pod_mtu: args.mtu,
         sleeve_relays,
+        egress,
     })
 }
 
@@ -469,6 +542,7 @@ fn start_relay(ns: &Namespaces, i: usize, args: &BenchArgs) -> Result<Relay> {
 }
 
 /// Where one configuration's traffic runs.
+#[derive(Clone)]
 struct Target {
     /// The client pod's namespace.
     client: String,
@@ -534,6 +608,35 @@ fn start_lab(prefix: &str, datapath: lab::Datapath, encrypt: bool) -> Result<(La
         stat_files,
     };
     Ok((guard, target))
+}
+
+/// Brings up a one-node lab (fastdp, one pod) whose node and pod send to the lab's external
+/// host: the node's own egress, and the pod's through the node's masquerade.
+fn start_egress_lab(prefix: &str) -> Result<(LabGuard, Target, Target)> {
+    let name = format!("{prefix}x");
+    let guard = LabGuard::new(&name);
+    let mut spec = LabSpec::new(&name);
+    spec.nodes = 1;
+    spec.pods = 1;
+    spec.datapath = lab::Datapath::Fastdp;
+    let info = lab::up(&spec).with_context(|| format!("lab {name}"))?;
+    let node = info.nodes.first().context("egress lab has no node")?;
+    let pod = node.pods.first().context("egress lab has no pod")?;
+    let stat_files: Vec<String> = std::fs::read_to_string(
+        PathBuf::from(lab::RUN_DIR)
+            .join(&name)
+            .join("h1")
+            .join("router.pid"),
+    )
+    .ok()
+    .map(|pid| format!("/proc/{}/stat", pid.trim()))
+    .into_iter()
+    .collect();
+    let server = info.external.netns.clone();
+    let ip = info.external.ip.clone();
+    let node = Target::harness(node.netns.clone(), server.clone(), &ip, stat_files.clone());
+    let pod = Target::harness(pod.netns.clone(), server, &ip, stat_files);
+    Ok((guard, node, pod))
 }
 
 /// An `iperf3 -s` in a pod namespace, killed on drop.
