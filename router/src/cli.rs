@@ -66,6 +66,10 @@ pub enum Command {
         /// Remove the plugin too (only once no weft pod is left: DEL needs it).
         #[arg(long)]
         remove_plugin: bool,
+        /// Remove weft's nftables table (`inet weft`: masquerade) from this network namespace
+        /// too (only once the router is gone: a running router puts it back).
+        #[arg(long)]
+        remove_rules: bool,
         /// Then wait for SIGTERM (so a cleanup DaemonSet's pod stays up, and Ready, once done).
         #[arg(long)]
         wait: bool,
@@ -618,6 +622,18 @@ mod tests {
         assert_eq!(c.trusted_subnets.len(), 2);
         assert_eq!(c.datapath, DatapathMode::Sleeve);
         assert_eq!(c.mtu, Some(1376));
+        assert!(
+            c.masquerade && c.no_masq_cidrs.is_empty(),
+            "masquerade on by default"
+        );
+        let m = router(&[
+            "--masquerade",
+            "off",
+            "--no-masq-cidrs",
+            "10.0.0.0/8,192.168.0.0/16",
+        ]);
+        assert!(!m.masquerade);
+        assert_eq!(m.no_masq_cidrs.len(), 2);
         assert_eq!(c.password_file, Some(PathBuf::from("/etc/weft/password")));
         for (v, want) in [
             ("off", None),
@@ -654,6 +670,15 @@ mod tests {
                 "--ipalloc-reclaim-after",
             ),
             (&["router", "--encryption", "maybe"], "--encryption"),
+            (&["router", "--masquerade", "sometimes"], "--masquerade"),
+            (
+                &["router", "--no-masq-cidrs", "10.0.0.0/8,192.168.0.0/33"],
+                "--no-masq-cidrs",
+            ),
+            (
+                &["router", "--no-masq-cidrs", "not-a-cidr"],
+                "--no-masq-cidrs",
+            ),
             (&["--api", "tcp://x", "status"], "--api"),
         ] {
             let err = parse(args).unwrap_err().to_string();

@@ -36,11 +36,23 @@ fn main() -> ExitCode {
             conf_name,
             bin_dir,
             remove_plugin,
+            remove_rules,
             wait,
         } => {
             weft_router::cni_install::uninstall_cni(&conf_dir, &conf_name, &bin_dir, remove_plugin)
                 .map(print_lines)
                 .map_err(anyhow::Error::from)
+                .and_then(|()| {
+                    if remove_rules {
+                        weft_router::nft::Nft::open()
+                            .and_then(|mut n| n.remove_table())
+                            .map_err(|e| {
+                                anyhow::anyhow!("removing nftables table inet weft: {e}")
+                            })?;
+                        print_lines(vec!["removed nftables table inet weft".to_owned()]);
+                    }
+                    Ok(())
+                })
                 .and_then(|()| if wait { wait_for_signal() } else { Ok(()) })
         }
         command => tokio::runtime::Builder::new_current_thread()
