@@ -161,7 +161,7 @@ pub struct NetConf {
     /// Not supported: weft's IPAM is built in. Kept so that its presence can be reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<Value>,
-    /// Not supported when true: weft does not masquerade.
+    /// Not supported when true: the router masquerades (`--masquerade`), not the plugin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_masq: Option<bool>,
     /// DNS settings copied into the result.
@@ -280,7 +280,8 @@ impl NetConf {
             return Err(CniError::new(
                 code::UNSUPPORTED_FIELD,
                 "unsupported field in network configuration",
-                "\"ipMasq\": true (weft does not masquerade)",
+                "\"ipMasq\": true (the weft router masquerades pod egress itself: set \
+                 --masquerade / WEFT_MASQUERADE on the router, not ipMasq here)",
             ));
         }
         Ok(version)
