@@ -53,6 +53,7 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
     let mut pod_mtu = config.mtu.unwrap_or(DEFAULT_POD_MTU);
     let mut max_datagram = UNDERLAY_MAX_DATAGRAM;
     let mut netfilter = None;
+    let (tunnel_peers, tunnel_peers_rx) = watch::channel(BTreeSet::new());
     let bridge = if config.devices {
         let netlink = crate::netlink::Netlink::connect()?;
         let underlay =
@@ -68,12 +69,14 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
         );
         let warnings = crate::node_net::ensure_sysctls(Path::new("/proc/sys"));
         netfilter = Some(crate::node_net::spawn_rules(
-            crate::node_net::wanted_chains(
-                config.ipalloc_range,
-                config.masquerade,
-                &config.no_masq_cidrs,
-            ),
-            config.masquerade,
+            crate::node_net::RuleSettings {
+                pod_range: config.ipalloc_range,
+                masquerade: config.masquerade,
+                no_masq_cidrs: config.no_masq_cidrs.clone(),
+                sleeve_port: config.port,
+                vxlan_port: config.vxlan_port,
+            },
+            tunnel_peers_rx,
             warnings,
             handles.metrics.clone(),
             handles.shutdown.clone(),
@@ -146,6 +149,7 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
     let mut daemon = Daemon::new(config, identity, handles, port, ipam, bridge);
     daemon.sleeve = sleeve;
     daemon.netfilter = netfilter;
+    daemon.tunnel_peers = tunnel_peers;
     if let Some((plane, answers)) = fastdp {
         daemon.fastdp = Some(plane);
         daemon.fastdp_answers = Some(answers);
@@ -260,6 +264,9 @@ struct Daemon {
     fastdp_inbox: Vec<(ConnId, Vec<u8>)>,
     /// What the nftables task last found, when the router manages devices.
     netfilter: Option<watch::Receiver<crate::nft::NetfilterStatus>>,
+    /// The underlay addresses of the peers this router knows (connected or gossiped): the
+    /// only sources the tunnel ports accept.
+    tunnel_peers: watch::Sender<BTreeSet<IpAddr>>,
 }
 
 /// An allocation request answered once IPAM can, or with an error at its deadline.
@@ -323,6 +330,7 @@ impl Daemon {
             fastdp_answers: None,
             fastdp_inbox: Vec::new(),
             netfilter: None,
+            tunnel_peers: watch::channel(BTreeSet::new()).0,
         }
     }
 
@@ -552,6 +560,9 @@ impl Daemon {
             } => {
                 info!(peer = %remote, nickname = %hello.nickname, %addr, outbound, "connection established");
                 self.conn_addrs.insert(conn, (local.ip(), addr.ip()));
+                // Before the peer's first probe or datagram can arrive.
+                self.tunnel_peers
+                    .send_if_modified(|peers| peers.insert(addr.ip()));
                 let seal = self.seal_decision(conn).is_some_and(|d| d.seal);
                 if let Some(sleeve) = &self.sleeve {
                     let dest = SocketAddr::new(addr.ip(), hello.port);
@@ -1162,6 +1173,14 @@ impl Daemon {
         status.nickname = ms.nickname.clone();
         status.port = self.port;
         status.netfilter = self.netfilter.as_ref().map(|rx| rx.borrow().clone());
+        let known = tunnel_peers(&ms, self.conn_addrs.values().map(|(_, remote)| *remote));
+        self.tunnel_peers.send_if_modified(|peers| {
+            let changed = *peers != known;
+            if changed {
+                *peers = known;
+            }
+            changed
+        });
         let record = self.settings.record();
         status.encryption.enabled = record.enabled;
         status.encryption.password_set = self.identity.password_set;
@@ -1733,6 +1752,26 @@ pub const BRIDGE: &str = "weft";
 pub const TAP: &str = "weft-tap";
 /// The largest sleeve datagram: a 1500-byte IPv4 underlay less the IP and UDP headers.
 const UNDERLAY_MAX_DATAGRAM: usize = 1472;
+/// The underlay addresses of every peer known: connected ones, and the addresses other peers
+/// announce for their connections to peers (gossip), but this router's own.
+fn tunnel_peers(
+    ms: &topology::api::MeshStatus,
+    connected: impl Iterator<Item = IpAddr>,
+) -> BTreeSet<IpAddr> {
+    let mut peers: BTreeSet<IpAddr> = connected.collect();
+    for p in &ms.peers {
+        for c in &p.connections {
+            if c.name == ms.name {
+                continue;
+            }
+            if let Ok(addr) = c.address.parse::<SocketAddr>() {
+                peers.insert(addr.ip());
+            }
+        }
+    }
+    peers
+}
+
 /// Why a peer is on the sleeve; when its VXLAN probes go unanswered and the sleeve found the
 /// path to it smaller than a full-size VXLAN packet, says so with the figures.
 fn sleeve_reason(reason: FastdpReason, sleeve: &Sleeve, peer: PeerName) -> String {

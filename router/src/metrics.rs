@@ -254,6 +254,15 @@ impl Metrics {
         );
         let in_place = status.netfilter.as_ref().is_some_and(|n| n.in_place);
         let _ = writeln!(out, "weft_nft_rules_in_place {}", u8::from(in_place));
+        header(
+            &mut out,
+            "weft_tunnel_dropped_total",
+            "counter",
+            "Datagrams to the sleeve or VXLAN port dropped because their source is no mesh peer \
+             (read at each reconcile of weft's nftables table).",
+        );
+        let drops = status.netfilter.as_ref().map_or(0, |n| n.tunnel_drops);
+        let _ = writeln!(out, "weft_tunnel_dropped_total {drops}");
 
         header(
             &mut out,

@@ -9,11 +9,14 @@ use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 use serde::{Deserialize, Serialize};
-use topology::netfilter::reconcile::{Present, plan};
+use std::collections::{BTreeMap, BTreeSet};
+
+use topology::netfilter::reconcile::{Present, plan_table};
 use topology::netfilter::wire::{
     self, NETLINK_NETFILTER, Op, PresentChain, PresentRule, Reply, decode_replies,
 };
 use topology::netfilter::{Chain, Hook};
+use topology::netfilter::{Set, tunnels};
 
 /// What `weft status` and the report show of weft's rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +37,12 @@ pub struct NetfilterStatus {
     /// Sysctls weft needs that could not be set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysctl_warnings: Vec<String>,
+    /// Peer addresses the tunnel ports accept datagrams from.
+    #[serde(default)]
+    pub tunnel_peers: usize,
+    /// Datagrams to the tunnel ports dropped because their source is no peer.
+    #[serde(default)]
+    pub tunnel_drops: u64,
 }
 
 /// A netlink socket to nf_tables.
@@ -50,6 +59,8 @@ pub struct Reconciled {
     pub ops: Vec<Op>,
     /// Base forward chains of other tables with a drop policy.
     pub forward_drop: Vec<String>,
+    /// Datagrams the tunnel filter dropped (non-peers), read before this reconcile.
+    pub tunnel_drops: u64,
 }
 
 impl Nft {
@@ -138,7 +149,11 @@ impl Nft {
                         return Err(io::Error::from_raw_os_error(-error));
                     }
                     Reply::Done { .. } | Reply::Ack { .. } => return Ok(out),
-                    other @ (Reply::Rule(_) | Reply::Chain(_) | Reply::Other) => out.push(other),
+                    other @ (Reply::Rule(_)
+                    | Reply::Chain(_)
+                    | Reply::Set { .. }
+                    | Reply::Elements { .. }
+                    | Reply::Other) => out.push(other),
                 }
             }
         }
@@ -191,7 +206,7 @@ impl Nft {
         let seq = self.next_seq(ops.len() as u32);
         let (bytes, seqs) = wire::encode_batch(ops, seq);
         self.send(&bytes)?;
-        let mut waiting: std::collections::BTreeSet<u32> = seqs.iter().copied().collect();
+        let mut waiting: BTreeSet<u32> = seqs.iter().copied().collect();
         let mut refused: Option<io::Error> = None;
         let mut buf = vec![0_u8; 64 * 1024];
         while !waiting.is_empty() {
@@ -219,19 +234,80 @@ impl Nft {
         refused.map_or(Ok(()), Err)
     }
 
+    /// The sets of weft's table with their elements' keys.
+    ///
+    /// # Errors
+    /// Fails when a dump fails.
+    pub fn sets(&mut self) -> io::Result<BTreeMap<String, BTreeSet<Vec<u8>>>> {
+        let names: Vec<String> = self
+            .dump(wire::encode_get_sets)?
+            .into_iter()
+            .filter_map(|r| match r {
+                Reply::Set { table, name } if table == topology::netfilter::TABLE => Some(name),
+                Reply::Set { .. }
+                | Reply::Ack { .. }
+                | Reply::Done { .. }
+                | Reply::Rule(_)
+                | Reply::Chain(_)
+                | Reply::Elements { .. }
+                | Reply::Other => None,
+            })
+            .collect();
+        let mut sets = BTreeMap::new();
+        for name in names {
+            let mut keys = BTreeSet::new();
+            for r in self.dump(|seq| wire::encode_get_elements(seq, &name))? {
+                if let Reply::Elements { keys: k, .. } = r {
+                    keys.extend(k);
+                }
+            }
+            sets.insert(name, keys);
+        }
+        Ok(sets)
+    }
+
     /// Brings weft's table to `wanted`: reads what the kernel holds and sends what differs.
     ///
     /// # Errors
     /// A failed dump, or the operation the kernel refused.
     pub fn reconcile(&mut self, wanted: &[Chain]) -> io::Result<Reconciled> {
+        self.reconcile_table(wanted, &[], false)
+    }
+
+    /// Brings weft's table to the `wanted` chains and sets; with `keep_elements`, elements the
+    /// sets hold already stay (a router just started does not know its peers yet, and must
+    /// not cut them off from the tunnels in the meantime).
+    ///
+    /// # Errors
+    /// A failed dump, or the operation the kernel refused.
+    pub fn reconcile_table(
+        &mut self,
+        wanted: &[Chain],
+        sets: &[Set],
+        keep_elements: bool,
+    ) -> io::Result<Reconciled> {
         let chains = self.chains()?;
         let rules = self.rules()?;
-        let present = Present::from_dumps(&chains, &rules);
-        let ops = plan(wanted, &present);
+        let present = Present::from_dumps(&chains, &rules).with_sets(self.sets()?);
+        let mut sets = sets.to_vec();
+        if keep_elements {
+            for set in &mut sets {
+                let held = present.sets.get(&set.name).into_iter().flatten();
+                set.elements.extend(held.filter_map(|k| ip_of(k)));
+            }
+        }
+        let ops = plan_table(wanted, &sets, &present);
         self.apply(&ops)?;
+        // What the tunnel filter dropped so far (its rules' counters, as the dump read them).
+        let tunnel_drops = rules
+            .iter()
+            .filter(|r| r.chain == tunnels::CHAIN && r.table == topology::netfilter::TABLE)
+            .filter_map(|r| r.packets)
+            .sum();
         Ok(Reconciled {
             ops,
             forward_drop: forward_drop(&chains),
+            tunnel_drops,
         })
     }
 
@@ -244,6 +320,15 @@ impl Nft {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+}
+
+/// The address a set element's key holds.
+fn ip_of(key: &[u8]) -> Option<std::net::IpAddr> {
+    match key.len() {
+        4 => <[u8; 4]>::try_from(key).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(key).ok().map(std::net::IpAddr::from),
+        _ => None,
     }
 }
 

@@ -9,13 +9,15 @@
 //!   failure, backing off to [`RETRY_MAX`]), publishing what it found for `weft status`.
 //!   Stopping the router leaves the rules in place; the next router reconciles them.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::sync::watch;
-use topology::netfilter::Chain;
 use topology::netfilter::masquerade::{self, MasqueradeSettings};
+use topology::netfilter::{Chain, Set, tunnels};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -23,6 +25,9 @@ use crate::nft::{NetfilterStatus, Nft};
 
 /// How often the rules are checked while all is well.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long after start the peer sets keep the addresses they held (the router learns its
+/// peers again by then; until then a peer must not lose the tunnels).
+pub const PEERS_GRACE: Duration = Duration::from_secs(60);
 /// The longest wait between retries after a failure.
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -71,35 +76,70 @@ pub fn wanted_chains(pod_range: IpNet, masquerade: bool, no_masq_cidrs: &[IpNet]
     })]
 }
 
-/// Reconciles `wanted` until `shutdown`, publishing each outcome; returns the status receiver.
+/// What weft's table depends on besides the peers.
+#[derive(Debug, Clone)]
+pub struct RuleSettings {
+    /// The pod range.
+    pub pod_range: IpNet,
+    /// `--masquerade`.
+    pub masquerade: bool,
+    /// `--no-masq-cidrs`.
+    pub no_masq_cidrs: Vec<IpNet>,
+    /// The sleeve's UDP port.
+    pub sleeve_port: u16,
+    /// The VXLAN port.
+    pub vxlan_port: u16,
+}
+
+impl RuleSettings {
+    /// The chains and sets weft wants with these peers' addresses.
+    pub fn wanted(&self, peers: &BTreeSet<IpAddr>) -> (Vec<Chain>, Vec<Set>) {
+        let mut chains = wanted_chains(self.pod_range, self.masquerade, &self.no_masq_cidrs);
+        chains.push(tunnels::chain(self.sleeve_port, self.vxlan_port));
+        (chains, tunnels::sets(peers))
+    }
+}
+
+/// Reconciles weft's table until `shutdown`: every [`RECONCILE_INTERVAL`], and at once when
+/// `peers` (the underlay addresses the tunnel ports accept) changes. Returns the status.
 pub fn spawn_rules(
-    wanted: Vec<Chain>,
-    masquerade: bool,
+    settings: RuleSettings,
+    mut peers: watch::Receiver<BTreeSet<IpAddr>>,
     sysctl_warnings: Vec<String>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> watch::Receiver<NetfilterStatus> {
-    let rules = wanted.iter().map(|c| c.rules.len()).sum();
+    let rules = settings
+        .wanted(&BTreeSet::new())
+        .0
+        .iter()
+        .map(|c| c.rules.len())
+        .sum();
     let initial = NetfilterStatus {
         in_place: false,
         rules,
-        masquerade,
+        masquerade: settings.masquerade,
         error: None,
         forward_drop: Vec::new(),
         sysctl_warnings,
+        tunnel_peers: 0,
+        tunnel_drops: 0,
     };
     let (tx, rx) = watch::channel(initial.clone());
+    let started = tokio::time::Instant::now();
     tokio::spawn(async move {
         let mut nft: Option<Nft> = None;
         let mut retry = Duration::from_secs(1);
         loop {
-            let chains = wanted.clone();
+            let addrs = peers.borrow_and_update().clone();
+            let (chains, sets) = settings.wanted(&addrs);
+            let keep = started.elapsed() < PEERS_GRACE;
             let mut socket = nft.take();
             let (outcome, socket) = tokio::task::spawn_blocking(move || {
                 let result = match socket.as_mut() {
-                    Some(s) => s.reconcile(&chains),
+                    Some(s) => s.reconcile_table(&chains, &sets, keep),
                     None => Nft::open().and_then(|mut s| {
-                        let r = s.reconcile(&chains);
+                        let r = s.reconcile_table(&chains, &sets, keep);
                         socket = Some(s);
                         r
                     }),
@@ -110,6 +150,8 @@ pub fn spawn_rules(
             .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None));
             nft = socket;
             let mut status = initial.clone();
+            status.tunnel_peers = addrs.len();
+            status.tunnel_drops = tx.borrow().tunnel_drops;
             let wait = match outcome {
                 Ok(done) => {
                     if !done.ops.is_empty() {
@@ -123,6 +165,7 @@ pub fn spawn_rules(
                     }
                     status.in_place = true;
                     status.forward_drop = done.forward_drop;
+                    status.tunnel_drops = done.tunnel_drops;
                     retry = Duration::from_secs(1);
                     RECONCILE_INTERVAL
                 }
@@ -140,6 +183,11 @@ pub fn spawn_rules(
             tx.send_replace(status);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                changed = peers.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
             if *shutdown.borrow() {

@@ -67,6 +67,14 @@ pub fn render_status(status: &RouterStatus) -> String {
         label(&mut out, "Service", "node");
         label(&mut out, "Rules", &rules_line(nf));
         label(&mut out, "Masquerade", enabled(nf.masquerade));
+        label(
+            &mut out,
+            "Tunnels",
+            &format!(
+                "open to {} peer addresses; {} datagrams from others dropped",
+                nf.tunnel_peers, nf.tunnel_drops
+            ),
+        );
         for chain in &nf.forward_drop {
             label(
                 &mut out,

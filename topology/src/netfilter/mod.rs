@@ -15,11 +15,13 @@
 
 pub mod masquerade;
 pub mod reconcile;
+pub mod tunnels;
 pub mod wire;
 
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -198,6 +200,72 @@ pub enum Expr {
     Masquerade,
     /// Count packets and bytes.
     Counter,
+    /// Look register 1 up in a set of weft's table; the rule stops here when it is found
+    /// (`invert`: when it is not).
+    Lookup {
+        /// The set's name.
+        set: String,
+        /// Match when the value is *not* in the set.
+        invert: bool,
+    },
+}
+
+/// A set of addresses in weft's table, of one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Set {
+    /// Its name.
+    pub name: String,
+    /// IPv4 (`ipv4_addr`) or IPv6 (`ipv6_addr`) addresses.
+    pub v6: bool,
+    /// Its elements.
+    pub elements: BTreeSet<IpAddr>,
+}
+
+impl Set {
+    /// The elements' key bytes (4 or 16 each); addresses of the other family are left out.
+    pub fn keys(&self) -> BTreeSet<Vec<u8>> {
+        self.elements
+            .iter()
+            .filter_map(|a| match (a, self.v6) {
+                (IpAddr::V4(a), false) => Some(a.octets().to_vec()),
+                (IpAddr::V6(a), true) => Some(a.octets().to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// `IPPROTO_UDP`.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// The expressions that match UDP to destination port `port`.
+pub fn match_udp_dport(port: u16) -> Vec<Expr> {
+    vec![
+        Expr::Meta(MetaKey::L4Proto),
+        Expr::Cmp(CmpOp::Eq, vec![IPPROTO_UDP]),
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+        },
+        Expr::Cmp(CmpOp::Eq, port.to_be_bytes().to_vec()),
+    ]
+}
+
+/// The expressions that match a source address outside set `set` (the family must have been
+/// matched first).
+pub fn match_saddr_not_in(set: &str, v6: bool) -> Vec<Expr> {
+    vec![
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: if v6 { 8 } else { 12 },
+            len: if v6 { 16 } else { 4 },
+        },
+        Expr::Lookup {
+            set: set.to_owned(),
+            invert: true,
+        },
+    ]
 }
 
 /// `NFPROTO_IPV4`.

@@ -8,12 +8,16 @@
 //!   meets a half-made chain).
 //! - A base chain whose hook, priority or type changed is deleted and made again, in the batch.
 //! - Chains of weft's table that are no longer wanted are emptied and deleted.
+//! - Sets come before the rules that look into them: a missing set is made; a set that
+//!   differs gets the missing elements added and the extra ones removed (never emptied and
+//!   refilled: a peer that stays is never out of its set, even for a batch); sets no longer
+//!   wanted go last, after the rules that used them.
 //! - Nothing outside weft's table is touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::Chain;
 use super::wire::{NFPROTO_INET, Op, PresentChain, PresentRule};
+use super::{Chain, Set};
 
 /// A chain as held: its base-chain settings and its rules (handle, key), in order.
 pub type HeldChain = (Option<super::BaseChain>, Vec<(u64, Option<String>)>);
@@ -25,9 +29,20 @@ pub struct Present {
     pub table: bool,
     /// Its chains by name: the base chain settings and the rules (handle, key), in order.
     pub chains: BTreeMap<String, HeldChain>,
+    /// Its sets by name, with their elements' keys.
+    pub sets: BTreeMap<String, BTreeSet<Vec<u8>>>,
 }
 
 impl Present {
+    /// Adds the sets (name → element keys) of weft's table.
+    pub fn with_sets(mut self, sets: BTreeMap<String, BTreeSet<Vec<u8>>>) -> Self {
+        if !sets.is_empty() {
+            self.table = true;
+        }
+        self.sets = sets;
+        self
+    }
+
     /// Builds the view from chain and rule dumps (other tables and families are ignored).
     pub fn from_dumps(chains: &[PresentChain], rules: &[PresentRule]) -> Self {
         let mut present = Self::default();
@@ -47,11 +62,40 @@ impl Present {
     }
 }
 
-/// The operations that make `present` hold exactly `wanted` (empty when it does).
+/// The operations that make `present` hold exactly the `wanted` chains and no set.
 pub fn plan(wanted: &[Chain], present: &Present) -> Vec<Op> {
+    plan_table(wanted, &[], present)
+}
+
+/// The operations that make `present` hold exactly the `wanted` chains and sets (empty when
+/// it does).
+pub fn plan_table(wanted: &[Chain], sets: &[Set], present: &Present) -> Vec<Op> {
     let mut ops = Vec::new();
     if !present.table {
         ops.push(Op::AddTable);
+    }
+    for set in sets {
+        let keys = set.keys();
+        let held = present.sets.get(&set.name);
+        if held.is_none() {
+            ops.push(Op::AddSet(set.clone()));
+        }
+        let empty = BTreeSet::new();
+        let held = held.unwrap_or(&empty);
+        let add: Vec<Vec<u8>> = keys.difference(held).cloned().collect();
+        let del: Vec<Vec<u8>> = held.difference(&keys).cloned().collect();
+        if !add.is_empty() {
+            ops.push(Op::AddElements {
+                set: set.name.clone(),
+                keys: add,
+            });
+        }
+        if !del.is_empty() {
+            ops.push(Op::DelElements {
+                set: set.name.clone(),
+                keys: del,
+            });
+        }
     }
     for chain in wanted {
         let keys: Vec<Option<String>> = chain.rules.iter().map(|r| Some(r.key())).collect();
@@ -98,6 +142,11 @@ pub fn plan(wanted: &[Chain], present: &Present) -> Vec<Op> {
             });
         }
         ops.push(Op::DelChain(name.clone()));
+    }
+    for name in present.sets.keys() {
+        if !sets.iter().any(|s| &s.name == name) {
+            ops.push(Op::DelSet(name.clone()));
+        }
     }
     ops
 }

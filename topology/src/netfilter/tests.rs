@@ -1,10 +1,12 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use proptest::prelude::*;
 
 use super::masquerade::{self, MasqueradeSettings};
-use super::reconcile::{Present, plan};
+use super::reconcile::{Present, plan, plan_table};
+use super::tunnels;
 use super::wire::{self, Op, Reply};
 use super::*;
 
@@ -121,6 +123,28 @@ fn apply(present: &mut Present, ops: &[Op], next_handle: &mut u64) {
                 let before = rules.len();
                 rules.retain(|(h, _)| h != handle);
                 assert_eq!(rules.len() + 1, before, "deleting a missing rule");
+            }
+            Op::AddSet(s) => {
+                assert!(present.table, "set added before its table");
+                present.sets.entry(s.name.clone()).or_default();
+            }
+            Op::DelSet(name) => {
+                assert!(
+                    present.sets.remove(name).is_some(),
+                    "deleting a missing set"
+                );
+            }
+            Op::AddElements { set, keys } => {
+                let held = present.sets.get_mut(set).expect("elements' set");
+                for k in keys {
+                    assert!(held.insert(k.clone()), "adding an element twice");
+                }
+            }
+            Op::DelElements { set, keys } => {
+                let held = present.sets.get_mut(set).expect("elements' set");
+                for k in keys {
+                    assert!(held.remove(k), "removing a missing element");
+                }
             }
         }
     }
@@ -312,4 +336,140 @@ fn a_chain_message_reads_back_with_its_hook() {
     assert_eq!(chains[0].family, wire::NFPROTO_INET);
     assert_eq!(chains[0].base, chain.base);
     assert_eq!(chains[0].policy, Some(1));
+}
+
+fn peers(addrs: &[&str]) -> BTreeSet<IpAddr> {
+    addrs
+        .iter()
+        .map(|a| a.parse().expect("test address"))
+        .collect()
+}
+
+#[test]
+fn the_tunnel_filter_drops_non_peers_on_both_ports_and_both_families() {
+    let chain = tunnels::chain(6783, 6784);
+    assert_eq!(chain.rules.len(), 4);
+    assert_eq!(chain.base.map(|b| b.hook), Some(Hook::Input));
+    for rule in &chain.rules {
+        assert_eq!(rule.exprs.last(), Some(&Expr::Verdict(Verdict::Drop)));
+        assert!(
+            rule.exprs
+                .iter()
+                .any(|e| matches!(e, Expr::Lookup { invert: true, .. }))
+        );
+    }
+    let ports: Vec<Vec<u8>> = chain
+        .rules
+        .iter()
+        .filter_map(|r| {
+            r.exprs.iter().find_map(|e| {
+                let Expr::Cmp(CmpOp::Eq, v) = e else {
+                    return None;
+                };
+                (v.len() == 2).then(|| v.clone())
+            })
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            vec![0x1a, 0x7f],
+            vec![0x1a, 0x80],
+            vec![0x1a, 0x7f],
+            vec![0x1a, 0x80]
+        ]
+    );
+    let sets = tunnels::sets(&peers(&["192.0.2.1", "2001:db8::1", "192.0.2.2"]));
+    assert_eq!(sets[0].keys().len(), 2);
+    assert_eq!(sets[1].keys().len(), 1);
+}
+
+#[test]
+fn a_peer_change_touches_only_the_sets_elements() {
+    let chain = tunnels::chain(6783, 6784);
+    let mut present = Present::default();
+    let mut handle = 1;
+    let before = tunnels::sets(&peers(&["192.0.2.1", "192.0.2.2"]));
+    let ops = plan_table(std::slice::from_ref(&chain), &before, &present);
+    // Sets come before the rules that look into them.
+    let first_rule = ops
+        .iter()
+        .position(|o| matches!(o, Op::AddRule { .. }))
+        .expect("rules");
+    let last_set = ops
+        .iter()
+        .rposition(|o| matches!(o, Op::AddSet(_) | Op::AddElements { .. }))
+        .expect("sets");
+    assert!(last_set < first_rule, "{ops:?}");
+    apply(&mut present, &ops, &mut handle);
+    assert!(plan_table(std::slice::from_ref(&chain), &before, &present).is_empty());
+    let after = tunnels::sets(&peers(&["192.0.2.2", "192.0.2.3"]));
+    let ops = plan_table(std::slice::from_ref(&chain), &after, &present);
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(
+        ops.iter()
+            .all(|o| matches!(o, Op::AddElements { .. } | Op::DelElements { .. }))
+    );
+    apply(&mut present, &ops, &mut handle);
+    assert!(plan_table(std::slice::from_ref(&chain), &after, &present).is_empty());
+    // Sets no longer wanted go after the rules that used them.
+    let ops = plan_table(&[], &[], &present);
+    let last_rule_del = ops
+        .iter()
+        .rposition(|o| matches!(o, Op::DelRule { .. }))
+        .expect("rule deletions");
+    let first_set_del = ops
+        .iter()
+        .position(|o| matches!(o, Op::DelSet(_)))
+        .expect("set deletions");
+    assert!(last_rule_del < first_set_del, "{ops:?}");
+    apply(&mut present, &ops, &mut handle);
+    assert!(present.sets.is_empty() && present.chains.is_empty());
+}
+
+#[test]
+fn set_messages_read_back() {
+    let sets = tunnels::sets(&peers(&["192.0.2.1", "192.0.2.7"]));
+    let ops = vec![
+        Op::AddSet(sets[0].clone()),
+        Op::AddElements {
+            set: sets[0].name.clone(),
+            keys: sets[0].keys().into_iter().collect(),
+        },
+    ];
+    let (bytes, _) = wire::encode_batch(&ops, 1);
+    let replies = wire::decode_replies(&bytes).expect("decodes");
+    assert!(replies.contains(&Reply::Set {
+        table: TABLE.into(),
+        name: "peers4".into()
+    }));
+    assert!(replies.contains(&Reply::Elements {
+        table: TABLE.into(),
+        set: "peers4".into(),
+        keys: vec![vec![192, 0, 2, 1], vec![192, 0, 2, 7]],
+    }));
+}
+
+proptest! {
+    /// Whatever peers come and go, one plan brings the sets to exactly the peers known, never
+    /// re-making a set or a rule once they exist.
+    #[test]
+    fn peer_sets_follow_the_peers(
+        steps in proptest::collection::vec(proptest::collection::btree_set(any::<[u8; 4]>(), 0..6), 1..6),
+    ) {
+        let chain = tunnels::chain(6783, 6784);
+        let mut present = Present::default();
+        let mut handle = 1;
+        for (i, step) in steps.iter().enumerate() {
+            let addrs = step.iter().map(|a| IpAddr::from(*a)).collect();
+            let sets = tunnels::sets(&addrs);
+            let ops = plan_table(std::slice::from_ref(&chain), &sets, &present);
+            if i > 0 {
+                prop_assert!(ops.iter().all(|o| matches!(o, Op::AddElements { .. } | Op::DelElements { .. })), "{:?}", ops);
+            }
+            apply(&mut present, &ops, &mut handle);
+            prop_assert_eq!(present.sets.get("peers4").cloned().unwrap_or_default(), sets[0].keys());
+            prop_assert!(plan_table(std::slice::from_ref(&chain), &sets, &present).is_empty());
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use thiserror::Error;
 
-use super::{BaseChain, Chain, ChainType, Expr, Hook, Rule};
+use super::{BaseChain, Chain, ChainType, Expr, Hook, Rule, Set};
 
 /// `NETLINK_NETFILTER`.
 pub const NETLINK_NETFILTER: i32 = 12;
@@ -37,6 +37,12 @@ const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_DELSET: u16 = 11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_DELSETELEM: u16 = 14;
 
 /// `NFPROTO_UNSPEC`: every family (dumps).
 pub const NFPROTO_UNSPEC: u8 = 0;
@@ -63,6 +69,22 @@ const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
+/// nft's data types for set keys (what `nft list` shows): `ipv4_addr`, `ipv6_addr`.
+const TYPE_IPADDR: u32 = 7;
+const TYPE_IP6ADDR: u32 = 8;
+/// `NFT_LOOKUP_F_INV`.
+const LOOKUP_INVERT: u32 = 1;
 /// `NFT_REG_VERDICT` and `NFT_REG_1`.
 const REG_VERDICT: u32 = 0;
 const REG_1: u32 = 1;
@@ -92,6 +114,24 @@ pub enum Op {
         /// The kernel's handle of the rule.
         handle: u64,
     },
+    /// Create an (empty) set (no error when it exists).
+    AddSet(Set),
+    /// Delete a set.
+    DelSet(String),
+    /// Add elements (key bytes) to a set.
+    AddElements {
+        /// The set.
+        set: String,
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+    },
+    /// Remove elements from a set.
+    DelElements {
+        /// The set.
+        set: String,
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 impl Op {
@@ -104,6 +144,12 @@ impl Op {
             Self::DelChain(c) => format!("delete chain {c}"),
             Self::AddRule { chain, rule } => format!("add rule {} to chain {chain}", rule.key()),
             Self::DelRule { chain, handle } => format!("delete rule {handle} of chain {chain}"),
+            Self::AddSet(s) => format!("add set {}", s.name),
+            Self::DelSet(s) => format!("delete set {s}"),
+            Self::AddElements { set, keys } => format!("add {} elements to set {set}", keys.len()),
+            Self::DelElements { set, keys } => {
+                format!("delete {} elements from set {set}", keys.len())
+            }
         }
     }
 }
@@ -222,6 +268,13 @@ pub fn encode_exprs(buf: &mut Vec<u8>, exprs: &[Expr]) {
             }),
             Expr::Masquerade => expr(buf, "masq", |_| {}),
             Expr::Counter => expr(buf, "counter", |_| {}),
+            Expr::Lookup { set, invert } => expr(buf, "lookup", |b| {
+                attr_str(b, 1, set); // NFTA_LOOKUP_SET
+                attr_be32(b, 2, REG_1); // NFTA_LOOKUP_SREG
+                if *invert {
+                    attr_be32(b, 5, LOOKUP_INVERT); // NFTA_LOOKUP_FLAGS
+                }
+            }),
         }
     }
 }
@@ -311,6 +364,53 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
                 attr(m.buf, NFTA_RULE_HANDLE, &handle.to_be_bytes());
                 m.end();
             }
+            Op::AddSet(set) => {
+                let m = Msg::begin(
+                    &mut buf,
+                    kind(NFT_MSG_NEWSET),
+                    req | NLM_F_CREATE,
+                    s,
+                    NFPROTO_INET,
+                    0,
+                );
+                attr_str(m.buf, NFTA_SET_TABLE, table);
+                attr_str(m.buf, NFTA_SET_NAME, &set.name);
+                attr_be32(m.buf, NFTA_SET_FLAGS, 0);
+                let (kind, len) = if set.v6 {
+                    (TYPE_IP6ADDR, 16)
+                } else {
+                    (TYPE_IPADDR, 4)
+                };
+                attr_be32(m.buf, NFTA_SET_KEY_TYPE, kind);
+                attr_be32(m.buf, NFTA_SET_KEY_LEN, len);
+                // The kernel requires an id naming the set within the batch.
+                attr_be32(m.buf, NFTA_SET_ID, s);
+                m.end();
+            }
+            Op::DelSet(name) => {
+                let m = Msg::begin(&mut buf, kind(NFT_MSG_DELSET), req, s, NFPROTO_INET, 0);
+                attr_str(m.buf, NFTA_SET_TABLE, table);
+                attr_str(m.buf, NFTA_SET_NAME, name);
+                m.end();
+            }
+            Op::AddElements { set, keys } | Op::DelElements { set, keys } => {
+                let (msg, flags) = if matches!(op, Op::AddElements { .. }) {
+                    (NFT_MSG_NEWSETELEM, req | NLM_F_CREATE)
+                } else {
+                    (NFT_MSG_DELSETELEM, req)
+                };
+                let m = Msg::begin(&mut buf, kind(msg), flags, s, NFPROTO_INET, 0);
+                attr_str(m.buf, NFTA_SET_ELEM_LIST_TABLE, table);
+                attr_str(m.buf, NFTA_SET_ELEM_LIST_SET, set);
+                nested(m.buf, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                    for key in keys {
+                        nested(b, NFTA_LIST_ELEM, |b| {
+                            nested(b, NFTA_SET_ELEM_KEY, |b| attr(b, NFTA_DATA_VALUE, key));
+                        });
+                    }
+                });
+                m.end();
+            }
         }
     }
     let end_seq = seq.wrapping_add(1 + ops.len() as u32);
@@ -339,6 +439,41 @@ pub fn encode_get_rules(seq: u32) -> Vec<u8> {
         0,
     );
     attr_str(m.buf, NFTA_RULE_TABLE, super::TABLE);
+    m.end();
+    buf
+}
+
+/// A dump request for the sets of weft's table.
+pub fn encode_get_sets(seq: u32) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET;
+    let m = Msg::begin(
+        &mut buf,
+        kind,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        NFPROTO_INET,
+        0,
+    );
+    attr_str(m.buf, NFTA_SET_TABLE, super::TABLE);
+    m.end();
+    buf
+}
+
+/// A dump request for the elements of set `set` of weft's table.
+pub fn encode_get_elements(seq: u32, set: &str) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM;
+    let m = Msg::begin(
+        &mut buf,
+        kind,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        NFPROTO_INET,
+        0,
+    );
+    attr_str(m.buf, NFTA_SET_ELEM_LIST_TABLE, super::TABLE);
+    attr_str(m.buf, NFTA_SET_ELEM_LIST_SET, set);
     m.end();
     buf
 }
@@ -391,6 +526,22 @@ pub enum Reply {
     Rule(PresentRule),
     /// A chain of a dump.
     Chain(PresentChain),
+    /// A set of a dump: its table and name.
+    Set {
+        /// Its table.
+        table: String,
+        /// Its name.
+        name: String,
+    },
+    /// Elements of a set, from a dump: the set's table and name, and each element's key.
+    Elements {
+        /// The set's table.
+        table: String,
+        /// The set's name.
+        set: String,
+        /// The keys.
+        keys: Vec<Vec<u8>>,
+    },
     /// Anything else (other message types are skipped).
     Other,
 }
@@ -406,6 +557,8 @@ pub struct PresentRule {
     pub handle: u64,
     /// Its user data as text (weft's key), if any.
     pub key: Option<String>,
+    /// The packets its `counter` expression counted, if it has one.
+    pub packets: Option<u64>,
 }
 
 /// A chain as the kernel holds it.
@@ -480,6 +633,7 @@ fn decode_message(kind: u16, seq: u32, body: &[u8]) -> Result<Reply, DecodeError
                 chain: String::new(),
                 handle: 0,
                 key: None,
+                packets: None,
             };
             let (mut table, mut handle) = (false, false);
             for (t, v) in Attrs::new(family_body, NFGEN_HDRLEN) {
@@ -492,6 +646,7 @@ fn decode_message(kind: u16, seq: u32, body: &[u8]) -> Result<Reply, DecodeError
                         handle = true;
                     }
                     NFTA_RULE_USERDATA => rule.key = Some(String::from_utf8_lossy(v).into_owned()),
+                    NFTA_RULE_EXPRESSIONS => rule.packets = counter_packets(v)?,
                     _ => {}
                 }
             }
@@ -555,8 +710,78 @@ fn decode_message(kind: u16, seq: u32, body: &[u8]) -> Result<Reply, DecodeError
             }
             Ok(Reply::Chain(chain))
         }
+        k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSET => {
+            let attrs = body.get(NFGEN_HDRLEN..).ok_or(DecodeError::Malformed(0))?;
+            let (mut table, mut name) = (String::new(), String::new());
+            for (t, v) in Attrs::new(attrs, NFGEN_HDRLEN) {
+                let v = v?;
+                match t {
+                    NFTA_SET_TABLE => table = cstr(v),
+                    NFTA_SET_NAME => name = cstr(v),
+                    _ => {}
+                }
+            }
+            if name.is_empty() {
+                return Err(DecodeError::Missing("set", "name"));
+            }
+            Ok(Reply::Set { table, name })
+        }
+        k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM => {
+            let attrs = body.get(NFGEN_HDRLEN..).ok_or(DecodeError::Malformed(0))?;
+            let (mut table, mut set, mut keys) = (String::new(), String::new(), Vec::new());
+            for (t, v) in Attrs::new(attrs, NFGEN_HDRLEN) {
+                let v = v?;
+                match t {
+                    NFTA_SET_ELEM_LIST_TABLE => table = cstr(v),
+                    NFTA_SET_ELEM_LIST_SET => set = cstr(v),
+                    NFTA_SET_ELEM_LIST_ELEMENTS => {
+                        for (_, elem) in Attrs::new(v, 0) {
+                            for (t, key) in Attrs::new(elem?, 0) {
+                                if t == NFTA_SET_ELEM_KEY {
+                                    for (t, value) in Attrs::new(key?, 0) {
+                                        if t == NFTA_DATA_VALUE {
+                                            keys.push(value?.to_vec());
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if set.is_empty() {
+                return Err(DecodeError::Missing("set element list", "set"));
+            }
+            Ok(Reply::Elements { table, set, keys })
+        }
         _ => Ok(Reply::Other),
     }
+}
+
+/// The packet count of the first `counter` expression in a rule's expression list.
+fn counter_packets(list: &[u8]) -> Result<Option<u64>, DecodeError> {
+    for (_, elem) in Attrs::new(list, 0) {
+        let (mut name, mut data) = (String::new(), None);
+        for (t, v) in Attrs::new(elem?, 0) {
+            let v = v?;
+            match t {
+                NFTA_EXPR_NAME => name = cstr(v),
+                NFTA_EXPR_DATA => data = Some(v),
+                _ => {}
+            }
+        }
+        if name != "counter" {
+            continue;
+        }
+        for (t, v) in Attrs::new(data.unwrap_or_default(), 0) {
+            if t == NFTA_COUNTER_PACKETS {
+                return Ok(be64(v?));
+            }
+        }
+        return Ok(Some(0));
+    }
+    Ok(None)
 }
 
 /// Iterates over the attributes of a buffer: (type without flags, value).
