@@ -279,6 +279,18 @@ pub fn encode_exprs(buf: &mut Vec<u8>, exprs: &[Expr]) {
     }
 }
 
+/// Starts an nf_tables message of type `msg` for the `inet` family.
+fn inet(buf: &mut Vec<u8>, msg: u16, flags: u16, seq: u32) -> Msg<'_> {
+    Msg::begin(
+        buf,
+        (NFNL_SUBSYS_NFTABLES << 8) | msg,
+        flags,
+        seq,
+        NFPROTO_INET,
+        0,
+    )
+}
+
 /// Encodes `ops` as one atomic batch with sequence numbers from `seq`; every operation asks
 /// for an acknowledgement. Returns the bytes and the sequence number of each operation.
 pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
@@ -298,36 +310,21 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
     for (i, op) in ops.iter().enumerate() {
         let s = seq.wrapping_add(1 + i as u32);
         seqs.push(s);
-        let kind = |m: u16| (NFNL_SUBSYS_NFTABLES << 8) | m;
         let req = NLM_F_REQUEST | NLM_F_ACK;
         match op {
             Op::AddTable => {
-                let m = Msg::begin(
-                    &mut buf,
-                    kind(NFT_MSG_NEWTABLE),
-                    req | NLM_F_CREATE,
-                    s,
-                    NFPROTO_INET,
-                    0,
-                );
+                let m = inet(&mut buf, NFT_MSG_NEWTABLE, req | NLM_F_CREATE, s);
                 attr_str(m.buf, NFTA_TABLE_NAME, table);
                 attr_be32(m.buf, NFTA_TABLE_FLAGS, 0);
                 m.end();
             }
             Op::DelTable => {
-                let m = Msg::begin(&mut buf, kind(NFT_MSG_DELTABLE), req, s, NFPROTO_INET, 0);
+                let m = inet(&mut buf, NFT_MSG_DELTABLE, req, s);
                 attr_str(m.buf, NFTA_TABLE_NAME, table);
                 m.end();
             }
             Op::AddChain(chain) => {
-                let m = Msg::begin(
-                    &mut buf,
-                    kind(NFT_MSG_NEWCHAIN),
-                    req | NLM_F_CREATE,
-                    s,
-                    NFPROTO_INET,
-                    0,
-                );
+                let m = inet(&mut buf, NFT_MSG_NEWCHAIN, req | NLM_F_CREATE, s);
                 attr_str(m.buf, NFTA_CHAIN_TABLE, table);
                 attr_str(m.buf, NFTA_CHAIN_NAME, &chain.name);
                 if let Some(base) = chain.base {
@@ -341,14 +338,14 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
                 m.end();
             }
             Op::DelChain(name) => {
-                let m = Msg::begin(&mut buf, kind(NFT_MSG_DELCHAIN), req, s, NFPROTO_INET, 0);
+                let m = inet(&mut buf, NFT_MSG_DELCHAIN, req, s);
                 attr_str(m.buf, NFTA_CHAIN_TABLE, table);
                 attr_str(m.buf, NFTA_CHAIN_NAME, name);
                 m.end();
             }
             Op::AddRule { chain, rule } => {
                 let flags = req | NLM_F_CREATE | NLM_F_APPEND;
-                let m = Msg::begin(&mut buf, kind(NFT_MSG_NEWRULE), flags, s, NFPROTO_INET, 0);
+                let m = inet(&mut buf, NFT_MSG_NEWRULE, flags, s);
                 attr_str(m.buf, NFTA_RULE_TABLE, table);
                 attr_str(m.buf, NFTA_RULE_CHAIN, chain);
                 nested(m.buf, NFTA_RULE_EXPRESSIONS, |b| {
@@ -358,21 +355,14 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
                 m.end();
             }
             Op::DelRule { chain, handle } => {
-                let m = Msg::begin(&mut buf, kind(NFT_MSG_DELRULE), req, s, NFPROTO_INET, 0);
+                let m = inet(&mut buf, NFT_MSG_DELRULE, req, s);
                 attr_str(m.buf, NFTA_RULE_TABLE, table);
                 attr_str(m.buf, NFTA_RULE_CHAIN, chain);
                 attr(m.buf, NFTA_RULE_HANDLE, &handle.to_be_bytes());
                 m.end();
             }
             Op::AddSet(set) => {
-                let m = Msg::begin(
-                    &mut buf,
-                    kind(NFT_MSG_NEWSET),
-                    req | NLM_F_CREATE,
-                    s,
-                    NFPROTO_INET,
-                    0,
-                );
+                let m = inet(&mut buf, NFT_MSG_NEWSET, req | NLM_F_CREATE, s);
                 attr_str(m.buf, NFTA_SET_TABLE, table);
                 attr_str(m.buf, NFTA_SET_NAME, &set.name);
                 attr_be32(m.buf, NFTA_SET_FLAGS, 0);
@@ -388,7 +378,7 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
                 m.end();
             }
             Op::DelSet(name) => {
-                let m = Msg::begin(&mut buf, kind(NFT_MSG_DELSET), req, s, NFPROTO_INET, 0);
+                let m = inet(&mut buf, NFT_MSG_DELSET, req, s);
                 attr_str(m.buf, NFTA_SET_TABLE, table);
                 attr_str(m.buf, NFTA_SET_NAME, name);
                 m.end();
@@ -399,7 +389,7 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
                 } else {
                     (NFT_MSG_DELSETELEM, req)
                 };
-                let m = Msg::begin(&mut buf, kind(msg), flags, s, NFPROTO_INET, 0);
+                let m = inet(&mut buf, msg, flags, s);
                 attr_str(m.buf, NFTA_SET_ELEM_LIST_TABLE, table);
                 attr_str(m.buf, NFTA_SET_ELEM_LIST_SET, set);
                 nested(m.buf, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
