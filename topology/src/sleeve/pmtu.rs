@@ -11,8 +11,10 @@
 //! - After a failure the search halves the gap between the largest verified size (or `min`)
 //!   and the smallest failed one, until the two are within [`GRANULARITY`] bytes; the result
 //!   is the largest verified size (none when not even `min` passed).
-//! - A finished search is run again after [`RECHECK`] (paths change), or [`RETRY`] when
-//!   nothing passed.
+//! - A finished search is run again after [`RECHECK`] when the largest size passed (paths
+//!   change), after [`RECHECK_SMALLER`] when it found a smaller one (so a search spoiled by
+//!   lost probes, or a path that grew back, costs the sleeve its full size for a minute at
+//!   most), or after [`RETRY`] when nothing passed.
 //! - The sleeve sends datagrams of [`PmtuTable::datagram_size`]: the smallest size known to
 //!   pass among its peers (while a search runs after a failure, its largest verified size or
 //!   `min`), and `max` when nothing smaller is known. One size for all peers keeps the data
@@ -37,6 +39,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 pub const GRANULARITY: usize = 8;
 /// A finished search is repeated this often.
 pub const RECHECK: Duration = Duration::from_secs(600);
+/// A search that found a path smaller than the largest datagram is repeated this often.
+pub const RECHECK_SMALLER: Duration = Duration::from_secs(60);
 /// A search where nothing passed is repeated this often.
 pub const RETRY: Duration = Duration::from_secs(10);
 
@@ -127,6 +131,8 @@ struct Search {
     probing: Option<(usize, u64, u8, Instant)>,
     /// When a finished search runs again.
     again_at: Option<Instant>,
+    /// What the last finished search toward the peer verified (kept while a new one runs).
+    settled: Option<usize>,
 }
 
 /// Every peer's search, and the datagram size they imply.
@@ -159,6 +165,8 @@ impl<K: Ord + Copy> PmtuTable<K> {
 
     /// Starts (or restarts) the search toward `peer`.
     pub fn add(&mut self, now: Instant, peer: K) {
+        // A search run again keeps what the last one verified until it has a verdict.
+        let settled = self.peers.get(&peer).and_then(|s| s.settled);
         self.peers.insert(
             peer,
             Search {
@@ -166,6 +174,7 @@ impl<K: Ord + Copy> PmtuTable<K> {
                 hi: None,
                 probing: None,
                 again_at: None,
+                settled,
             },
         );
         self.probe(now, peer, self.max);
@@ -240,10 +249,14 @@ impl<K: Ord + Copy> PmtuTable<K> {
     pub fn datagram_size(&self) -> usize {
         self.peers
             .values()
-            .filter_map(|s| match (s.hi, s.lo) {
-                // Something failed: only what is verified is safe.
-                (Some(_), lo) => Some(lo.unwrap_or(self.min)),
-                (None, _) => None,
+            .filter_map(|s| {
+                // The last search's result holds while nothing at or below it failed since.
+                let settled = s.settled.filter(|v| s.hi.is_none_or(|h| *v < h));
+                match s.hi {
+                    None => settled,
+                    // Something failed: only what is verified is safe.
+                    Some(_) => Some(s.lo.max(settled).unwrap_or(self.min)),
+                }
             })
             .min()
             .unwrap_or(self.max)
@@ -275,18 +288,21 @@ impl<K: Ord + Copy> PmtuTable<K> {
         let low = search.lo.unwrap_or(self.min);
         let Some(hi) = search.hi else {
             // Nothing failed: the largest size passed.
+            search.settled = search.lo;
             search.again_at = Some(now + RECHECK);
             return;
         };
         let size = match search.lo {
             // Nothing passed yet: close in on `min`, then try `min` itself.
             None if hi <= self.min => {
+                search.settled = None;
                 search.again_at = Some(now + RETRY);
                 return;
             }
             None if hi <= self.min + GRANULARITY => self.min,
             Some(_) if hi <= low + GRANULARITY => {
-                search.again_at = Some(now + RECHECK);
+                search.settled = search.lo;
+                search.again_at = Some(now + RECHECK_SMALLER);
                 return;
             }
             _ => low + (hi - low) / 2,
@@ -347,6 +363,45 @@ mod tests {
         assert!(v <= 1372 && 1372 - v < GRANULARITY, "{v}");
         assert_eq!(table.datagram_size(), v);
         assert!(took < Duration::from_secs(6), "{took:?}");
+    }
+
+    #[test]
+    fn a_smaller_path_is_checked_again_within_a_minute_and_a_healed_one_restores_the_size() {
+        let (mut table, took) = run(&[1372]);
+        let start = Instant::now() + took;
+        let again = table.poll_timeout().unwrap();
+        assert!(again <= start + RECHECK_SMALLER, "{again:?}");
+        // While the next search runs, the size found holds (no dip to the largest or the
+        // smallest); the path healed, so it verifies the largest size at once.
+        let found = table.datagram_size();
+        assert!(found < MAX);
+        table.handle_timeout(again);
+        assert_eq!(table.datagram_size(), found);
+        let p = table.poll_probe().unwrap();
+        assert_eq!(p.size, MAX);
+        assert!(table.handle_ack(again, 1, p.nonce));
+        assert_eq!(table.datagram_size(), MAX);
+    }
+
+    #[test]
+    fn a_recheck_over_an_unchanged_small_path_keeps_the_size_throughout() {
+        let (mut table, _) = run(&[1372]);
+        let found = table.datagram_size();
+        let mut now = table.poll_timeout().unwrap();
+        table.handle_timeout(now);
+        // Drive the second search to its end; the size never leaves what was found.
+        while !table.view(1).unwrap().done {
+            while let Some(p) = table.poll_probe() {
+                if p.size <= 1372 {
+                    table.handle_ack(now, 1, p.nonce);
+                }
+                assert_eq!(table.datagram_size(), found);
+            }
+            now = table.poll_timeout().unwrap().max(now);
+            table.handle_timeout(now);
+            assert_eq!(table.datagram_size(), found);
+        }
+        assert_eq!(table.view(1).unwrap().verified, Some(found));
     }
 
     #[test]
