@@ -903,10 +903,6 @@ impl FastdpPlane {
             .map(|v| v.addr)
     }
 
-    /// Tells the sleeve what to leave to fastdp: the traffic of peers on fastdp both ways.
-    /// A peer this router just moved onto fastdp may still send over the sleeve until it hears
-    /// of the change; while it does, the bridge learns its pods on the TAP, so the sleeve
-    /// keeps carrying to it (a duplicate at worst) rather than drop what the bridge hands it.
     /// A peer whose full-size probes go unanswered may sit behind a path that shrank (or was
     /// always small): the sleeve verifies its datagram size toward it again, at once and every
     /// [`RECHECK_UNANSWERED`] while the probes stay unanswered.
@@ -932,6 +928,10 @@ impl FastdpPlane {
         }
     }
 
+    /// Tells the sleeve what to leave to fastdp: the traffic of peers on fastdp both ways.
+    /// A peer this router just moved onto fastdp may still send over the sleeve until it hears
+    /// of the change; while it does, the bridge learns its pods on the TAP, so the sleeve
+    /// keeps carrying to it (a duplicate at worst) rather than drop what the bridge hands it.
     fn update_sleeve(&self, sleeve: Option<&Sleeve>) {
         let Some(sleeve) = sleeve else { return };
         let local: HashSet<Mac> = self

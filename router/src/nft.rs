@@ -242,15 +242,11 @@ impl Nft {
         let names: Vec<String> = self
             .dump(wire::encode_get_sets)?
             .into_iter()
-            .filter_map(|r| match r {
-                Reply::Set { table, name } if table == topology::netfilter::TABLE => Some(name),
-                Reply::Set { .. }
-                | Reply::Ack { .. }
-                | Reply::Done { .. }
-                | Reply::Rule(_)
-                | Reply::Chain(_)
-                | Reply::Elements { .. }
-                | Reply::Other => None,
+            .filter_map(|r| {
+                let Reply::Set { table, name } = r else {
+                    return None;
+                };
+                (table == topology::netfilter::TABLE).then_some(name)
             })
             .collect();
         let mut sets = BTreeMap::new();

@@ -5,14 +5,15 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-use std::fs::File;
-use std::os::fd::AsRawFd as _;
 use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 use topology::netfilter::{BaseChain, Chain, ChainType, Expr, Hook, Rule};
 use weft_router::nft::Nft;
 use weft_router::node_net::wanted_chains;
+
+mod common;
+use common::in_netns;
 
 struct Namespace(String);
 
@@ -34,19 +35,6 @@ fn namespace(tag: &str) -> Namespace {
         String::from_utf8_lossy(&out.stderr)
     );
     Namespace(name)
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = File::open(format!("/var/run/netns/{ns}")).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd; only this thread moves.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 fn nft(ns: &str, args: &[&str]) -> String {

@@ -12,16 +12,17 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use weft_router::sleeve_io::{Relay, RelayConfig};
 use weft_router::tap::{Tap, TapOptions};
 use weft_router::udp::{UdpOptions, UdpSocket};
+
+mod common;
+use common::in_netns;
 
 struct Namespaces(Vec<String>);
 
@@ -44,19 +45,6 @@ fn ip(args: &[&str]) {
         "ip {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = File::open(format!("/var/run/netns/{ns}")).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd; only this thread moves.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 fn ping(ns: &str, dst: &str) -> bool {

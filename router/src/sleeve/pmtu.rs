@@ -5,8 +5,8 @@
 //! they travel one hop (a relay never forwards them).
 
 use std::io::IoSlice;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crypto::{PacketBuf, TAG_LEN};
@@ -190,7 +190,7 @@ pub(super) fn table(max: usize) -> Mutex<PmtuTable<[u8; 6]>> {
     Mutex::new(PmtuTable::new(MIN_DATAGRAM, max, rand::random()))
 }
 
-/// What the search toward `peer` found, for status: the verified datagram size, if any.
-pub(super) fn verified(shared: &Arc<Shared>, peer: [u8; 6]) -> Option<pmtu::PathView> {
+/// What the search toward `peer` found, for status.
+pub(super) fn view(shared: &Shared, peer: [u8; 6]) -> Option<pmtu::PathView> {
     pmtu_table(shared).view(peer)
 }

@@ -163,12 +163,6 @@ pub enum PayloadBase {
 /// Keys for [`Expr::Meta`] (`NFT_META_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetaKey {
-    /// The packet's mark.
-    Mark = 3,
-    /// The input interface's name.
-    IifName = 6,
-    /// The output interface's name.
-    OifName = 7,
     /// The layer-3 protocol family (`NFPROTO_*`), one byte.
     NfProto = 15,
     /// The layer-4 protocol, one byte.

@@ -419,15 +419,7 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
 /// A dump request for the rules of weft's table.
 pub fn encode_get_rules(seq: u32) -> Vec<u8> {
     let mut buf = Vec::new();
-    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE;
-    let m = Msg::begin(
-        &mut buf,
-        kind,
-        NLM_F_REQUEST | NLM_F_DUMP,
-        seq,
-        NFPROTO_INET,
-        0,
-    );
+    let m = inet(&mut buf, NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, seq);
     attr_str(m.buf, NFTA_RULE_TABLE, super::TABLE);
     m.end();
     buf
@@ -436,15 +428,7 @@ pub fn encode_get_rules(seq: u32) -> Vec<u8> {
 /// A dump request for the sets of weft's table.
 pub fn encode_get_sets(seq: u32) -> Vec<u8> {
     let mut buf = Vec::new();
-    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET;
-    let m = Msg::begin(
-        &mut buf,
-        kind,
-        NLM_F_REQUEST | NLM_F_DUMP,
-        seq,
-        NFPROTO_INET,
-        0,
-    );
+    let m = inet(&mut buf, NFT_MSG_GETSET, NLM_F_REQUEST | NLM_F_DUMP, seq);
     attr_str(m.buf, NFTA_SET_TABLE, super::TABLE);
     m.end();
     buf
@@ -453,14 +437,11 @@ pub fn encode_get_sets(seq: u32) -> Vec<u8> {
 /// A dump request for the elements of set `set` of weft's table.
 pub fn encode_get_elements(seq: u32, set: &str) -> Vec<u8> {
     let mut buf = Vec::new();
-    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM;
-    let m = Msg::begin(
+    let m = inet(
         &mut buf,
-        kind,
+        NFT_MSG_GETSETELEM,
         NLM_F_REQUEST | NLM_F_DUMP,
         seq,
-        NFPROTO_INET,
-        0,
     );
     attr_str(m.buf, NFTA_SET_ELEM_LIST_TABLE, super::TABLE);
     attr_str(m.buf, NFTA_SET_ELEM_LIST_SET, set);
@@ -838,8 +819,8 @@ pub fn encode_rule_dump(chains: &[Chain], first_handle: u64) -> Vec<u8> {
     let mut handle = first_handle;
     for chain in chains {
         for rule in &chain.rules {
-            let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE;
-            let m = Msg::begin(&mut buf, kind, 0x2, 1, NFPROTO_INET, 0);
+            // NLM_F_MULTI, as a dump's parts carry it.
+            let m = inet(&mut buf, NFT_MSG_NEWRULE, 0x2, 1);
             attr_str(m.buf, NFTA_RULE_TABLE, super::TABLE);
             attr_str(m.buf, NFTA_RULE_CHAIN, &chain.name);
             attr(m.buf, NFTA_RULE_HANDLE, &handle.to_be_bytes());
