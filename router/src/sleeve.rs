@@ -5,9 +5,10 @@
 //! Shell only: the sleeve codec (`topology::sleeve`), the MAC table (`topology::mac`) and the
 //! sessions (`crypto::Session`) decide; this module moves bytes between them, the TAP and the
 //! UDP socket. Two threads, one per direction, so both cores work (a TAP write runs the bridge
-//! and the receiving pod's stack in the writer's context):
+//! and the receiving pod's stack in the writer's context), and a third for path MTU probes
+//! (`sleeve/pmtu.rs`):
 //!
-//! - TX (TAP → UDP): per wakeup, up to [`FRAMES_PER_BATCH`] frames are read with `readv`
+//! - TX (TAP → UDP, `sleeve/tx.rs`): per wakeup, up to [`FRAMES_PER_BATCH`] frames are read with `readv`
 //!   straight into chunk slots; the MAC table is locked once for the batch; each frame is
 //!   chunked in place toward its destination peer (or [`BROADCAST`]), each chunk sealed in
 //!   place with the next hop's session, and the whole batch leaves in `sendmmsg` calls of
@@ -47,6 +48,9 @@ use topology::sleeve::{
 use tracing::debug;
 
 mod pmtu;
+mod tx;
+
+pub use tx::FRAMES_PER_BATCH;
 
 use crate::metrics::{DropReason, Metrics};
 use crate::netlink::Netlink;
@@ -59,11 +63,7 @@ use crate::udp::{
 /// The destination peer name of a broadcast datagram (no real peer name is all ones: names
 /// are hashes of keys, and this one is reserved).
 pub const BROADCAST: [u8; 6] = [0xff; 6];
-/// Frames read per TX wakeup.
-pub const FRAMES_PER_BATCH: usize = 8;
 
-/// How long the sleeve waits for room in a full UDP socket before it drops what it has.
-const SEND_PATIENCE: Duration = Duration::from_millis(250);
 /// Messages received per `recvmmsg`.
 pub const RX_BATCH: usize = 8;
 
@@ -224,7 +224,7 @@ impl Sleeve {
             let (tap, socket, shared) = (tap.clone(), socket.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("sleeve-tx".into())
-                .spawn(move || tx_loop(&tap, &socket, &shared, layout, first_frame_id))?
+                .spawn(move || tx::tx_loop(&tap, &socket, &shared, layout, first_frame_id))?
         };
         let path_mtu = {
             let (socket, shared) = (socket.clone(), shared.clone());
@@ -253,11 +253,6 @@ impl Sleeve {
         self.mtu
     }
 
-    /// The datagram size the sleeve sends now (the smallest path MTU found, less IP and UDP).
-    pub fn datagram_size(&self) -> usize {
-        self.shared.datagram.load(Ordering::Relaxed)
-    }
-
     /// Runs the path MTU search toward `peer` again (its path may have changed).
     pub fn recheck_path(&self, peer: PeerName) {
         if self.has_peer(peer) {
@@ -267,7 +262,7 @@ impl Sleeve {
 
     /// What the path MTU search toward `peer` found so far.
     pub fn path_mtu(&self, peer: PeerName) -> Option<topology::sleeve::pmtu::PathView> {
-        pmtu::verified(&self.shared, peer.bytes())
+        pmtu::view(&self.shared, peer.bytes())
     }
 
     /// Returns whether new datagrams are sealed.
@@ -678,369 +673,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One frame of a TX batch, ready to send.
-struct Ready {
-    chunks: Chunks,
-    link: Arc<PeerLink>,
-}
-
-fn tx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared, layout: ChunkLayout, first_id: u32) {
-    let mut datagram = shared.datagram.load(Ordering::Relaxed);
-    let mut tx = TxBuffers::new(
-        layout,
-        Chunker::new(layout, shared.local, BROADCAST, first_id),
-    );
-    let c = &shared.counters;
-    while !shared.stop.load(Ordering::Relaxed) {
-        // The path MTU search settled on another datagram size: chunk to it from now on.
-        let want = shared.datagram.load(Ordering::Relaxed);
-        if want != datagram
-            && let Ok(layout) = ChunkLayout::sealed(want, crypto::HEADER_LEN, TAG_LEN)
-        {
-            let next_id = tx.chunker.next_frame_id();
-            tx = TxBuffers::new(
-                layout,
-                Chunker::new(layout, shared.local, BROADCAST, next_id),
-            );
-            debug!(
-                from = datagram,
-                to = want,
-                "sleeve TX chunks to a new datagram size"
-            );
-            datagram = want;
-        }
-        let TxBuffers {
-            layout,
-            slot_len,
-            slots,
-            ref mut bufs,
-            ref mut scratch,
-            ref mut chunker,
-            data_offset,
-            payload,
-            per_message,
-        } = tx;
-        let mut lens = [0usize; FRAMES_PER_BATCH];
-        match tap.wait_readable(POLL) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(_) => {
-                std::thread::sleep(POLL);
-                continue;
-            }
-        }
-        // Read a batch of frames straight into chunk slots.
-        let mut n = 0;
-        while n < FRAMES_PER_BATCH {
-            let buf = &mut bufs[n];
-            let mut areas = buf
-                .chunks_exact_mut(slot_len)
-                .map(|s| IoSliceMut::new(&mut s[data_offset..data_offset + payload]));
-            let mut iov: [IoSliceMut<'_>; MAX_SLOTS] =
-                std::array::from_fn(|_| areas.next().unwrap_or_else(|| IoSliceMut::new(&mut [])));
-            let len = match tap.read_vectored(&mut iov[..slots.min(MAX_SLOTS)]) {
-                Ok(0) => break,
-                Ok(len) => len,
-                Err(_) => break,
-            };
-            c.tap_frames.fetch_add(1, Ordering::Relaxed);
-            if !(VNET_HDR_LEN + 14..=MAX_FRAME_LEN).contains(&len) {
-                shared.drop_datagram(DropReason::TooBig);
-                continue;
-            }
-            lens[n] = len;
-            n += 1;
-        }
-        if n == 0 {
-            continue;
-        }
-        let state = shared.snapshot();
-        // Destination peer of each frame: one MAC-table lock per batch.
-        let mut dsts = [BROADCAST; FRAMES_PER_BATCH];
-        {
-            let macs = lock(&shared.macs);
-            for (dst, buf) in dsts.iter_mut().zip(bufs.iter()).take(n) {
-                let at = data_offset + VNET_HDR_LEN;
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(&buf[at..at + 6]);
-                if mac[0] & 1 != 0 {
-                    continue;
-                }
-                c.tap_unicast.fetch_add(1, Ordering::Relaxed);
-                if let Some(peer) = macs.lookup(&mac) {
-                    // Learned from the sleeve since the peer went onto fastdp (the table
-                    // forgets its MACs then): it still sent over the sleeve moments ago, so
-                    // the bridge may hand its frames here rather than to the VXLAN device;
-                    // carry them (a duplicate at worst) rather than drop them.
-                    *dst = peer.bytes();
-                } else if let Some(peer) = state.fastdp.macs.get(&mac) {
-                    // Behind a fastdp peer. The bridge has this MAC pinned to the VXLAN port
-                    // (it never floods it), so this frame was queued on the TAP before the
-                    // pin moved: carry it, or it is lost.
-                    c.late_for_fastdp.fetch_add(1, Ordering::Relaxed);
-                    *dst = *peer;
-                }
-            }
-        }
-        let mut ready: [Option<Ready>; FRAMES_PER_BATCH] = Default::default();
-        let now = Instant::now();
-        for i in 0..n {
-            let (dst, len) = (dsts[i], lens[i]);
-            let buf = &mut bufs[i];
-            if dst == shared.local {
-                // Ours: the bridge delivers it locally; nothing to send.
-                continue;
-            }
-            chunker.set_dst(dst);
-            let Ok(chunks) = chunker.chunk_in_place(len, buf) else {
-                shared.drop_datagram(DropReason::TooBig);
-                continue;
-            };
-            if dst == BROADCAST {
-                c.tx_broadcast.fetch_add(1, Ordering::Relaxed);
-                let Some(hops) = state.routes.broadcast.get(&shared.local) else {
-                    continue;
-                };
-                let mut first = None;
-                for hop in hops {
-                    if state.skip_hops.contains(hop) {
-                        // It (and everyone behind it) gets this from the VXLAN device.
-                        continue;
-                    }
-                    let Some(link) = state.link(*hop) else {
-                        continue;
-                    };
-                    if first.is_none() {
-                        first = Some(link.clone());
-                        continue;
-                    }
-                    // Further hops: a sealed copy each, sent at once.
-                    let wire = chunks.wire_len();
-                    scratch[..wire].copy_from_slice(&buf[..wire]);
-                    seal_chunks(&link.session, now, scratch, &chunks, layout);
-                    send_frame(socket, shared, scratch, &chunks, &link.dest, per_message);
-                    shared
-                        .metrics
-                        .add_forwarded(Datapath::Sleeve, 1, len as u64);
-                }
-                if let Some(link) = first {
-                    seal_chunks(&link.session, now, buf, &chunks, layout);
-                    ready[i] = Some(Ready { chunks, link });
-                }
-                continue;
-            }
-            let link = state
-                .routes
-                .unicast
-                .get(&dst)
-                .and_then(|hop| state.link(*hop));
-            let Some(link) = link else {
-                shared.drop_datagram(DropReason::NoRoute);
-                continue;
-            };
-            seal_chunks(&link.session, now, buf, &chunks, layout);
-            ready[i] = Some(Ready {
-                chunks,
-                link: link.clone(),
-            });
-        }
-        send_ready(socket, shared, bufs, &ready[..n], per_message, &lens[..n]);
-    }
-}
-
-/// The TX thread's buffers, laid out for one datagram size.
-struct TxBuffers {
-    layout: ChunkLayout,
-    slot_len: usize,
-    /// Slots per frame buffer: one more than the largest frame needs, so a longer frame
-    /// shows as oversize.
-    slots: usize,
-    bufs: Vec<Box<[u8]>>,
-    scratch: Box<[u8]>,
-    chunker: Chunker,
-    data_offset: usize,
-    payload: usize,
-    per_message: usize,
-}
-
-impl TxBuffers {
-    fn new(layout: ChunkLayout, chunker: Chunker) -> Self {
-        let slot_len = layout.slot_len();
-        let slots = layout.chunk_count(MAX_FRAME_LEN) + 1;
-        Self {
-            layout,
-            slot_len,
-            slots,
-            bufs: (0..FRAMES_PER_BATCH)
-                .map(|_| vec![0u8; slots * slot_len].into_boxed_slice())
-                .collect(),
-            scratch: vec![0u8; slots * slot_len].into_boxed_slice(),
-            chunker,
-            data_offset: layout.data_offset(),
-            payload: layout.payload(),
-            per_message: (MAX_UDP_PAYLOAD / slot_len).min(MAX_GSO_SEGMENTS),
-        }
-    }
-}
-
-/// Seals every chunk of a frame in place with one session lock.
-fn seal_chunks(
-    session: &Mutex<Session>,
-    now: Instant,
-    buf: &mut [u8],
-    chunks: &Chunks,
-    layout: ChunkLayout,
-) {
-    let mut session = lock(session);
-    let slot_len = layout.slot_len();
-    let body_offset = layout.body_offset();
-    for i in 0..chunks.count {
-        let body = chunks.body(i);
-        let start = i * slot_len;
-        let slot = &mut buf[start..start + slot_len];
-        let mut packet = PacketBuf::new(slot, body_offset, body.len());
-        // The layout reserves the headroom and tailroom, so sealing cannot fail.
-        let _ = session.seal(now, &mut packet);
-    }
-}
-
-/// Sends one frame's datagrams to `dest` as GSO trains.
-fn send_frame(
-    socket: &UdpSocket,
-    shared: &Shared,
-    buf: &[u8],
-    chunks: &Chunks,
-    dest: &SockAddr,
-    per_message: usize,
-) {
-    let mut iov = [IoSlice::new(&[]); MAX_BATCH];
-    let mut segs = [None; MAX_BATCH];
-    let m = trains(buf, chunks, per_message, &mut iov, &mut segs, 0);
-    send_all(socket, shared, dest, &iov[..m], &segs[..m]);
-}
-
-/// Adds a frame's GSO trains to `iov`/`segs` from index `m`; returns the new count (stops
-/// at [`MAX_BATCH`]).
-fn trains<'a>(
-    buf: &'a [u8],
-    chunks: &Chunks,
-    per_message: usize,
-    iov: &mut [IoSlice<'a>; MAX_BATCH],
-    segs: &mut [Option<u16>; MAX_BATCH],
-    mut m: usize,
-) -> usize {
-    let mut first = 0;
-    while first < chunks.count && m < MAX_BATCH {
-        let last = (first + per_message).min(chunks.count) - 1;
-        let start = chunks.datagram(first).start;
-        let end = chunks.datagram(last).end;
-        iov[m] = IoSlice::new(&buf[start..end]);
-        segs[m] = (last > first).then_some(chunks.segment_len() as u16);
-        m += 1;
-        first = last + 1;
-    }
-    m
-}
-
-/// Sends the batch: one `sendmmsg` per run of frames with the same next hop.
-fn send_ready(
-    socket: &UdpSocket,
-    shared: &Shared,
-    bufs: &[Box<[u8]>],
-    ready: &[Option<Ready>],
-    per_message: usize,
-    lens: &[usize],
-) {
-    let mut iov = [IoSlice::new(&[]); MAX_BATCH];
-    let mut segs = [None; MAX_BATCH];
-    let mut m = 0;
-    let mut current: Option<&Arc<PeerLink>> = None;
-    let (mut frames, mut bytes) = (0u64, 0u64);
-    for ((buf, r), len) in bufs.iter().zip(ready).zip(lens) {
-        let Some(r) = r else { continue };
-        frames += 1;
-        bytes += *len as u64;
-        let needed = r.chunks.count.div_ceil(per_message);
-        if let Some(cur) = current
-            && (!Arc::ptr_eq(cur, &r.link) || m + needed > MAX_BATCH)
-        {
-            send_all(socket, shared, &cur.dest, &iov[..m], &segs[..m]);
-            m = 0;
-        }
-        current = Some(&r.link);
-        m = trains(buf, &r.chunks, per_message, &mut iov, &mut segs, m);
-    }
-    if let Some(cur) = current {
-        send_all(socket, shared, &cur.dest, &iov[..m], &segs[..m]);
-    }
-    shared
-        .metrics
-        .add_forwarded(Datapath::Sleeve, frames, bytes);
-}
-
-fn send_all(
-    socket: &UdpSocket,
-    shared: &Shared,
-    dest: &SockAddr,
-    iov: &[IoSlice<'_>],
-    segs: &[Option<u16>],
-) {
-    let mut msgs = [Transmit {
-        bufs: &[],
-        segment_size: None,
-    }; MAX_BATCH];
-    for (i, (m, seg)) in msgs.iter_mut().zip(segs).enumerate().take(iov.len()) {
-        *m = Transmit {
-            bufs: std::slice::from_ref(&iov[i]),
-            segment_size: *seg,
-        };
-    }
-    let datagrams: u64 = iov.iter().zip(segs).map(|(b, s)| datagrams_in(b, *s)).sum();
-    add(&shared.counters.tx_datagrams, datagrams);
-    let mut done = 0;
-    // A full socket means the receiving side is behind (on one host: starved of CPU for a
-    // moment). Wait for room rather than drop: the TAP's queue holds what the pods send
-    // meanwhile. Give up only after SEND_PATIENCE without progress.
-    let mut deadline = Instant::now() + SEND_PATIENCE;
-    while done < iov.len() {
-        let stalled = match socket.send_batch(Some(dest), &msgs[done..iov.len()]) {
-            Ok(0) => true,
-            Ok(k) => {
-                done += k;
-                deadline = Instant::now() + SEND_PATIENCE;
-                false
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-            Err(e) => {
-                if !udp::is_refused(&e) {
-                    debug!("sleeve send: {e}");
-                }
-                shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
-                done += 1;
-                false
-            }
-        };
-        if stalled {
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
-    }
-    // Still no room after all the waiting: what is left is dropped, and counted.
-    for (b, s) in iov.iter().zip(segs).skip(done) {
-        for _ in 0..datagrams_in(b, *s) {
-            shared.drop_datagram(DropReason::QueueFull);
-        }
-    }
-}
-
-/// The datagrams one message makes on the wire: one, or one per GSO segment.
-fn datagrams_in(buf: &[u8], segment_size: Option<u16>) -> u64 {
-    segment_size.map_or(1, |s| buf.len().div_ceil(usize::from(s).max(1))) as u64
-}
-
 fn rx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared) {
     let mut receiver = Receiver::new(shared.local, ReassemblyConfig::default());
     let mut bufs: Vec<Box<[u8]>> = (0..RX_BATCH)
@@ -1279,7 +911,7 @@ impl RxCtx<'_> {
             return;
         }
         let iov = [IoSlice::new(&self.scratch[..n])];
-        send_all(self.socket, shared, &link.dest, &iov, &[None]);
+        tx::send_all(self.socket, shared, &link.dest, &iov, &[None]);
         shared.counters.relayed.fetch_add(1, Ordering::Relaxed);
         shared.metrics.add_forwarded(Datapath::Sleeve, 1, n as u64);
     }
@@ -1317,8 +949,6 @@ impl RxCtx<'_> {
     }
 }
 
-/// The most chunk slots one frame buffer has.
-const MAX_SLOTS: usize = 256;
 /// A receive buffer: one GRO-coalesced message of up to 64 KiB.
 const RX_BUF_LEN: usize = 65_536;
 /// How long a loop sleeps in `poll` before checking the stop flag and timers.
