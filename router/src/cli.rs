@@ -283,7 +283,8 @@ pub struct RouterArgs {
     /// Most connections to keep.
     #[arg(long, default_value_t = 100)]
     pub conn_limit: u32,
-    /// Local address for the control and sleeve sockets [default: all].
+    /// Local address for the control and sleeve sockets, and the source of outgoing control
+    /// connections [default: all; the kernel picks the source].
     #[arg(long, value_name = "IP")]
     pub bind_addr: Option<IpAddr>,
     /// Discover peers from the Kubernetes API's Node objects: dial every node's InternalIP,

@@ -23,6 +23,7 @@ use rand::RngCore as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use topology::admission::{self, Verdict};
 use topology::api::ipam as ipam_api;
 use topology::channel::{self, Channel, Hello};
 use topology::fastdp::{Mode, Path as FastdpPath, PathEncryption, Reason as FastdpReason};
@@ -354,7 +355,7 @@ impl Daemon {
                     }
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, addr)) => self.spawn_connection(stream, addr, false),
+                    Ok((stream, addr)) => self.admit(stream, addr),
                     Err(e) => warn!("accepting a control connection: {e}"),
                 },
                 cmd = self.handles.commands.recv() => {
@@ -839,13 +840,40 @@ impl Daemon {
     fn spawn_dial(&mut self, addr: SocketAddr) {
         let conn = self.next_conn_id();
         let task = self.connection_task(conn);
+        // With --bind-addr, dial from it too: it is the address peers know this node by (and
+        // admit, with Kubernetes discovery and no password).
+        let source = self
+            .config
+            .bind_addr
+            .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4());
         tokio::spawn(async move {
-            match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(DIAL_TIMEOUT, connection::dial(source, addr)).await {
                 Ok(Ok(stream)) => task.run(stream, addr, true).await,
                 Ok(Err(e)) => task.dial_failed(addr, e.to_string()).await,
                 Err(_) => task.dial_failed(addr, "connect timed out".into()).await,
             }
         });
+    }
+
+    /// Starts the handshake of an inbound connection, or closes it at once when its source
+    /// may not join (`topology::admission`).
+    fn admit(&mut self, stream: TcpStream, addr: SocketAddr) {
+        let nodes = self.handles.node_addrs.as_ref().map(|rx| rx.borrow());
+        let verdict = admission::judge(
+            self.identity.password_set,
+            nodes.as_deref(),
+            self.mesh.targets(),
+            addr.ip(),
+        );
+        drop(nodes);
+        match verdict {
+            Verdict::Admit => self.spawn_connection(stream, addr, false),
+            Verdict::NotANode => {
+                self.handles.metrics.inc_refused_not_a_node();
+                debug!(%addr, "control connection refused: no Node has this address and no \
+                    --peers names it (without a mesh password, only they may join)");
+            }
+        }
     }
 
     fn spawn_connection(&mut self, stream: TcpStream, addr: SocketAddr, outbound: bool) {
@@ -919,12 +947,20 @@ async fn resolve(peer: &str, default_port: u16) -> Option<SocketAddr> {
 
 fn load_persisted_peers(path: &Path) -> Result<BTreeSet<SocketAddr>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice::<Vec<SocketAddr>>(&bytes)
-            .map(|v| v.into_iter().collect())
+        Ok(bytes) => decode_persisted_peers(&bytes)
             .with_context(|| format!("{} is not a JSON list of addresses", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Decodes `peers.json`: a JSON list of socket addresses.
+///
+/// # Errors
+///
+/// The JSON decoder's, when the bytes are not such a list.
+pub fn decode_persisted_peers(bytes: &[u8]) -> serde_json::Result<BTreeSet<SocketAddr>> {
+    serde_json::from_slice::<Vec<SocketAddr>>(bytes).map(|v| v.into_iter().collect())
 }
 
 /// Writes the peers atomically: a crash leaves the old list or the new one, never half.

@@ -11,7 +11,7 @@
 //! Before the engine starts, [`initial_list`] lists the nodes once, so that the router starts
 //! with every other node as a `--peers` target and IPAM's consensus quorum counts the cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -425,6 +425,14 @@ pub fn peer_addrs(list: &NodeList, me: &str, port: u16) -> Vec<String> {
         .collect()
 }
 
+/// Every address of the given nodes: who may open a control connection without a password.
+pub fn node_addrs<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> BTreeSet<IpAddr> {
+    nodes
+        .into_iter()
+        .flat_map(|n| n.addresses.iter().copied())
+        .collect()
+}
+
 /// The discovery task: everything it needs.
 #[derive(Debug)]
 pub struct Discoverer {
@@ -436,6 +444,8 @@ pub struct Discoverer {
     pub port: u16,
     /// The daemon's command queue.
     pub commands: mpsc::Sender<ApiCommand>,
+    /// Every address of every Node, for the control port's admission.
+    pub node_addrs: watch::Sender<BTreeSet<IpAddr>>,
     /// The published status, for the peer names behind nicknames.
     pub status: StatusReader,
     /// Becomes true when the router stops.
@@ -573,6 +583,13 @@ impl Discoverer {
 
     /// Plans and carries out what brings the router in line with the nodes.
     async fn apply(&self, state: &mut State) {
+        // Admission first: a node just added may already be dialling this router.
+        let addrs = node_addrs(state.nodes.values());
+        self.node_addrs.send_if_modified(|old| {
+            let changed = *old != addrs;
+            *old = addrs;
+            changed
+        });
         state.discovery.observe(&self.me, &state.nodes);
         // Learn the peer names behind nicknames while the peers are in the mesh, so a node
         // deleted after its peer left the topology can still be reclaimed by name.
@@ -697,7 +714,7 @@ struct State {
 /// What discovery keeps across restarts: the nodes it knew, the addresses it had the router
 /// dial, the deleted nodes not reclaimed yet, and the peer names behind node names.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Saved {
+pub struct Saved {
     known: Vec<String>,
     dialled: BTreeMap<String, SocketAddr>,
     unreclaimed: Vec<String>,
@@ -725,7 +742,7 @@ impl Saved {
     /// Reads the file; an absent file is an empty state.
     fn load(path: &Path) -> Result<Self, String> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+            Ok(bytes) => Self::decode(&bytes)
                 .map_err(|e| format!("{}: not weft's node discovery state: {e}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
                 known: Vec::new(),
@@ -735,6 +752,15 @@ impl Saved {
             }),
             Err(e) => Err(format!("reading {}: {e}", path.display())),
         }
+    }
+
+    /// Decodes the file's bytes.
+    ///
+    /// # Errors
+    ///
+    /// The JSON decoder's, when the bytes are not this state.
+    pub fn decode(bytes: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(bytes)
     }
 
     /// Writes the file atomically (temporary file, rename).

@@ -37,7 +37,8 @@ pub mod tap;
 pub mod udp;
 pub mod underlay;
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -62,6 +63,9 @@ pub struct EngineHandles {
     pub metrics: Metrics,
     /// Becomes `true` when the router must stop (SIGTERM/SIGINT or [`RunningRouter::shutdown`]).
     pub shutdown: watch::Receiver<bool>,
+    /// Every address of the cluster's Nodes, kept current by discovery (`--kube-peers`);
+    /// `None` without discovery. Without a password, only these and named peers may connect.
+    pub node_addrs: Option<watch::Receiver<BTreeSet<IpAddr>>>,
 }
 
 /// A router whose listeners are bound and whose engine runs.
@@ -138,7 +142,8 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
                 "listed Kubernetes nodes"
             );
             config.peers.extend(peers);
-            Some((client, list))
+            let (node_addrs, node_addrs_rx) = watch::channel(kube::node_addrs(&list.nodes));
+            Some((client, list, node_addrs, node_addrs_rx))
         }
         None => None,
     };
@@ -156,9 +161,12 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
     let (stop, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
 
-    let discovery = kube.map(|(client, list)| {
+    let mut node_addrs_rx = None;
+    let discovery = kube.map(|(client, list, node_addrs, rx)| {
+        node_addrs_rx = Some(rx);
         let discoverer = kube::Discoverer {
             client,
+            node_addrs,
             me: config.nickname.clone(),
             port: config.port,
             commands: commands_tx.clone(),
@@ -183,6 +191,7 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
         commands: commands_rx,
         metrics: metrics.clone(),
         shutdown: stop_rx,
+        node_addrs: node_addrs_rx,
     };
     // The engine owns all protocol state and returns once `handles.shutdown` turns true.
     let engine = tokio::spawn(daemon::run(config.clone(), handles));

@@ -102,6 +102,18 @@ impl Metrics {
         self.inner.fastdp[what as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one control connection refused before the handshake (no Node's address).
+    pub fn inc_refused_not_a_node(&self) {
+        self.inner
+            .refused_not_a_node
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Control connections refused so far because their source is no Node's address.
+    pub fn refused_not_a_node(&self) -> u64 {
+        load(&self.inner.refused_not_a_node)
+    }
+
     /// Counts one failed reconcile of weft's nftables rules.
     pub fn inc_nft_sync_error(&self) {
         self.inner.nft_sync_errors.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +246,20 @@ impl Metrics {
                 reason.as_str()
             );
         }
+
+        header(
+            &mut out,
+            "weft_connections_refused_total",
+            "counter",
+            "Control connections closed before the handshake, by reason (not_a_node: with \
+             Kubernetes discovery and no password, the source is no Node's address nor a named \
+             peer).",
+        );
+        let _ = writeln!(
+            out,
+            "weft_connections_refused_total{{reason=\"not_a_node\"}} {}",
+            load(&c.refused_not_a_node)
+        );
 
         header(
             &mut out,
@@ -425,6 +451,8 @@ struct Counters {
     fastdp: [AtomicU64; 4],
     /// Reconciles of weft's nftables rules that failed.
     nft_sync_errors: AtomicU64,
+    /// Control connections closed before the handshake: the source is no Node nor named peer.
+    refused_not_a_node: AtomicU64,
 }
 
 /// A fastdp counter.

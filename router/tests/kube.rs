@@ -589,3 +589,73 @@ async fn https_with_the_cluster_ca_and_a_rotating_token() {
     let err = client.list_nodes().await.unwrap_err().to_string();
     assert!(err.contains(&token_file.display().to_string()), "{err}");
 }
+
+/// Without a mesh password, a router that knows the cluster's Nodes admits only their
+/// addresses (and addresses it was told to dial): a stranger is refused before the handshake
+/// and counted, and admitted once a Node with its address appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_password_only_nodes_may_join() {
+    let dir = TempDir::new().unwrap();
+    let (api, api_addr) = ApiServer::start().await;
+    let port = free_port();
+    api.change("ADDED", "n1", "127.0.0.1");
+    let n1 = start(
+        dir.path(),
+        "n1",
+        IpAddr::from([127, 0, 0, 1]),
+        port,
+        api_addr,
+    )
+    .await;
+
+    // A router that is no Node dials n1 from its own address, 127.0.0.4.
+    let mut config = RouterConfig::with_addrs(
+        dir.path().join("stranger/weft.sock"),
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.nickname = "stranger".to_owned();
+    config.state_dir = dir.path().join("stranger/state");
+    config.bind_addr = Some(IpAddr::from([127, 0, 0, 4]));
+    config.port = port;
+    config.peers = vec![format!("127.0.0.1:{port}")];
+    let stranger = Router {
+        client: ApiClient::new(ApiAddr::Unix(config.api_socket.clone())),
+        running: start_router(config).await.unwrap(),
+    };
+    let start = Instant::now();
+    while n1.running.metrics().refused_not_a_node() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "n1 never refused the stranger"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = n1.client.report().await.unwrap();
+    assert!(!connected_to(&s, "stranger"), "{s:#?}");
+    assert!(s.peers.iter().all(|p| p.nickname != "stranger"), "{s:#?}");
+    let at = n1.running.metrics_addr();
+    let scrape = ApiClient::new(ApiAddr::Http {
+        host: at.ip().to_string(),
+        port: at.port(),
+    })
+    .get("/metrics")
+    .await
+    .unwrap();
+    assert!(
+        scrape
+            .body
+            .contains("weft_connections_refused_total{reason=\"not_a_node\"} "),
+        "{}",
+        scrape.body
+    );
+
+    // Once a Node has its address, it joins.
+    api.change("ADDED", "stranger", "127.0.0.4");
+    wait_for(&n1, "the stranger, now a Node, to join", |s| {
+        connected_to(s, "stranger")
+    })
+    .await;
+    stranger.running.shutdown().await.unwrap();
+    n1.running.shutdown().await.unwrap();
+}

@@ -25,7 +25,13 @@ pub struct Node {
     pub name: String,
     /// The first `InternalIP` of `status.addresses` (IPv4 preferred); `None` when it has none.
     pub internal_ip: Option<IpAddr>,
+    /// Every `InternalIP` and `ExternalIP` (at most [`MAX_NODE_ADDRESSES`]): the sources the
+    /// node's router may dial from, admitted to the control port.
+    pub addresses: Vec<IpAddr>,
 }
+
+/// The most addresses kept per node; a Node listing more is cut short, not refused.
+pub const MAX_NODE_ADDRESSES: usize = 16;
 
 /// A decoded `NodeList`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,7 +297,23 @@ fn node_of(raw: RawNode) -> Result<(Node, Option<String>), DecodeError> {
         .find(|a| a.is_ipv4())
         .or_else(|| internal.first())
         .copied();
-    Ok((Node { name, internal_ip }, rv))
+    let mut all: Vec<IpAddr> = addresses
+        .iter()
+        .filter(|a| a.kind == "InternalIP" || a.kind == "ExternalIP")
+        .filter_map(|a| a.address.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all.truncate(MAX_NODE_ADDRESSES);
+    Ok((
+        Node {
+            name,
+            internal_ip,
+            addresses: all,
+        },
+        rv,
+    ))
 }
 
 /// A Kubernetes node name: a DNS subdomain (RFC 1123), at most 253 characters.

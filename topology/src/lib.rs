@@ -22,12 +22,14 @@
 //! - [`api`]: serde status types for `weft status` and `weft report`.
 //! - [`netfilter`]: the nftables rules weft owns (masquerade), their netlink encoding and the
 //!   reconcile from what the kernel holds.
+//! - [`admission`]: who may open a control connection, judged before the handshake.
 //! - [`kube`]: peer discovery from Kubernetes Node objects: the API's JSON decoded, and the
 //!   pure reconcile of nodes into connect, forget and rmpeer actions.
 //!
 //! Short peer IDs are not used on the topology wire; the data plane may derive its own (at
 //! least 16 bits) later.
 
+pub mod admission;
 pub mod api;
 pub mod channel;
 pub mod fastdp;

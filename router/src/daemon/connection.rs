@@ -245,6 +245,20 @@ impl ConnectionTask {
     }
 }
 
+/// Connects to `addr`, from `source` when given.
+pub(super) async fn dial(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
 async fn write_all(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<(), ConnError> {
     if out.is_empty() {
         return Ok(());

@@ -13,9 +13,11 @@ fn node_json(name: &str, rv: &str, ip: &str) -> String {
 }
 
 fn node(name: &str, ip: &str) -> Node {
+    let ip: IpAddr = ip.parse().unwrap();
     Node {
         name: name.to_owned(),
-        internal_ip: Some(ip.parse().unwrap()),
+        internal_ip: Some(ip),
+        addresses: vec![ip],
     }
 }
 
@@ -23,6 +25,10 @@ fn nodes(list: &[(&str, &str)]) -> BTreeMap<String, Node> {
     list.iter()
         .map(|(n, ip)| ((*n).to_owned(), node(n, ip)))
         .collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
 }
 
 fn sa(s: &str) -> SocketAddr {
@@ -61,8 +67,14 @@ fn node_list_edge_cases() {
     let list = decode_node_list(body.as_bytes()).unwrap();
     assert_eq!(list.skipped, 1);
     assert_eq!(list.nodes[0].internal_ip, None);
-    // Dual stack: IPv4 first, whatever the order.
-    assert_eq!(list.nodes[1], node("n4", "192.0.2.4"));
+    // ... but its ExternalIP is still an address its router may dial from.
+    assert_eq!(list.nodes[0].addresses, [ip("203.0.113.9")]);
+    // Dual stack: IPv4 first, whatever the order; every address kept, sorted.
+    assert_eq!(list.nodes[1].internal_ip, Some(ip("192.0.2.4")));
+    assert_eq!(
+        list.nodes[1].addresses,
+        [ip("192.0.2.4"), ip("2001:db8::4")]
+    );
     for bad in [
         &br#"{"kind":"PodList","metadata":{"resourceVersion":"1"},"items":[]}"#[..],
         br#"{"kind":"NodeList","items":[]}"#,
@@ -261,7 +273,14 @@ fn arb_cluster() -> impl Strategy<Value = BTreeMap<String, Node>> {
         m.into_iter()
             .map(|(name, ip)| {
                 let internal_ip = ip.map(|i| IpAddr::from([192, 0, 2, i]));
-                (name.clone(), Node { name, internal_ip })
+                (
+                    name.clone(),
+                    Node {
+                        name,
+                        internal_ip,
+                        addresses: internal_ip.into_iter().collect(),
+                    },
+                )
             })
             .collect()
     })
@@ -319,7 +338,7 @@ proptest! {
         let (WatchEvent::Added { node, resource_version } | WatchEvent::Modified { node, resource_version } | WatchEvent::Deleted { node, resource_version }) = ev else {
             panic!("{ev:?}");
         };
-        prop_assert_eq!(node, Node { name, internal_ip: Some(ip) });
+        prop_assert_eq!(node, Node { name, internal_ip: Some(ip), addresses: vec![ip] });
         prop_assert_eq!(resource_version, rv.to_string());
     }
 }
