@@ -180,6 +180,7 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
         ApiState {
             status: reader.clone(),
             commands: commands_tx,
+            metrics: metrics.clone(),
         },
         stopped(stop_rx.clone()),
     ));

@@ -109,6 +109,16 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one local HTTP connection closed by weft.
+    pub fn inc_http_closed(&self, server: HttpServer, why: HttpClosed) {
+        self.inner.http_closed[server as usize][why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Local HTTP connections closed by weft so far, for one server and reason.
+    pub fn http_closed(&self, server: HttpServer, why: HttpClosed) -> u64 {
+        load(&self.inner.http_closed[server as usize][why as usize])
+    }
+
     /// Control connections refused so far because their source is no Node's address.
     pub fn refused_not_a_node(&self) -> u64 {
         load(&self.inner.refused_not_a_node)
@@ -260,6 +270,25 @@ impl Metrics {
             "weft_connections_refused_total{{reason=\"not_a_node\"}} {}",
             load(&c.refused_not_a_node)
         );
+
+        header(
+            &mut out,
+            "weft_http_connections_closed_total",
+            "counter",
+            "Connections to the router's API or metrics server that weft closed: limit (every \
+             slot taken, the oldest made room), timeout (no complete request head in time).",
+        );
+        for server in HttpServer::ALL {
+            for why in HttpClosed::ALL {
+                let _ = writeln!(
+                    out,
+                    "weft_http_connections_closed_total{{server=\"{}\",reason=\"{}\"}} {}",
+                    server.as_str(),
+                    why.as_str(),
+                    load(&c.http_closed[server as usize][why as usize])
+                );
+            }
+        }
 
         header(
             &mut out,
@@ -453,6 +482,52 @@ struct Counters {
     nft_sync_errors: AtomicU64,
     /// Control connections closed before the handshake: the source is no Node nor named peer.
     refused_not_a_node: AtomicU64,
+    /// Local HTTP connections closed by weft, by server and reason.
+    http_closed: [[AtomicU64; HttpClosed::ALL.len()]; HttpServer::ALL.len()],
+}
+
+/// One of the router's local HTTP servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpServer {
+    /// The API (unix socket and HTTP address).
+    Api = 0,
+    /// The metrics address.
+    Metrics = 1,
+}
+
+impl HttpServer {
+    /// Both, in label order.
+    pub const ALL: [Self; 2] = [Self::Api, Self::Metrics];
+
+    /// Returns the label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Metrics => "metrics",
+        }
+    }
+}
+
+/// Why weft closed a local HTTP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpClosed {
+    /// Every slot was taken: the oldest connection made room for a new one.
+    Limit = 0,
+    /// No complete request head in time (a slow or idle client).
+    Timeout = 1,
+}
+
+impl HttpClosed {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 2] = [Self::Limit, Self::Timeout];
+
+    /// Returns the label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Limit => "limit",
+            Self::Timeout => "timeout",
+        }
+    }
 }
 
 /// A fastdp counter.

@@ -623,3 +623,92 @@ async fn cni_status_follows_readiness() {
     }
     router.shutdown().await.unwrap();
 }
+
+/// Slowloris: 200 clients on each TCP server and more than the socket's cap on the unix socket
+/// send half a request head and stall. `weft status` (socket and HTTP) and a scrape are still
+/// answered while every slow client holds its connection, the socket's surplus is closed
+/// oldest first, and weft closes every slow client once its head is late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_do_not_stall_status_or_scrapes() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt as _;
+    use weft_router::api::limits;
+    use weft_router::metrics::{HttpClosed, HttpServer};
+
+    const SLOW_TCP: usize = 200;
+    let unix_slow = limits::UNIX_CONNECTIONS + 16;
+    let h = Harness::start().await;
+    let head = b"GET /status HTTP/1.1\r\nHost: weft\r\nX-Slow: ";
+    let mut tcp = Vec::new();
+    for addr in [h.router.http_addr(), h.router.metrics_addr()] {
+        for _ in 0..SLOW_TCP {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(head).await.unwrap();
+            tcp.push(s);
+        }
+    }
+    let mut unix = Vec::new();
+    for _ in 0..unix_slow {
+        let mut s = tokio::net::UnixStream::connect(socket_path(&h.dir))
+            .await
+            .unwrap();
+        s.write_all(head).await.unwrap();
+        unix.push(s);
+    }
+
+    for _ in 0..3 {
+        let status = h.unix.get("/status").await.unwrap();
+        assert_eq!(status.status, 200, "{}", status.body);
+        assert!(status.body.contains("Version:"), "{}", status.body);
+        assert_eq!(h.http.get("/status").await.unwrap().status, 200);
+        let scrape = h.metrics.get("/metrics").await.unwrap();
+        assert_eq!(scrape.status, 200);
+        assert!(scrape.body.contains("weft_http_connections_closed_total"));
+    }
+    let m = h.router.metrics();
+    // Answered while the slow clients still held their connections: none had timed out yet.
+    for server in HttpServer::ALL {
+        assert_eq!(m.http_closed(server, HttpClosed::Timeout), 0);
+    }
+    // The socket's surplus was closed to make room (and our own requests took slots too).
+    assert!(m.http_closed(HttpServer::Api, HttpClosed::Limit) >= 16);
+    assert_eq!(m.http_closed(HttpServer::Metrics, HttpClosed::Limit), 0);
+
+    // weft closes every slow client: each reads to end of stream (or a reset).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in &mut tcp {
+        assert!(
+            closed_by_peer(s, deadline).await,
+            "a slow TCP client was not closed"
+        );
+    }
+    for s in &mut unix {
+        assert!(
+            closed_by_peer(s, deadline).await,
+            "a slow socket client was not closed"
+        );
+    }
+    assert_eq!(
+        m.http_closed(HttpServer::Metrics, HttpClosed::Timeout),
+        SLOW_TCP as u64
+    );
+    assert!(m.http_closed(HttpServer::Api, HttpClosed::Timeout) >= SLOW_TCP as u64);
+    h.router.shutdown().await.unwrap();
+}
+
+/// Reads until the other end closes (true) or `deadline` passes (false).
+async fn closed_by_peer(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    deadline: std::time::Instant,
+) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //! This module never touches the engine: it reads snapshots and sends commands.
 
 pub mod client;
+pub mod limits;
 pub mod server;
 
 use std::fmt;

@@ -20,7 +20,7 @@ use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,11 +29,12 @@ use tokio::sync::{mpsc, oneshot};
 use topology::api::ipam as ipam_api;
 use tracing::{debug, info, warn};
 
+use super::limits::{self, Slots};
 use super::{
     AddrRequest, ApiCommand, CommandError, EncryptionRequest, ErrorBody, JsonReply, Reply,
     RmPeerRequest,
 };
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, HttpClosed, HttpServer, Metrics};
 use crate::status::{IPAM_NOT_AVAILABLE, RouterStatus, StatusReader};
 use crate::status_text;
 
@@ -44,6 +45,8 @@ pub struct ApiState {
     pub status: StatusReader,
     /// The daemon loop's command queue.
     pub commands: mpsc::Sender<ApiCommand>,
+    /// Where closed slow or surplus connections are counted.
+    pub metrics: Metrics,
 }
 
 /// The bound API listeners: the unix socket and the read-only HTTP address.
@@ -88,19 +91,21 @@ impl ApiServer {
     /// Serves until `shutdown` completes, then removes the socket file.
     pub async fn serve(self, state: ApiState, shutdown: impl Future<Output = ()>) {
         let state = Arc::new(state);
+        let unix_slots = Slots::new(limits::UNIX_CONNECTIONS);
+        let http_slots = Slots::new(limits::TCP_CONNECTIONS);
         info!(socket = %self.socket_path.display(), http = ?self.http.local_addr().ok(), "API listening");
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.unix.accept() => match accepted {
-                    Ok((stream, _)) => spawn_api_conn(stream, Arc::clone(&state), Origin::Unix),
+                    Ok((stream, _)) => spawn_api_conn(&unix_slots, stream, &state, Origin::Unix),
                     Err(e) => accept_failed(&e).await,
                 },
                 accepted = self.http.accept() => match accepted {
                     Ok((stream, peer)) => {
                         debug!(%peer, "HTTP API connection");
-                        spawn_api_conn(stream, Arc::clone(&state), Origin::Http);
+                        spawn_api_conn(&http_slots, stream, &state, Origin::Http);
                     }
                     Err(e) => accept_failed(&e).await,
                 },
@@ -148,15 +153,17 @@ impl MetricsServer {
         shutdown: impl Future<Output = ()>,
     ) {
         info!(addr = ?self.listener.local_addr().ok(), "metrics listening");
+        let slots = Slots::new(limits::TCP_CONNECTIONS);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        let (metrics, status) = (metrics.clone(), status.clone());
-                        spawn_conn(stream, move |req| {
-                            let resp = metrics_response(&req, &metrics, &status.current());
+                        let (m, status) = (metrics.clone(), status.clone());
+                        let conn = Conn { slots: &slots, metrics: &metrics, server: HttpServer::Metrics };
+                        conn.spawn(stream, move |req| {
+                            let resp = metrics_response(&req, &m, &status.current());
                             async move { resp }
                         });
                     }
@@ -206,32 +213,67 @@ const ROUTES: &[(&str, Method, Access)] = &[
 
 type Resp = Response<Full<Bytes>>;
 
-fn spawn_api_conn<S>(stream: S, state: Arc<ApiState>, origin: Origin)
+fn spawn_api_conn<S>(slots: &Slots, stream: S, state: &Arc<ApiState>, origin: Origin)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    spawn_conn(stream, move |req| handle(req, Arc::clone(&state), origin));
+    let conn = Conn {
+        slots,
+        metrics: &state.metrics,
+        server: HttpServer::Api,
+    };
+    let state = Arc::clone(state);
+    conn.spawn(stream, move |req| handle(req, Arc::clone(&state), origin));
 }
 
-fn spawn_conn<S, F, Fut>(stream: S, handler: F)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Resp> + Send + 'static,
-{
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        let service = service_fn(move |req| {
-            let handler = Arc::clone(&handler);
-            async move { Ok::<_, Infallible>(handler(req).await) }
+/// Where a new connection is served and counted.
+struct Conn<'a> {
+    slots: &'a Slots,
+    metrics: &'a Metrics,
+    server: HttpServer,
+}
+
+impl Conn<'_> {
+    /// Serves one connection in a slot, within the head and size limits ([`limits`]).
+    fn spawn<S, F, Fut>(self, stream: S, handler: F)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Resp> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let (metrics, server) = (self.metrics.clone(), self.server);
+        let evicted = self.slots.spawn(async move {
+            let service = service_fn(move |req| {
+                let handler = Arc::clone(&handler);
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits::HEAD_TIMEOUT)
+                .max_buf_size(limits::MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            match served {
+                Err(e) if e.is_timeout() => {
+                    metrics.inc_http_closed(server, HttpClosed::Timeout);
+                    debug!(
+                        server = server.as_str(),
+                        "closed a connection that sent no request in time"
+                    );
+                }
+                Err(e) => debug!(error = %e, "API connection ended with an error"),
+                Ok(()) => {}
+            }
         });
-        if let Err(e) = http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-        {
-            debug!(error = %e, "API connection ended with an error");
+        if evicted {
+            self.metrics.inc_http_closed(self.server, HttpClosed::Limit);
+            debug!(
+                server = self.server.as_str(),
+                "connection limit reached: closed the oldest connection"
+            );
         }
-    });
+    }
 }
 
 /// Sleeps briefly after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -460,7 +502,17 @@ async fn parse_body<T: DeserializeOwned>(
     req: Request<Incoming>,
     route: &str,
 ) -> Result<T, Rejection> {
-    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(read) = tokio::time::timeout(limits::BODY_TIMEOUT, read).await else {
+        return Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "reading body of POST {route}: not complete after {} s",
+                limits::BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             return Err((

@@ -1,0 +1,150 @@
+//! What one client may hold of a local server: a slot among its listener's capped connections,
+//! a few seconds for its request head and body, and a bounded head.
+//!
+//! The cap keeps slow or idle clients from using up the router's file descriptors. A new
+//! connection is never turned away: when every slot is taken, the oldest connection is closed
+//! to make room. A client that sends a request and reads the answer (`weft status`, a scrape)
+//! is done in milliseconds and so is never the oldest for long; a slow client (slowloris) is,
+//! and its time is bounded by [`HEAD_TIMEOUT`] anyway.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::task::AbortHandle;
+
+/// How long a client may take to send a request's head (also the idle time allowed between
+/// requests on a kept-alive connection).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most bytes buffered from a client at once: a request head larger than this is refused.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Connections kept open per TCP listener (the HTTP API, the metrics address).
+pub const TCP_CONNECTIONS: usize = 256;
+/// Connections kept open on the API's unix socket (root only).
+pub const UNIX_CONNECTIONS: usize = 64;
+
+/// A listener's connection slots.
+#[derive(Clone, Debug)]
+pub struct Slots {
+    cap: usize,
+    inner: Arc<Mutex<Open>>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    next: u64,
+    /// Oldest first.
+    conns: VecDeque<(u64, AbortHandle)>,
+}
+
+impl Slots {
+    /// Slots for at most `cap` connections (at least one).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            inner: Arc::default(),
+        }
+    }
+
+    /// Runs one connection in a task of its own, in a slot. Returns true when the oldest
+    /// connection was closed to make room.
+    pub fn spawn<F>(&self, conn: F) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut open = self.lock();
+        let id = open.next;
+        open.next += 1;
+        let evicted = if open.conns.len() >= self.cap {
+            open.conns.pop_front()
+        } else {
+            None
+        };
+        let release = Release {
+            id,
+            inner: Arc::clone(&self.inner),
+        };
+        let task = tokio::spawn(async move {
+            let _release = release;
+            conn.await;
+        });
+        open.conns.push_back((id, task.abort_handle()));
+        drop(open);
+        // Aborted outside the lock: the aborted task's release takes it.
+        evicted.map(|(_, handle)| handle.abort()).is_some()
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Frees a connection's slot when its task ends, finished or aborted.
+struct Release {
+    id: u64,
+    inner: Arc<Mutex<Open>>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut open = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = open.conns.iter().position(|(id, _)| *id == self.id) {
+            open.conns.remove(at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn settle(slots: &Slots, want: usize) {
+        for _ in 0..1000 {
+            if slots.open() == want {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("{} connections open, want {want}", slots.open());
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_closes_its_oldest_connection() {
+        let slots = Slots::new(2);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+        // The first connection never finishes on its own; it reports being dropped.
+        assert!(!slots.spawn(async move {
+            let _dropped = first_tx;
+            std::future::pending::<()>().await;
+        }));
+        assert!(!slots.spawn(std::future::pending()));
+        settle(&slots, 2).await;
+        assert!(slots.spawn(std::future::pending()), "the third evicts");
+        assert!(first_rx.await.is_err(), "the oldest was closed");
+        settle(&slots, 2).await;
+    }
+
+    #[tokio::test]
+    async fn a_finished_connection_frees_its_slot() {
+        let slots = Slots::new(1);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        slots.spawn(async move {
+            let _ = rx.await;
+        });
+        settle(&slots, 1).await;
+        tx.send(()).unwrap();
+        settle(&slots, 0).await;
+        assert!(
+            !slots.spawn(std::future::pending()),
+            "a free slot, no eviction"
+        );
+    }
+}
