@@ -2,13 +2,16 @@
 //! a few seconds for its request head and body, and a bounded head.
 //!
 //! The cap keeps slow or idle clients from using up the router's file descriptors. A new
-//! connection is never turned away: when every slot is taken, the oldest connection is closed
-//! to make room. A client that sends a request and reads the answer (`weft status`, a scrape)
-//! is done in milliseconds and so is never the oldest for long; a slow client (slowloris) is,
-//! and its time is bounded by [`HEAD_TIMEOUT`] anyway.
+//! connection is never turned away: when every slot is taken, the oldest connection that has
+//! no request in progress is closed to make room. A client that sends a request and reads the
+//! answer (`weft status`, a scrape) is done in milliseconds and so is never the oldest for
+//! long; a slow client (slowloris) is, and its time is bounded by [`HEAD_TIMEOUT`] anyway. A
+//! connection whose request is being answered (a CNI ADD waiting for IPAM) is never closed:
+//! when all are busy, the new one gets a slot beyond the cap.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,8 +26,8 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Connections kept open per TCP listener (the HTTP API, the metrics address).
 pub const TCP_CONNECTIONS: usize = 256;
-/// Connections kept open on the API's unix socket (root only).
-pub const UNIX_CONNECTIONS: usize = 64;
+/// Connections kept open on the API's unix socket (root only; the CNI plugin's calls).
+pub const UNIX_CONNECTIONS: usize = 128;
 
 /// A listener's connection slots.
 #[derive(Clone, Debug)]
@@ -37,7 +40,38 @@ pub struct Slots {
 struct Open {
     next: u64,
     /// Oldest first.
-    conns: VecDeque<(u64, AbortHandle)>,
+    conns: VecDeque<Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    busy: Busy,
+    task: AbortHandle,
+}
+
+/// Whether a connection has a request in progress (such a connection is never evicted).
+#[derive(Clone, Debug, Default)]
+pub struct Busy(Arc<AtomicBool>);
+
+impl Busy {
+    /// Marks a request in progress until the returned guard is dropped.
+    pub fn begin(&self) -> impl Drop + use<> {
+        self.0.store(true, Ordering::Relaxed);
+        BusyGuard(Arc::clone(&self.0))
+    }
+
+    fn is_busy(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct BusyGuard(Arc<AtomicBool>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Slots {
@@ -49,9 +83,9 @@ impl Slots {
         }
     }
 
-    /// Runs one connection in a task of its own, in a slot. Returns true when the oldest
-    /// connection was closed to make room.
-    pub fn spawn<F>(&self, conn: F) -> bool
+    /// Runs one connection (made by `conn` from its [`Busy`] marker) in a task of its own, in
+    /// a slot. Returns true when an older idle connection was closed to make room.
+    pub fn spawn<F>(&self, conn: impl FnOnce(Busy) -> F) -> bool
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -59,7 +93,8 @@ impl Slots {
         let id = open.next;
         open.next += 1;
         let evicted = if open.conns.len() >= self.cap {
-            open.conns.pop_front()
+            let idle = open.conns.iter().position(|s| !s.busy.is_busy());
+            idle.and_then(|at| open.conns.remove(at))
         } else {
             None
         };
@@ -67,14 +102,20 @@ impl Slots {
             id,
             inner: Arc::clone(&self.inner),
         };
+        let busy = Busy::default();
+        let conn = conn(busy.clone());
         let task = tokio::spawn(async move {
             let _release = release;
             conn.await;
         });
-        open.conns.push_back((id, task.abort_handle()));
+        open.conns.push_back(Slot {
+            id,
+            busy,
+            task: task.abort_handle(),
+        });
         drop(open);
         // Aborted outside the lock: the aborted task's release takes it.
-        evicted.map(|(_, handle)| handle.abort()).is_some()
+        evicted.map(|slot| slot.task.abort()).is_some()
     }
 
     /// Connections open now.
@@ -96,7 +137,7 @@ struct Release {
 impl Drop for Release {
     fn drop(&mut self) {
         let mut open = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = open.conns.iter().position(|(id, _)| *id == self.id) {
+        if let Some(at) = open.conns.iter().position(|s| s.id == self.id) {
             open.conns.remove(at);
         }
     }
@@ -121,29 +162,63 @@ mod tests {
         let slots = Slots::new(2);
         let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
         // The first connection never finishes on its own; it reports being dropped.
-        assert!(!slots.spawn(async move {
+        assert!(!slots.spawn(|_| async move {
             let _dropped = first_tx;
             std::future::pending::<()>().await;
         }));
-        assert!(!slots.spawn(std::future::pending()));
+        assert!(!slots.spawn(|_| std::future::pending()));
         settle(&slots, 2).await;
-        assert!(slots.spawn(std::future::pending()), "the third evicts");
+        assert!(slots.spawn(|_| std::future::pending()), "the third evicts");
         assert!(first_rx.await.is_err(), "the oldest was closed");
         settle(&slots, 2).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_a_request_in_progress_is_never_closed() {
+        let slots = Slots::new(2);
+        let (busy_tx, busy_rx) = tokio::sync::oneshot::channel::<()>();
+        let (marked_tx, marked_rx) = tokio::sync::oneshot::channel::<()>();
+        // The oldest is busy (a CNI ADD waiting for IPAM); the second is idle.
+        slots.spawn(move |busy| async move {
+            let _request = busy.begin();
+            let _dropped = busy_tx;
+            let _ = marked_tx.send(());
+            std::future::pending::<()>().await;
+        });
+        marked_rx.await.unwrap();
+        slots.spawn(|_| std::future::pending());
+        settle(&slots, 2).await;
+        assert!(slots.spawn(|_| std::future::pending()), "the idle one goes");
+        settle(&slots, 2).await;
+        // Still the busy one stays, older as it is: the idle one after it goes.
+        assert!(slots.spawn(|_| std::future::pending()));
+        settle(&slots, 2).await;
+        // When every connection is busy, a new one gets a slot beyond the cap.
+        let all_busy = Slots::new(1);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        all_busy.spawn(move |busy| async move {
+            let _request = busy.begin();
+            let _ = tx.send(());
+            std::future::pending::<()>().await;
+        });
+        rx.await.unwrap();
+        assert!(!all_busy.spawn(|_| std::future::pending()));
+        settle(&all_busy, 2).await;
+        drop(busy_rx);
     }
 
     #[tokio::test]
     async fn a_finished_connection_frees_its_slot() {
         let slots = Slots::new(1);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        slots.spawn(async move {
+        slots.spawn(|_| async move {
             let _ = rx.await;
         });
         settle(&slots, 1).await;
         tx.send(()).unwrap();
         settle(&slots, 0).await;
         assert!(
-            !slots.spawn(std::future::pending()),
+            !slots.spawn(|_| std::future::pending()),
             "a free slot, no eviction"
         );
     }

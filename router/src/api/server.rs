@@ -243,10 +243,15 @@ impl Conn<'_> {
     {
         let handler = Arc::new(handler);
         let (metrics, server) = (self.metrics.clone(), self.server);
-        let evicted = self.slots.spawn(async move {
+        let evicted = self.slots.spawn(move |busy| async move {
             let service = service_fn(move |req| {
                 let handler = Arc::clone(&handler);
-                async move { Ok::<_, Infallible>(handler(req).await) }
+                let request = busy.begin();
+                async move {
+                    let resp = handler(req).await;
+                    drop(request);
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
