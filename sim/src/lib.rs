@@ -6,5 +6,6 @@
 
 pub mod bench;
 pub mod demo;
+pub mod flood;
 pub mod lab;
 pub mod mesh;
