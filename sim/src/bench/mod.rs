@@ -43,7 +43,11 @@ use weft_router::sleeve_io::{Relay, RelayConfig, RelayStats};
 use weft_router::tap::{Tap, TapOptions};
 use weft_router::udp::{UdpOptions, UdpSocket};
 
+use crate::flood::{Flood, FloodSpec, FloodStats};
 use crate::lab::{self, LabGuard, LabSpec, netns};
+
+mod flood_row;
+pub use flood_row::{FLOOD, FloodRatio};
 
 /// The baseline configuration's name.
 pub const BASELINE: &str = "kernel-vxlan";
@@ -56,21 +60,23 @@ pub const EGRESS_NODE: &str = "egress-node";
 /// A lab pod to the external host, through its node's masquerade.
 pub const EGRESS_POD: &str = "egress-pod";
 /// Configurations this bench can run, baseline first.
-pub const CONFIGS: [&str; 7] = [
+pub const CONFIGS: [&str; 8] = [
     BASELINE,
     FASTDP,
     "sleeve",
     "sleeve-encrypted",
+    FLOOD,
     RELAY,
     EGRESS_NODE,
     EGRESS_POD,
 ];
 /// Configurations run by default.
-pub const DEFAULT_CONFIGS: [&str; 6] = [
+pub const DEFAULT_CONFIGS: [&str; 7] = [
     BASELINE,
     FASTDP,
     "sleeve",
     "sleeve-encrypted",
+    FLOOD,
     EGRESS_NODE,
     EGRESS_POD,
 ];
@@ -82,8 +88,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Comma-separated configurations (kernel-vxlan, fastdp, sleeve, sleeve-encrypted,
-    /// sleeve-relay, egress-node, egress-pod); the baseline always runs. Default: all but
-    /// sleeve-relay.
+    /// sleeve-encrypted-flood, sleeve-relay, egress-node, egress-pod); the baseline always
+    /// runs, and sleeve-encrypted with sleeve-encrypted-flood. Default: all but sleeve-relay.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Runs per configuration and stream count (the median is reported).
@@ -119,6 +125,9 @@ pub struct BenchReport {
     /// `egress-pod` against `egress-node` (masquerade's cost), when both ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressRatio>,
+    /// `sleeve-encrypted-flood` against `sleeve-encrypted` (a forged flood's cost), when run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodRatio>,
 }
 
 /// A pod's egress through masquerade against its node's own, in the same run.
@@ -178,7 +187,7 @@ impl BenchReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<17} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>9}",
+            "{:<22} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>9}",
             "config",
             "gbps_1",
             "gbps_4",
@@ -197,7 +206,7 @@ impl BenchReport {
                 .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}"));
             let _ = writeln!(
                 s,
-                "{:<17} {:>8.2} {:>8.2} {:>8.0} {:>7.2} {:>7.2} {:>9.2} {:>8.2} {:>8.2} {:>6.0} {:>9}",
+                "{:<22} {:>8.2} {:>8.2} {:>8.0} {:>7.2} {:>7.2} {:>9.2} {:>8.2} {:>8.2} {:>6.0} {:>9}",
                 r.config,
                 r.gbps_1,
                 r.gbps_4,
@@ -217,6 +226,19 @@ impl BenchReport {
              idle ping; paired = median of run-by-run ratios to the baseline)",
             self.seconds, self.runs, self.pod_mtu
         );
+        if let Some(f) = &self.flood {
+            let _ = writeln!(
+                s,
+                "under a flood of forged datagrams from a non-peer ({:.0}/s or more to each \
+                 tunnel port), over the same lab without: {:.2} (1 stream), {:.2} (4 streams); \
+                 paired {:.2}, {:.2}",
+                f.min_rate_per_port,
+                f.ratio_gbps_1,
+                f.ratio_gbps_4,
+                f.paired_ratio_gbps_1,
+                f.paired_ratio_gbps_4
+            );
+        }
         if let Some(e) = self.egress {
             let _ = writeln!(
                 s,
@@ -254,6 +276,18 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     if args.only.is_empty() {
         configs = DEFAULT_CONFIGS.iter().map(|c| (*c).to_owned()).collect();
     }
+    // The flooded row reuses the unflooded row's lab and is compared with it.
+    if let Some(at) = configs.iter().position(|c| c == FLOOD) {
+        let flood = configs.remove(at);
+        let base = match configs.iter().position(|c| c == flood_row::FLOOD_BASE) {
+            Some(base) => base,
+            None => {
+                configs.insert(at, flood_row::FLOOD_BASE.to_owned());
+                at
+            }
+        };
+        configs.insert(base + 1, flood);
+    }
     let prefix = format!("wbench{}", std::process::id());
     let ns = Namespaces::new(&prefix);
     build(&ns, args.mtu)?;
@@ -272,8 +306,18 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     let mut labs: Vec<LabGuard> = Vec::new();
     let mut targets = Vec::new();
     let mut egress: Option<(Target, Target)> = None;
+    let mut encrypted_lab: Option<(String, Target)> = None;
     for c in &configs {
         let target = match c.as_str() {
+            FLOOD => {
+                let (lab, base) = encrypted_lab.as_ref().context("no sleeve-encrypted lab")?;
+                warm_up(&base.client, &base.server_ip)?;
+                let most = Duration::from_secs(u64::from(args.seconds) * 2 + 60);
+                Target {
+                    flood: Some(flood_row::spec(lab, most)?),
+                    ..base.clone()
+                }
+            }
             BASELINE => Target::harness(ns.pod(1, c), ns.pod(2, c), PEER_POD, Vec::new()),
             RELAY => Target::harness(ns.pod(1, c), ns.pod(2, c), PEER_POD, relay_stats.clone()),
             EGRESS_NODE | EGRESS_POD => {
@@ -295,7 +339,11 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
                 } else {
                     lab::Datapath::Sleeve
                 };
-                let (guard, target) = start_lab(&prefix, datapath, c == "sleeve-encrypted")?;
+                let encrypted = c == flood_row::FLOOD_BASE;
+                let (guard, target) = start_lab(&prefix, datapath, encrypted)?;
+                if encrypted {
+                    encrypted_lab = Some((guard.name().to_owned(), target.clone()));
+                }
                 labs.push(guard);
                 target
             }
@@ -318,6 +366,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     for _ in 0..args.runs {
         for ((c, sample), t) in configs.iter().zip(&mut samples).zip(&targets) {
             let pod = &t.client;
+            let flood = t.flood.clone().map(Flood::start).transpose()?;
             sample.rtt_us.push(ping_median_us(pod, &t.server_ip)?);
             for streams in [1, 4] {
                 let cpu0 = CpuSnapshot::take(&t.stat_files);
@@ -333,6 +382,11 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
                 } else {
                     sample.gbps_4.push(r.gbps);
                 }
+            }
+            if let Some(flood) = flood {
+                sample
+                    .flood
+                    .push(flood.stop().with_context(|| format!("{c}: the flood"))?);
             }
         }
     }
@@ -376,6 +430,19 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             paired_ratio_gbps_4: round(paired_ratio(&pod.gbps_4, &node.gbps_4), 2),
         }
     });
+    let flood = at(flood_row::FLOOD_BASE).zip(at(FLOOD)).map(|(b, f)| {
+        let (base, flooded) = (&samples[b], &samples[f]);
+        let (mb, mf) = (base.medians(), flooded.medians());
+        let (min_rate_per_port, sent_by_kind) = flood_row::totals(&flooded.flood);
+        FloodRatio {
+            ratio_gbps_1: round(mf.0 / mb.0, 2),
+            ratio_gbps_4: round(mf.1 / mb.1, 2),
+            paired_ratio_gbps_1: round(paired_ratio(&flooded.gbps_1, &base.gbps_1), 2),
+            paired_ratio_gbps_4: round(paired_ratio(&flooded.gbps_4, &base.gbps_4), 2),
+            min_rate_per_port: round(min_rate_per_port, 0),
+            sent_by_kind,
+        }
+    });
     Ok(BenchReport {
         rows,
         runs: args.runs,
@@ -383,6 +450,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         pod_mtu: args.mtu,
         sleeve_relays,
         egress,
+        flood,
     })
 }
 
@@ -552,6 +620,8 @@ struct Target {
     server_ip: String,
     /// `/proc/…/stat` files whose CPU time is the data plane's.
     stat_files: Vec<String>,
+    /// A flood running while this row is measured.
+    flood: Option<FloodSpec>,
 }
 
 impl Target {
@@ -561,6 +631,7 @@ impl Target {
             server,
             server_ip: ip.to_owned(),
             stat_files,
+            flood: None,
         }
     }
 }
@@ -606,6 +677,7 @@ fn start_lab(prefix: &str, datapath: lab::Datapath, encrypt: bool) -> Result<(La
         server: server.netns.clone(),
         server_ip,
         stat_files,
+        flood: None,
     };
     Ok((guard, target))
 }
@@ -773,6 +845,7 @@ struct Samples {
     retransmits_1: Vec<u64>,
     busy_1: Vec<f64>,
     relay_1: Vec<f64>,
+    flood: Vec<FloodStats>,
 }
 
 impl Samples {
