@@ -265,6 +265,11 @@ impl Daemon {
         mesh_config.listen_port = port;
         mesh_config.conn_limit = config.conn_limit as usize;
         mesh_config.dial_timeout = DIAL_TIMEOUT;
+        // Each incarnation's records outrank the last one's, so a restarted router is taken
+        // back at once (not after a neighbour's 10 s tombstone of its last record).
+        mesh_config.initial_version = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2));
         let mesh = Mesh::new(mesh_config, Instant::now(), rand::rngs::OsRng.next_u64());
         let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
         let initial = encryption::sign(

@@ -119,6 +119,13 @@ pub struct Config {
     /// indexed by it); None makes one per engine. Give engines that share a `record_cache`
     /// the same interner too, or each record's memoised indices serve only one of them.
     pub peer_names: Option<PeerNames>,
+    /// The first version of our own record (default 1). The router passes its start time in
+    /// milliseconds since the epoch: versions advance at most once per
+    /// `own_update_interval`, far slower than the clock, so each incarnation's records
+    /// outrank every earlier incarnation's whatever its uid, and a restarted peer is neither
+    /// held off by a neighbour's tombstone of its last incarnation nor outranked by a stale
+    /// copy of it.
+    pub initial_version: u64,
 }
 
 impl Config {
@@ -153,6 +160,7 @@ impl Config {
             peer_events: true,
             record_cache: None,
             peer_names: None,
+            initial_version: 1,
         }
     }
 }
@@ -313,10 +321,11 @@ impl Mesh {
     pub fn new(config: Config, now: Instant, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let uid = PeerUid(rng.r#gen::<u64>() | 1);
+        let version = config.initial_version.max(1);
         let own = Arc::new(PeerInfo::new(
             config.name,
             uid,
-            1,
+            version,
             wire::truncate_utf8(&config.nickname, wire::MAX_NICKNAME_LEN).to_owned(),
             Vec::new(),
         ));
@@ -330,7 +339,7 @@ impl Mesh {
             config,
             rng,
             uid,
-            version: 1,
+            version,
             conns: BTreeMap::new(),
             by_peer: BTreeMap::new(),
             targets: Targets::default(),

@@ -457,3 +457,47 @@ fn a_split_keeps_the_cut_off_side_and_heals_without_a_full_exchange() {
         }
     }
 }
+
+/// A peer that crashes and comes back (same name, new uid) is taken back at once when its new
+/// incarnation starts at a higher version (the router starts at its clock in milliseconds);
+/// starting again at version 1 with a lower uid, it is held off by the tombstone of its last
+/// record until the tombstone expires.
+#[test]
+fn a_restarted_peer_is_taken_back_at_once_when_it_starts_at_a_higher_version() {
+    let back_after = |initial_version: u64| -> Duration {
+        let mut net = Net::new(2);
+        net.connect(0, 1);
+        net.run(Duration::from_secs(2));
+        let (old_uid, old_version) = (net.nodes[1].uid(), net.nodes[1].version());
+        net.alive[1] = false;
+        net.disconnect(0, 1);
+        net.run(Duration::from_secs(1));
+        assert!(net.nodes[0].peers().get(name(1)).is_none(), "collected");
+        // The new incarnation: a seed whose uid is below the old one, so only the version
+        // can outrank the tombstone.
+        let mut config = Config::new(name(1), "n1");
+        config.initial_version = initial_version;
+        let reborn = (100..)
+            .map(|seed| Mesh::new(config.clone(), net.now, seed))
+            .find(|m| m.uid() < old_uid)
+            .unwrap();
+        assert!(reborn.version() == initial_version.max(1) && old_version > 1);
+        net.nodes[1] = reborn;
+        net.alive[1] = true;
+        net.connect(0, 1);
+        let start = net.now;
+        while net.nodes[0].peers().get(name(1)).is_none() {
+            assert!(
+                net.now - start < Duration::from_secs(30),
+                "never taken back"
+            );
+            net.run(Duration::from_millis(50));
+        }
+        net.now - start
+    };
+    assert!(back_after(1_000_000) <= Duration::from_millis(500));
+    assert!(
+        back_after(1) >= Duration::from_secs(5),
+        "the tombstone holds it off"
+    );
+}

@@ -204,7 +204,10 @@ pub(super) fn running_pid(name: &str, i: usize) -> Option<i32> {
     (ours && alive(pid)).then_some(pid)
 }
 
-/// Whether `pid` runs; reaps it if it is our own exited child, and counts a zombie as gone.
+/// Whether `pid` runs; reaps it if it is our own exited child, and counts a zombie as gone
+/// once it is a zombie alone. A killed router's main thread turns zombie while its other
+/// threads still exit, and those hold its sockets open until the last one is gone: a router
+/// started before then finds the old API socket still answering.
 fn alive(pid: i32) -> bool {
     // SAFETY: waitpid with WNOHANG on a pid; ECHILD when it is not our child is fine.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
@@ -213,7 +216,8 @@ fn alive(pid: i32) -> bool {
             let state = stat
                 .rsplit_once(')')
                 .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z' | 'X') | None)
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+            !matches!(state, Some('Z' | 'X') | None) || threads > 1
         }
         Err(_) => false,
     }
