@@ -778,13 +778,21 @@ impl RxCtx<'_> {
         };
         let len = datagram.len();
         let mut packet = PacketBuf::new(&mut *datagram, HEADER_LEN, len - HEADER_LEN);
+        // Newest link first. Any error moves on to the next link: a datagram sealed by the
+        // other of two connections (both sides dialled) fails this link's replay window or
+        // epoch as readily as its tag, and a failed open leaves the session unchanged. When
+        // every link refuses it, the newest link's reason counts.
         let mut result = Err(OpenError::BadTag);
         let mut from = None;
-        for link in self.hop.iter().rev() {
-            result = lock(&link.session).open(self.now, &mut packet);
-            if !matches!(result, Err(OpenError::BadTag)) {
+        for (i, link) in self.hop.iter().rev().enumerate() {
+            let opened = lock(&link.session).open(self.now, &mut packet);
+            if opened.is_ok() {
                 from = Some(link);
+                result = opened;
                 break;
+            }
+            if i == 0 {
+                result = opened;
             }
         }
         let from_link = from;

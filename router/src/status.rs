@@ -460,8 +460,11 @@ impl StatusReader {
 /// Whether the router can serve pods, and why not: `GET /ready` and the CNI plugin's STATUS
 /// answer from it. Called from the engine's loop, so the mesh engine runs. IPAM must have given
 /// this node its gateway address, which takes a ring (consensus or a peer's) and space of its
-/// own, and must not be fenced off from a majority of the range's owners.
-pub fn readiness(gateway: bool, ipam_status: &str) -> (bool, Option<String>) {
+/// own, and must not be fenced off from a majority of the range's owners. And the data plane
+/// must carry frames to every peer the router is connected to: `unrouted` names those the
+/// topology has no route to yet (a new connection is routed once both ends' records list it,
+/// a few hundred milliseconds). A router alone is ready.
+pub fn readiness(gateway: bool, ipam_status: &str, unrouted: &[String]) -> (bool, Option<String>) {
     if !gateway {
         return (
             false,
@@ -471,5 +474,31 @@ pub fn readiness(gateway: bool, ipam_status: &str) -> (bool, Option<String>) {
     if ipam_status == topology::ipam::Waiting::Fenced.as_str() {
         return (false, Some(format!("IPAM: {ipam_status}")));
     }
+    if !unrouted.is_empty() {
+        return (
+            false,
+            Some(format!(
+                "data plane: no route yet to {}",
+                unrouted.join(", ")
+            )),
+        );
+    }
     (true, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readiness;
+
+    #[test]
+    fn ready_takes_a_gateway_no_fence_and_a_route_to_every_connected_peer() {
+        assert_eq!(readiness(true, "ready", &[]), (true, None));
+        let (ready, why) = readiness(false, "awaiting consensus", &[]);
+        assert!(!ready && why.unwrap().contains("no gateway address yet"));
+        let fenced = topology::ipam::Waiting::Fenced.as_str();
+        assert!(!readiness(true, fenced, &[]).0);
+        let (ready, why) = readiness(true, "ready", &["h2".to_owned(), "h3".to_owned()]);
+        assert!(!ready);
+        assert_eq!(why.unwrap(), "data plane: no route yet to h2, h3");
+    }
 }

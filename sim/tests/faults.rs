@@ -1,7 +1,8 @@
 //! Faults that must cost pods at most a second: a sleeve router killed (SIGKILL) or restarted
 //! (SIGTERM, as a rolling DaemonSet update does) while a pod pings through it every 10 ms,
 //! plain and encrypted; and a rolling restart of every router under a steady pod-to-pod TCP
-//! stream, on fastdp and on the sleeve.
+//! stream, on fastdp and on the sleeve. And ready means ready: the first ping right after
+//! `lab up` (which waits for every router's `/ready`) crosses without an ARP retry.
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)] // test helpers panic on setup failures by design; figures go to stderr
 
@@ -218,4 +219,43 @@ fn a_rolling_restart_keeps_a_tcp_stream_on_fastdp() {
 #[test]
 fn a_rolling_restart_keeps_a_tcp_stream_on_the_sleeve() {
     rolling_restart_keeps_tcp(Datapath::Sleeve, "s");
+}
+
+/// `lab up` returns once every router is ready, and ready includes a route to every connected
+/// peer: the first ping crosses at once (no ARP retry, which would cost a second).
+#[test]
+fn the_first_ping_after_lab_up_needs_no_arp_retry() {
+    let _serial = serial();
+    for (datapath, encrypt, tag) in [
+        (Datapath::Auto, false, "ra"),
+        (Datapath::Fastdp, false, "rf"),
+        (Datapath::Sleeve, false, "rs"),
+        (Datapath::Sleeve, true, "re"),
+    ] {
+        let name = unique_with("ft", tag);
+        let _guard = LabGuard::new(&name);
+        let mut spec = LabSpec::new(&name);
+        spec.nodes = 2;
+        spec.pods = 1;
+        spec.datapath = datapath;
+        spec.encrypt = encrypt;
+        let info = lab::up(&spec).unwrap();
+        let out = lab::exec_output(
+            &name,
+            "h1/p1",
+            &["ping", "-c", "1", "-W", "3", &pod_ip(&info, 2)],
+        )
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ms: f64 = text
+            .split("time=")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{datapath:?}: no reply: {text}"));
+        eprintln!("{datapath:?} (encrypt {encrypt}): first ping {ms} ms");
+        assert!(
+            ms <= 50.0,
+            "{datapath:?} (encrypt {encrypt}): first ping took {ms} ms"
+        );
+    }
 }

@@ -7,6 +7,23 @@ use topology::sleeve::pmtu::PathView;
 use super::*;
 
 impl Daemon {
+    /// The peers connected for less than [`READY_GRACE`] that the topology has no route to
+    /// yet (nicknames): the data plane cannot carry a pod's first frame to them. A connection
+    /// still unrouted after the grace (a peer that never lists it) no longer holds readiness
+    /// back; the connection list shows it.
+    fn unrouted(&self, ms: &topology::api::MeshStatus) -> Vec<String> {
+        let mut names: Vec<String> = ms
+            .connections
+            .iter()
+            .filter(|c| c.up_s < READY_GRACE.as_secs_f64())
+            .filter(|c| self.mesh.unicast_next_hop(c.name).is_none())
+            .map(|c| c.nickname.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub(super) fn status(&self, now: Instant) -> RouterStatus {
         let ms = self.mesh.status(now);
         let mut status = self.handles.status.current().as_ref().clone();
@@ -203,7 +220,7 @@ impl Daemon {
         }
         let ipam = self.ipam.status(now);
         (status.ready, status.not_ready_reason) =
-            crate::status::readiness(self.gateway.is_some(), &ipam.status);
+            crate::status::readiness(self.gateway.is_some(), &ipam.status, &self.unrouted(&ms));
         status.ipam = Some(crate::status::IpamStatus {
             status: ipam.status,
             range: ipam.range,
@@ -275,3 +292,6 @@ fn sleeve_reason(reason: FastdpReason, pod_mtu: u32, path: Option<PathView>) -> 
 fn packet_size(datagram: Option<usize>) -> Option<u32> {
     datagram.map(|v| v as u32 + crate::underlay::UDP_OVERHEAD)
 }
+
+/// How long a new connection without a route holds readiness back.
+const READY_GRACE: Duration = Duration::from_secs(10);

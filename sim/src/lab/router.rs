@@ -137,6 +137,14 @@ fn node_ready(spec: &LabSpec, i: usize) -> Result<()> {
             spec.nodes
         );
     }
+    // Ready: IPAM gave the node its gateway and the data plane routes to every peer it is
+    // connected to, so a pod's first frame crosses.
+    if report["ready"] != true {
+        bail!(
+            "not ready: {}",
+            report["not_ready_reason"].as_str().unwrap_or("starting")
+        );
+    }
     Ok(())
 }
 
