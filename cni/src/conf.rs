@@ -155,6 +155,14 @@ pub struct NetConf {
     /// Pod MTU (default: the bridge's MTU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Where a DEL that cannot reach the router queues its release (default
+    /// `/var/lib/weft/release-queue`; the router's `--release-queue`).
+    #[serde(
+        default,
+        rename = "releaseQueue",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub release_queue: Option<String>,
     /// Hairpin mode of the pod's bridge port (default true, as Weave).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hairpin_mode: Option<bool>,
@@ -260,14 +268,19 @@ impl NetConf {
                 format!("\"mtu\": {mtu} is outside {MIN_MTU}..={MAX_MTU}"),
             ));
         }
-        if let Some(socket) = self.socket.as_deref()
-            && !socket.starts_with('/')
-        {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                "invalid network configuration",
-                format!("\"socket\": {socket:?} is not an absolute path"),
-            ));
+        for (key, path) in [
+            ("socket", self.socket.as_deref()),
+            ("releaseQueue", self.release_queue.as_deref()),
+        ] {
+            if let Some(path) = path
+                && !path.starts_with('/')
+            {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "invalid network configuration",
+                    format!("\"{key}\": {path:?} is not an absolute path"),
+                ));
+            }
         }
         if let Some(ipam) = &self.ipam {
             return Err(CniError::new(
@@ -318,6 +331,13 @@ impl NetConf {
     /// The router socket path.
     pub fn socket_path(&self) -> &str {
         self.socket.as_deref().unwrap_or(DEFAULT_SOCKET)
+    }
+
+    /// The release queue's directory.
+    pub fn release_queue_dir(&self) -> &str {
+        self.release_queue
+            .as_deref()
+            .unwrap_or(topology::api::release_queue::DEFAULT_DIR)
     }
 
     /// The validated network name (empty before [`NetConf::validate`]).

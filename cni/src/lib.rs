@@ -19,5 +19,6 @@ pub mod error;
 mod log;
 mod netlink;
 pub mod plugin;
+pub mod queue;
 
 pub use plugin::{Outcome, run};

@@ -383,14 +383,29 @@ fn del(a: &Attach, conf: &NetConf) -> Result<Vec<u8>, CniError> {
         .block_on(netlink::delete_link(nl.host(), &host_name))
         .map_err(nl_error)?;
     let client = Client::new(conf.socket_path(), timeout());
-    let released = release(&client, a, conf)?;
-    log(format_args!(
-        "DEL {}/{}: veth {host_name} {}, released {:?}",
-        a.container_id,
-        a.ifname,
-        if deleted { "deleted" } else { "absent" },
-        released.released
-    ));
+    let veth = if deleted { "deleted" } else { "absent" };
+    match release(&client, a, conf) {
+        Ok(released) => log(format_args!(
+            "DEL {}/{}: veth {host_name} {veth}, released {:?}",
+            a.container_id, a.ifname, released.released
+        )),
+        // The router is down, restarting or not ready: the pod is gone from this node, so
+        // the DEL succeeds, and the router applies the queued release when it runs again.
+        Err(e) if e.code == code::TRY_AGAIN_LATER => {
+            let dir = std::path::Path::new(conf.release_queue_dir());
+            let path = crate::queue::push(dir, &release_request(a, conf))
+                .map_err(|q| io_error("cannot queue the release for the router", &q))?;
+            log(format_args!(
+                "DEL {}/{}: veth {host_name} {veth}; router unavailable ({}), release queued \
+                 in {}",
+                a.container_id,
+                a.ifname,
+                e.details,
+                path.display()
+            ));
+        }
+        Err(e) => return Err(e),
+    }
     Ok(Vec::new())
 }
 
@@ -607,12 +622,16 @@ fn lookup(client: &Client, a: &Attach, conf: &NetConf) -> Result<Option<Cidr>, C
 }
 
 /// Gives the attachment's address back.
-fn release(client: &Client, a: &Attach, conf: &NetConf) -> Result<ReleaseResponse, CniError> {
-    let req = ReleaseRequest {
+fn release_request(a: &Attach, conf: &NetConf) -> ReleaseRequest {
+    ReleaseRequest {
         container_id: a.container_id.clone(),
         ifname: a.ifname.clone(),
         network: conf.network().to_owned(),
-    };
+    }
+}
+
+fn release(client: &Client, a: &Attach, conf: &NetConf) -> Result<ReleaseResponse, CniError> {
+    let req = release_request(a, conf);
     let resp = client
         .post(RELEASE_PATH, &req)
         .map_err(|e| router_error(client, &e))?;

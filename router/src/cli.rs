@@ -117,6 +117,15 @@ pub struct InstallCniArgs {
     /// Pod MTU written into the conflist [default: the plugin takes the bridge's].
     #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535), env = "WEFT_MTU")]
     pub mtu: Option<u32>,
+    /// Where the plugin queues releases while the router is down (the router's
+    /// `--release-queue`).
+    #[arg(
+        long,
+        default_value = topology::api::release_queue::DEFAULT_DIR,
+        value_name = "DIR",
+        env = "WEFT_RELEASE_QUEUE"
+    )]
+    pub release_queue: PathBuf,
     /// More plugins to install under their own names where the node has none (e.g. portmap).
     #[arg(long, value_delimiter = ',', value_name = "FILE,...")]
     pub if_missing: Vec<PathBuf>,
@@ -132,6 +141,7 @@ impl InstallCniArgs {
             conf_name: self.conf_name,
             socket: self.socket,
             mtu: self.mtu,
+            release_queue: self.release_queue,
             if_missing: self.if_missing,
         }
     }
@@ -268,6 +278,15 @@ pub struct RouterArgs {
     /// State directory: node key, IPAM claims, persisted peers.
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
+    /// Releases the CNI plugin queued while the router was down, applied at start and every
+    /// 2 s (the conflist's `releaseQueue`).
+    #[arg(
+        long,
+        default_value = topology::api::release_queue::DEFAULT_DIR,
+        value_name = "DIR",
+        env = "WEFT_RELEASE_QUEUE"
+    )]
+    pub release_queue: PathBuf,
     /// Unix socket serving every API route.
     #[arg(long, default_value = DEFAULT_API_SOCKET, value_name = "PATH")]
     pub api_socket: PathBuf,
@@ -365,6 +384,7 @@ impl RouterArgs {
             masquerade: self.masquerade == OnOff::On,
             no_masq_cidrs: self.no_masq_cidrs,
             state_dir: self.state_dir,
+            release_queue: self.release_queue,
             api_socket: self.api_socket,
             http_addr: self.http_addr,
             metrics_addr: self.metrics_addr,

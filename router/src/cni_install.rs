@@ -28,6 +28,8 @@ pub struct InstallCni {
     pub socket: PathBuf,
     /// The pod MTU for the conflist; `None` leaves the plugin to take the bridge's.
     pub mtu: Option<u32>,
+    /// Where the plugin queues releases while the router is down.
+    pub release_queue: PathBuf,
     /// More plugins (e.g. `portmap`) installed under their own names only where the node has
     /// none: the node's own copies are never replaced.
     pub if_missing: Vec<PathBuf>,
@@ -75,6 +77,7 @@ impl InstallCni {
         let mut weft = json!({
             "type": PLUGIN_NAME,
             "socket": self.socket,
+            "releaseQueue": self.release_queue,
             "hairpinMode": true,
         });
         if let Some(mtu) = self.mtu {
@@ -186,6 +189,7 @@ mod tests {
             conf_name: DEFAULT_CONF_NAME.to_owned(),
             socket: PathBuf::from("/run/weft/weft.sock"),
             mtu: Some(1376),
+            release_queue: PathBuf::from("/var/lib/weft/release-queue"),
             if_missing: vec![portmap],
         };
         (dir, install)
@@ -209,6 +213,10 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_slice(&fs::read(&conf).unwrap()).unwrap();
         assert_eq!(doc["cniVersion"], "1.0.0");
         assert_eq!(doc["plugins"][0]["type"], "weft");
+        assert_eq!(
+            doc["plugins"][0]["releaseQueue"],
+            "/var/lib/weft/release-queue"
+        );
         assert_eq!(doc["plugins"][0]["mtu"], 1376);
         assert_eq!(doc["plugins"][1]["type"], "portmap");
         // No temporary file is left where the runtime looks.

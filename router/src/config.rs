@@ -42,6 +42,8 @@ pub struct RouterConfig {
     pub no_masq_cidrs: Vec<IpNet>,
     /// Where the node key, IPAM claims and persisted peers live.
     pub state_dir: PathBuf,
+    /// Where the CNI plugin queues releases while the router is down.
+    pub release_queue: PathBuf,
     /// The unix socket that serves every API route.
     pub api_socket: PathBuf,
     /// The TCP address that serves the read-only API routes.
@@ -96,6 +98,7 @@ impl RouterConfig {
             masquerade: true,
             no_masq_cidrs: Vec::new(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            release_queue: PathBuf::from(topology::api::release_queue::DEFAULT_DIR),
             api_socket,
             http_addr,
             metrics_addr,

@@ -169,6 +169,7 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
         daemon.fastdp_answers = Some(answers);
     }
     daemon.add_initial_targets().await;
+    daemon.apply_release_queue();
     info!(name = %daemon.mesh.name(), port, "mesh engine running");
     daemon.run(listener).await
 }
@@ -790,6 +791,7 @@ impl Daemon {
             self.send_to_all(&msg, None);
         }
         self.reread_peers_file().await;
+        self.apply_release_queue();
         let established: BTreeSet<SocketAddr> = self
             .mesh
             .targets()

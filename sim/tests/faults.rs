@@ -259,3 +259,50 @@ fn the_first_ping_after_lab_up_needs_no_arp_retry() {
         );
     }
 }
+
+fn veths(name: &str, node: &str) -> usize {
+    let out = lab::exec_output(name, node, &["ip", "-o", "link", "show", "type", "veth"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// With the router down, CNI ADD answers 11 (try again later) and leaves nothing behind, and
+/// CNI DEL succeeds: the veth goes and the release waits in the queue, which the router applies
+/// when it starts, so no address leaks.
+#[test]
+fn a_pod_deleted_while_its_router_is_down_loses_no_address() {
+    let _serial = serial();
+    let name = unique_with("ft", "q");
+    let _guard = LabGuard::new(&name);
+    let mut spec = LabSpec::new(&name);
+    spec.nodes = 2;
+    spec.pods = 1;
+    lab::up(&spec).unwrap();
+    let held = common::active(&name, "h1");
+    let queue = std::path::Path::new(lab::RUN_DIR)
+        .join(&name)
+        .join("h1")
+        .join("release-queue");
+    lab::router_action(&name, "h1", RouterAction::Stop).unwrap();
+
+    let veths_before = veths(&name, "h1");
+    let err = lab::pod_add(&name, "h1", "p2", None).unwrap_err();
+    assert!(format!("{err:#}").contains("\"code\":11"), "{err:#}");
+    assert_eq!(veths(&name, "h1"), veths_before, "a failed ADD left a veth");
+
+    lab::pod_del(&name, "h1", "p1").unwrap();
+    assert_eq!(veths(&name, "h1"), veths_before - 1, "DEL left the veth");
+    let queued: Vec<_> = std::fs::read_dir(&queue).unwrap().flatten().collect();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+
+    lab::router_action(&name, "h1", RouterAction::Start).unwrap();
+    let _ = api_answers(&name, "h1");
+    assert_eq!(common::settled_active(&name, "h1", held - 1), held - 1);
+    let start = Instant::now();
+    while std::fs::read_dir(&queue).unwrap().next().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "queue not emptied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::peer::PeerName;
 
 pub mod ipam;
+pub mod release_queue;
 
 /// The whole topology status of one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

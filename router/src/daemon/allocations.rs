@@ -1,9 +1,55 @@
 //! IPAM as the daemon carries it out: persisting and sending what the engine asks for, CNI
 //! allocations waiting for the ring or for space, and the bridge's gateway address.
 
+use topology::api::release_queue;
+
 use super::*;
 
 impl Daemon {
+    /// Applies the releases the CNI plugin queued while this router was down or not ready
+    /// (`topology::api::release_queue`), then removes them. An entry that does not decode is
+    /// renamed `*.bad` and left for the operator.
+    pub(super) fn apply_release_queue(&mut self) {
+        let dir = self.config.release_queue.clone();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                debug!(dir = %dir.display(), "reading the release queue: {e}");
+                return;
+            }
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            // Hidden files are the plugin's writes in progress.
+            if name.starts_with('.') || !name.ends_with(release_queue::SUFFIX) {
+                continue;
+            }
+            let decoded = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| release_queue::decode(&bytes));
+            match decoded {
+                Ok(req) => {
+                    let released = self.ipam.release(&req.container_id, &req.ifname);
+                    self.drain_ipam();
+                    info!(
+                        container = %req.container_id,
+                        ifname = %req.ifname,
+                        released = ?released,
+                        "applied a release the CNI plugin queued while the router was down"
+                    );
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        warn!(file = %path.display(), "removing a queued release: {e}");
+                    }
+                }
+                Err(e) => {
+                    warn!(file = %path.display(), "queued release set aside as .bad: {e}");
+                    let _ = std::fs::rename(&path, path.with_extension("bad"));
+                }
+            }
+        }
+    }
+
     /// Carries out what IPAM asked for, in its order: persist, send, report. Pending CNI
     /// allocations are retried afterwards, so an answer is never sent before its state is on
     /// disk.

@@ -82,6 +82,7 @@ fn exec(
         "name": "weft",
         "type": "weft",
         "socket": node_dir(name, i).join("weft.sock"),
+        "releaseQueue": node_dir(name, i).join("release-queue"),
     });
     let mut cmd = netns::command_in(&node_ns(name, i), dir.join("weft"))?;
     cmd.env_clear()

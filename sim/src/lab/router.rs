@@ -59,6 +59,10 @@ pub(super) fn start(spec: &LabSpec, i: usize) -> Result<()> {
         .args(["--nickname", &format!("h{i}")])
         .args(["--state-dir", &dir.join("state").display().to_string()])
         .args(["--api-socket", &dir.join("weft.sock").display().to_string()])
+        .args([
+            "--release-queue",
+            &dir.join("release-queue").display().to_string(),
+        ])
         .args(["--datapath", spec.datapath.as_str()])
         .args(["--encryption", if spec.encrypt { "on" } else { "off" }]);
     if !peers.is_empty() {
