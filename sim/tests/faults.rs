@@ -306,3 +306,45 @@ fn a_pod_deleted_while_its_router_is_down_loses_no_address() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Twenty CNI ADDs at once on one node all succeed with distinct addresses, and twenty DELs
+/// at once release them all.
+#[test]
+fn twenty_cni_calls_at_once() {
+    let _serial = serial();
+    let name = unique_with("ft", "c");
+    let _guard = LabGuard::new(&name);
+    let mut spec = LabSpec::new(&name);
+    spec.nodes = 2;
+    spec.pods = 0;
+    lab::up(&spec).unwrap();
+    let held = common::active(&name, "h1");
+    let pods: Vec<String> = (100..120).map(|j| format!("{name}-h1-p{j}")).collect();
+    for ns in &pods {
+        lab::netns::ip(&["netns", "add", ns]).unwrap();
+    }
+    let at_once = |del: bool| -> Vec<anyhow::Result<String>> {
+        let calls: Vec<_> = pods
+            .iter()
+            .map(|ns| {
+                let (name, ns) = (name.clone(), ns.clone());
+                std::thread::spawn(move || {
+                    if del {
+                        lab::cni_del(&name, "h1", &ns).map(|()| String::new())
+                    } else {
+                        lab::cni_add(&name, "h1", &ns)
+                    }
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    };
+    let added: Vec<String> = at_once(false).into_iter().map(|r| r.unwrap()).collect();
+    let unique: std::collections::BTreeSet<&String> = added.iter().collect();
+    assert_eq!(unique.len(), pods.len(), "duplicate addresses: {added:?}");
+    assert_eq!(common::settled_active(&name, "h1", held + 20), held + 20);
+    for r in at_once(true) {
+        r.unwrap();
+    }
+    assert_eq!(common::settled_active(&name, "h1", held), held);
+}
