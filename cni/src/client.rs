@@ -145,6 +145,16 @@ impl std::fmt::Display for ClientError {
     }
 }
 
+/// Parses a whole HTTP/1.x answer held in memory, as [`Client::request`] reads it from the
+/// socket (the fuzz target's and the property tests' entry).
+///
+/// # Errors
+///
+/// As [`Client::request`], but never [`ClientError::Connect`] or [`ClientError::Io`].
+pub fn parse_response(mut answer: &[u8]) -> Result<Response, ClientError> {
+    read_response(&mut answer)
+}
+
 /// Reads one HTTP/1.x response: headers, then a Content-Length, chunked or until-EOF body.
 fn read_response(stream: &mut impl Read) -> Result<Response, ClientError> {
     let mut buf = Vec::with_capacity(1024);
@@ -249,7 +259,8 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, ClientError> {
         if size == 0 {
             return Ok(out);
         }
-        if data.len() < size + 2 || out.len() + size > MAX_BODY {
+        // Size first: a huge one must not overflow `size + 2` (`out` never exceeds MAX_BODY).
+        if size > MAX_BODY - out.len() || data.len() < size + 2 {
             return Err(bad());
         }
         out.extend_from_slice(&data[..size]);
@@ -269,6 +280,8 @@ const MAX_BODY: usize = 1024 * 1024;
 #[cfg(test)]
 #[cfg_attr(test, allow(clippy::unwrap_used))]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -291,5 +304,83 @@ mod tests {
             read_response(&mut &b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n"[..])
                 .is_err()
         );
+    }
+
+    /// Regression (found by the `cni_http_response` fuzz target): a chunk size near
+    /// `usize::MAX` overflowed the bounds check; after a first chunk the sum wrapped past it
+    /// and slicing panicked, in release builds too.
+    #[test]
+    fn huge_chunk_size_is_refused() {
+        for wire in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\nfffffffffffffffe\r\nxy\r\n0\r\n\r\n",
+        ] {
+            assert!(matches!(parse_response(wire), Err(ClientError::Protocol(_))));
+        }
+    }
+
+    /// How a body is framed on the wire.
+    #[derive(Debug, Clone)]
+    enum Framing {
+        Length,
+        /// Chunked, cut into pieces of these sizes (cycled; a zero is skipped).
+        Chunked(Vec<usize>),
+        Eof,
+    }
+
+    fn encode(status: u16, body: &[u8], framing: &Framing) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\n");
+        match framing {
+            Framing::Length => out.push_str(&format!("content-length: {}\r\n\r\n", body.len())),
+            Framing::Chunked(_) => out.push_str("Transfer-Encoding: chunked\r\n\r\n"),
+            Framing::Eof => out.push_str("\r\n"),
+        }
+        let mut out = out.into_bytes();
+        match framing {
+            Framing::Chunked(sizes) => {
+                let mut rest = body;
+                for size in sizes.iter().filter(|s| **s > 0).cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (piece, tail) = rest.split_at((*size).min(rest.len()));
+                    out.extend_from_slice(format!("{:x};ext=1\r\n", piece.len()).as_bytes());
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
+                    rest = tail;
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            Framing::Length | Framing::Eof => out.extend_from_slice(body),
+        }
+        out
+    }
+
+    proptest! {
+        /// Any status and body read back, whatever the framing; a cut inside the headers or
+        /// a Content-Length body is refused; arbitrary bytes never panic.
+        #[test]
+        fn answers_read_back(
+            status in 100u16..1000,
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            framing in prop_oneof![
+                Just(Framing::Length),
+                proptest::collection::vec(1usize..50, 1..4).prop_map(Framing::Chunked),
+                Just(Framing::Eof),
+            ],
+            cut in any::<proptest::sample::Index>(),
+            junk in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let wire = encode(status, &body, &framing);
+            let r = parse_response(&wire).unwrap();
+            prop_assert_eq!((r.status, r.body), (status, body));
+            let head = find(&wire, b"\r\n\r\n").unwrap() + 4;
+            let cut = cut.index(wire.len());
+            if cut < head || (matches!(framing, Framing::Length) && cut < wire.len()) {
+                prop_assert!(parse_response(&wire[..cut]).is_err());
+            }
+            let _ = parse_response(&junk);
+            let _ = parse_response(&[&wire[..head], &junk[..]].concat());
+        }
     }
 }

@@ -69,9 +69,15 @@ pub fn load(path: &Path) -> Result<NodeKey, KeyFileError> {
         .take(256)
         .read_to_string(&mut text)
         .map_err(io_err)?;
-    decode(text.trim_end()).ok_or_else(|| KeyFileError::Invalid {
+    parse_key_text(&text).ok_or_else(|| KeyFileError::Invalid {
         path: path.to_owned(),
     })
+}
+
+/// Reads the text of a key file (what [`load`] read of it): 64 hex digits, then any trailing
+/// whitespace.
+pub fn parse_key_text(text: &str) -> Option<NodeKey> {
+    decode(text.trim_end())
 }
 
 /// Writes `key` to `path` atomically with mode 0600, replacing any existing file.
@@ -126,17 +132,23 @@ pub fn save(path: &Path, key: &NodeKey) -> Result<(), KeyFileError> {
 ///
 /// [`KeyFileError::Io`] if the file cannot be read.
 pub fn read_password_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
-    let mut bytes = Zeroizing::new(fs::read(path).map_err(|source| KeyFileError::Io {
+    let bytes = Zeroizing::new(fs::read(path).map_err(|source| KeyFileError::Io {
         path: path.to_owned(),
         source,
     })?);
+    Ok(password_from_file(bytes))
+}
+
+/// The password a password file's `bytes` hold: all of them, less one trailing newline (`\n`
+/// or `\r\n`).
+pub fn password_from_file(mut bytes: Zeroizing<Vec<u8>>) -> Zeroizing<Vec<u8>> {
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
     }
-    Ok(bytes)
+    bytes
 }
 
 /// Why a key file could not be used. Messages name the path (and mode), never key bytes.
@@ -253,6 +265,43 @@ mod tests {
             .unwrap();
         f.write_all(b"not a key\n").unwrap();
         assert!(matches!(load(&path), Err(KeyFileError::Invalid { .. })));
+    }
+
+    proptest::proptest! {
+        /// A saved key reads back from its text, with any trailing whitespace and in either
+        /// case; text of another length or with a non-hex digit is no key.
+        #[test]
+        fn key_text_reads_back(
+            bytes in proptest::prelude::any::<[u8; 32]>(),
+            tail in "[ \t\r\n]{0,4}",
+            upper in proptest::prelude::any::<bool>(),
+            cut in 0usize..64,
+            junk in "[^0-9a-fA-F]",
+        ) {
+            let key = NodeKey::from_bytes(bytes);
+            let text = encode(&key);
+            let text = if upper { text.to_ascii_uppercase() } else { text.to_string() };
+            let back = parse_key_text(&format!("{}{tail}", text.trim_end())).unwrap();
+            proptest::prop_assert_eq!(back.to_bytes(), bytes);
+            proptest::prop_assert!(parse_key_text(&text[..cut]).is_none());
+            let mut bad = text;
+            bad.replace_range(cut..=cut, "");
+            bad.insert_str(cut, &junk);
+            proptest::prop_assert!(parse_key_text(&bad).is_none());
+        }
+
+        /// A password file loses one trailing newline (`\n` or `\r\n`) and nothing else.
+        #[test]
+        fn password_loses_one_newline(p in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let with = |tail: &[u8]| password_from_file(Zeroizing::new([&p[..], tail].concat())).to_vec();
+            proptest::prop_assert_eq!(with(b"\r\n"), p.clone());
+            if p.last() != Some(&b'\r') {
+                proptest::prop_assert_eq!(with(b"\n"), p.clone());
+            }
+            if p.last() != Some(&b'\n') {
+                proptest::prop_assert_eq!(with(b""), p.clone());
+            }
+        }
     }
 
     #[test]

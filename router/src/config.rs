@@ -142,7 +142,8 @@ pub fn default_ipalloc_range() -> IpNet {
     ))
 }
 
-fn parse_peers(text: &str) -> Vec<String> {
+/// Reads a peers file's text (see [`read_peers_file`]).
+pub fn parse_peers(text: &str) -> Vec<String> {
     text.lines()
         .map(|line| line.split('#').next().unwrap_or(""))
         .flat_map(|line| line.split(|c: char| c == ',' || c.is_whitespace()))
@@ -170,6 +171,28 @@ mod tests {
     fn peers_file_syntax() {
         let text = "# mesh\n192.0.2.1, 192.0.2.2:6783\n\n  host3 # the third\n";
         assert_eq!(parse_peers(text), ["192.0.2.1", "192.0.2.2:6783", "host3"]);
+    }
+
+    proptest::proptest! {
+        /// Addresses separated by any mix of commas, whitespace and comment lines read
+        /// back in order; no entry is ever empty or holds a separator or `#`.
+        #[test]
+        fn peers_file_reads_back(
+            addrs in proptest::collection::vec("[a-z0-9.:\\[\\]]{1,20}", 0..6),
+            seps in proptest::collection::vec("[ ,\t\n]{1,3}|\n# [^\n]*\n", 6),
+            text in "\\PC{0,80}",
+        ) {
+            let mut file = String::new();
+            for (a, sep) in addrs.iter().zip(&seps) {
+                file.push_str(a);
+                file.push_str(sep);
+            }
+            proptest::prop_assert_eq!(parse_peers(&file), addrs);
+            for entry in parse_peers(&text) {
+                proptest::prop_assert!(!entry.is_empty());
+                proptest::prop_assert!(!entry.contains(|c: char| c == ',' || c == '#' || c.is_whitespace()));
+            }
+        }
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub fn parse_proof(text: &str) -> Result<[u8; PROOF_LEN], String> {
             text.len()
         ));
     }
+    // from_str_radix alone would take a sign ("+f").
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("\"proof\" must be hex digits only".to_owned());
+    }
     let mut out = [0u8; PROOF_LEN];
     for (i, b) in out.iter_mut().enumerate() {
         *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
@@ -127,6 +131,10 @@ pub fn uid_text(uid: PeerUid) -> String {
 
 /// Parses a uid as [`uid_text`] writes it.
 pub fn parse_uid(text: &str) -> Option<PeerUid> {
+    // from_str_radix alone would take a sign ("+a").
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     u64::from_str_radix(text, 16)
         .ok()
         .filter(|&u| u != 0)
@@ -183,6 +191,32 @@ mod tests {
         assert!(parse_proof(&"g".repeat(64)).is_err());
         assert_eq!(parse_uid(&uid_text(origin)), Some(origin));
         assert_eq!(parse_uid("0"), None);
+        // Regression (found by proofs_and_uids_read_back): a sign passed for a hex digit.
+        assert_eq!(parse_uid("+a"), None);
+        assert!(parse_proof(&"+f".repeat(32)).is_err());
+    }
+
+    proptest::proptest! {
+        /// Proofs read back from hex in either case with surrounding whitespace, uids from
+        /// their status text; what either parser accepts is hex digits only.
+        #[test]
+        fn proofs_and_uids_read_back(
+            proof in proptest::prelude::any::<[u8; PROOF_LEN]>(),
+            upper in proptest::prelude::any::<bool>(),
+            uid in 1u64..,
+            text in "[ +0-9a-fA-Fg-z]{0,70}",
+        ) {
+            let hex: String = proof.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = if upper { hex.to_ascii_uppercase() } else { hex };
+            proptest::prop_assert_eq!(parse_proof(&format!(" {hex}\n")), Ok(proof));
+            proptest::prop_assert_eq!(parse_uid(&uid_text(PeerUid(uid))), Some(PeerUid(uid)));
+            if parse_proof(&text).is_ok() {
+                proptest::prop_assert!(text.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+            if let Some(u) = parse_uid(&text) {
+                proptest::prop_assert!(u.0 != 0 && text.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ use anyhow::{Context as _, Result};
 use tokio::sync::mpsc;
 use topology::PeerName;
 use topology::channel::{Channel, envelope};
+use topology::fastdp::probe::ETH_P_ARP;
 use topology::fastdp::{
     Announcement, Announcements, Config as CoreConfig, Event, Fastdp, Mac, Mode, Path,
     PathEncryption, Probe, Reason, VNI,
@@ -44,50 +45,8 @@ pub const RECHECK_UNANSWERED: std::time::Duration = std::time::Duration::from_se
 
 /// The VXLAN device's name.
 pub const VXLAN: &str = "weft-vxlan";
-/// The VXLAN header's length.
-pub const VXLAN_HDR_LEN: usize = 8;
-/// The shortest probe: VXLAN header, Ethernet header, ARP for IPv4.
-pub const PROBE_LEN: usize = VXLAN_HDR_LEN + 14 + 28;
-
-/// Builds the probe for `target` (an IPv4 underlay address) from `src_mac` to `dst_mac`,
-/// its ARP request padded with zeros to `pod_mtu` bytes of Ethernet payload (at least the ARP).
-pub fn probe_frame(src_mac: Mac, dst_mac: Mac, target: Ipv4Addr, pod_mtu: u32) -> Vec<u8> {
-    let len = (VXLAN_HDR_LEN + 14 + pod_mtu as usize).max(PROBE_LEN);
-    let mut f = vec![0u8; len];
-    // VXLAN: flags (I bit), 3 reserved, VNI (24 bits), 1 reserved.
-    f[0] = 0x08;
-    f[4..7].copy_from_slice(&VNI.to_be_bytes()[1..4]);
-    let e = &mut f[VXLAN_HDR_LEN..];
-    e[0..6].copy_from_slice(&dst_mac);
-    e[6..12].copy_from_slice(&src_mac);
-    e[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-    let a = &mut e[14..];
-    a[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
-    a[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
-    a[4] = 6;
-    a[5] = 4;
-    a[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
-    a[8..14].copy_from_slice(&src_mac);
-    // Sender address 0.0.0.0 (a "probe" in RFC 5227's sense): no neighbour entry is made.
-    a[18..24].copy_from_slice(&[0; 6]);
-    a[24..28].copy_from_slice(&target.octets());
-    f
-}
-
-/// Returns the sender address of an ARP reply addressed to `our_mac`, from an Ethernet frame.
-pub fn parse_answer(frame: &[u8], our_mac: &Mac) -> Option<IpAddr> {
-    if frame.len() < 14 + 28 || frame[12..14] != ETH_P_ARP.to_be_bytes() {
-        return None;
-    }
-    let a = &frame[14..];
-    if a[0..2] != [0, 1] || a[2..4] != [8, 0] || a[4] != 6 || a[5] != 4 || a[6..8] != [0, 2] {
-        return None;
-    }
-    if &a[18..24] != our_mac {
-        return None;
-    }
-    Some(IpAddr::V4(Ipv4Addr::new(a[14], a[15], a[16], a[17])))
-}
+// The probe's wire format (build and parse) is pure and lives in the core.
+pub use topology::fastdp::probe::{PROBE_LEN, VXLAN_HDR_LEN, parse_answer, probe_frame};
 
 /// The probe socket and the answer listener.
 #[derive(Debug)]
@@ -373,8 +332,6 @@ impl Fdb {
     }
 }
 
-const ETH_P_ARP: u16 = 0x0806;
-
 /// Sets DF on every datagram and never fragments (`IP_PMTUDISC_DO`).
 fn forbid_fragmentation(socket: &UdpSocket) -> io::Result<()> {
     let value: libc::c_int = libc::IP_PMTUDISC_DO;
@@ -392,50 +349,6 @@ fn forbid_fragmentation(socket: &UdpSocket) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn probe_layout_and_answer_parsing() {
-        let ours = [0x02, 1, 2, 3, 4, 5];
-        let theirs = [0x02, 9, 8, 7, 6, 5];
-        let f = probe_frame(ours, theirs, Ipv4Addr::new(192, 0, 2, 2), 1450);
-        // Full size: VXLAN header + Ethernet header + 1450 bytes, zero after the ARP.
-        assert_eq!(f.len(), 8 + 14 + 1450);
-        assert!(f[50..].iter().all(|b| *b == 0));
-        assert_eq!(
-            probe_frame(ours, theirs, Ipv4Addr::LOCALHOST, 0).len(),
-            PROBE_LEN
-        );
-        assert_eq!(&f[..8], &[0x08, 0, 0, 0, 0x00, 0x77, 0x65, 0]);
-        assert_eq!(&f[8..14], &theirs);
-        assert_eq!(&f[14..20], &ours);
-        assert_eq!(&f[20..22], &[0x08, 0x06]);
-        assert_eq!(&f[28..30], &[0, 1], "ARP request");
-        assert_eq!(&f[30..36], &ours);
-        assert_eq!(&f[36..40], &[0, 0, 0, 0], "sender address 0.0.0.0");
-        assert_eq!(&f[46..50], &[192, 0, 2, 2]);
-        // The reply the kernel sends: sender = peer, target MAC = ours.
-        let mut reply = f[8..].to_vec();
-        reply[0..6].copy_from_slice(&ours);
-        reply[6..12].copy_from_slice(&theirs);
-        reply[20..22].copy_from_slice(&[0, 2]);
-        reply[22..28].copy_from_slice(&theirs);
-        reply[28..32].copy_from_slice(&[192, 0, 2, 2]);
-        reply[32..38].copy_from_slice(&ours);
-        reply[38..42].copy_from_slice(&[0, 0, 0, 0]);
-        assert_eq!(
-            parse_answer(&reply, &ours),
-            Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)))
-        );
-        assert_eq!(parse_answer(&reply, &theirs), None, "not addressed to us");
-        assert_eq!(parse_answer(&f[8..], &ours), None, "a request is no answer");
-        assert_eq!(parse_answer(&reply[..30], &ours), None);
-    }
 }
 
 /// The fastdp data plane as the daemon drives it: the decision core, the probe I/O, the

@@ -213,8 +213,8 @@ pub fn decode_file(bytes: &[u8]) -> Result<Snapshot, &'static str> {
     })
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib computes it).
-fn crc32(data: &[u8]) -> u32 {
+/// CRC-32 (IEEE 802.3, reflected, as zlib computes it): the file header's checksum.
+pub fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= u32::from(b);
@@ -351,6 +351,43 @@ mod tests {
             let err = store.load().unwrap_err().to_string();
             assert!(err.contains(&store.path().display().to_string()), "{err}");
             assert!(err.contains(want), "{err}");
+        }
+    }
+
+    /// A file of `n` allocations.
+    fn image(n: usize) -> Vec<u8> {
+        let now = Instant::now();
+        let mut ipam = engine(now);
+        for i in 0..n {
+            alloc(&mut ipam, now, &format!("c{i}"));
+        }
+        encode_file(&ipam.poll_snapshot().unwrap())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A saved file reads back; any one bit flipped anywhere (header or snapshot), any
+        /// cut and any byte appended is refused; arbitrary bytes never panic.
+        #[test]
+        fn any_damage_is_refused(
+            n in 0usize..6,
+            bit in proptest::prelude::any::<proptest::sample::Index>(),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            extra in proptest::prelude::any::<u8>(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let file = image(n);
+            let snap = decode_file(&file).unwrap();
+            proptest::prop_assert_eq!(&encode_file(&snap), &file);
+            let mut flipped = file.clone();
+            let at = bit.index(file.len() * 8);
+            flipped[at / 8] ^= 1 << (at % 8);
+            proptest::prop_assert!(decode_file(&flipped).is_err());
+            proptest::prop_assert!(decode_file(&file[..cut.index(file.len())]).is_err());
+            proptest::prop_assert!(decode_file(&[&file[..], &[extra]].concat()).is_err());
+            let _ = decode_file(&junk);
+            let _ = decode_file(&[&file[..HEADER_LEN], &junk[..]].concat());
         }
     }
 

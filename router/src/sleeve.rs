@@ -51,6 +51,9 @@ mod pmtu;
 mod tx;
 
 pub use tx::FRAMES_PER_BATCH;
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub use tx::{SentFrame, send_path};
 
 use crate::metrics::{DropReason, Metrics};
 use crate::netlink::Netlink;
@@ -931,16 +934,13 @@ impl RxCtx<'_> {
         let Received::Inject { frame, .. } = self.receiver.handle_chunk(self.now, src, body) else {
             return;
         };
-        let at = VNET_HDR_LEN + 6;
-        if frame.len() >= at + 6 {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(&frame[at..at + 6]);
-            if mac[0] & 1 == 0 && *self.last_learned != Some((mac, src)) {
-                *self.last_learned = Some((mac, src));
-                let learned = lock(&shared.macs).learn(self.now, mac, PeerName::from_bytes(src));
-                if let Learned::Moved { .. } = learned {
-                    shared.counters.mac_moves.fetch_add(1, Ordering::Relaxed);
-                }
+        if let Some(mac) = unicast_src(frame)
+            && *self.last_learned != Some((mac, src))
+        {
+            *self.last_learned = Some((mac, src));
+            let learned = lock(&shared.macs).learn(self.now, mac, PeerName::from_bytes(src));
+            if let Learned::Moved { .. } = learned {
+                shared.counters.mac_moves.fetch_add(1, Ordering::Relaxed);
             }
         }
         match self.tap.write(frame) {
@@ -955,6 +955,14 @@ impl RxCtx<'_> {
             }
         }
     }
+}
+
+/// The source MAC of a reassembled frame (virtio_net_hdr first), which the MAC table learns,
+/// or `None` when the frame is too short or the address a group one.
+pub fn unicast_src(frame: &[u8]) -> Option<[u8; 6]> {
+    let at = VNET_HDR_LEN + 6;
+    let mac: [u8; 6] = frame.get(at..at + 6)?.try_into().ok()?;
+    (mac[0] & 1 == 0).then_some(mac)
 }
 
 /// A receive buffer: one GRO-coalesced message of up to 64 KiB.

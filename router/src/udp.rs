@@ -221,11 +221,14 @@ impl UdpSocket {
             return Err(io::Error::last_os_error());
         }
         let got = rc as usize;
-        for ((hdr, m), name) in hdrs.iter().zip(meta.iter_mut()).zip(&names).take(got) {
+        let received = hdrs.iter().zip(&cmsgs).zip(meta.iter_mut()).zip(&names);
+        for (((hdr, cmsg), m), name) in received.take(got) {
             let len = hdr.msg_len as usize;
+            // The kernel wrote `msg_controllen` bytes of control messages into `cmsg`.
+            let control = &cmsg.0[..hdr.msg_hdr.msg_controllen.min(CMSG_BUF_LEN)];
             *m = RecvMeta {
                 len,
-                segment_size: gro_segment(&hdr.msg_hdr).unwrap_or(len).max(1),
+                segment_size: gro_segment(control).unwrap_or(len).max(1),
                 truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
                 src: sockaddr_to_std(name),
             };
@@ -282,19 +285,32 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result
     Ok(rc > 0)
 }
 
-/// Reads the GRO segment size from a received message's control data.
-fn gro_segment(h: &libc::msghdr) -> Option<usize> {
-    // SAFETY: `h` was filled by recvmmsg; msg_control/msg_controllen describe our buffer and
-    // the kernel's control messages in it, which the CMSG_* macros walk within bounds.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(h);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
-                let v = ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                return usize::try_from(v).ok();
-            }
-            c = libc::CMSG_NXTHDR(h, c);
+/// Reads the GRO segment size from a received message's control data (the
+/// `msg_controllen` bytes the kernel wrote). Walks the control messages as `CMSG_FIRSTHDR`
+/// and `CMSG_NXTHDR` do, but checked: a header that does not fit, a length shorter than a
+/// header (or that overflows) and a `UDP_GRO` message too short for its `int` end the walk.
+pub fn gro_segment(control: &[u8]) -> Option<usize> {
+    const HDR: usize = size_of::<libc::cmsghdr>();
+    let align = |n: usize| Some(n.checked_add(size_of::<usize>() - 1)? & !(size_of::<usize>() - 1));
+    let mut at = 0usize;
+    while let Some(h) = control.get(at..at.checked_add(HDR)?) {
+        // SAFETY: `h` holds HDR bytes; cmsghdr is plain integers, valid for any bytes.
+        let c = unsafe { ptr::read_unaligned(h.as_ptr().cast::<libc::cmsghdr>()) };
+        let len = c.cmsg_len as usize;
+        if len < HDR {
+            return None;
         }
+        if c.cmsg_level == libc::SOL_UDP && c.cmsg_type == UDP_GRO {
+            const INT: usize = size_of::<libc::c_int>();
+            // CMSG_DATA: right after the (aligned) header.
+            let data = control.get(at + align(HDR)?..)?.get(..INT)?;
+            if len < HDR + INT {
+                return None;
+            }
+            let v = libc::c_int::from_ne_bytes(data.try_into().ok()?);
+            return usize::try_from(v).ok();
+        }
+        at = at.checked_add(align(len)?)?;
     }
     None
 }
@@ -369,6 +385,8 @@ impl CmsgBuf {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -418,5 +436,104 @@ mod tests {
         }
         assert_eq!(datagrams[9].len(), 500);
         assert_eq!(datagrams[10], b"hello");
+    }
+
+    /// Control data as the kernel lays it out, built with libc's `CMSG_*` macros: one
+    /// control message per `(level, type, data)`, as many as fit `CMSG_BUF_LEN`.
+    fn control(msgs: &[(i32, i32, Vec<u8>)]) -> (CmsgBuf, usize) {
+        let mut buf = CmsgBuf::ZERO;
+        let mut used = 0;
+        for (level, ty, data) in msgs {
+            let space = cmsg_space(data.len());
+            if used + space > CMSG_BUF_LEN {
+                break;
+            }
+            // SAFETY: the header and data fit within `buf` (checked above), which is aligned
+            // for cmsghdr at `used` (a multiple of the alignment CMSG_SPACE rounds to).
+            unsafe {
+                let c = buf.0.as_mut_ptr().add(used).cast::<libc::cmsghdr>();
+                (*c).cmsg_len = libc::CMSG_LEN(data.len() as u32) as usize;
+                (*c).cmsg_level = *level;
+                (*c).cmsg_type = *ty;
+                ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(c), data.len());
+            }
+            used += space;
+        }
+        (buf, used)
+    }
+
+    /// What the CMSG_* walk over a kernel-built buffer finds (the reference).
+    fn gro_segment_libc(buf: &mut CmsgBuf, len: usize) -> Option<usize> {
+        // SAFETY: msghdr is plain old data; all-zero is a valid empty value.
+        let mut h: libc::msghdr = unsafe { mem::zeroed() };
+        h.msg_control = buf.0.as_mut_ptr().cast();
+        h.msg_controllen = len;
+        // SAFETY: `h` describes `len` bytes of well-formed control messages in `buf`, each
+        // UDP_GRO one holding an int.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    return usize::try_from(v).ok();
+                }
+                c = libc::CMSG_NXTHDR(&h, c);
+            }
+        }
+        None
+    }
+
+    fn gro(size: i32) -> (i32, i32, Vec<u8>) {
+        (libc::SOL_UDP, UDP_GRO, size.to_ne_bytes().to_vec())
+    }
+
+    #[test]
+    fn gro_segment_from_control_data() {
+        let (buf, len) = control(&[gro(1448)]);
+        assert_eq!(gro_segment(&buf.0[..len]), Some(1448));
+        let (buf, len) = control(&[(libc::SOL_IP, libc::IP_TOS, vec![0]), gro(1000)]);
+        assert_eq!(gro_segment(&buf.0[..len]), Some(1000));
+        // The last message's padding may be missing, not its int.
+        assert_eq!(gro_segment(&buf.0[..len - 4]), Some(1000));
+        assert_eq!(gro_segment(&buf.0[..len - 5]), None, "cut short");
+        assert_eq!(gro_segment(&[]), None);
+        let (buf, len) = control(&[gro(-1)]);
+        assert_eq!(gro_segment(&buf.0[..len]), None);
+        // A length shorter than a header, or so long it overflows, ends the walk.
+        let (mut buf, len) = control(&[(libc::SOL_IP, libc::IP_TOS, vec![0]), gro(9)]);
+        buf.0[..8].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(gro_segment(&buf.0[..len]), None);
+        buf.0[..8].copy_from_slice(&3usize.to_ne_bytes());
+        assert_eq!(gro_segment(&buf.0[..len]), None);
+        // A UDP_GRO message whose length leaves no room for its int.
+        let (mut buf, len) = control(&[gro(9)]);
+        buf.0[..8].copy_from_slice(&16usize.to_ne_bytes());
+        assert_eq!(gro_segment(&buf.0[..len]), None);
+    }
+
+    proptest! {
+        /// On control data laid out as the kernel does, the checked walk finds what the
+        /// CMSG_* macros find; on any bytes it never panics.
+        #[test]
+        fn gro_segment_matches_cmsg_macros(
+            msgs in proptest::collection::vec(
+                prop_oneof![
+                    any::<i32>().prop_map(gro),
+                    (0i32..300, 0i32..300, proptest::collection::vec(any::<u8>(), 0..20)),
+                ],
+                0..5,
+            ),
+            junk in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            // A non-GRO message must not pass for one (the macro walk would read past it).
+            let msgs: Vec<_> = msgs
+                .into_iter()
+                .filter(|(l, t, d)| (*l, *t) != (libc::SOL_UDP, UDP_GRO) || d.len() == 4)
+                .collect();
+            let (mut buf, len) = control(&msgs);
+            let ours = gro_segment(&buf.0[..len]);
+            prop_assert_eq!(ours, gro_segment_libc(&mut buf, len));
+            let _ = gro_segment(&junk);
+        }
     }
 }

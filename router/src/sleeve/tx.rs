@@ -51,13 +51,11 @@ pub(super) fn tx_loop(
         }
         let TxBuffers {
             layout,
-            slot_len,
             slots,
             ref mut bufs,
             ref mut scratch,
             ref mut chunker,
             data_offset,
-            payload,
             per_message,
         } = tx;
         let mut lens = [0usize; FRAMES_PER_BATCH];
@@ -72,10 +70,7 @@ pub(super) fn tx_loop(
         // Read a batch of frames straight into chunk slots.
         let mut n = 0;
         while n < FRAMES_PER_BATCH {
-            let buf = &mut bufs[n];
-            let mut areas = buf
-                .chunks_exact_mut(slot_len)
-                .map(|s| IoSliceMut::new(&mut s[data_offset..data_offset + payload]));
+            let mut areas = slot_areas(&mut bufs[n], layout).map(IoSliceMut::new);
             let mut iov: [IoSliceMut<'_>; MAX_SLOTS] =
                 std::array::from_fn(|_| areas.next().unwrap_or_else(|| IoSliceMut::new(&mut [])));
             let len = match tap.read_vectored(&mut iov[..slots.min(MAX_SLOTS)]) {
@@ -84,7 +79,7 @@ pub(super) fn tx_loop(
                 Err(_) => break,
             };
             c.tap_frames.fetch_add(1, Ordering::Relaxed);
-            if !(VNET_HDR_LEN + 14..=MAX_FRAME_LEN).contains(&len) {
+            if !frame_len_ok(len) {
                 shared.drop_datagram(DropReason::TooBig);
                 continue;
             }
@@ -100,12 +95,9 @@ pub(super) fn tx_loop(
         {
             let macs = lock(&shared.macs);
             for (dst, buf) in dsts.iter_mut().zip(bufs.iter()).take(n) {
-                let at = data_offset + VNET_HDR_LEN;
-                let mut mac = [0u8; 6];
-                mac.copy_from_slice(&buf[at..at + 6]);
-                if mac[0] & 1 != 0 {
+                let Some(mac) = unicast_dst(buf, data_offset) else {
                     continue;
-                }
+                };
                 c.tap_unicast.fetch_add(1, Ordering::Relaxed);
                 if let Some(peer) = macs.lookup(&mac) {
                     // Learned from the sleeve since the peer went onto fastdp (the table
@@ -191,7 +183,6 @@ pub(super) fn tx_loop(
 /// The TX thread's buffers, laid out for one datagram size.
 struct TxBuffers {
     layout: ChunkLayout,
-    slot_len: usize,
     /// Slots per frame buffer: one more than the largest frame needs, so a longer frame
     /// shows as oversize.
     slots: usize,
@@ -199,28 +190,58 @@ struct TxBuffers {
     scratch: Box<[u8]>,
     chunker: Chunker,
     data_offset: usize,
-    payload: usize,
     per_message: usize,
 }
 
 impl TxBuffers {
     fn new(layout: ChunkLayout, chunker: Chunker) -> Self {
-        let slot_len = layout.slot_len();
-        let slots = layout.chunk_count(MAX_FRAME_LEN) + 1;
+        let slots = slots_per_frame(layout);
+        let len = slots * layout.slot_len();
         Self {
             layout,
-            slot_len,
             slots,
             bufs: (0..FRAMES_PER_BATCH)
-                .map(|_| vec![0u8; slots * slot_len].into_boxed_slice())
+                .map(|_| vec![0u8; len].into_boxed_slice())
                 .collect(),
-            scratch: vec![0u8; slots * slot_len].into_boxed_slice(),
+            scratch: vec![0u8; len].into_boxed_slice(),
             chunker,
             data_offset: layout.data_offset(),
-            payload: layout.payload(),
-            per_message: (MAX_UDP_PAYLOAD / slot_len).min(MAX_GSO_SEGMENTS),
+            per_message: per_message(layout),
         }
     }
+}
+
+/// Slots per frame buffer: one more than the largest frame needs, so a longer read shows.
+fn slots_per_frame(layout: ChunkLayout) -> usize {
+    layout.chunk_count(MAX_FRAME_LEN) + 1
+}
+
+/// Datagrams per GSO train.
+fn per_message(layout: ChunkLayout) -> usize {
+    (MAX_UDP_PAYLOAD / layout.slot_len()).min(MAX_GSO_SEGMENTS)
+}
+
+/// The data areas of `buf`'s slots, in order: where `readv` lays a frame read from the TAP.
+fn slot_areas(buf: &mut [u8], layout: ChunkLayout) -> impl Iterator<Item = &mut [u8]> {
+    let data = layout.data_offset()..layout.data_offset() + layout.payload();
+    buf.chunks_exact_mut(layout.slot_len())
+        .map(move |slot| &mut slot[data.clone()])
+}
+
+/// Whether a read of `len` bytes is a frame the sleeve carries: a virtio_net_hdr and an
+/// Ethernet header at least, [`MAX_FRAME_LEN`] at most.
+fn frame_len_ok(len: usize) -> bool {
+    (VNET_HDR_LEN + 14..=MAX_FRAME_LEN).contains(&len)
+}
+
+/// The destination MAC of the frame read into `buf`'s slots (the first data area starts with
+/// the virtio_net_hdr, then the Ethernet header), or `None` for a group address (broadcast,
+/// multicast). A datagram size the path MTU search allows leaves room for both in one slot.
+fn unicast_dst(buf: &[u8], data_offset: usize) -> Option<[u8; 6]> {
+    let at = data_offset + VNET_HDR_LEN;
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&buf[at..at + 6]);
+    (mac[0] & 1 == 0).then_some(mac)
 }
 
 /// Seals every chunk of a frame in place with one session lock.
@@ -381,4 +402,228 @@ pub(super) fn send_all(
 /// The datagrams one message makes on the wire: one, or one per GSO segment.
 fn datagrams_in(buf: &[u8], segment_size: Option<u16>) -> u64 {
     segment_size.map_or(1, |s| buf.len().div_ceil(usize::from(s).max(1))) as u64
+}
+
+/// What [`send_path`] saw: the TX thread's choice of destination, and the peer's side.
+#[cfg(any(test, fuzzing))]
+#[derive(Debug)]
+pub struct SentFrame {
+    /// The peer the frame went to: the one given for a unicast MAC, else [`BROADCAST`].
+    pub dst: [u8; 6],
+    /// Datagrams on the wire.
+    pub datagrams: usize,
+    /// What the peer's receiver handed out to write to its TAP.
+    pub delivered: Vec<Vec<u8>>,
+}
+
+/// The TX thread's work on one frame, without the TAP and the socket, then the peer's RX
+/// work on what it sent. `frame` (virtio_net_hdr first) is laid into chunk slots as `readv`
+/// lays it, its destination MAC read, and it is chunked for datagrams of `datagram` bytes
+/// (held within what the path MTU search allows) from `src` toward `peer` (for a unicast MAC)
+/// or [`BROADCAST`]; each chunk is sealed with `tx` and the chunks cut into GSO trains. The
+/// trains are cut into datagrams as GSO does, and each is checked, opened with `rx` and
+/// reassembled as the peer's RX thread does.
+///
+/// # Errors
+///
+/// What the peer refused of what was sent (a bug either side).
+#[cfg(any(test, fuzzing))]
+pub fn send_path(
+    frame: &[u8],
+    datagram: usize,
+    src: [u8; 6],
+    peer: [u8; 6],
+    tx: &Mutex<Session>,
+    rx: &mut Session,
+    now: Instant,
+) -> Result<Option<SentFrame>, String> {
+    let datagram = datagram.clamp(pmtu::MIN_DATAGRAM, MAX_UDP_PAYLOAD);
+    let layout = ChunkLayout::sealed(datagram, crypto::HEADER_LEN, TAG_LEN)
+        .map_err(|e| format!("layout for {datagram}: {e}"))?;
+    let slots = slots_per_frame(layout);
+    let mut buf = vec![0u8; slots * layout.slot_len()];
+    // readv: as much of the frame as the slots' data areas hold, in order.
+    let mut len = 0;
+    for area in slot_areas(&mut buf, layout).take(slots.min(MAX_SLOTS)) {
+        let n = area.len().min(frame.len() - len);
+        area[..n].copy_from_slice(&frame[len..len + n]);
+        len += n;
+    }
+    if !frame_len_ok(len) {
+        return Ok(None);
+    }
+    let dst = unicast_dst(&buf, layout.data_offset()).map_or(BROADCAST, |_| peer);
+    let mut chunker = Chunker::new(layout, src, dst, 1);
+    let Ok(chunks) = chunker.chunk_in_place(len, &mut buf) else {
+        return Ok(None);
+    };
+    seal_chunks(tx, now, &mut buf, &chunks, layout);
+    let mut iov = [IoSlice::new(&[]); MAX_BATCH];
+    let mut segs = [None; MAX_BATCH];
+    let m = trains(&buf, &chunks, per_message(layout), &mut iov, &mut segs, 0);
+    let mut receiver = Receiver::new(
+        dst,
+        ReassemblyConfig {
+            slots: 1,
+            max_per_source: 1,
+            ..ReassemblyConfig::default()
+        },
+    );
+    let mut sent = SentFrame {
+        dst,
+        datagrams: 0,
+        delivered: Vec::new(),
+    };
+    for (train, seg) in iov[..m].iter().zip(&segs[..m]) {
+        let seg = seg.map_or(train.len(), usize::from);
+        for d in train.chunks(seg) {
+            sent.datagrams += 1;
+            let mut d = d.to_vec();
+            let repr = Packet::new_checked(&d[..])
+                .and_then(|p| Repr::parse(&p))
+                .map_err(|e| format!("datagram {}: {e}", sent.datagrams))?;
+            if repr.msg_type != MessageType::SealedChunk || (repr.src, repr.dst) != (src, dst) {
+                return Err(format!("datagram {}: {repr:?}", sent.datagrams));
+            }
+            let n = d.len();
+            let mut packet = PacketBuf::new(&mut d[..], HEADER_LEN, n - HEADER_LEN);
+            rx.open(now, &mut packet)
+                .map_err(|e| format!("datagram {}: {e:?}", sent.datagrams))?;
+            let (at, body_len) = (packet.offset, packet.len);
+            if let Received::Inject { frame, .. } =
+                receiver.handle_chunk(now, src, &d[at..at + body_len])
+            {
+                sent.delivered.push(frame.to_vec());
+            }
+        }
+    }
+    Ok(Some(sent))
+}
+
+#[cfg(test)]
+mod tests {
+    use crypto::{Handshake, HandshakeConfig, NodeKey};
+    use proptest::prelude::*;
+    use topology::sleeve::VnetHdr;
+
+    use super::*;
+
+    const SRC: [u8; 6] = [0x0a, 0, 0, 0, 0, 1];
+    const PEER: [u8; 6] = [0x0a, 0, 0, 0, 0, 2];
+
+    /// Two sessions from a handshake in memory: (sender, receiver).
+    fn sessions(mode: Mode) -> (Mutex<Session>, Session) {
+        let mut rng = rand::rngs::OsRng;
+        let a = HandshakeConfig::new(NodeKey::from_bytes([1; 32]), None);
+        let b = HandshakeConfig::new(NodeKey::from_bytes([2; 32]), None);
+        let (mut to_r, mut to_i) = (Vec::new(), Vec::new());
+        let mut i = Handshake::initiate(&a, &mut rng, &mut to_r);
+        let mut r = Handshake::respond(&b, &mut rng, &mut to_i);
+        let (mut ie, mut re) = (None, None);
+        while ie.is_none() || re.is_none() {
+            if re.is_none() {
+                re = r
+                    .handle_input(&std::mem::take(&mut to_r), &mut to_i)
+                    .unwrap();
+            }
+            if ie.is_none() {
+                ie = i
+                    .handle_input(&std::mem::take(&mut to_i), &mut to_r)
+                    .unwrap();
+            }
+        }
+        let now = Instant::now();
+        let (_, ik) = ie.unwrap().into_parts();
+        let (_, rk) = re.unwrap().into_parts();
+        (
+            Mutex::new(Session::new(ik, SessionConfig::default(), mode, now)),
+            Session::new(rk, SessionConfig::default(), mode, now),
+        )
+    }
+
+    /// A TAP frame: an all-zero virtio_net_hdr (nothing offloaded), then Ethernet.
+    fn frame(dst: [u8; 6], len: usize, fill: u8) -> Vec<u8> {
+        let mut f = vec![fill; len.max(VNET_HDR_LEN + 14)];
+        f[..VNET_HDR_LEN].fill(0);
+        f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&dst);
+        f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&[0x02, 0, 0, 0, 0, 7]);
+        f
+    }
+
+    #[test]
+    fn oversize_and_runt_reads_are_dropped() {
+        let (tx, mut rx) = sessions(Mode::Sealed);
+        let now = Instant::now();
+        let dst = [0x02, 0, 0, 0, 0, 9];
+        for len in [
+            0,
+            VNET_HDR_LEN + 13,
+            MAX_FRAME_LEN + 1,
+            MAX_FRAME_LEN + 4000,
+        ] {
+            let mut f = frame(dst, len, 1);
+            f.truncate(len);
+            let sent = send_path(&f, 1472, SRC, PEER, &tx, &mut rx, now).unwrap();
+            assert!(sent.is_none(), "{len}-byte read");
+        }
+        let f = frame(dst, MAX_FRAME_LEN, 1);
+        let sent = send_path(&f, 1472, SRC, PEER, &tx, &mut rx, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(sent.delivered, [f]);
+    }
+
+    #[test]
+    fn macs_read_from_frames() {
+        let f = frame([0x02, 1, 2, 3, 4, 5], 60, 0);
+        let mut buf = vec![0u8; 2048];
+        let layout = ChunkLayout::sealed(1472, crypto::HEADER_LEN, TAG_LEN).unwrap();
+        let area = slot_areas(&mut buf, layout).next().unwrap();
+        area[..f.len()].copy_from_slice(&f);
+        assert_eq!(
+            unicast_dst(&buf, layout.data_offset()),
+            Some([0x02, 1, 2, 3, 4, 5])
+        );
+        assert_eq!(unicast_src(&f), Some([0x02, 0, 0, 0, 0, 7]));
+        let b = frame([0xff; 6], 60, 0);
+        slot_areas(&mut buf, layout).next().unwrap()[..60].copy_from_slice(&b);
+        assert_eq!(unicast_dst(&buf, layout.data_offset()), None);
+        assert_eq!(unicast_src(&b[..VNET_HDR_LEN + 11]), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any frame the TX thread takes crosses whole, in one or more datagrams, to the
+        /// peer its MAC names (a group MAC: to everyone), sealed or plain, for any datagram
+        /// size; one the peer's receiver would not write to a TAP (a bad virtio_net_hdr) is
+        /// the only one not delivered.
+        #[test]
+        fn frames_cross_whole(
+            len in 0usize..20_000,
+            fill in any::<u8>(),
+            hdr in any::<[u8; VNET_HDR_LEN]>(),
+            odd_hdr in proptest::bool::weighted(0.2),
+            group in any::<bool>(),
+            datagram in 0usize..70_000,
+            sealed in any::<bool>(),
+        ) {
+            let (tx, mut rx) = sessions(if sealed { Mode::Sealed } else { Mode::Plain });
+            let dst = if group { [0x01, 0, 0x5e, 0, 0, 1] } else { [0x02, 0, 0, 0, 0, 9] };
+            let mut f = frame(dst, len, fill);
+            if odd_hdr {
+                f[..VNET_HDR_LEN].copy_from_slice(&hdr);
+            }
+            let sent = send_path(&f, datagram, SRC, PEER, &tx, &mut rx, Instant::now())
+                .unwrap()
+                .unwrap();
+            prop_assert_eq!(sent.dst, if group { BROADCAST } else { PEER });
+            prop_assert!(sent.datagrams >= 1);
+            if VnetHdr::parse(&f).is_ok() {
+                prop_assert_eq!(sent.delivered, vec![f]);
+            } else {
+                prop_assert!(sent.delivered.is_empty());
+            }
+        }
+    }
 }

@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 
 use crate::PeerName;
 
+pub mod probe;
+
+pub use probe::{Answer, parse_answer, probe_frame};
+
 /// A MAC address.
 pub type Mac = [u8; 6];
 

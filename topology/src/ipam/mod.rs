@@ -1064,7 +1064,7 @@ impl Ipam {
         {
             r.free = free;
             r.held = held;
-            r.seq += 1;
+            r.seq = r.seq.saturating_add(1);
             self.broadcast = true;
         }
     }
@@ -1253,7 +1253,8 @@ impl Ipam {
                     && rec.seq >= mine.seq
                     && *rec != *mine
                 {
-                    mine.seq = rec.seq + 1;
+                    // Saturating: a peer may send any seq (u64::MAX included).
+                    mine.seq = rec.seq.saturating_add(1);
                     self.broadcast = true;
                 }
                 continue;
@@ -1431,7 +1432,7 @@ impl Ipam {
             && r.vote != vote
         {
             r.vote = vote;
-            r.seq += 1;
+            r.seq = r.seq.saturating_add(1);
             self.broadcast = true;
         }
     }

@@ -1103,3 +1103,28 @@ proptest! {
         prop_assert!(decided <= SEED_ROUNDS, "decided in round {}", decided);
     }
 }
+
+/// Regression (found by the `ipam_message` fuzz target): a gossiped record under our own name
+/// with seq u64::MAX made the jump past it (`seq + 1`) overflow, a panic on peer input in
+/// debug builds and a wrap to 0 in release. The seq now saturates.
+#[test]
+fn own_record_at_max_seq_does_not_overflow() {
+    let gossip: &[u8] = &[
+        0x01, 0x01, 0x01, 0x0a, 0x20, 0x00, 0x00, 0x0c, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+        0x00, 0x01, 0x00, 0x01, 0x0a, 0x00, 0x00, 0x00, 0x00, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0x00, 0x00, 0x60, 0x05, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x09, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02,
+    ];
+    #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
+    let now = Instant::now();
+    let mut c = Config::new(PeerName::from_bytes([0x0a, 0, 0, 0, 0, 1]));
+    c.init = Init::Consensus { quorum: 2 };
+    let mut ipam = Ipam::new(c, now, 1);
+    let from = PeerName::from_bytes([0x0a, 0, 0, 0, 0, 2]);
+    ipam.handle_peer_seen(now, from);
+    let _ = ipam.allocate(now, "c", "eth0");
+    assert!(Message::decode(gossip).is_ok());
+    assert!(ipam.handle_gossip(now, from, gossip).is_ok());
+    while ipam.poll_transmit().is_some() {}
+}
