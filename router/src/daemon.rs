@@ -5,7 +5,7 @@
 //! The loop holds no protocol logic of its own: it feeds inputs to the engine, then drains the
 //! engine's outputs in quinn's order (`poll_transmit`, `poll_timeout`, `poll_event`) and carries
 //! them out. Status is published as a snapshot the API reads without touching the engine.
-//! By concern: `identity` (key and password), `connection` (one control connection's task),
+//! By concern: `identity` (key and password), `connection` (dialling, admitting and one control connection's task),
 //! `settings` (the encryption roll-out), `allocations` (IPAM and CNI allocations) and
 //! `snapshot` (the published status).
 
@@ -39,7 +39,6 @@ mod settings;
 mod snapshot;
 
 use allocations::start_ipam;
-use connection::ConnectionTask;
 use identity::Identity;
 
 use crate::EngineHandles;
@@ -835,72 +834,6 @@ impl Daemon {
     fn save_persisted(&self) {
         if let Err(e) = save_persisted_peers(&self.persisted_path(), &self.persisted) {
             warn!("saving persisted peers: {e:#}");
-        }
-    }
-
-    fn next_conn_id(&mut self) -> ConnId {
-        let id = ConnId(self.next_conn);
-        self.next_conn += 1;
-        id
-    }
-
-    fn spawn_dial(&mut self, addr: SocketAddr) {
-        let conn = self.next_conn_id();
-        let task = self.connection_task(conn);
-        // With --bind-addr, dial from it too: it is the address peers know this node by (and
-        // admit, with Kubernetes discovery and no password).
-        let source = self
-            .config
-            .bind_addr
-            .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4());
-        tokio::spawn(async move {
-            match tokio::time::timeout(DIAL_TIMEOUT, connection::dial(source, addr)).await {
-                Ok(Ok(stream)) => task.run(stream, addr, true).await,
-                Ok(Err(e)) => task.dial_failed(addr, e.to_string()).await,
-                Err(_) => task.dial_failed(addr, "connect timed out".into()).await,
-            }
-        });
-    }
-
-    /// Starts the handshake of an inbound connection, or closes it at once when its source
-    /// may not join (`topology::admission`).
-    fn admit(&mut self, stream: TcpStream, addr: SocketAddr) {
-        let nodes = self.handles.node_addrs.as_ref().map(|rx| rx.borrow());
-        let verdict = admission::judge(
-            self.identity.password_set,
-            nodes.as_deref(),
-            self.mesh.targets(),
-            addr.ip(),
-        );
-        drop(nodes);
-        match verdict {
-            Verdict::Admit => self.spawn_connection(stream, addr, false),
-            Verdict::NotANode => {
-                self.handles.metrics.inc_refused_not_a_node();
-                debug!(%addr, "control connection refused: no Node has this address and no \
-                    --peers names it (without a mesh password, only they may join)");
-            }
-        }
-    }
-
-    fn spawn_connection(&mut self, stream: TcpStream, addr: SocketAddr, outbound: bool) {
-        let conn = self.next_conn_id();
-        let task = self.connection_task(conn);
-        tokio::spawn(task.run(stream, addr, outbound));
-    }
-
-    fn connection_task(&self, conn: ConnId) -> ConnectionTask {
-        ConnectionTask {
-            conn,
-            handshake: Arc::clone(&self.identity.handshake),
-            hello: Hello {
-                uid: self.mesh.uid(),
-                // The sleeve shares the control port's number (UDP).
-                port: self.port,
-                nickname: self.config.nickname.clone(),
-            },
-            inputs: self.inputs_tx.clone(),
-            metrics: self.handles.metrics.clone(),
         }
     }
 

@@ -13,6 +13,75 @@ pub(super) struct ConnectionTask {
     pub(super) metrics: Metrics,
 }
 
+/// Starting connections: dialled, or accepted once admitted.
+impl Daemon {
+    fn next_conn_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
+    }
+
+    pub(super) fn spawn_dial(&mut self, addr: SocketAddr) {
+        let conn = self.next_conn_id();
+        let task = self.connection_task(conn);
+        // With --bind-addr, dial from it too: it is the address peers know this node by (and
+        // admit, with Kubernetes discovery and no password).
+        let source = self
+            .config
+            .bind_addr
+            .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4());
+        tokio::spawn(async move {
+            match tokio::time::timeout(DIAL_TIMEOUT, dial(source, addr)).await {
+                Ok(Ok(stream)) => task.run(stream, addr, true).await,
+                Ok(Err(e)) => task.dial_failed(addr, e.to_string()).await,
+                Err(_) => task.dial_failed(addr, "connect timed out".into()).await,
+            }
+        });
+    }
+
+    /// Starts the handshake of an inbound connection, or closes it at once when its source
+    /// may not join (`topology::admission`).
+    pub(super) fn admit(&mut self, stream: TcpStream, addr: SocketAddr) {
+        let nodes = self.handles.node_addrs.as_ref().map(|rx| rx.borrow());
+        let verdict = admission::judge(
+            self.identity.password_set,
+            nodes.as_deref(),
+            self.mesh.targets(),
+            addr.ip(),
+        );
+        drop(nodes);
+        match verdict {
+            Verdict::Admit => self.spawn_connection(stream, addr, false),
+            Verdict::NotANode => {
+                self.handles.metrics.inc_refused_not_a_node();
+                debug!(%addr, "control connection refused: no Node has this address and no \
+                    --peers names it (without a mesh password, only they may join)");
+            }
+        }
+    }
+
+    pub(super) fn spawn_connection(&mut self, stream: TcpStream, addr: SocketAddr, outbound: bool) {
+        let conn = self.next_conn_id();
+        let task = self.connection_task(conn);
+        tokio::spawn(task.run(stream, addr, outbound));
+    }
+
+    fn connection_task(&self, conn: ConnId) -> ConnectionTask {
+        ConnectionTask {
+            conn,
+            handshake: Arc::clone(&self.identity.handshake),
+            hello: Hello {
+                uid: self.mesh.uid(),
+                // The sleeve shares the control port's number (UDP).
+                port: self.port,
+                nickname: self.config.nickname.clone(),
+            },
+            inputs: self.inputs_tx.clone(),
+            metrics: self.handles.metrics.clone(),
+        }
+    }
+}
+
 /// Why a connection ended before or after it was established.
 enum ConnError {
     Handshake(HandshakeError),

@@ -68,6 +68,28 @@ pub(super) fn del(name: &str, i: usize, pod_ns: &str) -> Result<()> {
     exec(name, i, "DEL", pod_ns, "", None).map(drop)
 }
 
+/// Runs CNI ADD on node `node` for a namespace the caller made (named `NAME-hI-pJ`, so the
+/// lab's teardown finds it) without recording a pod in the lab's state, so tests may run many
+/// at once; returns the address (with prefix).
+///
+/// # Errors
+/// Fails when the lab or node is unknown or the plugin fails (its CNI error in the message).
+pub fn cni_add(name: &str, node: &str, pod_ns: &str) -> Result<String> {
+    let state = super::load(name)?;
+    let i = super::parse_index(node, 'h', state.spec.nodes)?;
+    add(name, i, pod_ns, None).map(|a| a.ip)
+}
+
+/// Runs CNI DEL on node `node` for a namespace given to [`cni_add`].
+///
+/// # Errors
+/// Fails when the lab or node is unknown or the plugin fails.
+pub fn cni_del(name: &str, node: &str, pod_ns: &str) -> Result<()> {
+    let state = super::load(name)?;
+    let i = super::parse_index(node, 'h', state.spec.nodes)?;
+    del(name, i, pod_ns)
+}
+
 fn exec(
     name: &str,
     i: usize,

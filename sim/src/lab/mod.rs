@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
+pub use cni::{cni_add, cni_del};
 pub use router::{RouterAction, weft_binary};
 
 /// Where labs keep their files.
@@ -576,28 +577,6 @@ pub fn pod_del(name: &str, node: &str, pod: &str) -> Result<()> {
     netns::delete(&ns)?;
     pods.remove(pos);
     save(&state)
-}
-
-/// Runs CNI ADD on node `node` for a namespace the caller made (named `NAME-hI-pJ`, so the
-/// lab's teardown finds it) without recording a pod in the lab's state, so tests may run many
-/// at once; returns the address (with prefix).
-///
-/// # Errors
-/// Fails when the lab or node is unknown or the plugin fails (its CNI error in the message).
-pub fn cni_add(name: &str, node: &str, pod_ns: &str) -> Result<String> {
-    let state = load(name)?;
-    let i = parse_index(node, 'h', state.spec.nodes)?;
-    cni::add(name, i, pod_ns, None).map(|a| a.ip)
-}
-
-/// Runs CNI DEL on node `node` for a namespace given to [`cni_add`].
-///
-/// # Errors
-/// Fails when the lab or node is unknown or the plugin fails.
-pub fn cni_del(name: &str, node: &str, pod_ns: &str) -> Result<()> {
-    let state = load(name)?;
-    let i = parse_index(node, 'h', state.spec.nodes)?;
-    cni::del(name, i, pod_ns)
 }
 
 /// Starts, stops, kills or restarts the router of node `node`.
