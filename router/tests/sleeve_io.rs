@@ -47,6 +47,24 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Datagrams the kernel dropped in `ns`: no socket on the port, no receive buffer or another
+/// error (`/proc/net/snmp` is per namespace).
+fn udp_receive_drops(ns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(name, _)| matches!(*name, "NoPorts" | "InErrors"))
+        .map(|(_, value)| value.parse::<u64>().unwrap())
+        .sum()
+}
+
 fn ping(ns: &str, dst: &str) -> bool {
     Command::new("ip")
         .args([
@@ -170,6 +188,9 @@ fn ping_and_tcp_super_frames_through_the_relay() {
     let got = reader.join().unwrap();
     assert_eq!(got.len(), data.len());
     assert!(got == data, "transferred bytes differ");
+    // One UDP flow keeps its order: once this ping's request is answered, every frame h1 sent
+    // before it has reached h2's relay too (the last ACKs of the transfer included).
+    assert!(ping(&p1, "10.32.0.2"), "no ping reply after the transfer");
 
     let stats: Vec<_> = relays.into_iter().map(Relay::stop).collect();
     let (tx, rx) = (stats[0].tx, stats[1].rx);
@@ -186,7 +207,17 @@ fn ping_and_tcp_super_frames_through_the_relay() {
         tx.datagrams > tx.frames,
         "super-frames were not chunked: {tx:?}"
     );
-    assert!(rx.codec.frames_complete >= tx.frames - tx.oversize);
+    // A frame arrives whole unless one of its datagrams was lost, and each loss costs at most
+    // one frame: sent before h2's relay had bound its port (the pods' interfaces come up
+    // first), refused by the kernel on h1 for that reason, or dropped on h2 for want of
+    // receive buffer on a loaded machine.
+    let dropped = udp_receive_drops(&h2) + tx.refused;
+    assert!(
+        rx.codec.frames_complete + dropped >= tx.frames - tx.oversize,
+        "{} frames whole and {dropped} datagrams lost for {} frames sent: {tx:?} {rx:?}",
+        rx.codec.frames_complete,
+        tx.frames - tx.oversize,
+    );
     assert_eq!(rx.tap_write_errors, 0, "{rx:?}");
     assert_eq!(
         rx.codec.frames_bad_vnet_hdr + rx.codec.malformed,
