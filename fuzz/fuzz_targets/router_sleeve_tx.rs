@@ -13,7 +13,10 @@ use std::time::Instant;
 
 use crypto::session::Mode;
 use libfuzzer_sys::fuzz_target;
-use router::sleeve::{BROADCAST, send_path, unicast_src};
+use router::sleeve::{BROADCAST, send_path};
+use topology::PeerName;
+use topology::dataplane::{Forwarder, Learn};
+use topology::dataplane::ethernet::Ethernet;
 use topology::sleeve::{MAX_FRAME_LEN, VNET_HDR_LEN, VnetHdr};
 
 const SRC: [u8; 6] = [0x0a, 0, 0, 0, 0, 1];
@@ -44,6 +47,15 @@ fuzz_target!(|data: &[u8]| {
     } else {
         assert!(sent.delivered.is_empty());
     }
-    let src = &frame[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12];
-    assert_eq!(unicast_src(frame).is_some(), src[0] & 1 == 0);
+    // What the peer's forwarder has its MAC table learn from the delivered frame.
+    let mut forwarder = Forwarder::new(PeerName::from_bytes(PEER));
+    for delivered in &sent.delivered {
+        let src = Ethernet::from_tap(delivered).map(|e| e.src());
+        let learned = forwarder.handle_delivered(now, PeerName::from_bytes(SRC), delivered);
+        let want = src.filter(|m| !m.is_group()).map(|mac| Learn {
+            mac,
+            peer: PeerName::from_bytes(SRC),
+        });
+        assert_eq!(learned, want);
+    }
 });

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use topology::admission::{self, Verdict};
 use topology::api::ipam as ipam_api;
 use topology::channel::{self, Channel, Hello};
+use topology::dataplane::NextHops;
 use topology::fastdp::{Mode, Path as FastdpPath, PathEncryption, Reason as FastdpReason};
 use topology::ipam::{self, Allocation, Ipam};
 use topology::settings::{self as mesh_settings, EncryptionRecord, Settings};
@@ -49,7 +50,7 @@ use crate::encryption::{self, SealPolicy};
 use crate::fastdp::{FastdpConfig, FastdpPlane};
 use crate::ipam_store::IpamStore;
 use crate::metrics::{DropReason, GossipDirection, HandshakeFailure, Metrics};
-use crate::sleeve::{Sleeve, SleeveConfig, SleeveRoutes};
+use crate::sleeve::{Sleeve, SleeveConfig};
 use crate::status::{
     ConnectionEncryption, ConnectionState, ConnectionStatus, EncryptionMode, PeerConnStatus,
     PeerStatus, RouteStatus, RouterStatus, TargetState, TargetStatus,
@@ -567,7 +568,7 @@ impl Daemon {
                 Event::RoutesChanged => {
                     debug!("routes changed");
                     if let Some(sleeve) = &self.sleeve {
-                        sleeve.set_routes(SleeveRoutes::from_routes(self.mesh.routes()));
+                        sleeve.set_routes(NextHops::from_routes(self.mesh.routes()));
                     }
                 }
             }

@@ -2,22 +2,21 @@
 //! its peers over UDP, looked up in the MAC table, routed hop by hop along the mesh's routes,
 //! chunked to fit the underlay and sealed with each connection's data-plane keys.
 //!
-//! Shell only: the sleeve codec (`topology::sleeve`), the MAC table (`topology::mac`) and the
-//! sessions (`crypto::Session`) decide; this module moves bytes between them, the TAP and the
-//! UDP socket. Two threads, one per direction, so both cores work (a TAP write runs the bridge
+//! Shell only: the forwarding rules (`topology::dataplane::Forwarder`), the sleeve codec
+//! (`topology::sleeve`), the MAC table (`topology::mac`) and the sessions (`crypto::Session`)
+//! decide; this module moves bytes between them, the TAP and the UDP socket. Two threads, one per direction, so both cores work (a TAP write runs the bridge
 //! and the receiving pod's stack in the writer's context), and a third for path MTU probes
 //! (`sleeve/pmtu.rs`):
 //!
-//! - TX (TAP → UDP, `sleeve/tx.rs`): per wakeup, up to [`FRAMES_PER_BATCH`] frames are read with `readv`
-//!   straight into chunk slots; the MAC table is locked once for the batch; each frame is
-//!   chunked in place toward its destination peer (or [`BROADCAST`]), each chunk sealed in
-//!   place with the next hop's session, and the whole batch leaves in `sendmmsg` calls of
-//!   UDP GSO trains, one call per run of frames with the same next hop.
-//! - RX (UDP → TAP): `recvmmsg` of GRO-coalesced messages; each datagram is checked, opened
-//!   with the session of the hop it came from (by source address), then delivered (MAC
-//!   learned, frame reassembled and written to the TAP), relayed toward its destination
-//!   (hop limit decremented, resealed in place for the next hop), or both for a broadcast
-//!   (relayed along the origin's broadcast tree, so each peer gets it once).
+//! - TX (TAP → UDP, `sleeve/tx.rs`): per wakeup, up to [`FRAMES_PER_BATCH`] frames are read
+//!   with `readv` straight into chunk slots; the forwarder decides each frame's destination
+//!   peer and next hops (the MAC table locked once for the batch); each frame is chunked in
+//!   place, each chunk sealed in place with the next hop's session, and the whole batch leaves
+//!   in `sendmmsg` calls of UDP GSO trains, one call per run of frames with the same next hop.
+//! - RX (UDP → TAP): `recvmmsg` of GRO-coalesced messages; each datagram's header is checked
+//!   and it is opened with the session of the hop it came from (by source address); the
+//!   forwarder then says deliver (reassemble, write to the TAP, learn the source MAC), relay
+//!   (reseal for the next hop with the hop limit it gives), or both for a broadcast.
 //!
 //! Every datagram is authenticated: sealed (`--encryption on`) or authenticated-plain, per
 //! the session's mode; a receiver accepts both. Shared state (peers, routes) is a
@@ -39,11 +38,13 @@ use crypto::{DataKeys, Mode, OpenError, PacketBuf, Session, SessionConfig, TAG_L
 use serde::{Deserialize, Serialize};
 use socket2::SockAddr;
 use topology::PeerName;
-use topology::mac::{Learned, MacTable};
-use topology::routes::Routes;
+use topology::dataplane::{
+    self, Arrived, Captured, FastdpView, Forwarder, ForwardingTable, NextHops,
+};
+use topology::mac::{Learned, MacAddr, MacTable};
 use topology::sleeve::{
-    ChunkLayout, Chunker, Chunks, HEADER_LEN, MAX_FRAME_LEN, MessageType, Packet, ReassemblyConfig,
-    Received, Receiver, Repr, VNET_HDR_LEN,
+    ChunkLayout, Chunker, Chunks, HEADER_LEN, MAX_FRAME_LEN, Packet, ReassemblyConfig, Received,
+    Receiver, VNET_HDR_LEN,
 };
 use tracing::debug;
 
@@ -63,9 +64,8 @@ use crate::udp::{
     self, MAX_BATCH, MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, RecvMeta, Transmit, UdpOptions, UdpSocket,
 };
 
-/// The destination peer name of a broadcast datagram (no real peer name is all ones: names
-/// are hashes of keys, and this one is reserved).
-pub const BROADCAST: [u8; 6] = [0xff; 6];
+/// The destination peer name of a broadcast datagram, as the codec carries it.
+pub const BROADCAST: [u8; 6] = dataplane::BROADCAST.bytes();
 
 /// Messages received per `recvmmsg`.
 pub const RX_BATCH: usize = 8;
@@ -89,37 +89,8 @@ pub struct SleeveConfig {
     pub max_datagram: usize,
 }
 
-/// The routes the sleeve forwards by: a snapshot of the mesh's, by peer-name bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SleeveRoutes {
-    /// Destination → next hop.
-    pub unicast: HashMap<[u8; 6], [u8; 6]>,
-    /// Broadcast origin (this router included) → the neighbours to pass it to.
-    pub broadcast: HashMap<[u8; 6], Vec<[u8; 6]>>,
-}
-
-impl SleeveRoutes {
-    /// Takes a snapshot of `routes` for every peer they know.
-    pub fn from_routes(routes: &Routes) -> Self {
-        let unicast = routes
-            .unicast()
-            .into_iter()
-            .map(|(d, h)| (d.bytes(), h.bytes()))
-            .collect();
-        let broadcast = routes
-            .graph()
-            .names()
-            .iter()
-            .map(|o| {
-                let hops = routes.broadcast_next_hops(*o);
-                (o.bytes(), hops.iter().map(PeerName::bytes).collect())
-            })
-            .collect();
-        Self { unicast, broadcast }
-    }
-}
-
-/// What the sleeve must leave to fastdp, so every frame reaches each peer by one path.
+/// What the sleeve must leave to fastdp, so every frame reaches each peer by one path, as the
+/// fastdp shell hands it over (made a [`FastdpView`] for the forwarding table).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SleeveFastdp {
     /// The peers this router reaches over fastdp: its broadcasts reach them through the
@@ -207,7 +178,7 @@ impl Sleeve {
         let shared = Arc::new(Shared {
             local: config.local.bytes(),
             start: Instant::now(),
-            state: RwLock::new(Arc::new(State::default())),
+            state: RwLock::new(Arc::new(State::new(config.local))),
             macs: Mutex::new(MacTable::new(
                 MacTable::DEFAULT_CAPACITY,
                 MacTable::DEFAULT_MAX_AGE,
@@ -304,7 +275,9 @@ impl Sleeve {
                 links.retain(|l| l.name != link.name || l.conn != link.conn);
                 !links.is_empty()
             });
-            s.peers.entry(addr).or_default().push(link);
+            s.peers.entry(addr).or_default().push(link.clone());
+            s.by_name.insert(peer, link);
+            s.table.set_link(peer, true);
         });
         pmtu::peer_added(&self.shared, peer.bytes());
     }
@@ -317,18 +290,35 @@ impl Sleeve {
                 links.retain(|l| {
                     let keep = l.conn != conn;
                     if !keep {
-                        gone = Some(l.name);
+                        gone = Some(PeerName::from_bytes(l.name));
                     }
                     keep
                 });
                 !links.is_empty()
             });
+            let Some(name) = gone else { return };
+            if s.by_name.get(&name).is_some_and(|l| l.conn != conn) {
+                return;
+            }
+            // The link that sent is gone: the peer's newest other link, if any, takes over.
+            let other = (s.peers.values().flatten())
+                .filter(|l| l.name == name.bytes())
+                .max_by_key(|l| l.conn);
+            match other {
+                Some(other) => {
+                    s.by_name.insert(name, other.clone());
+                }
+                None => {
+                    s.by_name.remove(&name);
+                    s.table.set_link(name, false);
+                }
+            }
         });
         if let Some(name) = gone
             && self.snapshot().link(name).is_none()
         {
-            lock(&self.shared.macs).remove_peer(PeerName::from_bytes(name));
-            pmtu::peer_removed(&self.shared, name);
+            lock(&self.shared.macs).remove_peer(name);
+            pmtu::peer_removed(&self.shared, name.bytes());
         }
     }
 
@@ -339,13 +329,17 @@ impl Sleeve {
         let now = Instant::now();
         let mut table = lock(&self.shared.macs);
         for mac in macs {
-            table.learn(now, mac, peer);
+            table.learn(now, MacAddr::from_bytes(mac), peer);
         }
     }
 
     /// The MACs learned behind `peer`.
     pub fn macs_of(&self, peer: PeerName) -> Vec<[u8; 6]> {
-        lock(&self.shared.macs).macs_of(peer)
+        lock(&self.shared.macs)
+            .macs_of(peer)
+            .iter()
+            .map(MacAddr::bytes)
+            .collect()
     }
 
     /// Forgets the MACs learned behind `peer` (it moved onto fastdp).
@@ -355,26 +349,32 @@ impl Sleeve {
 
     /// Returns whether a link to `peer` is up.
     pub fn has_peer(&self, peer: PeerName) -> bool {
-        let name = peer.bytes();
-        self.snapshot().link(name).is_some()
+        self.snapshot().link(peer).is_some()
     }
 
     /// Replaces the routes.
-    pub fn set_routes(&self, routes: SleeveRoutes) {
-        let routes = Arc::new(routes);
-        self.update(|s| {
-            s.routes = routes.clone();
-            s.skip_hops = skip_hops(&s.routes, &s.fastdp);
-        });
+    pub fn set_routes(&self, hops: NextHops) {
+        let hops = Arc::new(hops);
+        self.update(|s| s.table.set_hops(hops));
     }
 
     /// Replaces what the sleeve leaves to fastdp.
     pub fn set_fastdp(&self, fastdp: SleeveFastdp) {
-        let fastdp = Arc::new(fastdp);
-        self.update(|s| {
-            s.fastdp = fastdp.clone();
-            s.skip_hops = skip_hops(&s.routes, &s.fastdp);
+        let name = PeerName::from_bytes;
+        let view = Arc::new(FastdpView {
+            local: fastdp.local.into_iter().map(name).collect(),
+            macs: fastdp
+                .macs
+                .into_iter()
+                .map(|(mac, peer)| (MacAddr::from_bytes(mac), name(peer)))
+                .collect(),
+            by_origin: fastdp
+                .by_origin
+                .into_iter()
+                .map(|(origin, peers)| (name(origin), peers.into_iter().map(name).collect()))
+                .collect(),
         });
+        self.update(|s| s.table.set_fastdp(view));
     }
 
     /// Switches sealing on or off for datagrams sent from now on, on every link.
@@ -457,6 +457,7 @@ impl Sleeve {
     }
 
     fn update(&self, f: impl FnOnce(&mut State)) {
+        // Writers (the daemon) are rare; readers clone the Arc once per batch.
         let mut guard = self
             .shared
             .state
@@ -517,6 +518,15 @@ impl Shared {
             .clone()
     }
 
+    fn drop_forwarding(&self, reason: dataplane::DropReason) {
+        self.drop_datagram(match reason {
+            dataplane::DropReason::Malformed => DropReason::Malformed,
+            dataplane::DropReason::NoRoute
+            | dataplane::DropReason::HopLimit
+            | dataplane::DropReason::Loop => DropReason::NoRoute,
+        });
+    }
+
     fn drop_datagram(&self, reason: DropReason) {
         self.metrics.add_dropped(reason, 1);
         let c = &self.counters;
@@ -534,36 +544,28 @@ impl Shared {
     }
 }
 
-/// Peers and routes, replaced as a whole.
-#[derive(Debug, Clone, Default)]
+/// Links and the forwarding table, replaced as a whole.
+#[derive(Debug, Clone)]
 struct State {
     /// Links by the peer's sleeve address, oldest first.
     peers: HashMap<SocketAddr, Vec<Arc<PeerLink>>>,
-    routes: Arc<SleeveRoutes>,
-    fastdp: Arc<SleeveFastdp>,
-    /// Neighbours our own broadcasts need not reach by the sleeve: on fastdp, and every peer
-    /// routed through them is on fastdp too.
-    skip_hops: HashSet<[u8; 6]>,
-}
-
-/// The neighbours whose whole subtree (in our own broadcast tree, which is the unicast
-/// next-hop tree) gets our broadcasts from the VXLAN device.
-fn skip_hops(routes: &SleeveRoutes, fastdp: &SleeveFastdp) -> HashSet<[u8; 6]> {
-    let needed: HashSet<[u8; 6]> = routes
-        .unicast
-        .iter()
-        .filter(|(dst, _)| !fastdp.local.contains(*dst))
-        .map(|(_, hop)| *hop)
-        .collect();
-    fastdp.local.difference(&needed).copied().collect()
+    /// The link each peer is sent to by (its newest).
+    by_name: HashMap<PeerName, Arc<PeerLink>>,
+    table: ForwardingTable,
 }
 
 impl State {
-    /// The newest link to peer `name`.
-    fn link(&self, name: [u8; 6]) -> Option<&Arc<PeerLink>> {
-        self.peers
-            .values()
-            .find_map(|links| links.iter().rev().find(|l| l.name == name))
+    fn new(local: PeerName) -> Self {
+        Self {
+            peers: HashMap::new(),
+            by_name: HashMap::new(),
+            table: ForwardingTable::new(local),
+        }
+    }
+
+    /// The link to peer `name`.
+    fn link(&self, name: PeerName) -> Option<&Arc<PeerLink>> {
+        self.by_name.get(&name)
     }
 }
 
@@ -678,21 +680,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn rx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared) {
     let mut receiver = Receiver::new(shared.local, ReassemblyConfig::default());
+    let mut forwarder = Forwarder::new(PeerName::from_bytes(shared.local));
     let mut bufs: Vec<Box<[u8]>> = (0..RX_BATCH)
         .map(|_| vec![0u8; RX_BUF_LEN].into_boxed_slice())
         .collect();
     let mut scratch = vec![0u8; RX_BUF_LEN].into_boxed_slice();
     let mut meta = [RecvMeta::default(); RX_BATCH];
     let mut next_purge = Instant::now() + POLL;
-    let mut last_learned: Option<([u8; 6], [u8; 6])> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         let readable = socket.wait_readable(POLL).unwrap_or(false);
         let now = Instant::now();
         if now >= next_purge {
             receiver.handle_timeout(now);
             lock(&shared.macs).expire(now);
-            // Re-learn active MACs now and then, so they do not expire while in use.
-            last_learned = None;
             next_purge = now + POLL;
         }
         if !readable {
@@ -730,8 +730,8 @@ fn rx_loop(tap: &Tap, socket: &UdpSocket, shared: &Shared) {
                     state: &state,
                     hop,
                     receiver: &mut receiver,
+                    forwarder: &mut forwarder,
                     scratch: &mut scratch,
-                    last_learned: &mut last_learned,
                     now,
                 };
                 for datagram in buf[..m.len].chunks_mut(m.segment_size.max(1)) {
@@ -754,28 +754,18 @@ struct RxCtx<'a> {
     /// The links of the address the datagrams came from, newest last.
     hop: &'a [Arc<PeerLink>],
     receiver: &'a mut Receiver,
+    forwarder: &'a mut Forwarder,
     scratch: &'a mut [u8],
-    last_learned: &'a mut Option<([u8; 6], [u8; 6])>,
     now: Instant,
 }
 
 impl RxCtx<'_> {
     fn handle(&mut self, datagram: &mut [u8]) {
         let shared = self.shared;
-        let repr = match Packet::new_checked(&*datagram).and_then(|p| Repr::parse(&p)) {
-            Ok(r)
-                if matches!(
-                    r.msg_type,
-                    MessageType::SealedChunk
-                        | MessageType::SealedPmtuProbe
-                        | MessageType::SealedPmtuAck
-                ) =>
-            {
-                r
-            }
-            // Plain (unauthenticated) chunks are never sent by this router: refuse them.
-            Ok(_) | Err(_) => {
-                shared.drop_datagram(DropReason::Malformed);
+        let repr = match Forwarder::check(datagram) {
+            Ok(repr) => repr,
+            Err(reason) => {
+                shared.drop_forwarding(reason);
                 return;
             }
         };
@@ -798,124 +788,88 @@ impl RxCtx<'_> {
                 result = opened;
             }
         }
-        let from_link = from;
-        let from = from.map_or(BROADCAST, |l| l.name);
-        match result {
-            Ok(opened) => {
-                if let Some(link) = from_link {
-                    let mode = match opened.mode {
-                        Mode::Sealed => RX_SEALED,
-                        Mode::Plain => RX_PLAIN,
-                    };
-                    link.rx.mode.store(mode, Ordering::Relaxed);
-                    link.rx
-                        .at_ms
-                        .store(shared.ms_since_start(self.now), Ordering::Relaxed);
-                }
+        let link = match (result, from) {
+            (Ok(opened), Some(link)) => {
+                let mode = match opened.mode {
+                    Mode::Sealed => RX_SEALED,
+                    Mode::Plain => RX_PLAIN,
+                };
+                link.rx.mode.store(mode, Ordering::Relaxed);
+                link.rx
+                    .at_ms
+                    .store(shared.ms_since_start(self.now), Ordering::Relaxed);
+                link
             }
-            Err(OpenError::Replayed | OpenError::TooOld) => {
+            (Err(OpenError::Replayed | OpenError::TooOld), _) => {
                 shared.drop_datagram(DropReason::Replay);
                 return;
             }
-            Err(
-                OpenError::BadTag
-                | OpenError::StaleEpoch
-                | OpenError::Truncated
-                | OpenError::UnknownVersion,
-            ) => {
+            _ => {
                 shared.drop_datagram(DropReason::Decrypt);
                 return;
             }
-        }
+        };
         let (body_at, body_len) = (packet.offset, packet.len);
-        if repr.msg_type != MessageType::SealedChunk {
-            // Path MTU probes and acks: one hop, from the link's own peer, to us.
-            let body = &datagram[body_at..body_at + body_len];
-            let ok = match from_link {
-                Some(link) if repr.src == link.name && repr.dst == shared.local => {
-                    if repr.msg_type == MessageType::SealedPmtuProbe {
-                        pmtu::answer_probe(self.socket, shared, link, body, len)
-                    } else {
-                        pmtu::take_ack(shared, link.name, body)
-                    }
-                }
-                _ => false,
-            };
-            if !ok {
-                shared.drop_datagram(DropReason::Malformed);
-            }
-            return;
-        }
-        if repr.src == shared.local {
-            // Our own frame came back: a routing loop or a reflection; never deliver it.
-            shared.drop_datagram(DropReason::NoRoute);
-            return;
-        }
-        if repr.dst == shared.local {
-            self.deliver(repr.src, &datagram[body_at..body_at + body_len]);
-        } else if repr.dst == BROADCAST {
-            let hops = self.state.routes.broadcast.get(&repr.src);
-            for hop in hops.into_iter().flatten() {
-                if *hop == from {
-                    continue;
-                }
+        let from = PeerName::from_bytes(link.name);
+        let state = self.state;
+        match self.forwarder.handle_opened(&state.table, from, &repr) {
+            Arrived::Drop(reason) => shared.drop_forwarding(reason),
+            Arrived::Deliver => self.deliver(repr.src, &datagram[body_at..body_at + body_len]),
+            Arrived::Relay { hop, hop_limit } => {
                 let n = datagram.len();
                 self.scratch[..n].copy_from_slice(datagram);
-                self.relay(*hop, from, repr.hop_limit, n, body_at, body_len, true);
+                self.relay(hop, hop_limit, n, body_at, body_len);
             }
-            let by_fastdp = self
-                .state
-                .fastdp
-                .by_origin
-                .get(&repr.src)
-                .is_some_and(|peers| peers.contains(&shared.local));
-            if by_fastdp {
-                // The origin's VXLAN device delivered this one here already.
-                shared
-                    .counters
-                    .rx_left_to_fastdp
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
+            Arrived::Broadcast {
+                relay,
+                hop_limit,
+                deliver,
+                hop_limit_spent,
+            } => {
+                if hop_limit_spent {
+                    shared.drop_forwarding(dataplane::DropReason::HopLimit);
+                }
+                for hop in relay {
+                    let n = datagram.len();
+                    self.scratch[..n].copy_from_slice(datagram);
+                    self.relay(hop, hop_limit, n, body_at, body_len);
+                }
+                if deliver {
+                    self.deliver(repr.src, &datagram[body_at..body_at + body_len]);
+                } else {
+                    // The origin's VXLAN device delivered this one here already.
+                    shared
+                        .counters
+                        .rx_left_to_fastdp
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
-            self.deliver(repr.src, &datagram[body_at..body_at + body_len]);
-        } else {
-            let Some(hop) = self.state.routes.unicast.get(&repr.dst).copied() else {
-                shared.drop_datagram(DropReason::NoRoute);
-                return;
-            };
-            let n = datagram.len();
-            self.scratch[..n].copy_from_slice(datagram);
-            self.relay(hop, from, repr.hop_limit, n, body_at, body_len, false);
+            Arrived::PmtuProbe => {
+                let body = &datagram[body_at..body_at + body_len];
+                if !pmtu::answer_probe(self.socket, shared, link, body, len) {
+                    shared.drop_datagram(DropReason::Malformed);
+                }
+            }
+            Arrived::PmtuAck => {
+                let body = &datagram[body_at..body_at + body_len];
+                if !pmtu::take_ack(shared, link.name, body) {
+                    shared.drop_datagram(DropReason::Malformed);
+                }
+            }
         }
     }
 
-    /// Reseals the opened datagram in `scratch[..n]` for next hop `hop` and sends it.
-    fn relay(
-        &mut self,
-        hop: [u8; 6],
-        from: [u8; 6],
-        hop_limit: u8,
-        n: usize,
-        body_at: usize,
-        body_len: usize,
-        quiet: bool,
-    ) {
+    /// Reseals the opened datagram in `scratch[..n]` for next hop `hop`, with its hop limit
+    /// set to `hop_limit`, and sends it.
+    fn relay(&mut self, hop: PeerName, hop_limit: u8, n: usize, body_at: usize, body_len: usize) {
         let shared = self.shared;
-        let link = match self.state.link(hop) {
-            Some(l) if l.name != from => l,
-            _ => {
-                if !quiet {
-                    shared.drop_datagram(DropReason::NoRoute);
-                }
-                return;
-            }
-        };
-        if hop_limit <= 1 {
+        // The forwarding table and the links are one snapshot: a hop it names has a link.
+        let Some(link) = self.state.link(hop) else {
             shared.drop_datagram(DropReason::NoRoute);
             return;
-        }
+        };
         let buf = &mut self.scratch[..n];
-        Packet::new_unchecked(&mut *buf).set_hop_limit(hop_limit - 1);
+        Packet::new_unchecked(&mut *buf).set_hop_limit(hop_limit);
         let mut packet = PacketBuf::new(&mut *buf, body_at, body_len);
         if lock(&link.session).seal(self.now, &mut packet).is_err() {
             shared.drop_datagram(DropReason::TooBig);
@@ -927,21 +881,18 @@ impl RxCtx<'_> {
         shared.metrics.add_forwarded(Datapath::Sleeve, 1, n as u64);
     }
 
-    /// Reassembles an opened chunk body from `src`; a complete frame is learned and written
-    /// to the TAP.
+    /// Reassembles an opened chunk body from `src`; a complete frame is written to the TAP,
+    /// and its source MAC learned when the forwarder says so.
     fn deliver(&mut self, src: [u8; 6], body: &[u8]) {
         let shared = self.shared;
         let Received::Inject { frame, .. } = self.receiver.handle_chunk(self.now, src, body) else {
             return;
         };
-        if let Some(mac) = unicast_src(frame)
-            && *self.last_learned != Some((mac, src))
+        let origin = PeerName::from_bytes(src);
+        if let Some(learn) = self.forwarder.handle_delivered(self.now, origin, frame)
+            && let Learned::Moved { .. } = lock(&shared.macs).learn(self.now, learn.mac, learn.peer)
         {
-            *self.last_learned = Some((mac, src));
-            let learned = lock(&shared.macs).learn(self.now, mac, PeerName::from_bytes(src));
-            if let Learned::Moved { .. } = learned {
-                shared.counters.mac_moves.fetch_add(1, Ordering::Relaxed);
-            }
+            shared.counters.mac_moves.fetch_add(1, Ordering::Relaxed);
         }
         match self.tap.write(frame) {
             Ok(_) => {
@@ -955,14 +906,6 @@ impl RxCtx<'_> {
             }
         }
     }
-}
-
-/// The source MAC of a reassembled frame (virtio_net_hdr first), which the MAC table learns,
-/// or `None` when the frame is too short or the address a group one.
-pub fn unicast_src(frame: &[u8]) -> Option<[u8; 6]> {
-    let at = VNET_HDR_LEN + 6;
-    let mac: [u8; 6] = frame.get(at..at + 6)?.try_into().ok()?;
-    (mac[0] & 1 == 0).then_some(mac)
 }
 
 /// A receive buffer: one GRO-coalesced message of up to 64 KiB.

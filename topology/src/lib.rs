@@ -19,6 +19,8 @@
 //! - [`fastdp`]: the per-peer fastdp/sleeve decision (probe hysteresis) and the fastdp
 //!   announcement message.
 //! - [`mac`]: the MAC → peer learning table used by the data plane.
+//! - [`dataplane`]: the forwarding rules the sleeve applies to every frame and datagram
+//!   ([`dataplane::Forwarder`] over a [`dataplane::ForwardingTable`]).
 //! - [`api`]: serde status types for `weft status` and `weft report`.
 //! - [`netfilter`]: the nftables rules weft owns (masquerade), their netlink encoding and the
 //!   reconcile from what the kernel holds.
@@ -32,6 +34,7 @@
 pub mod admission;
 pub mod api;
 pub mod channel;
+pub mod dataplane;
 pub mod fastdp;
 pub mod ipam;
 pub mod kube;

@@ -12,12 +12,55 @@
 //! Pure: time comes in as an argument.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::peer::PeerName;
 
-/// A MAC address.
-pub type Mac = [u8; 6];
+/// An Ethernet address: a pod's, a bridge's. Its own type, so a MAC is never taken for a peer
+/// name (both are six bytes).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MacAddr([u8; 6]);
+
+impl MacAddr {
+    /// The broadcast address, ff:ff:ff:ff:ff:ff.
+    pub const BROADCAST: Self = Self([0xff; 6]);
+
+    /// Makes an address from its six bytes.
+    pub const fn from_bytes(bytes: [u8; 6]) -> Self {
+        Self(bytes)
+    }
+
+    /// Returns the six bytes.
+    pub const fn bytes(&self) -> [u8; 6] {
+        self.0
+    }
+
+    /// Returns true for a group address (broadcast or multicast: the I/G bit is set), which
+    /// no frame comes from and which the bridge floods.
+    pub const fn is_group(&self) -> bool {
+        self.0[0] & 1 == 1
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+type Mac = MacAddr;
 
 /// What [`MacTable::learn`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +198,10 @@ impl MacTable {
 mod tests {
     use super::*;
 
+    fn m(b: u8) -> MacAddr {
+        MacAddr::from_bytes([b; 6])
+    }
+
     fn p(b: u8) -> PeerName {
         PeerName::from_bytes([0, 0, 0, 0, 0, b])
     }
@@ -164,38 +211,38 @@ mod tests {
         #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        let mut m = MacTable::new(2, s(10));
-        assert_eq!(m.learn(t0, [1; 6], p(1)), Learned::New);
-        assert_eq!(m.learn(t0 + s(1), [1; 6], p(1)), Learned::Refreshed);
+        let mut t = MacTable::new(2, s(10));
+        assert_eq!(t.learn(t0, m(1), p(1)), Learned::New);
+        assert_eq!(t.learn(t0 + s(1), m(1), p(1)), Learned::Refreshed);
         assert_eq!(
-            m.learn(t0 + s(2), [1; 6], p(2)),
+            t.learn(t0 + s(2), m(1), p(2)),
             Learned::Moved { from: p(1) }
         );
-        assert_eq!(m.lookup(&[1; 6]), Some(p(2)));
-        assert_eq!(m.learn(t0 + s(3), [2; 6], p(1)), Learned::New);
+        assert_eq!(t.lookup(&m(1)), Some(p(2)));
+        assert_eq!(t.learn(t0 + s(3), m(2), p(1)), Learned::New);
         // Full: the least recently seen ([1;6] at t0+2) goes.
-        assert_eq!(m.learn(t0 + s(4), [3; 6], p(1)), Learned::New);
-        assert_eq!(m.lookup(&[1; 6]), None);
-        assert_eq!(m.evicted(), 1);
-        assert_eq!(m.expire(t0 + s(13)), 1);
-        assert_eq!(m.lookup(&[3; 6]), Some(p(1)));
-        assert_eq!(m.remove_peer(p(1)), 1);
-        assert!(m.is_empty());
+        assert_eq!(t.learn(t0 + s(4), m(3), p(1)), Learned::New);
+        assert_eq!(t.lookup(&m(1)), None);
+        assert_eq!(t.evicted(), 1);
+        assert_eq!(t.expire(t0 + s(13)), 1);
+        assert_eq!(t.lookup(&m(3)), Some(p(1)));
+        assert_eq!(t.remove_peer(p(1)), 1);
+        assert!(t.is_empty());
     }
 
     #[test]
     fn lists_the_macs_behind_a_peer() {
         #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
         let t0 = Instant::now();
-        let mut m = MacTable::new(8, Duration::from_secs(10));
-        m.learn(t0, [1; 6], p(1));
-        m.learn(t0, [2; 6], p(2));
-        m.learn(t0, [3; 6], p(1));
-        let mut of1 = m.macs_of(p(1));
+        let mut t = MacTable::new(8, Duration::from_secs(10));
+        t.learn(t0, m(1), p(1));
+        t.learn(t0, m(2), p(2));
+        t.learn(t0, m(3), p(1));
+        let mut of1 = t.macs_of(p(1));
         of1.sort_unstable();
-        assert_eq!(of1, vec![[1; 6], [3; 6]]);
-        assert_eq!(m.macs_of(p(3)), Vec::<Mac>::new());
+        assert_eq!(of1, vec![m(1), m(3)]);
+        assert_eq!(t.macs_of(p(3)), Vec::<Mac>::new());
         // Listing changes nothing.
-        assert_eq!(m.len(), 3);
+        assert_eq!(t.len(), 3);
     }
 }

@@ -2,41 +2,17 @@
 
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)] // test helpers
 
+mod common;
+use common::{arb_graph, name, peers_for, record};
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use topology::peers::Peers;
 use topology::routes::Routes;
 use topology::wire::{Entry, Message};
-use topology::{ConnectionSummary, PeerInfo, PeerName, PeerUid, Record};
-
-fn name(i: usize) -> PeerName {
-    PeerName::from_bytes([0x02, 0, 0, 0, (i >> 8) as u8, i as u8 + 1])
-}
-
-fn record(i: usize, uid: u64, version: u64, conns: &BTreeSet<usize>) -> Arc<PeerInfo> {
-    let addr: SocketAddr = "192.0.2.1:6783".parse().unwrap();
-    let mut connections: Vec<ConnectionSummary> = conns
-        .iter()
-        .filter(|&&c| c != i)
-        .map(|&c| ConnectionSummary {
-            remote: name(c),
-            addr,
-            outbound: c > i,
-            established: true,
-        })
-        .collect();
-    connections.sort();
-    Arc::new(PeerInfo::new(
-        name(i),
-        PeerUid(uid),
-        version,
-        format!("n{i}"),
-        connections,
-    ))
-}
+use topology::{PeerInfo, PeerName, Record};
 
 /// A table whose own record (peer 0) is fixed, with the given records applied in order.
 fn table(records: &[Arc<PeerInfo>]) -> Peers {
@@ -59,32 +35,6 @@ fn arb_record() -> impl Strategy<Value = Arc<PeerInfo>> {
         proptest::collection::btree_set(0usize..6, 0..4),
     )
         .prop_map(|(i, uid, v, conns)| record(i, uid, v, &conns))
-}
-
-/// An undirected graph on `n` nodes as adjacency sets.
-fn arb_graph() -> impl Strategy<Value = Vec<BTreeSet<usize>>> {
-    (2usize..14).prop_flat_map(|n| {
-        proptest::collection::vec((0..n, 0..n), 0..(n * 3)).prop_map(move |edges| {
-            let mut adj = vec![BTreeSet::new(); n];
-            for (a, b) in edges {
-                if a != b {
-                    adj[a].insert(b);
-                    adj[b].insert(a);
-                }
-            }
-            adj
-        })
-    })
-}
-
-fn peers_for(adj: &[BTreeSet<usize>], me: usize, order: &[usize]) -> Peers {
-    let mut p = Peers::new(record(me, 1, 1, &adj[me]));
-    for &i in order {
-        if i != me {
-            p.apply(record(i, 1, 1, &adj[i]));
-        }
-    }
-    p
 }
 
 fn reference_dist(adj: &[BTreeSet<usize>], from: usize) -> Vec<Option<usize>> {

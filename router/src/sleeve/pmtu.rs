@@ -47,7 +47,7 @@ pub(super) fn pmtu_loop(socket: &UdpSocket, shared: &Shared) {
         }
         let state = shared.snapshot();
         for p in probes {
-            if let Some(link) = state.link(p.peer) {
+            if let Some(link) = state.link(topology::PeerName::from_bytes(p.peer)) {
                 send_probe(socket, shared, link, p, &mut buf);
             }
         }

@@ -1,9 +1,13 @@
 //! The sleeve's TX thread: frames read from the TAP straight into chunk slots, their
-//! destination looked up in the MAC table, chunked, sealed for the next hop and sent as UDP GSO
-//! trains. It chunks to the datagram size the path MTU thread publishes, rebuilding its
+//! destination and next hops decided by the forwarder, chunked, sealed for the next hop and
+//! sent as UDP GSO trains. It chunks to the datagram size the path MTU thread publishes, rebuilding its
 //! buffers when that changes.
 
 use super::*;
+#[cfg(any(test, fuzzing))]
+use topology::dataplane::ethernet::Ethernet;
+#[cfg(any(test, fuzzing))]
+use topology::sleeve::{MessageType, Repr};
 
 /// Frames read per TX wakeup.
 pub const FRAMES_PER_BATCH: usize = 8;
@@ -31,6 +35,7 @@ pub(super) fn tx_loop(
         Chunker::new(layout, shared.local, BROADCAST, first_id),
     );
     let c = &shared.counters;
+    let forwarder = Forwarder::new(PeerName::from_bytes(shared.local));
     while !shared.stop.load(Ordering::Relaxed) {
         // The path MTU search settled on another datagram size: chunk to it from now on.
         let want = shared.datagram.load(Ordering::Relaxed);
@@ -90,90 +95,78 @@ pub(super) fn tx_loop(
             continue;
         }
         let state = shared.snapshot();
-        // Destination peer of each frame: one MAC-table lock per batch.
-        let mut dsts = [BROADCAST; FRAMES_PER_BATCH];
+        // Each frame's destination: one MAC-table lock per batch.
+        let mut decisions = [Captured::Local; FRAMES_PER_BATCH];
         {
             let macs = lock(&shared.macs);
-            for (dst, buf) in dsts.iter_mut().zip(bufs.iter()).take(n) {
-                let Some(mac) = unicast_dst(buf, data_offset) else {
-                    continue;
-                };
-                c.tap_unicast.fetch_add(1, Ordering::Relaxed);
-                if let Some(peer) = macs.lookup(&mac) {
-                    // Learned from the sleeve since the peer went onto fastdp (the table
-                    // forgets its MACs then): it still sent over the sleeve moments ago, so
-                    // the bridge may hand its frames here rather than to the VXLAN device;
-                    // carry them (a duplicate at worst) rather than drop them.
-                    *dst = peer.bytes();
-                } else if let Some(peer) = state.fastdp.macs.get(&mac) {
-                    // Behind a fastdp peer. The bridge has this MAC pinned to the VXLAN port
-                    // (it never floods it), so this frame was queued on the TAP before the
-                    // pin moved: carry it, or it is lost.
-                    c.late_for_fastdp.fetch_add(1, Ordering::Relaxed);
-                    *dst = *peer;
-                }
+            let head = layout.payload();
+            for (i, decision) in decisions.iter_mut().enumerate().take(n) {
+                let frame = &bufs[i][data_offset..data_offset + lens[i].min(head)];
+                *decision = forwarder.handle_captured(&state.table, &macs, frame);
             }
         }
         let mut ready: [Option<Ready>; FRAMES_PER_BATCH] = Default::default();
         let now = Instant::now();
-        for i in 0..n {
-            let (dst, len) = (dsts[i], lens[i]);
+        for (i, decision) in decisions.into_iter().enumerate().take(n) {
+            let len = lens[i];
             let buf = &mut bufs[i];
-            if dst == shared.local {
-                // Ours: the bridge delivers it locally; nothing to send.
-                continue;
+            let one_hop: [PeerName; 1];
+            let (dst, hops, unicast) = match decision {
+                Captured::Local => {
+                    // Ours: the bridge delivers it locally; nothing to send.
+                    c.tap_unicast.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Captured::Drop(reason) => {
+                    shared.drop_forwarding(reason);
+                    continue;
+                }
+                Captured::Unicast {
+                    dst,
+                    hop,
+                    late_for_fastdp,
+                } => {
+                    if late_for_fastdp {
+                        c.late_for_fastdp.fetch_add(1, Ordering::Relaxed);
+                    }
+                    one_hop = [hop];
+                    (dst.bytes(), &one_hop[..], true)
+                }
+                Captured::Broadcast {
+                    hops,
+                    unknown_unicast,
+                } => {
+                    c.tx_broadcast.fetch_add(1, Ordering::Relaxed);
+                    (BROADCAST, hops, unknown_unicast)
+                }
+            };
+            if unicast {
+                c.tap_unicast.fetch_add(1, Ordering::Relaxed);
             }
             chunker.set_dst(dst);
             let Ok(chunks) = chunker.chunk_in_place(len, buf) else {
                 shared.drop_datagram(DropReason::TooBig);
                 continue;
             };
-            if dst == BROADCAST {
-                c.tx_broadcast.fetch_add(1, Ordering::Relaxed);
-                let Some(hops) = state.routes.broadcast.get(&shared.local) else {
-                    continue;
-                };
-                let mut first = None;
-                for hop in hops {
-                    if state.skip_hops.contains(hop) {
-                        // It (and everyone behind it) gets this from the VXLAN device.
-                        continue;
-                    }
-                    let Some(link) = state.link(*hop) else {
-                        continue;
-                    };
-                    if first.is_none() {
-                        first = Some(link.clone());
-                        continue;
-                    }
-                    // Further hops: a sealed copy each, sent at once.
-                    let wire = chunks.wire_len();
-                    scratch[..wire].copy_from_slice(&buf[..wire]);
-                    seal_chunks(&link.session, now, scratch, &chunks, layout);
-                    send_frame(socket, shared, scratch, &chunks, &link.dest, per_message);
-                    shared
-                        .metrics
-                        .add_forwarded(Datapath::Sleeve, 1, len as u64);
-                }
-                if let Some(link) = first {
-                    seal_chunks(&link.session, now, buf, &chunks, layout);
-                    ready[i] = Some(Ready { chunks, link });
-                }
-                continue;
-            }
-            let link = state
-                .routes
-                .unicast
-                .get(&dst)
-                .and_then(|hop| state.link(*hop));
-            let Some(link) = link else {
-                shared.drop_datagram(DropReason::NoRoute);
+            let mut links = hops.iter().filter_map(|hop| state.link(*hop));
+            // The first hop's copy is sealed in place and sent with the batch; further hops
+            // (a broadcast) get a sealed copy each, sent at once.
+            let Some(first) = links.next() else {
                 continue;
             };
-            seal_chunks(&link.session, now, buf, &chunks, layout);
+            for link in links {
+                let wire = chunks.wire_len();
+                scratch[..wire].copy_from_slice(&buf[..wire]);
+                seal_chunks(&link.session, now, scratch, &chunks, layout);
+                send_frame(socket, shared, scratch, &chunks, &link.dest, per_message);
+                shared
+                    .metrics
+                    .add_forwarded(Datapath::Sleeve, 1, len as u64);
+            }
+            seal_chunks(&first.session, now, buf, &chunks, layout);
             ready[i] = Some(Ready {
                 chunks,
-                link: link.clone(),
+                link: first.clone(),
             });
         }
         send_ready(socket, shared, bufs, &ready[..n], per_message, &lens[..n]);
@@ -232,16 +225,6 @@ fn slot_areas(buf: &mut [u8], layout: ChunkLayout) -> impl Iterator<Item = &mut 
 /// Ethernet header at least, [`MAX_FRAME_LEN`] at most.
 fn frame_len_ok(len: usize) -> bool {
     (VNET_HDR_LEN + 14..=MAX_FRAME_LEN).contains(&len)
-}
-
-/// The destination MAC of the frame read into `buf`'s slots (the first data area starts with
-/// the virtio_net_hdr, then the Ethernet header), or `None` for a group address (broadcast,
-/// multicast). A datagram size the path MTU search allows leaves room for both in one slot.
-fn unicast_dst(buf: &[u8], data_offset: usize) -> Option<[u8; 6]> {
-    let at = data_offset + VNET_HDR_LEN;
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&buf[at..at + 6]);
-    (mac[0] & 1 == 0).then_some(mac)
 }
 
 /// Seals every chunk of a frame in place with one session lock.
@@ -452,7 +435,11 @@ pub fn send_path(
     if !frame_len_ok(len) {
         return Ok(None);
     }
-    let dst = unicast_dst(&buf, layout.data_offset()).map_or(BROADCAST, |_| peer);
+    let head = &buf[layout.data_offset()..layout.data_offset() + len.min(layout.payload())];
+    let dst = match Ethernet::from_tap(head) {
+        Some(eth) if !eth.dst().is_group() => peer,
+        _ => BROADCAST,
+    };
     let mut chunker = Chunker::new(layout, src, dst, 1);
     let Ok(chunks) = chunker.chunk_in_place(len, &mut buf) else {
         return Ok(None);
@@ -573,22 +560,18 @@ mod tests {
         assert_eq!(sent.delivered, [f]);
     }
 
+    /// The forwarder reads a frame's header where `readv` laid it: the first slot's data
+    /// area, from the data offset on.
     #[test]
-    fn macs_read_from_frames() {
+    fn the_first_slot_holds_the_frames_header() {
         let f = frame([0x02, 1, 2, 3, 4, 5], 60, 0);
         let mut buf = vec![0u8; 2048];
         let layout = ChunkLayout::sealed(1472, crypto::HEADER_LEN, TAG_LEN).unwrap();
         let area = slot_areas(&mut buf, layout).next().unwrap();
         area[..f.len()].copy_from_slice(&f);
-        assert_eq!(
-            unicast_dst(&buf, layout.data_offset()),
-            Some([0x02, 1, 2, 3, 4, 5])
-        );
-        assert_eq!(unicast_src(&f), Some([0x02, 0, 0, 0, 0, 7]));
-        let b = frame([0xff; 6], 60, 0);
-        slot_areas(&mut buf, layout).next().unwrap()[..60].copy_from_slice(&b);
-        assert_eq!(unicast_dst(&buf, layout.data_offset()), None);
-        assert_eq!(unicast_src(&b[..VNET_HDR_LEN + 11]), None);
+        let eth = Ethernet::from_tap(&buf[layout.data_offset()..]).unwrap();
+        assert_eq!(eth.dst(), MacAddr::from_bytes([0x02, 1, 2, 3, 4, 5]));
+        assert_eq!(eth.src(), MacAddr::from_bytes([0x02, 0, 0, 0, 0, 7]));
     }
 
     proptest! {
