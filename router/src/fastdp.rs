@@ -17,7 +17,7 @@
 //! packet is as large as the underlay MTU) and sent with fragmentation forbidden: a path that
 //! cannot carry full-size VXLAN packets loses the probe, and the peer stays on the sleeve.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -30,6 +30,7 @@ use anyhow::{Context as _, Result};
 use tokio::sync::mpsc;
 use topology::PeerName;
 use topology::channel::{Channel, envelope};
+use topology::fastdp::fdb::{FdbOp, Pins, Port};
 use topology::fastdp::probe::ETH_P_ARP;
 use topology::fastdp::{
     Announcement, Announcements, Config as CoreConfig, Event, Fastdp, Mac, Mode, Path,
@@ -371,11 +372,8 @@ pub struct FastdpPlane {
     inherited: BTreeSet<IpAddr>,
     started: Instant,
     inherited_checked: bool,
-    /// The bridge entries pinned for each peer's announced MACs (and its bridge's): MAC →
-    /// the port they are pinned to (the VXLAN device while the peer is on fastdp, else the
-    /// TAP). Pinned, because a frame that arrives by the other path in a change-over would
-    /// otherwise move the bridge's entry to the port this router no longer sends that peer by.
-    pins: HashMap<PeerName, BTreeMap<Mac, u32>>,
+    /// The bridge entries pinned for each peer's announced MACs (and its bridge's).
+    pins: Pins,
     /// Peers whose pins are to be brought in line at the next drain.
     pins_dirty: BTreeSet<PeerName>,
     metrics: Metrics,
@@ -461,7 +459,7 @@ impl FastdpPlane {
                 inherited,
                 started: Instant::now(),
                 inherited_checked: false,
-                pins: HashMap::new(),
+                pins: Pins::new(tap.is_some()),
                 pins_dirty: BTreeSet::new(),
                 metrics,
             },
@@ -552,45 +550,16 @@ impl FastdpPlane {
         if a.origin == self.local {
             return Ok(None);
         }
-        let old_macs = self
-            .table
-            .get(a.origin)
-            .map(|o| o.macs.clone())
-            .unwrap_or_default();
-        let was_theirs = self
-            .table
-            .get(a.origin)
-            .is_some_and(|o| o.fastdp_peers.contains(&self.local));
+        let old = self.table.get(a.origin).cloned();
         if !self.table.merge(a.clone()) {
             return Ok(None);
         }
         self.core.handle_bridge_mac(a.origin, a.bridge_mac);
-        if self.core.path(a.origin) == Some(Path::Fastdp)
-            && let Some(addr) = self.addr_of(a.origin)
-        {
-            let added: BTreeSet<Mac> = a.macs.difference(&old_macs).copied().collect();
-            let gone: BTreeSet<Mac> = old_macs.difference(&a.macs).copied().collect();
-            if let Err(e) = self.fdb.add_macs(addr, &added).await {
-                tracing::warn!("fastdp: adding MAC entries: {e:#}");
-            }
-            self.sync_pins(a.origin).await;
-            if let Err(e) = self.fdb.remove_macs(addr, &gone).await {
-                tracing::warn!("fastdp: removing withdrawn MAC entries: {e:#}");
-            }
-        } else {
-            self.sync_pins(a.origin).await;
-        }
-        // The peer stopped sending to us over fastdp after we left it: what the VXLAN device
-        // and the bridge learned from its VXLAN frames in between (it sent over fastdp until
-        // it heard of the change) points the wrong way now. Flush it again.
-        if was_theirs
-            && !a.fastdp_peers.contains(&self.local)
-            && self.core.path(a.origin) != Some(Path::Fastdp)
-            && let Some(addr) = self.addr_of(a.origin)
-            && let Err(e) = self.fdb.leave(addr, &a.macs).await
-        {
-            tracing::warn!("fastdp: flushing entries learned from a peer leaving fastdp: {e:#}");
-        }
+        let (path, addr) = (self.core.path(a.origin), self.addr_of(a.origin));
+        let ops = self
+            .pins
+            .handle_announcement(old.as_ref(), &a, path, addr, &self.own);
+        self.apply(Some(a.origin), ops).await;
         self.update_sleeve(sleeve);
         Ok(Some(envelope(Channel::Fastdp, body)))
     }
@@ -615,32 +584,22 @@ impl FastdpPlane {
                 Event::Joined { peer, addr } => {
                     self.metrics.inc_fastdp(FastdpCounter::SwitchToFastdp);
                     tracing::info!(%peer, %addr, "peer on fastdp");
-                    let macs = self
-                        .table
-                        .get(peer)
-                        .map(|a| a.macs.clone())
-                        .unwrap_or_default();
-                    if let Err(e) = self.fdb.join(addr, &macs).await {
-                        tracing::warn!(%peer, "fastdp: adding forwarding entries: {e:#}");
-                    }
-                    // The bridge learned these on the TAP while the peer was on the sleeve:
-                    // they move to the VXLAN port, pinned there, so the peer's frames still
-                    // in flight over the sleeve cannot move them back.
-                    self.sync_pins(peer).await;
+                    // The device's entries, then the pins move to the VXLAN port.
+                    let ops = self.pins.handle_joined(
+                        peer,
+                        addr,
+                        self.core.path(peer),
+                        self.table.get(peer),
+                        &self.own,
+                    );
+                    self.apply(Some(peer), ops).await;
                     // MACs behind the peer it has not announced (yet): the bridge learned them
                     // on the TAP, and the sleeve is about to forget them and leave the peer
                     // to fastdp, so frames to them would be lost. The bridge forgets them
                     // too and floods until it learns them on the VXLAN port.
-                    if let (Some(s), Some(tap)) = (sleeve, self.tap) {
-                        let pinned = self.pins.get(&peer);
-                        for mac in s.macs_of(peer) {
-                            if pinned.is_some_and(|p| p.contains_key(&mac)) {
-                                continue;
-                            }
-                            if let Err(e) = self.fdb.netlink.fdb_del_bridge(tap, mac).await {
-                                tracing::warn!(%peer, "fastdp: {e:#}");
-                            }
-                        }
+                    if let (Some(s), Some(_)) = (sleeve, self.tap) {
+                        let ops = self.pins.forget_on_tap(peer, s.macs_of(peer));
+                        self.apply(Some(peer), ops).await;
                     }
                     if let Some(s) = sleeve {
                         s.forget_macs_of(peer);
@@ -662,14 +621,16 @@ impl FastdpPlane {
                         s.learn_macs_of(peer, macs.iter().copied());
                     }
                     self.update_sleeve(sleeve);
-                    // The bridge's entries for them move to the TAP, pinned, before the
-                    // device's go: no instant where the bridge hands them to a port that can
-                    // no longer send them, and the peer's VXLAN frames in flight cannot move
-                    // them back (this router's answers would cross in clear).
-                    self.sync_pins(peer).await;
-                    if let Err(e) = self.fdb.leave(addr, &macs).await {
-                        tracing::warn!(%peer, "fastdp: removing forwarding entries: {e:#}");
-                    }
+                    // The pins move to the TAP before the device's entries go (this
+                    // router's answers would otherwise cross in clear).
+                    let ops = self.pins.handle_left(
+                        peer,
+                        addr,
+                        self.core.path(peer),
+                        self.table.get(peer),
+                        &self.own,
+                    );
+                    self.apply(Some(peer), ops).await;
                 }
             }
         }
@@ -719,54 +680,13 @@ impl FastdpPlane {
         self.take_own()
     }
 
-    /// The port `peer`'s MACs are pinned to: the VXLAN device on fastdp, the TAP on the
-    /// sleeve, none when it is not connected (relayed peers are left to learning).
-    fn pin_port(&self, peer: PeerName) -> Option<u32> {
-        match self.core.path(peer)? {
-            Path::Fastdp => Some(self.fdb.vxlan),
-            Path::Sleeve(_) => self.tap,
-        }
-    }
-
     /// Brings the bridge's pinned entries for `peer`'s MACs in line with its path and its
     /// latest announcement.
     async fn sync_pins(&mut self, peer: PeerName) {
-        let mut want: BTreeMap<Mac, u32> = BTreeMap::new();
-        if let (Some(port), Some(a)) = (self.pin_port(peer), self.table.get(peer)) {
-            for mac in a.macs.iter().chain(std::iter::once(&a.bridge_mac)) {
-                // Never a local pod's or this bridge's address, whatever a peer announces.
-                if *mac != [0; 6] && *mac != self.bridge_mac && !self.own.macs.contains(mac) {
-                    want.insert(*mac, port);
-                }
-            }
-        }
-        let have = self.pins.remove(&peer).unwrap_or_default();
-        let mut kept = BTreeMap::new();
-        for (mac, port) in &have {
-            if want.contains_key(mac) {
-                continue;
-            }
-            // A MAC another peer announces too keeps that peer's pin.
-            let shared = self.pins.values().any(|p| p.contains_key(mac));
-            if !shared && let Err(e) = self.fdb.netlink.fdb_del_bridge(*port, *mac).await {
-                tracing::warn!(%peer, "fastdp: unpinning a bridge entry: {e:#}");
-            }
-        }
-        for (mac, port) in want {
-            if have.get(&mac) == Some(&port) {
-                kept.insert(mac, port);
-                continue;
-            }
-            match self.fdb.netlink.fdb_pin_bridge(port, mac).await {
-                Ok(()) => {
-                    kept.insert(mac, port);
-                }
-                Err(e) => tracing::warn!(%peer, "fastdp: {e:#}"),
-            }
-        }
-        if !kept.is_empty() {
-            self.pins.insert(peer, kept);
-        }
+        let ops = self
+            .pins
+            .sync(peer, self.core.path(peer), self.table.get(peer), &self.own);
+        self.apply(Some(peer), ops).await;
     }
 
     /// Removes the pinned bridge entries an earlier run left on the tunnel ports for MACs
@@ -779,23 +699,106 @@ impl FastdpPlane {
                 return;
             }
         };
-        let tunnel = |i: u32| i == self.fdb.vxlan || Some(i) == self.tap;
-        for e in entries {
-            // Only weft's pins (sticky, on a tunnel port) are candidates; the search of the
-            // pins table is for those alone.
-            if !(e.master && e.sticky && tunnel(e.ifindex)) {
-                continue;
+        // Only weft's pins (sticky, on a tunnel port) are candidates.
+        let pinned = entries
+            .into_iter()
+            .filter(|e| e.master && e.sticky)
+            .filter_map(|e| Some((self.port_of(e.ifindex)?, e.mac)));
+        for op in self.pins.stale(pinned) {
+            if let FdbOp::Unpin { mac, .. } = &op {
+                tracing::info!(mac = %fmt_mac(mac), "fastdp: removing a pinned entry no peer claims");
             }
-            let ours = self
-                .pins
-                .values()
-                .any(|p| p.get(&e.mac) == Some(&e.ifindex));
-            if !ours {
-                tracing::info!(mac = %fmt_mac(&e.mac), "fastdp: removing a pinned entry no peer claims");
-                if let Err(err) = self.fdb.netlink.fdb_del_bridge(e.ifindex, e.mac).await {
-                    tracing::warn!("fastdp: {err:#}");
+            self.apply_op(None, op).await;
+        }
+    }
+
+    /// Applies the core's forwarding-database changes in their order; a failure is logged
+    /// and the rest still go.
+    async fn apply(&mut self, peer: Option<PeerName>, ops: Vec<FdbOp>) {
+        for op in ops {
+            self.apply_op(peer, op).await;
+        }
+    }
+
+    async fn apply_op(&mut self, peer: Option<PeerName>, op: FdbOp) {
+        let peer = peer.map(tracing::field::display);
+        let fdb = &self.fdb;
+        match op {
+            FdbOp::AddMacs { addr, macs } => {
+                if let Err(e) = fdb.add_macs(addr, &macs).await {
+                    tracing::warn!(peer, "fastdp: adding MAC entries: {e:#}");
                 }
             }
+            FdbOp::Flush { addr, macs } => {
+                if let Err(e) = fdb.leave(addr, &macs).await {
+                    tracing::warn!(
+                        peer,
+                        "fastdp: flushing entries learned from a peer leaving fastdp: {e:#}"
+                    );
+                }
+            }
+            FdbOp::ForgetOnTap { mac } => {
+                if let Some(tap) = self.tap
+                    && let Err(e) = fdb.netlink.fdb_del_bridge(tap, mac).await
+                {
+                    tracing::warn!(peer, "fastdp: {e:#}");
+                }
+            }
+            FdbOp::Join { addr, macs } => {
+                if let Err(e) = fdb.join(addr, &macs).await {
+                    tracing::warn!(peer, "fastdp: adding forwarding entries: {e:#}");
+                }
+            }
+            FdbOp::Leave { addr, macs } => {
+                if let Err(e) = fdb.leave(addr, &macs).await {
+                    tracing::warn!(peer, "fastdp: removing forwarding entries: {e:#}");
+                }
+            }
+            FdbOp::Pin {
+                peer: owner,
+                port,
+                mac,
+            } => {
+                let result = match self.ifindex(port) {
+                    Some(index) => fdb.netlink.fdb_pin_bridge(index, mac).await,
+                    None => Err(anyhow::anyhow!("no TAP to pin {} to", fmt_mac(&mac))),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(peer, "fastdp: {e:#}");
+                    self.pins.handle_pin_failed(owner, port, mac);
+                }
+            }
+            FdbOp::RemoveMacs { addr, macs } => {
+                if let Err(e) = fdb.remove_macs(addr, &macs).await {
+                    tracing::warn!(peer, "fastdp: removing withdrawn MAC entries: {e:#}");
+                }
+            }
+            FdbOp::Unpin { port, mac } => {
+                if let Some(index) = self.ifindex(port)
+                    && let Err(e) = fdb.netlink.fdb_del_bridge(index, mac).await
+                {
+                    tracing::warn!(peer, "fastdp: unpinning a bridge entry: {e:#}");
+                }
+            }
+        }
+    }
+
+    /// The kernel index of a tunnel port (`None`: no TAP).
+    fn ifindex(&self, port: Port) -> Option<u32> {
+        match port {
+            Port::Tap => self.tap,
+            Port::Vxlan => Some(self.fdb.vxlan),
+        }
+    }
+
+    /// The tunnel port a kernel index names, if it is one.
+    fn port_of(&self, index: u32) -> Option<Port> {
+        if index == self.fdb.vxlan {
+            Some(Port::Vxlan)
+        } else if Some(index) == self.tap {
+            Some(Port::Tap)
+        } else {
+            None
         }
     }
 

@@ -4,7 +4,7 @@
 //! Sans-IO. The router's shell sends the probes [`Fastdp::poll_probe`] asks for, reports the
 //! answers its AF_PACKET socket sees ([`Fastdp::handle_probe_answer`]), calls
 //! [`Fastdp::handle_timeout`] at [`Fastdp::poll_timeout`], and applies the
-//! [`Event`]s (flood and MAC entries in the VXLAN device's forwarding database).
+//! [`Event`]s, asking [`fdb::Pins`] for the forwarding-database changes each one means.
 //!
 //! Per peer, health is a data-plane fact: a probe is a VXLAN-encapsulated ARP request the
 //! peer's kernel answers (docs/PROTOCOL.md, "fastdp probe"), one every
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::PeerName;
 
+pub mod fdb;
 pub mod probe;
 
 pub use probe::{Answer, parse_answer, probe_frame};
