@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{arb_graph, name, peers_for};
+use common::{arb_graph, name, peers_for, reference_dist};
 use proptest::prelude::*;
 use topology::PeerName;
 use topology::dataplane::{
@@ -178,19 +178,10 @@ fn send(rs: &mut [Router], at: usize, f: &[u8], hop_limit: u8, now: Instant) -> 
     out
 }
 
+/// Hop counts from `from`.
 fn dist(adj: &[BTreeSet<usize>], from: usize) -> Vec<Option<u32>> {
-    let mut d = vec![None; adj.len()];
-    d[from] = Some(0);
-    let mut q = VecDeque::from([from]);
-    while let Some(u) = q.pop_front() {
-        for &v in &adj[u] {
-            if d[v].is_none() {
-                d[v] = Some(d[u].unwrap() + 1);
-                q.push_back(v);
-            }
-        }
-    }
-    d
+    let d = reference_dist(adj, from);
+    d.into_iter().map(|k| k.map(|k| k as u32)).collect()
 }
 
 /// Some edges of `adj` on fastdp, picked by the bits of `mask`.

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)] // test helpers
 
 mod common;
-use common::{arb_graph, name, peers_for, record};
+use common::{arb_graph, name, peers_for, record, reference_dist};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -35,21 +35,6 @@ fn arb_record() -> impl Strategy<Value = Arc<PeerInfo>> {
         proptest::collection::btree_set(0usize..6, 0..4),
     )
         .prop_map(|(i, uid, v, conns)| record(i, uid, v, &conns))
-}
-
-fn reference_dist(adj: &[BTreeSet<usize>], from: usize) -> Vec<Option<usize>> {
-    let mut dist = vec![None; adj.len()];
-    dist[from] = Some(0);
-    let mut q = VecDeque::from([from]);
-    while let Some(u) = q.pop_front() {
-        for &v in &adj[u] {
-            if dist[v].is_none() {
-                dist[v] = Some(dist[u].unwrap() + 1);
-                q.push_back(v);
-            }
-        }
-    }
-    dist
 }
 
 proptest! {

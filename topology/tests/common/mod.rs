@@ -2,7 +2,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses its own subset
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -63,4 +63,20 @@ pub(crate) fn peers_for(adj: &[BTreeSet<usize>], me: usize, order: &[usize]) -> 
         }
     }
     p
+}
+
+/// Hop counts from `from` by breadth-first search: the reference routes are checked against.
+pub(crate) fn reference_dist(adj: &[BTreeSet<usize>], from: usize) -> Vec<Option<usize>> {
+    let mut dist = vec![None; adj.len()];
+    dist[from] = Some(0);
+    let mut q = VecDeque::from([from]);
+    while let Some(u) = q.pop_front() {
+        for &v in &adj[u] {
+            if dist[v].is_none() {
+                dist[v] = Some(dist[u].unwrap() + 1);
+                q.push_back(v);
+            }
+        }
+    }
+    dist
 }
