@@ -1,10 +1,11 @@
-//! `weft-sim`: the deterministic mesh simulator (`mesh`), the network-namespace lab (`lab`) and
-//! the benchmarks (`bench`).
+//! `weft-sim`: the deterministic mesh simulator (`mesh`), the data-plane simulator
+//! (`dataplane`), the network-namespace lab (`lab`) and the benchmarks (`bench`).
 //!
 //! The simulator drives many `topology` cores in one process on a virtual clock; the lab runs
 //! real `weft` routers in network namespaces on one machine.
 
 pub mod bench;
+pub mod dataplane;
 pub mod demo;
 pub mod flood;
 pub mod lab;

@@ -44,6 +44,9 @@ enum Command {
     Lab(LabCommand),
     /// Deterministic simulation of N routers running the real topology core.
     Mesh(weft_sim::mesh::MeshArgs),
+    /// The data plane's forwarding over a simulated mesh: every pod pair, every broadcast, pods
+    /// that move; the routers' own forwarding code, sessions and reassembly, no kernel.
+    Dataplane(weft_sim::dataplane::DataplaneArgs),
     /// Pod-to-pod throughput and RTT per data path, as ratios to a kernel VXLAN baseline
     /// measured in the same run (needs root, iperf3).
     Bench(weft_sim::bench::BenchArgs),
@@ -167,6 +170,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mesh(args) => {
             let report = weft_sim::mesh::run(&args)?;
             weft_sim::mesh::print_report(&mut out, &report, args.json)?;
+        }
+        Command::Dataplane(args) => {
+            let report = weft_sim::dataplane::run(&args)?;
+            weft_sim::dataplane::print_report(&mut out, &report, args.json)?;
+            if !report.passed {
+                anyhow::bail!("the data plane's checks failed");
+            }
         }
         Command::Lab(cmd) => match cmd {
             LabCommand::Up {

@@ -108,8 +108,9 @@ impl Graph {
         next_hop
     }
 
-    /// Returns the parent of `v` in the tree rooted where `dist` was measured from.
-    fn parent(&self, dist: &[u32], v: u32) -> Option<u32> {
+    /// Returns the parent of `v` in the tree rooted where `dist` was measured from: the
+    /// broadcast tree of that root (see the module's tie rule).
+    pub fn parent(&self, dist: &[u32], v: u32) -> Option<u32> {
         let dv = *dist.get(v as usize)?;
         if dv == 0 || dv == u32::MAX {
             return None;
