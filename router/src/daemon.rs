@@ -50,7 +50,7 @@ use crate::encryption::{self, SealPolicy};
 use crate::fastdp::{FastdpConfig, FastdpPlane};
 use crate::ipam_store::IpamStore;
 use crate::metrics::{DropReason, GossipDirection, HandshakeFailure, Metrics};
-use crate::sleeve::{Sleeve, SleeveConfig};
+use crate::sleeve::{Sleeve, SleeveConfig, TAP};
 use crate::status::{
     ConnectionEncryption, ConnectionState, ConnectionStatus, EncryptionMode, PeerConnStatus,
     PeerStatus, RouteStatus, RouterStatus, TargetState, TargetStatus,
@@ -915,8 +915,6 @@ fn save_persisted_peers(path: &Path, peers: &BTreeSet<SocketAddr>) -> Result<()>
 
 /// The node's bridge.
 pub const BRIDGE: &str = "weft";
-/// The sleeve's TAP device, a port of [`BRIDGE`].
-pub const TAP: &str = "weft-tap";
 /// The largest sleeve datagram: a 1500-byte IPv4 underlay less the IP and UDP headers.
 const UNDERLAY_MAX_DATAGRAM: usize = 1472;
 /// Pod MTU when `--mtu` is not given: a 1500-byte underlay less the VXLAN overhead.

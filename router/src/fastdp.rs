@@ -412,7 +412,7 @@ impl FastdpPlane {
             .ensure_vxlan(VXLAN, VNI, config.vxlan_port, config.mtu, config.bridge)
             .await?;
         netlink.set_isolated(vxlan).await?;
-        let tap = netlink.link_index(crate::daemon::TAP).await?;
+        let tap = netlink.link_index(crate::sleeve::TAP).await?;
         if let Some(tap) = tap {
             netlink.set_isolated(tap).await?;
         }

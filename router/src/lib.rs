@@ -11,6 +11,14 @@
 //! - [`metrics`]: counters bumped through atomics and rendered for Prometheus.
 //! - [`node_net`], [`nft`] and [`underlay`]: the node's sysctls, weft's nftables table
 //!   (masquerade) through netlink, and the underlay MTU the pod MTU follows.
+//! - [`daemon`]: the engine loop that owns the mesh, IPAM and settings cores and carries out
+//!   their outputs; [`encryption`]: the mesh setting's password proofs; [`ipam_store`]: IPAM
+//!   state on disk; [`kube`]: peer discovery from Kubernetes Node objects.
+//! - [`sleeve`] (with [`tap`] and [`udp`]): the sleeve's threads, asking
+//!   `topology::dataplane` what to do with each frame; [`fastdp`]: the VXLAN device, its
+//!   probe and the forwarding-database changes `topology::fastdp` asks for; [`netlink`]: the
+//!   rtnetlink calls both make.
+//! - [`cni_install`]: `weft install-cni|uninstall-cni`.
 //!
 //! [`start_router`] binds the API and metrics listeners, then hands the engine an
 //! [`EngineHandles`]: the status publisher, the command receiver, the metrics handle and the
@@ -30,7 +38,6 @@ pub mod netlink;
 pub mod nft;
 pub mod node_net;
 pub mod sleeve;
-pub mod sleeve_io;
 pub mod status;
 pub mod status_text;
 pub mod tap;

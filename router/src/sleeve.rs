@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use crypto::{DataKeys, Mode, OpenError, PacketBuf, Session, SessionConfig, TAG_LEN};
-use serde::{Deserialize, Serialize};
 use socket2::SockAddr;
 use topology::PeerName;
 use topology::dataplane::{
@@ -63,6 +62,11 @@ use crate::tap::{Tap, TapOptions};
 use crate::udp::{
     self, MAX_BATCH, MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, RecvMeta, Transmit, UdpOptions, UdpSocket,
 };
+
+/// The sleeve's TAP device, a port of the bridge.
+pub const TAP: &str = "weft-tap";
+
+pub use crate::status::SleeveCounters;
 
 /// The destination peer name of a broadcast datagram, as the codec carries it.
 pub const BROADCAST: [u8; 6] = dataplane::BROADCAST.bytes();
@@ -101,48 +105,6 @@ pub struct SleeveFastdp {
     /// For every origin, the peers it reaches over fastdp (from its announcements): a
     /// sleeve broadcast from that origin is not delivered here if this router is one.
     pub by_origin: HashMap<[u8; 6], HashSet<[u8; 6]>>,
-}
-
-/// The sleeve's counters beyond the metrics' forwarded and dropped ones.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SleeveCounters {
-    /// Frames read from the TAP.
-    pub tap_frames: u64,
-    /// Unicast frames read from the TAP.
-    pub tap_unicast: u64,
-    /// Unicast frames to a MAC of a peer on fastdp that the bridge still handed to the TAP
-    /// (queued there before the MAC was pinned to `weft-vxlan`), carried by the sleeve.
-    pub late_for_fastdp: u64,
-    /// Sleeve broadcasts not delivered because their origin reaches this router by fastdp.
-    pub rx_left_to_fastdp: u64,
-    /// Frames sent as broadcast (unknown, broadcast or multicast destination MAC).
-    pub tx_broadcast: u64,
-    /// Datagrams sent.
-    pub tx_datagrams: u64,
-    /// Datagrams received.
-    pub rx_datagrams: u64,
-    /// Frames written to the TAP.
-    pub delivered: u64,
-    /// Datagrams relayed to another peer.
-    pub relayed: u64,
-    /// Datagrams dropped, all reasons.
-    pub dropped: u64,
-    /// Datagrams that failed to open (bad tag, wrong key, stale epoch).
-    pub dropped_decrypt: u64,
-    /// Datagrams replayed or older than the replay window.
-    pub dropped_replay: u64,
-    /// Datagrams that did not parse (version, type, header bounds, unauthenticated type).
-    pub dropped_malformed: u64,
-    /// Datagrams from an address that is no connected peer.
-    pub dropped_unknown_peer: u64,
-    /// Frames or datagrams with no route to their destination.
-    pub dropped_no_route: u64,
-    /// MACs seen moving from one peer to another.
-    pub mac_moves: u64,
-    /// Send errors.
-    pub send_errors: u64,
-    /// TAP write errors.
-    pub tap_write_errors: u64,
 }
 
 /// A running sleeve; stops its threads on [`Sleeve::stop`] or drop.

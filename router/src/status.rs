@@ -63,7 +63,7 @@ pub struct RouterStatus {
     /// The sleeve's own counters (what it left to fastdp, delivered, dropped and why, send
     /// and TAP errors); absent without a sleeve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sleeve: Option<crate::sleeve::SleeveCounters>,
+    pub sleeve: Option<SleeveCounters>,
     /// weft's nftables rules (masquerade), the node's sysctls and the underlay MTU; absent
     /// when the router manages no devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,4 +501,46 @@ mod tests {
         assert!(!ready);
         assert_eq!(why.unwrap(), "data plane: no route yet to h2, h3");
     }
+}
+
+/// The sleeve's counters beyond the metrics' forwarded and dropped ones.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleeveCounters {
+    /// Frames read from the TAP.
+    pub tap_frames: u64,
+    /// Unicast frames read from the TAP.
+    pub tap_unicast: u64,
+    /// Unicast frames to a MAC of a peer on fastdp that the bridge still handed to the TAP
+    /// (queued there before the MAC was pinned to `weft-vxlan`), carried by the sleeve.
+    pub late_for_fastdp: u64,
+    /// Sleeve broadcasts not delivered because their origin reaches this router by fastdp.
+    pub rx_left_to_fastdp: u64,
+    /// Frames sent as broadcast (unknown, broadcast or multicast destination MAC).
+    pub tx_broadcast: u64,
+    /// Datagrams sent.
+    pub tx_datagrams: u64,
+    /// Datagrams received.
+    pub rx_datagrams: u64,
+    /// Frames written to the TAP.
+    pub delivered: u64,
+    /// Datagrams relayed to another peer.
+    pub relayed: u64,
+    /// Datagrams dropped, all reasons.
+    pub dropped: u64,
+    /// Datagrams that failed to open (bad tag, wrong key, stale epoch).
+    pub dropped_decrypt: u64,
+    /// Datagrams replayed or older than the replay window.
+    pub dropped_replay: u64,
+    /// Datagrams that did not parse (version, type, header bounds, unauthenticated type).
+    pub dropped_malformed: u64,
+    /// Datagrams from an address that is no connected peer.
+    pub dropped_unknown_peer: u64,
+    /// Frames or datagrams with no route to their destination.
+    pub dropped_no_route: u64,
+    /// MACs seen moving from one peer to another.
+    pub mac_moves: u64,
+    /// Send errors.
+    pub send_errors: u64,
+    /// TAP write errors.
+    pub tap_write_errors: u64,
 }

@@ -1,5 +1,6 @@
 //! `weft-sim`: the deterministic mesh simulator (`mesh`), the data-plane simulator
-//! (`dataplane`), the network-namespace lab (`lab`) and the benchmarks (`bench`).
+//! (`dataplane`), the network-namespace lab (`lab`, and `demo` on it), the benchmarks
+//! (`bench`) and forged underlay traffic for hostile-input tests and benches (`flood`).
 //!
 //! The simulator drives many `topology` cores in one process on a virtual clock; the lab runs
 //! real `weft` routers in network namespaces on one machine.

@@ -9,6 +9,8 @@
 //!   record [`PeerInfo`].
 //! - [`wire`]: the versioned binary encoding of heartbeats and gossip (docs/PROTOCOL.md,
 //!   "Topology gossip"), with bounded lengths and a cheap error type.
+//! - [`channel`]: the one-byte channel of each control message (hello, gossip, IPAM,
+//!   settings, fastdp) and the hello.
 //! - [`peers`]: the peer table, the idempotent and commutative merge, view digests, garbage
 //!   collection of unreachable peers.
 //! - [`routes`]: unicast next hops and broadcast trees over symmetric established connections.
@@ -18,6 +20,8 @@
 //!   decision).
 //! - [`fastdp`]: the per-peer fastdp/sleeve decision (probe hysteresis) and the fastdp
 //!   announcement message.
+//! - [`ipam`]: the pod address allocator shared by all routers (a ring CRDT).
+//! - [`sleeve`]: the sleeve's datagram codec, chunking, reassembly and path MTU search.
 //! - [`mac`]: the MAC → peer learning table used by the data plane.
 //! - [`dataplane`]: the forwarding rules the sleeve applies to every frame and datagram
 //!   ([`dataplane::Forwarder`] over a [`dataplane::ForwardingTable`]).

@@ -1,5 +1,4 @@
-//! Helpers shared by the router's integration tests that need network namespaces (`nft`,
-//! `sleeve_io`). Each test file includes this module with `mod common;`.
+//! Helpers shared by the router's integration tests that need network namespaces (`nft`). Each test file includes this module with `mod common;`.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 

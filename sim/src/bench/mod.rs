@@ -9,7 +9,7 @@
 //! - `sleeve`, `sleeve-encrypted`: the REAL router: a two-node lab (`lab up --datapath sleeve`
 //!   [`--encrypt`]) with one pod per node, iperf3 between the pods; `relay_cpu_pct_1` is then
 //!   the CPU of both `weft router` processes.
-//! - `sleeve-relay`: the static two-host relay harness ([`weft_router::sleeve_io::Relay`]),
+//! - `sleeve-relay`: the static two-host relay harness ([`relay::Relay`]),
 //!   plain, no routing or crypto: the I/O floor the router builds on.
 //!
 //! All of them exist at once and runs interleave, so every row shares the machine's load.
@@ -23,7 +23,7 @@
 //! ```
 //!
 //! Each host namespace has two bridges at the same pod MTU: `weft` with the sleeve's TAP,
-//! served by an in-process [`weft_router::sleeve_io::Relay`] (TAP offloads, UDP GSO/GRO, static
+//! served by an in-process [`relay::Relay`] (TAP offloads, UDP GSO/GRO, static
 //! peer, plain), and `vxbr` with a kernel VXLAN device, the baseline. Each has its own pod
 //! namespace per host, both pods numbered 10.32.0.I/12. The underlay (192.0.2.0/24, MTU 1500)
 //! is a bridge in its own namespace; nothing is linked to the root namespace. Runs interleave
@@ -38,8 +38,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use relay::{Relay, RelayConfig, RelayStats};
 use serde::Serialize;
-use weft_router::sleeve_io::{Relay, RelayConfig, RelayStats};
 use weft_router::tap::{Tap, TapOptions};
 use weft_router::udp::{UdpOptions, UdpSocket};
 
@@ -47,6 +47,7 @@ use crate::flood::{Flood, FloodSpec, FloodStats};
 use crate::lab::{self, LabGuard, LabSpec, netns};
 
 mod flood_row;
+pub mod relay;
 pub use flood_row::{FLOOD, FloodRatio};
 
 /// The baseline configuration's name.

@@ -4,7 +4,7 @@
 //! Sans-IO. Nothing here reads a clock, touches a socket or allocates per packet: the
 //! [`Chunker`] writes into a buffer the caller owns (with headroom and tailroom to seal each
 //! chunk in place), and the [`Receiver`] checks a datagram, reassembles within the fixed budget
-//! of its [`Reassembler`], and hands back borrowed frames. The router's `sleeve_io` shell moves
+//! of its [`Reassembler`], and hands back borrowed frames. The router's sleeve (and the bench's relay, `sim/src/bench/relay.rs`) moves
 //! the bytes between the TAP, these types and the UDP socket. Byte layout: `docs/PROTOCOL.md`,
 //! "Sleeve datagrams".
 //!

@@ -1,10 +1,11 @@
-//! The sleeve's fast I/O loop between one TAP and one UDP socket, for a single static peer:
-//! TAP → chunk → UDP GSO, and UDP GRO → reassemble → TAP, each direction on its own thread.
+//! A bare relay between one TAP and one UDP socket, for a single static peer, for the
+//! `sleeve-relay` bench row and `sim/tests/relay.rs`: TAP → chunk → UDP GSO, and UDP GRO →
+//! reassemble → TAP, each direction on its own thread, over the router's own TAP and UDP layers
+//! (`weft_router::tap`, `weft_router::udp`).
 //!
-//! This is the layer the routed, sealed sleeve is built on: it moves frames and counts, and
-//! leaves meaning to `topology::sleeve` (format, chunking, reassembly). There is no routing or
-//! MAC lookup yet: every frame goes to [`RelayConfig::peer`], and datagrams for other peers
-//! or sealed ones are counted and dropped.
+//! It measures what those layers cost without routing, sealing or MAC lookup: every frame goes
+//! to [`RelayConfig::peer`], and datagrams for other peers or sealed ones are counted and
+//! dropped. The product's sleeve is `router/src/sleeve.rs`.
 //!
 //! Send path, per wakeup: up to [`RelayConfig::frames_per_batch`] frames are read from the TAP
 //! with `readv` straight into the data areas of chunk slots (no copy in user space), the chunk
@@ -27,9 +28,8 @@ use serde::Serialize;
 use topology::sleeve::{
     ChunkLayout, Chunker, Chunks, MAX_FRAME_LEN, ReassemblyConfig, Received, Receiver, VNET_HDR_LEN,
 };
-
-use crate::tap::Tap;
-use crate::udp::{
+use weft_router::tap::Tap;
+use weft_router::udp::{
     self, MAX_BATCH, MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, RecvMeta, Transmit, UdpSocket,
 };
 

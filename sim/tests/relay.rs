@@ -1,5 +1,5 @@
 //! The sleeve I/O layer end to end: two hosts in network namespaces, each with a bridge, a pod
-//! and a TAP served by `sleeve_io::Relay`, joined over a UDP underlay. Needs root.
+//! and a TAP served by `weft_sim::bench::relay::Relay`, joined over a UDP underlay. Needs root.
 //!
 //! ```text
 //!  T-h1-p              T-h1                       T-u                    T-h2             T-h2-p
@@ -17,12 +17,14 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use weft_router::sleeve_io::{Relay, RelayConfig};
 use weft_router::tap::{Tap, TapOptions};
 use weft_router::udp::{UdpOptions, UdpSocket};
+use weft_sim::bench::relay::{Relay, RelayConfig};
 
-mod common;
-use common::in_netns;
+/// Runs `f` on a thread inside namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    weft_sim::lab::netns::in_netns(ns, move || Ok(f())).unwrap()
+}
 
 struct Namespaces(Vec<String>);
 
