@@ -6,12 +6,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use topology::fastdp::Announcement;
+use topology::mac::MacAddr;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(a) = Announcement::decode(data) {
         assert_eq!(a.encode(), data);
         assert!(!a.fastdp_peers.contains(&a.origin));
-        assert!(a.macs.iter().all(|m| m[0] & 1 == 0 && *m != [0; 6]));
-        assert!(a.bridge_mac[0] & 1 == 0);
+        assert!(a.macs.iter().all(|m| !m.is_group() && *m != MacAddr::ZERO));
+        assert!(!a.bridge_mac.is_group());
     }
 });

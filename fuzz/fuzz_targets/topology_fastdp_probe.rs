@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
+use topology::mac::MacAddr;
 use topology::fastdp::probe::{
     ANSWER_LEN, Answer, ETH_HDR_LEN, PROBE_LEN, VXLAN_HDR_LEN, answer_frame, parse_answer,
     probe_frame,
@@ -20,11 +21,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again[12..], data[12..ANSWER_LEN]);
         let ours = a.target_mac();
         assert_eq!(parse_answer(data, &ours), Some(IpAddr::V4(a.sender_ip())));
-        let mut other = ours;
+        let mut other = ours.bytes();
         other[5] ^= 1;
+        let other = MacAddr::from_bytes(other);
         assert_eq!(parse_answer(data, &other), None);
     } else {
-        assert_eq!(parse_answer(data, &[0; 6]), None);
+        assert_eq!(parse_answer(data, &MacAddr::ZERO), None);
     }
     // The builder, from the first 20 bytes: two MACs, an address, an MTU up to 9000.
     if let Some(b) = data.get(..20) {
@@ -36,15 +38,15 @@ fuzz_target!(|data: &[u8]| {
             f.len(),
             (VXLAN_HDR_LEN + ETH_HDR_LEN + mtu as usize).max(PROBE_LEN)
         );
-        assert_eq!(f[VXLAN_HDR_LEN..VXLAN_HDR_LEN + 6], dst);
+        assert_eq!(f[VXLAN_HDR_LEN..VXLAN_HDR_LEN + 6], dst.bytes());
         assert_eq!(f[PROBE_LEN - 4..PROBE_LEN], target.octets());
         assert!(f[PROBE_LEN..].iter().all(|b| *b == 0));
         assert!(Answer::new_checked(&f[VXLAN_HDR_LEN..]).is_none());
     }
 });
 
-fn mac(b: &[u8]) -> [u8; 6] {
+fn mac(b: &[u8]) -> MacAddr {
     let mut m = [0; 6];
     m.copy_from_slice(b);
-    m
+    MacAddr::from_bytes(m)
 }

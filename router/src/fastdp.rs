@@ -33,13 +33,14 @@ use topology::channel::{Channel, envelope};
 use topology::fastdp::fdb::{FdbOp, Pins, Port};
 use topology::fastdp::probe::ETH_P_ARP;
 use topology::fastdp::{
-    Announcement, Announcements, Config as CoreConfig, Event, Fastdp, Mac, Mode, Path,
+    Announcement, Announcements, Config as CoreConfig, Event, Fastdp, MacAddr, Mode, Path,
     PathEncryption, Probe, Reason, VNI,
 };
 
 use crate::metrics::{FastdpCounter, Metrics};
-use crate::netlink::{Netlink, fmt_mac};
-use crate::sleeve::{Sleeve, SleeveFastdp};
+use crate::netlink::Netlink;
+use crate::sleeve::Sleeve;
+use topology::dataplane::FastdpView;
 
 /// How often the sleeve's path to a peer whose VXLAN probes go unanswered is verified again.
 pub const RECHECK_UNANSWERED: std::time::Duration = std::time::Duration::from_secs(10);
@@ -54,7 +55,7 @@ pub use topology::fastdp::probe::{PROBE_LEN, VXLAN_HDR_LEN, parse_answer, probe_
 pub struct Prober {
     socket: UdpSocket,
     port: u16,
-    our_mac: Mac,
+    our_mac: MacAddr,
     pod_mtu: u32,
     stop: Arc<AtomicBool>,
     listener: Option<JoinHandle<()>>,
@@ -69,7 +70,7 @@ impl Prober {
     pub fn start(
         bridge_index: u32,
         port: u16,
-        our_mac: Mac,
+        our_mac: MacAddr,
         pod_mtu: u32,
         answers: mpsc::UnboundedSender<IpAddr>,
     ) -> Result<Self> {
@@ -118,7 +119,12 @@ impl Drop for Prober {
     }
 }
 
-fn listen(fd: &OwnedFd, our_mac: Mac, answers: &mpsc::UnboundedSender<IpAddr>, stop: &AtomicBool) {
+fn listen(
+    fd: &OwnedFd,
+    our_mac: MacAddr,
+    answers: &mpsc::UnboundedSender<IpAddr>,
+    stop: &AtomicBool,
+) {
     let mut buf = [0u8; 256];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: `buf` is valid for its length; the fd is ours and open.
@@ -240,7 +246,7 @@ impl Fdb {
             .fdb_dump()
             .await?
             .into_iter()
-            .filter(|e| e.ifindex == self.vxlan && !e.master && e.mac == [0; 6])
+            .filter(|e| e.ifindex == self.vxlan && !e.master && e.mac == MacAddr::ZERO)
             .filter_map(|e| e.dst)
             .collect())
     }
@@ -249,8 +255,10 @@ impl Fdb {
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn join(&self, addr: IpAddr, macs: &BTreeSet<Mac>) -> Result<()> {
-        self.netlink.fdb_append(self.vxlan, [0; 6], addr).await?;
+    pub async fn join(&self, addr: IpAddr, macs: &BTreeSet<MacAddr>) -> Result<()> {
+        self.netlink
+            .fdb_append(self.vxlan, MacAddr::ZERO, addr)
+            .await?;
         for mac in macs {
             self.netlink.fdb_append(self.vxlan, *mac, addr).await?;
         }
@@ -261,7 +269,7 @@ impl Fdb {
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn add_macs(&self, addr: IpAddr, macs: &BTreeSet<Mac>) -> Result<()> {
+    pub async fn add_macs(&self, addr: IpAddr, macs: &BTreeSet<MacAddr>) -> Result<()> {
         for mac in macs {
             self.netlink.fdb_append(self.vxlan, *mac, addr).await?;
         }
@@ -272,7 +280,7 @@ impl Fdb {
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn remove_macs(&self, addr: IpAddr, macs: &BTreeSet<Mac>) -> Result<()> {
+    pub async fn remove_macs(&self, addr: IpAddr, macs: &BTreeSet<MacAddr>) -> Result<()> {
         for mac in macs {
             self.netlink.fdb_del_vxlan(self.vxlan, *mac, addr).await?;
         }
@@ -286,13 +294,13 @@ impl Fdb {
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn leave(&self, addr: IpAddr, announced: &BTreeSet<Mac>) -> Result<()> {
+    pub async fn leave(&self, addr: IpAddr, announced: &BTreeSet<MacAddr>) -> Result<()> {
         let entries = self.netlink.fdb_dump().await?;
-        let mut macs: BTreeSet<Mac> = announced.clone();
+        let mut macs: BTreeSet<MacAddr> = announced.clone();
         for e in &entries {
             if e.ifindex == self.vxlan && !e.master && e.dst == Some(addr) {
                 self.netlink.fdb_del_vxlan(self.vxlan, e.mac, addr).await?;
-                if e.mac != [0; 6] {
+                if e.mac != MacAddr::ZERO {
                     macs.insert(e.mac);
                 }
             }
@@ -315,7 +323,7 @@ impl Fdb {
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn local_pod_macs(&self, bridge: u32, tap: Option<u32>) -> Result<BTreeSet<Mac>> {
+    pub async fn local_pod_macs(&self, bridge: u32, tap: Option<u32>) -> Result<BTreeSet<MacAddr>> {
         let entries = self.netlink.fdb_dump().await?;
         let ports = self.netlink.bridge_ports(bridge).await?;
         Ok(entries
@@ -326,7 +334,7 @@ impl Fdb {
                     && e.ifindex != self.vxlan
                     && Some(e.ifindex) != tap
                     && ports.contains(&e.ifindex)
-                    && e.mac[0] & 1 == 0
+                    && !e.mac.is_group()
             })
             .map(|e| e.mac)
             .collect())
@@ -362,7 +370,7 @@ pub struct FastdpPlane {
     local: PeerName,
     bridge: u32,
     tap: Option<u32>,
-    bridge_mac: Mac,
+    bridge_mac: MacAddr,
     own: Announcement,
     own_dirty: bool,
     /// Peers whose probes go unanswered, with when their sleeve path was last rechecked.
@@ -706,7 +714,7 @@ impl FastdpPlane {
             .filter_map(|e| Some((self.port_of(e.ifindex)?, e.mac)));
         for op in self.pins.stale(pinned) {
             if let FdbOp::Unpin { mac, .. } = &op {
-                tracing::info!(mac = %fmt_mac(mac), "fastdp: removing a pinned entry no peer claims");
+                tracing::info!(mac = %mac, "fastdp: removing a pinned entry no peer claims");
             }
             self.apply_op(None, op).await;
         }
@@ -761,7 +769,7 @@ impl FastdpPlane {
             } => {
                 let result = match self.ifindex(port) {
                     Some(index) => fdb.netlink.fdb_pin_bridge(index, mac).await,
-                    None => Err(anyhow::anyhow!("no TAP to pin {} to", fmt_mac(&mac))),
+                    None => Err(anyhow::anyhow!("no TAP to pin {} to", mac)),
                 };
                 if let Err(e) = result {
                     tracing::warn!(peer, "fastdp: {e:#}");
@@ -850,7 +858,7 @@ impl FastdpPlane {
     /// keeps carrying to it (a duplicate at worst) rather than drop what the bridge hands it.
     fn update_sleeve(&self, sleeve: Option<&Sleeve>) {
         let Some(sleeve) = sleeve else { return };
-        let local: HashSet<Mac> = self
+        let local: HashSet<PeerName> = self
             .core
             .fastdp_peers()
             .iter()
@@ -859,25 +867,20 @@ impl FastdpPlane {
                     .get(**p)
                     .is_some_and(|a| a.fastdp_peers.contains(&self.local))
             })
-            .map(PeerName::bytes)
+            .copied()
             .collect();
         let macs = self
             .table
             .iter()
-            .filter(|a| local.contains(&a.origin.bytes()))
-            .flat_map(|a| a.macs.iter().map(|m| (*m, a.origin.bytes())))
+            .filter(|a| local.contains(&a.origin))
+            .flat_map(|a| a.macs.iter().map(|m| (*m, a.origin)))
             .collect();
         let by_origin = self
             .table
             .iter()
-            .map(|a| {
-                (
-                    a.origin.bytes(),
-                    a.fastdp_peers.iter().map(PeerName::bytes).collect(),
-                )
-            })
+            .map(|a| (a.origin, a.fastdp_peers.iter().copied().collect()))
             .collect();
-        sleeve.set_fastdp(SleeveFastdp {
+        sleeve.set_fastdp(FastdpView {
             local,
             macs,
             by_origin,

@@ -17,6 +17,7 @@ use rtnetlink::packet_route::neighbour::{
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVxlan};
+use topology::mac::MacAddr;
 
 /// ENODEV and EEXIST, as netlink reports them (negated errno).
 const ENODEV: i32 = -19;
@@ -124,9 +125,9 @@ impl Netlink {
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+    pub async fn set_mac(&self, index: u32, mac: MacAddr) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
-            .address(mac.to_vec())
+            .address(mac.bytes().to_vec())
             .build();
         self.handle
             .link()
@@ -175,7 +176,7 @@ pub struct FdbEntry {
     /// The port (or VXLAN device) the entry is on.
     pub ifindex: u32,
     /// The MAC; all zeros for a VXLAN flood entry.
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     /// The VXLAN remote, for entries of a VXLAN device's own table.
     pub dst: Option<IpAddr>,
     /// Whether the entry belongs to the bridge (`master`) rather than the device (`self`).
@@ -324,7 +325,7 @@ impl Netlink {
     ///
     /// # Errors
     /// Fails on netlink errors other than "exists".
-    pub async fn fdb_append(&self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+    pub async fn fdb_append(&self, vxlan: u32, mac: MacAddr, dst: IpAddr) -> Result<()> {
         let mut msg = fdb_message(vxlan, mac, NeighbourFlags::Own);
         msg.attributes
             .push(NeighbourAttribute::Destination(neigh_addr(dst)));
@@ -333,9 +334,7 @@ impl Netlink {
         match self.ack(req).await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-            Err(e) => {
-                Err(e).with_context(|| format!("adding forwarding entry {} → {dst}", fmt_mac(&mac)))
-            }
+            Err(e) => Err(e).with_context(|| format!("adding forwarding entry {} → {dst}", mac)),
         }
     }
 
@@ -343,24 +342,24 @@ impl Netlink {
     ///
     /// # Errors
     /// Fails on netlink errors other than "not found".
-    pub async fn fdb_del_vxlan(&self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+    pub async fn fdb_del_vxlan(&self, vxlan: u32, mac: MacAddr, dst: IpAddr) -> Result<()> {
         let mut msg = fdb_message(vxlan, mac, NeighbourFlags::Own);
         msg.attributes
             .push(NeighbourAttribute::Destination(neigh_addr(dst)));
         self.del_neighbour(msg)
             .await
-            .with_context(|| format!("removing forwarding entry {} → {dst}", fmt_mac(&mac)))
+            .with_context(|| format!("removing forwarding entry {} → {dst}", mac))
     }
 
     /// Removes the bridge's learned entry for `mac` on port `port` (absent is fine).
     ///
     /// # Errors
     /// Fails on netlink errors other than "not found".
-    pub async fn fdb_del_bridge(&self, port: u32, mac: [u8; 6]) -> Result<()> {
+    pub async fn fdb_del_bridge(&self, port: u32, mac: MacAddr) -> Result<()> {
         let msg = fdb_message(port, mac, NeighbourFlags::Controller);
         self.del_neighbour(msg)
             .await
-            .with_context(|| format!("flushing bridge entry {} on port {port}", fmt_mac(&mac)))
+            .with_context(|| format!("flushing bridge entry {} on port {port}", mac))
     }
 
     /// Pins the bridge's entry for `mac` to port `port` (`bridge fdb replace … master static
@@ -369,7 +368,7 @@ impl Netlink {
     ///
     /// # Errors
     /// Fails on netlink errors.
-    pub async fn fdb_pin_bridge(&self, port: u32, mac: [u8; 6]) -> Result<()> {
+    pub async fn fdb_pin_bridge(&self, port: u32, mac: MacAddr) -> Result<()> {
         let mut msg = fdb_message(
             port,
             mac,
@@ -380,7 +379,7 @@ impl Netlink {
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         self.ack(req)
             .await
-            .with_context(|| format!("pinning bridge entry {} to port {port}", fmt_mac(&mac)))
+            .with_context(|| format!("pinning bridge entry {} to port {port}", mac))
     }
 
     /// Lists every bridge-family forwarding entry (bridges' and VXLAN devices').
@@ -408,7 +407,7 @@ impl Netlink {
                 {
                     let mut m = [0u8; 6];
                     m.copy_from_slice(l);
-                    mac = Some(m);
+                    mac = Some(MacAddr::from_bytes(m));
                 } else if let NeighbourAttribute::Destination(d) = a {
                     dst = parse_neigh_addr(d);
                 }
@@ -435,7 +434,7 @@ impl Netlink {
     ///
     /// # Errors
     /// Fails on netlink errors or when the link has no 6-byte address.
-    pub async fn link_mac(&self, index: u32) -> Result<[u8; 6]> {
+    pub async fn link_mac(&self, index: u32) -> Result<MacAddr> {
         let mut links = self.handle.link().get().match_index(index).execute();
         let msg = links
             .try_next()
@@ -451,7 +450,7 @@ impl Netlink {
                 let mut out = [0u8; 6];
                 (m.len() == 6).then(|| {
                     out.copy_from_slice(m);
-                    out
+                    MacAddr::from_bytes(out)
                 })
             })
             .with_context(|| format!("link {index} has no MAC address"))
@@ -497,14 +496,14 @@ impl Netlink {
     }
 }
 
-fn fdb_message(ifindex: u32, mac: [u8; 6], flags: NeighbourFlags) -> NeighbourMessage {
+fn fdb_message(ifindex: u32, mac: MacAddr, flags: NeighbourFlags) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Bridge;
     msg.header.ifindex = ifindex;
     msg.header.state = NeighbourState::Permanent;
     msg.header.flags = flags;
     msg.attributes
-        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        .push(NeighbourAttribute::LinkLayerAddress(mac.bytes().to_vec()));
     msg
 }
 
@@ -530,14 +529,6 @@ fn neigh_addr(ip: IpAddr) -> NeighbourAddress {
         IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
         IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
     }
-}
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn fmt_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {

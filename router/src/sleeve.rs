@@ -25,7 +25,7 @@
 //! allocated at start; the loops allocate nothing per packet (a broadcast with several next
 //! hops copies into a preallocated scratch buffer).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -91,20 +91,6 @@ pub struct SleeveConfig {
     pub encryption: bool,
     /// Largest UDP payload sent (underlay MTU − 28).
     pub max_datagram: usize,
-}
-
-/// What the sleeve must leave to fastdp, so every frame reaches each peer by one path, as the
-/// fastdp shell hands it over (made a [`FastdpView`] for the forwarding table).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SleeveFastdp {
-    /// The peers this router reaches over fastdp: its broadcasts reach them through the
-    /// VXLAN device, and unicast to them never takes the sleeve.
-    pub local: HashSet<[u8; 6]>,
-    /// MACs announced by those peers, with the peer: unicast to them is the VXLAN device's.
-    pub macs: HashMap<[u8; 6], [u8; 6]>,
-    /// For every origin, the peers it reaches over fastdp (from its announcements): a
-    /// sleeve broadcast from that origin is not delivered here if this router is one.
-    pub by_origin: HashMap<[u8; 6], HashSet<[u8; 6]>>,
 }
 
 /// A running sleeve; stops its threads on [`Sleeve::stop`] or drop.
@@ -287,21 +273,17 @@ impl Sleeve {
     /// Binds `macs` (the ones `peer` announced) to `peer`: it is leaving fastdp, and its pods'
     /// traffic must take the sleeve as unicast from the first frame, not as a sleeve broadcast
     /// the peer still leaves to fastdp until it hears of the change.
-    pub fn learn_macs_of(&self, peer: PeerName, macs: impl IntoIterator<Item = [u8; 6]>) {
+    pub fn learn_macs_of(&self, peer: PeerName, macs: impl IntoIterator<Item = MacAddr>) {
         let now = Instant::now();
         let mut table = lock(&self.shared.macs);
         for mac in macs {
-            table.learn(now, MacAddr::from_bytes(mac), peer);
+            table.learn(now, mac, peer);
         }
     }
 
     /// The MACs learned behind `peer`.
-    pub fn macs_of(&self, peer: PeerName) -> Vec<[u8; 6]> {
-        lock(&self.shared.macs)
-            .macs_of(peer)
-            .iter()
-            .map(MacAddr::bytes)
-            .collect()
+    pub fn macs_of(&self, peer: PeerName) -> Vec<MacAddr> {
+        lock(&self.shared.macs).macs_of(peer)
     }
 
     /// Forgets the MACs learned behind `peer` (it moved onto fastdp).
@@ -321,21 +303,8 @@ impl Sleeve {
     }
 
     /// Replaces what the sleeve leaves to fastdp.
-    pub fn set_fastdp(&self, fastdp: SleeveFastdp) {
-        let name = PeerName::from_bytes;
-        let view = Arc::new(FastdpView {
-            local: fastdp.local.into_iter().map(name).collect(),
-            macs: fastdp
-                .macs
-                .into_iter()
-                .map(|(mac, peer)| (MacAddr::from_bytes(mac), name(peer)))
-                .collect(),
-            by_origin: fastdp
-                .by_origin
-                .into_iter()
-                .map(|(origin, peers)| (name(origin), peers.into_iter().map(name).collect()))
-                .collect(),
-        });
+    pub fn set_fastdp(&self, fastdp: FastdpView) {
+        let view = Arc::new(fastdp);
         self.update(|s| s.table.set_fastdp(view));
     }
 

@@ -25,6 +25,8 @@ pub struct MacAddr([u8; 6]);
 impl MacAddr {
     /// The broadcast address, ff:ff:ff:ff:ff:ff.
     pub const BROADCAST: Self = Self([0xff; 6]);
+    /// The all-zero address, which no interface has.
+    pub const ZERO: Self = Self([0; 6]);
 
     /// Makes an address from its six bytes.
     pub const fn from_bytes(bytes: [u8; 6]) -> Self {
@@ -60,8 +62,6 @@ impl fmt::Debug for MacAddr {
     }
 }
 
-type Mac = MacAddr;
-
 /// What [`MacTable::learn`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Learned {
@@ -79,8 +79,8 @@ pub enum Learned {
 /// A bounded MAC → peer table with idle expiry and least-recently-seen eviction.
 #[derive(Clone, Debug)]
 pub struct MacTable {
-    entries: HashMap<Mac, (PeerName, Instant)>,
-    by_age: BTreeSet<(Instant, Mac)>,
+    entries: HashMap<MacAddr, (PeerName, Instant)>,
+    by_age: BTreeSet<(Instant, MacAddr)>,
     capacity: usize,
     max_age: Duration,
     evicted: u64,
@@ -104,7 +104,7 @@ impl MacTable {
     }
 
     /// Binds `mac` to `peer` as seen at `now`.
-    pub fn learn(&mut self, now: Instant, mac: Mac, peer: PeerName) -> Learned {
+    pub fn learn(&mut self, now: Instant, mac: MacAddr, peer: PeerName) -> Learned {
         if let Some((old_peer, seen)) = self.entries.get_mut(&mac) {
             let (old_peer_v, old_seen) = (*old_peer, *seen);
             *old_peer = peer;
@@ -130,7 +130,7 @@ impl MacTable {
     }
 
     /// Returns the peer `mac` is bound to.
-    pub fn lookup(&self, mac: &Mac) -> Option<PeerName> {
+    pub fn lookup(&self, mac: &MacAddr) -> Option<PeerName> {
         self.entries.get(mac).map(|(p, _)| *p)
     }
 
@@ -154,7 +154,7 @@ impl MacTable {
     }
 
     /// The MACs bound to `peer`.
-    pub fn macs_of(&self, peer: PeerName) -> Vec<Mac> {
+    pub fn macs_of(&self, peer: PeerName) -> Vec<MacAddr> {
         // Oldest first (the age index is ordered; the map is not).
         self.by_age
             .iter()
@@ -165,7 +165,7 @@ impl MacTable {
 
     /// Drops every entry bound to `peer` (when the peer is collected); returns how many.
     pub fn remove_peer(&mut self, peer: PeerName) -> usize {
-        let victims: Vec<(Instant, Mac)> = self
+        let victims: Vec<(Instant, MacAddr)> = self
             .by_age
             .iter()
             .filter(|(_, mac)| self.entries.get(mac).is_some_and(|(p, _)| *p == peer))
@@ -241,7 +241,7 @@ mod tests {
         let mut of1 = t.macs_of(p(1));
         of1.sort_unstable();
         assert_eq!(of1, vec![m(1), m(3)]);
-        assert_eq!(t.macs_of(p(3)), Vec::<Mac>::new());
+        assert_eq!(t.macs_of(p(3)), Vec::<MacAddr>::new());
         // Listing changes nothing.
         assert_eq!(t.len(), 3);
     }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::{Announcement, Mac, Path};
+use super::{Announcement, MacAddr, Path};
 use crate::PeerName;
 
 /// A tunnel port of the bridge.
@@ -31,7 +31,7 @@ pub enum FdbOp {
         /// The peer's underlay address (the VXLAN remote).
         addr: IpAddr,
         /// MACs the peer announced since its previous announcement.
-        macs: BTreeSet<Mac>,
+        macs: BTreeSet<MacAddr>,
     },
     /// Like [`FdbOp::Leave`], for a peer that stopped sending to this router over fastdp
     /// after this router left it: what the device and the bridge learned from its VXLAN
@@ -40,21 +40,21 @@ pub enum FdbOp {
         /// The peer's underlay address.
         addr: IpAddr,
         /// The MACs it announces.
-        macs: BTreeSet<Mac>,
+        macs: BTreeSet<MacAddr>,
     },
     /// Removes the bridge's learned (unpinned) entry for `mac` on the TAP: the sleeve is
     /// about to leave its peer to fastdp, so the bridge must flood until it learns the MAC
     /// on the VXLAN port.
     ForgetOnTap {
         /// The MAC.
-        mac: Mac,
+        mac: MacAddr,
     },
     /// The peer at `addr` joined fastdp: adds its flood entry and an entry per MAC.
     Join {
         /// The peer's underlay address.
         addr: IpAddr,
         /// The MACs it announces.
-        macs: BTreeSet<Mac>,
+        macs: BTreeSet<MacAddr>,
     },
     /// The peer at `addr` left fastdp: every device entry towards it goes, and so do the
     /// bridge's unpinned entries on the VXLAN port for those MACs and for `macs`.
@@ -62,7 +62,7 @@ pub enum FdbOp {
         /// The peer's underlay address.
         addr: IpAddr,
         /// The MACs it announces.
-        macs: BTreeSet<Mac>,
+        macs: BTreeSet<MacAddr>,
     },
     /// Pins the bridge's entry for `mac` to `port` (created, or moved from another port).
     /// The shell reports a failure with [`Pins::handle_pin_failed`].
@@ -72,21 +72,21 @@ pub enum FdbOp {
         /// The port.
         port: Port,
         /// The MAC.
-        mac: Mac,
+        mac: MacAddr,
     },
     /// Removes the device's entries for `macs` towards the fastdp peer at `addr`.
     RemoveMacs {
         /// The peer's underlay address.
         addr: IpAddr,
         /// MACs the peer withdrew since its previous announcement.
-        macs: BTreeSet<Mac>,
+        macs: BTreeSet<MacAddr>,
     },
     /// Removes the bridge's pinned entry for `mac` on `port` (absent is fine).
     Unpin {
         /// The port.
         port: Port,
         /// The MAC.
-        mac: Mac,
+        mac: MacAddr,
     },
 }
 
@@ -101,7 +101,7 @@ pub enum FdbOp {
 pub struct Pins {
     /// Whether there is a TAP (without one, sleeve peers get no pins).
     tap: bool,
-    by_peer: BTreeMap<PeerName, BTreeMap<Mac, Port>>,
+    by_peer: BTreeMap<PeerName, BTreeMap<MacAddr, Port>>,
 }
 
 impl Pins {
@@ -114,12 +114,12 @@ impl Pins {
     }
 
     /// The port `peer`'s pin of `mac` is on, if it has one.
-    pub fn port(&self, peer: PeerName, mac: Mac) -> Option<Port> {
+    pub fn port(&self, peer: PeerName, mac: MacAddr) -> Option<Port> {
         self.by_peer.get(&peer)?.get(&mac).copied()
     }
 
     /// Every pin held, by peer.
-    pub fn iter(&self) -> impl Iterator<Item = (PeerName, Mac, Port)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (PeerName, MacAddr, Port)> + '_ {
         self.by_peer
             .iter()
             .flat_map(|(peer, pins)| pins.iter().map(|(mac, port)| (*peer, *mac, *port)))
@@ -137,7 +137,7 @@ impl Pins {
         announced: Option<&Announcement>,
         own: &Announcement,
     ) -> Vec<FdbOp> {
-        let mut want: BTreeMap<Mac, Port> = BTreeMap::new();
+        let mut want: BTreeMap<MacAddr, Port> = BTreeMap::new();
         if let (Some(port), Some(a)) = (self.port_for(path), announced) {
             for mac in a.macs.iter().chain(std::iter::once(&a.bridge_mac)) {
                 if pinnable(mac, own) {
@@ -192,8 +192,8 @@ impl Pins {
         let mut ops = Vec::new();
         match addr.filter(|_| path == Some(Path::Fastdp)) {
             Some(addr) => {
-                let added: BTreeSet<Mac> = new.macs.difference(old_macs).copied().collect();
-                let gone: BTreeSet<Mac> = old_macs.difference(&new.macs).copied().collect();
+                let added: BTreeSet<MacAddr> = new.macs.difference(old_macs).copied().collect();
+                let gone: BTreeSet<MacAddr> = old_macs.difference(&new.macs).copied().collect();
                 if !added.is_empty() {
                     ops.push(FdbOp::AddMacs { addr, macs: added });
                 }
@@ -260,7 +260,7 @@ impl Pins {
     pub fn forget_on_tap(
         &self,
         peer: PeerName,
-        learned: impl IntoIterator<Item = Mac>,
+        learned: impl IntoIterator<Item = MacAddr>,
     ) -> Vec<FdbOp> {
         if !self.tap {
             return Vec::new();
@@ -275,7 +275,7 @@ impl Pins {
 
     /// The pins an earlier run left: of the bridge's sticky entries on the tunnel ports
     /// (`pinned`), those no peer's pin claims on that port.
-    pub fn stale(&self, pinned: impl IntoIterator<Item = (Port, Mac)>) -> Vec<FdbOp> {
+    pub fn stale(&self, pinned: impl IntoIterator<Item = (Port, MacAddr)>) -> Vec<FdbOp> {
         pinned
             .into_iter()
             .filter(|(port, mac)| !self.by_peer.values().any(|p| p.get(mac) == Some(port)))
@@ -285,7 +285,7 @@ impl Pins {
 
     /// The shell could not apply `peer`'s [`FdbOp::Pin`] of `mac` to `port`: the pin is not
     /// held, so the next sync tries it again.
-    pub fn handle_pin_failed(&mut self, peer: PeerName, port: Port, mac: Mac) {
+    pub fn handle_pin_failed(&mut self, peer: PeerName, port: Port, mac: MacAddr) {
         let Some(pins) = self.by_peer.get_mut(&peer) else {
             return;
         };
@@ -305,15 +305,15 @@ impl Pins {
     }
 
     /// Whether a peer's pin holds `mac` (the peer being synced is out of the table then).
-    fn claimed(&self, mac: &Mac) -> bool {
+    fn claimed(&self, mac: &MacAddr) -> bool {
         self.by_peer.values().any(|p| p.contains_key(mac))
     }
 }
 
 /// Whether a peer's announced `mac` may be pinned to a tunnel: never all-zero, never this
 /// router's bridge or one of its pods.
-fn pinnable(mac: &Mac, own: &Announcement) -> bool {
-    *mac != [0; 6] && *mac != own.bridge_mac && !own.macs.contains(mac)
+fn pinnable(mac: &MacAddr, own: &Announcement) -> bool {
+    *mac != MacAddr::ZERO && *mac != own.bridge_mac && !own.macs.contains(mac)
 }
 
 #[cfg(test)]

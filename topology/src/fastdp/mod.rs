@@ -32,8 +32,7 @@ pub mod probe;
 
 pub use probe::{Answer, parse_answer, probe_frame};
 
-/// A MAC address.
-pub type Mac = [u8; 6];
+pub use crate::mac::MacAddr;
 
 /// The VXLAN network identifier weft uses (the kernel-VXLAN bench baseline uses 42).
 pub const VNI: u32 = 0x00_77_65; // "we"
@@ -189,7 +188,7 @@ pub struct Probe {
     /// Its underlay address.
     pub addr: IpAddr,
     /// Its bridge's MAC.
-    pub mac: Mac,
+    pub mac: MacAddr,
 }
 
 /// One peer as status shows it.
@@ -212,7 +211,7 @@ pub struct PeerView {
 #[derive(Clone, Debug)]
 struct PeerState {
     addr: IpAddr,
-    mac: Option<Mac>,
+    mac: Option<MacAddr>,
     connected: bool,
     healthy: bool,
     /// A probe was sent and not answered yet.
@@ -333,7 +332,7 @@ impl Fastdp {
     }
 
     /// `peer` announced its bridge MAC, the probe's target.
-    pub fn handle_bridge_mac(&mut self, peer: PeerName, mac: Mac) {
+    pub fn handle_bridge_mac(&mut self, peer: PeerName, mac: MacAddr) {
         if let Some(state) = self.peers.get_mut(&peer) {
             state.mac = Some(mac);
         }
@@ -570,12 +569,12 @@ pub struct Announcement {
     /// microseconds at start).
     pub seq: u64,
     /// The origin's bridge MAC: probes are addressed to it.
-    pub bridge_mac: Mac,
+    pub bridge_mac: MacAddr,
     /// The peers the origin sends to over fastdp (they get its broadcasts from the VXLAN
     /// device, so the sleeve must not deliver them a second time).
     pub fastdp_peers: BTreeSet<PeerName>,
     /// The origin's own pods' MACs.
-    pub macs: BTreeSet<Mac>,
+    pub macs: BTreeSet<MacAddr>,
 }
 
 /// Why an announcement was rejected.
@@ -612,20 +611,20 @@ pub const MAX_ANNOUNCED_PEERS: usize = 1024;
 pub const MAX_ANNOUNCED_MACS: usize = 4096;
 const FIXED_LEN: usize = 1 + 6 + 8 + 6;
 
-fn unicast(mac: &Mac) -> bool {
-    mac[0] & 1 == 0 && *mac != [0; 6]
+fn unicast(mac: &MacAddr) -> bool {
+    !mac.is_group() && *mac != MacAddr::ZERO
 }
 
 impl Announcement {
     /// Encodes the body (after the channel byte). Lists longer than their bound are cut.
     pub fn encode(&self) -> Vec<u8> {
         let peers: Vec<&PeerName> = self.fastdp_peers.iter().take(MAX_ANNOUNCED_PEERS).collect();
-        let macs: Vec<&Mac> = self.macs.iter().take(MAX_ANNOUNCED_MACS).collect();
+        let macs: Vec<&MacAddr> = self.macs.iter().take(MAX_ANNOUNCED_MACS).collect();
         let mut out = Vec::with_capacity(FIXED_LEN + 4 + 6 * (peers.len() + macs.len()));
         out.push(ANNOUNCE_VERSION);
         out.extend_from_slice(&self.origin.bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.bridge_mac);
+        out.extend_from_slice(&self.bridge_mac.bytes());
         // Both counts are bounded above by u16::MAX.
         out.extend_from_slice(&(peers.len() as u16).to_be_bytes());
         for p in peers {
@@ -633,7 +632,7 @@ impl Announcement {
         }
         out.extend_from_slice(&(macs.len() as u16).to_be_bytes());
         for m in macs {
-            out.extend_from_slice(m);
+            out.extend_from_slice(&m.bytes());
         }
         out
     }
@@ -651,7 +650,7 @@ impl Announcement {
         let mut seq = [0u8; 8];
         seq.copy_from_slice(r.take(8)?);
         let seq = u64::from_be_bytes(seq);
-        let bridge_mac = r.six()?;
+        let bridge_mac = MacAddr::from_bytes(r.six()?);
         if !unicast(&bridge_mac) {
             return Err(AnnounceError::BadMac);
         }
@@ -664,7 +663,11 @@ impl Announcement {
             }
             fastdp_peers.insert(p);
         }
-        let macs_list = r.list(MAX_ANNOUNCED_MACS)?;
+        let macs_list: Vec<MacAddr> = r
+            .list(MAX_ANNOUNCED_MACS)?
+            .into_iter()
+            .map(MacAddr::from_bytes)
+            .collect();
         if !macs_list.iter().all(unicast) {
             return Err(AnnounceError::BadMac);
         }

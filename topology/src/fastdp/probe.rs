@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Mac, VNI};
+use super::{MacAddr, VNI};
 
 /// The VXLAN header's length.
 pub const VXLAN_HDR_LEN: usize = 8;
@@ -32,20 +32,20 @@ const OP_REPLY: [u8; 2] = [0, 2];
 
 /// Builds the probe for `target` (an IPv4 underlay address) from `src_mac` to `dst_mac`,
 /// its ARP request padded with zeros to `pod_mtu` bytes of Ethernet payload (at least the ARP).
-pub fn probe_frame(src_mac: Mac, dst_mac: Mac, target: Ipv4Addr, pod_mtu: u32) -> Vec<u8> {
+pub fn probe_frame(src_mac: MacAddr, dst_mac: MacAddr, target: Ipv4Addr, pod_mtu: u32) -> Vec<u8> {
     let len = (VXLAN_HDR_LEN + ETH_HDR_LEN + pod_mtu as usize).max(PROBE_LEN);
     let mut f = vec![0u8; len];
     // VXLAN: flags (I bit), 3 reserved, VNI (24 bits), 1 reserved.
     f[0] = 0x08;
     f[4..7].copy_from_slice(&VNI.to_be_bytes()[1..4]);
     let e = &mut f[VXLAN_HDR_LEN..];
-    e[0..6].copy_from_slice(&dst_mac);
-    e[6..12].copy_from_slice(&src_mac);
+    e[0..6].copy_from_slice(&dst_mac.bytes());
+    e[6..12].copy_from_slice(&src_mac.bytes());
     e[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
     let a = &mut e[ETH_HDR_LEN..];
     a[0..6].copy_from_slice(&ARP_ETHER_IPV4);
     a[6..8].copy_from_slice(&OP_REQUEST);
-    a[8..14].copy_from_slice(&src_mac);
+    a[8..14].copy_from_slice(&src_mac.bytes());
     // Sender address 0.0.0.0 and target MAC zero (unknown): the zeros already there.
     a[24..28].copy_from_slice(&target.octets());
     f
@@ -55,21 +55,21 @@ pub fn probe_frame(src_mac: Mac, dst_mac: Mac, target: Ipv4Addr, pod_mtu: u32) -
 /// `sender_mac` to `target_mac`, saying `sender_ip` is at `sender_mac`. The simulator and the
 /// tests stand in for that kernel with it.
 pub fn answer_frame(
-    sender_mac: Mac,
+    sender_mac: MacAddr,
     sender_ip: Ipv4Addr,
-    target_mac: Mac,
+    target_mac: MacAddr,
     target_ip: Ipv4Addr,
 ) -> [u8; ANSWER_LEN] {
     let mut f = [0u8; ANSWER_LEN];
-    f[0..6].copy_from_slice(&target_mac);
-    f[6..12].copy_from_slice(&sender_mac);
+    f[0..6].copy_from_slice(&target_mac.bytes());
+    f[6..12].copy_from_slice(&sender_mac.bytes());
     f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
     let a = &mut f[ETH_HDR_LEN..];
     a[0..6].copy_from_slice(&ARP_ETHER_IPV4);
     a[6..8].copy_from_slice(&OP_REPLY);
-    a[8..14].copy_from_slice(&sender_mac);
+    a[8..14].copy_from_slice(&sender_mac.bytes());
     a[14..18].copy_from_slice(&sender_ip.octets());
-    a[18..24].copy_from_slice(&target_mac);
+    a[18..24].copy_from_slice(&target_mac.bytes());
     a[24..28].copy_from_slice(&target_ip.octets());
     f
 }
@@ -95,7 +95,7 @@ impl<'a> Answer<'a> {
     }
 
     /// The MAC the reply says [`Self::sender_ip`] is at.
-    pub fn sender_mac(&self) -> Mac {
+    pub fn sender_mac(&self) -> MacAddr {
         mac(&self.arp[8..14])
     }
 
@@ -105,7 +105,7 @@ impl<'a> Answer<'a> {
     }
 
     /// Who asked: the prober's bridge MAC.
-    pub fn target_mac(&self) -> Mac {
+    pub fn target_mac(&self) -> MacAddr {
         mac(&self.arp[18..24])
     }
 
@@ -116,15 +116,15 @@ impl<'a> Answer<'a> {
 }
 
 /// Returns the sender address of an ARP reply addressed to `our_mac`, from an Ethernet frame.
-pub fn parse_answer(frame: &[u8], our_mac: &Mac) -> Option<IpAddr> {
+pub fn parse_answer(frame: &[u8], our_mac: &MacAddr) -> Option<IpAddr> {
     let a = Answer::new_checked(frame)?;
     (a.target_mac() == *our_mac).then(|| IpAddr::V4(a.sender_ip()))
 }
 
-fn mac(b: &[u8]) -> Mac {
+fn mac(b: &[u8]) -> MacAddr {
     let mut m = [0u8; 6];
     m.copy_from_slice(b);
-    m
+    MacAddr::from_bytes(m)
 }
 
 fn ip(b: &[u8]) -> Ipv4Addr {
@@ -139,8 +139,8 @@ mod tests {
 
     use super::*;
 
-    const OURS: Mac = [0x02, 1, 2, 3, 4, 5];
-    const THEIRS: Mac = [0x02, 9, 8, 7, 6, 5];
+    const OURS: MacAddr = MacAddr::from_bytes([0x02, 1, 2, 3, 4, 5]);
+    const THEIRS: MacAddr = MacAddr::from_bytes([0x02, 9, 8, 7, 6, 5]);
 
     #[test]
     fn probe_layout() {
@@ -153,12 +153,12 @@ mod tests {
             PROBE_LEN
         );
         assert_eq!(&f[..8], &[0x08, 0, 0, 0, 0x00, 0x77, 0x65, 0]);
-        assert_eq!(&f[8..14], &THEIRS);
-        assert_eq!(&f[14..20], &OURS);
+        assert_eq!(&f[8..14], &THEIRS.bytes());
+        assert_eq!(&f[14..20], &OURS.bytes());
         assert_eq!(&f[20..22], &[0x08, 0x06]);
         assert_eq!(&f[22..28], &[0, 1, 8, 0, 6, 4]);
         assert_eq!(&f[28..30], &[0, 1], "ARP request");
-        assert_eq!(&f[30..36], &OURS);
+        assert_eq!(&f[30..36], &OURS.bytes());
         assert_eq!(&f[36..40], &[0, 0, 0, 0], "sender address 0.0.0.0");
         assert_eq!(&f[40..46], &[0; 6]);
         assert_eq!(&f[46..50], &[192, 0, 2, 2]);
@@ -191,8 +191,8 @@ mod tests {
         );
     }
 
-    fn any_mac() -> impl Strategy<Value = Mac> {
-        any::<[u8; 6]>()
+    fn any_mac() -> impl Strategy<Value = MacAddr> {
+        any::<[u8; 6]>().prop_map(MacAddr::from_bytes)
     }
 
     fn any_ip() -> impl Strategy<Value = Ipv4Addr> {
@@ -241,11 +241,11 @@ mod tests {
         ) {
             let f = probe_frame(src, dst, target, mtu);
             prop_assert_eq!(f.len(), (VXLAN_HDR_LEN + ETH_HDR_LEN + mtu as usize).max(PROBE_LEN));
-            prop_assert_eq!(&f[VXLAN_HDR_LEN..VXLAN_HDR_LEN + 6], &dst[..]);
+            prop_assert_eq!(&f[VXLAN_HDR_LEN..VXLAN_HDR_LEN + 6], &dst.bytes()[..]);
             prop_assert_eq!(&f[46..50], &target.octets()[..]);
             prop_assert!(f[PROBE_LEN..].iter().all(|b| *b == 0));
             prop_assert_eq!(parse_answer(&f[VXLAN_HDR_LEN..], &src), None);
-            prop_assert_eq!(parse_answer(&f[VXLAN_HDR_LEN..], &[0; 6]), None);
+            prop_assert_eq!(parse_answer(&f[VXLAN_HDR_LEN..], &MacAddr::ZERO), None);
         }
 
         /// Arbitrary bytes never panic, and what is accepted has the checked fields.
@@ -254,7 +254,7 @@ mod tests {
             if let Some(sender) = parse_answer(&f, &ours) {
                 prop_assert!(f.len() >= ANSWER_LEN);
                 prop_assert_eq!(&f[12..22], &[8, 6, 0, 1, 8, 0, 6, 4, 0, 2][..]);
-                prop_assert_eq!(&f[32..38], &ours[..]);
+                prop_assert_eq!(&f[32..38], &ours.bytes()[..]);
                 prop_assert_eq!(sender, IpAddr::V4(ip(&f[28..32])));
             }
         }

@@ -16,7 +16,7 @@ fn ip(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(192, 0, 2, i))
 }
 
-const MAC: Mac = [0x02, 0xaa, 0, 0, 0, 1];
+const MAC: MacAddr = MacAddr::from_bytes([0x02, 0xaa, 0, 0, 0, 1]);
 
 /// Runs probe rounds from `t` answering (or not) every probe; returns the time after.
 fn rounds(core: &mut Fastdp, mut t: Instant, n: u32, answer: bool) -> Instant {
@@ -270,6 +270,7 @@ fn sample() -> Announcement {
         fastdp_peers: [name(2), name(3)].into_iter().collect(),
         macs: [[2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 9]]
             .into_iter()
+            .map(MacAddr::from_bytes)
             .collect(),
     }
 }
@@ -281,7 +282,7 @@ fn announcement_layout_is_as_documented() {
     assert_eq!(bytes[0], 1);
     assert_eq!(&bytes[1..7], &name(1).bytes());
     assert_eq!(&bytes[7..15], &7u64.to_be_bytes());
-    assert_eq!(&bytes[15..21], &MAC);
+    assert_eq!(&bytes[15..21], &MAC.bytes());
     assert_eq!(&bytes[21..23], &[0, 2]);
     assert_eq!(Announcement::decode(&bytes), Ok(sample()));
 }
@@ -340,11 +341,11 @@ fn newer_announcements_replace_older_ones() {
     assert!(table.get(name(1)).is_none());
 }
 
-fn arb_mac() -> impl Strategy<Value = Mac> {
+fn arb_mac() -> impl Strategy<Value = MacAddr> {
     any::<[u8; 6]>().prop_map(|mut m| {
         m[0] &= 0xfe;
         m[5] |= 1;
-        m
+        MacAddr::from_bytes(m)
     })
 }
 

@@ -21,15 +21,15 @@ fn ip(i: u8) -> IpAddr {
 }
 
 /// `mac(0)` is all-zero.
-fn mac(i: u8) -> Mac {
+fn mac(i: u8) -> MacAddr {
     if i == 0 {
-        [0; 6]
+        MacAddr::ZERO
     } else {
-        [0x02, 0xaa, 0, 0, 0, i]
+        MacAddr::from_bytes([0x02, 0xaa, 0, 0, 0, i])
     }
 }
 
-fn macs(ids: &[u8]) -> BTreeSet<Mac> {
+fn macs(ids: &[u8]) -> BTreeSet<MacAddr> {
     ids.iter().copied().map(mac).collect()
 }
 
@@ -321,8 +321,8 @@ proptest! {
         let mut pins = Pins::new(true);
         pins.sync(name(2), FASTDP, Some(&old), &own());
         let ops = pins.handle_announcement(Some(&old), &new, FASTDP, Some(ip(2)), &own());
-        let added: BTreeSet<Mac> = new.macs.difference(&old.macs).copied().collect();
-        let gone: BTreeSet<Mac> = old.macs.difference(&new.macs).copied().collect();
+        let added: BTreeSet<MacAddr> = new.macs.difference(&old.macs).copied().collect();
+        let gone: BTreeSet<MacAddr> = old.macs.difference(&new.macs).copied().collect();
         let mut expect_add = Vec::new();
         if !added.is_empty() {
             expect_add.push(FdbOp::AddMacs { addr: ip(2), macs: added });
@@ -372,8 +372,8 @@ proptest! {
 const PEERS: [u8; 3] = [2, 3, 4];
 
 /// The rule, written out again so the model does not trust [`pinnable`].
-fn may_pin(mac: &Mac, own: &Announcement) -> bool {
-    *mac != [0; 6] && *mac != own.bridge_mac && !own.macs.contains(mac)
+fn may_pin(mac: &MacAddr, own: &Announcement) -> bool {
+    *mac != MacAddr::ZERO && *mac != own.bridge_mac && !own.macs.contains(mac)
 }
 
 /// MACs 0 (all-zero) to 7, and this router's 100 to 102, so peers share some and announce
@@ -418,9 +418,9 @@ fn arb_action() -> impl Strategy<Value = Action> {
 /// device's flood and MAC entries.
 #[derive(Debug, Default)]
 struct Kernel {
-    pins: BTreeMap<Mac, Port>,
+    pins: BTreeMap<MacAddr, Port>,
     flood: BTreeSet<IpAddr>,
-    device: BTreeSet<(IpAddr, Mac)>,
+    device: BTreeSet<(IpAddr, MacAddr)>,
 }
 
 impl Kernel {
@@ -472,7 +472,7 @@ struct Model {
     own_at_sync: BTreeMap<PeerName, Announcement>,
     /// MACs two peers held pinned to different ports at once: the kernel keeps one of the
     /// two, and unpinning the other later may leave it behind.
-    conflicted: BTreeSet<Mac>,
+    conflicted: BTreeSet<MacAddr>,
 }
 
 impl Model {
@@ -596,7 +596,7 @@ impl Model {
         for p in PEERS.map(name) {
             let path = self.paths.get(&p).copied();
             let own = self.own_at_sync.get(&p).unwrap_or(&self.own);
-            let want: BTreeMap<Mac, Port> = match (path, self.table.get(p)) {
+            let want: BTreeMap<MacAddr, Port> = match (path, self.table.get(p)) {
                 (Some(path), Some(a)) => {
                     let port = if path == Path::Fastdp {
                         Port::Vxlan
@@ -612,7 +612,7 @@ impl Model {
                 }
                 _ => BTreeMap::new(),
             };
-            let held: BTreeMap<Mac, Port> = self
+            let held: BTreeMap<MacAddr, Port> = self
                 .pins
                 .iter()
                 .filter(|(peer, _, _)| *peer == p)
@@ -621,7 +621,7 @@ impl Model {
             prop_assert_eq!(held, want, "pins of {:?}", p);
         }
         // The kernel pins each MAC to its holders' port, and nothing no peer holds.
-        let mut holders: BTreeMap<Mac, BTreeSet<Port>> = BTreeMap::new();
+        let mut holders: BTreeMap<MacAddr, BTreeSet<Port>> = BTreeMap::new();
         for (_, m, port) in self.pins.iter() {
             holders.entry(m).or_default().insert(port);
         }
@@ -630,7 +630,7 @@ impl Model {
                 self.conflicted.insert(*m);
             }
         }
-        let macs: BTreeSet<Mac> = holders
+        let macs: BTreeSet<MacAddr> = holders
             .keys()
             .chain(self.kernel.pins.keys())
             .copied()
