@@ -24,7 +24,7 @@ use weft_sim::lab::{self, Datapath, LabGuard, LabInfo, LabSpec};
 mod common;
 use common::{
     contains, exec, interrupt, pattern_bytes, ping_until, pod_ip, serial, start_tcpdump, unique,
-    weft,
+    wait_listening, weft,
 };
 
 const PASSWORD: &str = "lab mesh password for the encryption test";
@@ -440,7 +440,7 @@ fn switches_while_traffic_flows(datapath: Datapath, tag: &str) {
     let capture = Capture::start(&name, "switch");
     let t0 = Instant::now();
     let iperf_server = Proc::start(&name, "h2/p1", &["iperf3", "-s", "-1", "-J", "-i", "0.2"]);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(&name, "h2/p1", 5201);
     let seconds = TRAFFIC_SECONDS.to_string();
     let iperf_client = Proc::start(
         &name,

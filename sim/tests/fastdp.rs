@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use weft_sim::lab::{self, Datapath, LabGuard, LabInfo, LabSpec, RouterAction, Underlay};
 
 mod common;
-use common::{exec, interrupt, pod_ip, serial, start_tcpdump, unique_with, weft};
+use common::{exec, interrupt, pod_ip, serial, start_tcpdump, unique_with, wait_listening, weft};
 
 fn up(name: &str, nodes: usize) -> LabInfo {
     let mut spec = LabSpec::new(name);
@@ -226,7 +226,7 @@ fn auto_puts_every_connection_on_fastdp_and_unicast_never_crosses_userspace() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(&name, "h2/p1", 5201);
     let (ok, out, _) = exec(
         &name,
         "h1/p1",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use weft_sim::lab::{self, Datapath, LabGuard, LabSpec, RouterAction};
 
 mod common;
-use common::{pod_ip, serial, unique_with};
+use common::{pod_ip, serial, unique_with, wait_listening};
 
 fn epoch_secs(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -157,6 +157,7 @@ fn rolling_restart_keeps_tcp(datapath: Datapath, tag: &str) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    wait_listening(&name, "h2/p1", 5201);
     // A steady stream (10 Mb/s) for 30 s, one connection; iperf3 fails if it breaks.
     let client = lab::exec_command(
         &name,

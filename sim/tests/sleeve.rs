@@ -20,7 +20,7 @@ use weft_sim::lab::{self, Datapath, LabGuard, LabInfo, LabSpec, Underlay};
 mod common;
 use common::{
     contains, exec, interrupt, metric_sum, metrics, pattern_bytes, ping_until, pod_ip, serial,
-    start_tcpdump, unique,
+    start_tcpdump, unique, wait_listening,
 };
 
 fn spec(name: &str, nodes: usize, encrypt: bool) -> LabSpec {
@@ -69,7 +69,7 @@ impl Drop for Background {
 /// iperf3 client run against a one-off server in `server`; returns the JSON report.
 fn iperf(name: &str, client: &str, server: &str, ip: &str, extra: &[&str]) -> Value {
     let _server = Background::start(name, server, &["iperf3", "-s", "-1"]);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_listening(name, server, 5201);
     let mut argv = vec!["timeout", "15", "iperf3", "-c", ip, "-t", "1", "-J"];
     argv.extend_from_slice(extra);
     let (_, out, _) = exec(name, client, &argv);

@@ -1,5 +1,5 @@
 //! Helpers shared by the lab integration tests (`sleeve`, `fastdp`, `encryption`,
-//! `control_plane`, `lab`, `cni_churn`, `containerd`). Each test file is its own crate and includes this module with
+//! `control_plane`, `lab`, `cni_churn`, `containerd`, `faults`). Each test file is its own crate and includes this module with
 //! `mod common;`; not every file uses every helper, hence the `dead_code` allowances.
 
 #![allow(dead_code)]
@@ -173,4 +173,19 @@ pub(crate) fn settled_active(name: &str, node: &str, want: u64) -> u64 {
         seen = active(name, node);
     }
     seen
+}
+
+/// Polls (5 s at most) until a TCP socket listens on `port` in lab target `target`: a client
+/// started before its server listens is refused.
+pub(crate) fn wait_listening(name: &str, target: &str, port: u16) {
+    let filter = format!("sport = :{port}");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let (ok, out, _) = exec(name, target, &["ss", "-Hltn", &filter]);
+        if ok && !out.trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on TCP port {port} in {target} after 5 s");
 }
