@@ -310,15 +310,17 @@ pub struct RouterArgs {
     /// forget deleted nodes and reclaim their IP space. The nickname must be the node name.
     #[arg(long)]
     pub kube_peers: bool,
-    /// The Kubernetes API for --kube-peers, https://HOST:PORT or http://HOST:PORT
-    /// [default: in-cluster, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT].
-    #[arg(long, value_name = "URL", requires = "kube_peers")]
+    /// The Kubernetes API, https://HOST:PORT or http://HOST:PORT; given (or with --kube-peers)
+    /// the router uses the API: it sets its Node's NetworkUnavailable condition once ready
+    /// [default with --kube-peers: in-cluster, https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT].
+    #[arg(long, value_name = "URL", env = "WEFT_KUBE_API")]
     pub kube_api: Option<String>,
-    /// The bearer token file for --kube-peers, re-read for every request.
-    #[arg(long, value_name = "FILE", default_value = crate::kube::DEFAULT_TOKEN_FILE)]
+    /// The bearer token file for the Kubernetes API, re-read about once a minute (kubelet
+    /// rotates it); required over HTTPS.
+    #[arg(long, value_name = "FILE", default_value = crate::kube::DEFAULT_TOKEN_FILE, env = "WEFT_KUBE_TOKEN_FILE")]
     pub kube_token_file: PathBuf,
-    /// The CA bundle (PEM) that signs the API server's certificate, for --kube-peers.
-    #[arg(long, value_name = "FILE", default_value = crate::kube::DEFAULT_CA_FILE)]
+    /// The CA bundle (PEM) that signs the Kubernetes API server's certificate.
+    #[arg(long, value_name = "FILE", default_value = crate::kube::DEFAULT_CA_FILE, env = "WEFT_KUBE_CA_FILE")]
     pub kube_ca_file: PathBuf,
 }
 
@@ -364,11 +366,13 @@ impl RouterArgs {
         let password_file = self
             .password_file
             .or_else(|| self.password_file_if_present.filter(|p| p.exists()));
-        let kube = self.kube_peers.then_some(crate::kube::KubeSettings {
-            api: self.kube_api,
-            token_file: self.kube_token_file,
-            ca_file: self.kube_ca_file,
-        });
+        let kube =
+            (self.kube_peers || self.kube_api.is_some()).then(|| crate::kube::KubeSettings {
+                api: self.kube_api,
+                token_file: self.kube_token_file,
+                ca_file: self.kube_ca_file,
+                discover_peers: self.kube_peers,
+            });
         Ok(RouterConfig {
             peers: self.peers.into_iter().filter(|p| !p.is_empty()).collect(),
             peers_file: self.peers_file,
@@ -737,15 +741,17 @@ mod tests {
         );
         let c = router(&["--kube-peers", "--kube-api=http://127.0.0.1:8001"]);
         assert_eq!(
-            c.kube.unwrap().api.as_deref(),
+            c.kube.as_ref().unwrap().api.as_deref(),
             Some("http://127.0.0.1:8001")
         );
+        assert!(c.kube.as_ref().unwrap().discover_peers);
         assert!(router(&["--nickname=n1"]).kube.is_none());
-        // --kube-api alone is a mistake, named as such.
-        let err = parse(&["router", "--kube-api=http://x:1"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--kube-peers"), "{err}");
+        // --kube-api alone: the API without peer discovery.
+        let kube = router(&["--kube-api=http://x:1"]).kube.unwrap();
+        assert_eq!(
+            (kube.api.as_deref(), kube.discover_peers),
+            (Some("http://x:1"), false)
+        );
         let cli = parse(&["router", "--kube-peers", "--port=0", "--vxlan-port=1"]).unwrap();
         let Command::Router(args) = cli.command else {
             panic!("not router")

@@ -73,6 +73,19 @@ pub struct EngineHandles {
     /// Every address of the cluster's Nodes, kept current by discovery (`--kube-peers`);
     /// `None` without discovery. Without a password, only these and named peers may connect.
     pub node_addrs: Option<watch::Receiver<BTreeSet<IpAddr>>>,
+    /// The Kubernetes section of the status (watches, the node condition), with Kubernetes
+    /// settings.
+    pub kube: Option<watch::Receiver<kube::health::KubeStatus>>,
+}
+
+/// What the start made of the Kubernetes settings, for the tasks that follow.
+struct KubeStart {
+    client: ::kube::Client,
+    url: String,
+    health: kube::health::KubeHealth,
+    health_rx: watch::Receiver<kube::health::KubeStatus>,
+    /// The first list of Nodes, with discovery on.
+    nodes: Option<Vec<topology::kube::Node>>,
 }
 
 /// A router whose listeners are bound and whose engine runs.
@@ -86,8 +99,8 @@ pub struct RunningRouter {
     api: JoinHandle<()>,
     metrics_task: JoinHandle<()>,
     engine: JoinHandle<anyhow::Result<()>>,
-    /// Node discovery (`--kube-peers`), when on.
-    discovery: Option<JoinHandle<()>>,
+    /// The Kubernetes tasks (node discovery, the node condition), with Kubernetes settings.
+    kube_tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningRouter {
@@ -121,8 +134,8 @@ impl RunningRouter {
         let engine = self.engine.await.context("engine task panicked")?;
         self.api.await.context("API task panicked")?;
         self.metrics_task.await.context("metrics task panicked")?;
-        if let Some(discovery) = self.discovery {
-            discovery.await.context("node discovery task panicked")?;
+        for task in self.kube_tasks {
+            task.await.context("a Kubernetes task panicked")?;
         }
         engine
     }
@@ -138,19 +151,30 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
     // quorum counts them (as Weave's launch script does with its peer list).
     let kube = match &config.kube {
         Some(settings) => {
-            let client = kube::KubeClient::new(settings)?;
-            let list = kube::initial_list(&client, KUBE_INITIAL_LIST)
-                .await
-                .context("--kube-peers: listing nodes")?;
-            let peers = kube::peer_addrs(&list, &config.nickname, config.port);
-            info!(
-                nodes = list.nodes.len(),
-                peers = peers.len(),
-                "listed Kubernetes nodes"
-            );
-            config.peers.extend(peers);
-            let (node_addrs, node_addrs_rx) = watch::channel(kube::node_addrs(&list.nodes));
-            Some((client, list, node_addrs, node_addrs_rx))
+            let (client, url) = kube::client(settings)?;
+            let (health, health_rx) = kube::health::KubeHealth::new(&url);
+            let nodes = if settings.discover_peers {
+                let nodes = kube::nodes::initial_list(&client, &url, KUBE_INITIAL_LIST)
+                    .await
+                    .context("--kube-peers")?;
+                let peers = kube::nodes::peer_addrs(&nodes, &config.nickname, config.port);
+                info!(
+                    nodes = nodes.len(),
+                    peers = peers.len(),
+                    "listed Kubernetes nodes"
+                );
+                config.peers.extend(peers);
+                Some(nodes)
+            } else {
+                None
+            };
+            Some(KubeStart {
+                client,
+                url,
+                health,
+                health_rx,
+                nodes,
+            })
         }
         None => None,
     };
@@ -169,20 +193,36 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
     let metrics = Metrics::new();
 
     let mut node_addrs_rx = None;
-    let discovery = kube.map(|(client, list, node_addrs, rx)| {
-        node_addrs_rx = Some(rx);
-        let discoverer = kube::Discoverer {
-            client,
-            node_addrs,
-            me: config.nickname.clone(),
-            port: config.port,
-            commands: commands_tx.clone(),
-            status: reader.clone(),
-            shutdown: stop_rx.clone(),
-            state_file: Some(config.state_dir.join(KUBE_STATE_FILE)),
-        };
-        tokio::spawn(discoverer.run(list))
-    });
+    let mut kube_status = None;
+    let mut kube_tasks = Vec::new();
+    if let Some(start) = kube {
+        kube_status = Some(start.health_rx);
+        kube_tasks.push(tokio::spawn(kube::condition::set_when_ready(
+            start.client.clone(),
+            config.nickname.clone(),
+            reader.clone(),
+            start.health.clone(),
+            stop_rx.clone(),
+        )));
+        if let Some(nodes) = start.nodes {
+            let (node_addrs, rx) = watch::channel(kube::nodes::node_addrs(&nodes));
+            node_addrs_rx = Some(rx);
+            let discoverer = kube::nodes::Discoverer {
+                client: start.client,
+                url: start.url,
+                health: start.health.watch("Node"),
+                skipped: kube::watch::Skipped::default(),
+                node_addrs,
+                me: config.nickname.clone(),
+                port: config.port,
+                commands: commands_tx.clone(),
+                status: reader.clone(),
+                shutdown: stop_rx.clone(),
+                state_file: Some(config.state_dir.join(KUBE_STATE_FILE)),
+            };
+            kube_tasks.push(tokio::spawn(discoverer.run(nodes)));
+        }
+    }
     let api_task = tokio::spawn(api.serve(
         ApiState {
             status: reader.clone(),
@@ -200,6 +240,7 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
         metrics: metrics.clone(),
         shutdown: stop_rx,
         node_addrs: node_addrs_rx,
+        kube: kube_status,
     };
     // The engine owns all protocol state and returns once `handles.shutdown` turns true.
     let engine = tokio::spawn(daemon::run(config.clone(), handles));
@@ -221,7 +262,7 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
         api: api_task,
         metrics_task,
         engine,
-        discovery,
+        kube_tasks,
     })
 }
 

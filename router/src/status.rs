@@ -68,6 +68,10 @@ pub struct RouterStatus {
     /// when the router manages no devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netfilter: Option<crate::nft::NetfilterStatus>,
+    /// The link to the Kubernetes API (watches, the node condition); absent without
+    /// Kubernetes settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kube::health::KubeStatus>,
 }
 
 /// The control protocol name and version range, shown as `weft 1` or `weft 1..2`.
@@ -360,6 +364,7 @@ impl RouterStatus {
             datapaths: None,
             sleeve: None,
             netfilter: None,
+            kubernetes: None,
         }
     }
 }
@@ -454,6 +459,12 @@ impl StatusReader {
     /// Returns the snapshot last published.
     pub fn current(&self) -> Arc<RouterStatus> {
         Arc::clone(&self.rx.borrow())
+    }
+
+    /// Waits until a published snapshot says the router is ready; false when the publisher
+    /// is gone first.
+    pub async fn wait_ready(&mut self) -> bool {
+        self.rx.wait_for(|s| s.ready).await.is_ok()
     }
 }
 

@@ -86,7 +86,34 @@ pub fn render_status(status: &RouterStatus) -> String {
             label(&mut out, "Warning", warning);
         }
     }
+    if let Some(k) = &status.kubernetes {
+        out.push('\n');
+        label(&mut out, "Service", "kubernetes");
+        label(&mut out, "API", &k.api);
+        for w in &k.watches {
+            let kinds = match w.kind.strip_suffix('y') {
+                Some(stem) => format!("{stem}ies"),
+                None => format!("{}s", w.kind),
+            };
+            label(&mut out, &kinds, &watch_line(w));
+        }
+        if let Some(c) = &k.node_condition {
+            label(&mut out, "NodeCondition", c);
+        }
+    }
     out
+}
+
+fn watch_line(w: &crate::kube::health::WatchStatus) -> String {
+    let mut line = match (&w.error, w.synced) {
+        (Some(e), _) => format!("{} (last view kept; retrying: {e})", w.objects),
+        (None, true) => format!("{} (watching)", w.objects),
+        (None, false) => "listing".to_owned(),
+    };
+    if w.skipped > 0 {
+        line.push_str(&format!("; {} skipped as unusable", w.skipped));
+    }
+    line
 }
 
 fn rules_line(nf: &crate::nft::NetfilterStatus) -> String {
@@ -504,6 +531,7 @@ pub(crate) mod tests {
             datapaths: None,
             sleeve: None,
             netfilter: None,
+            kubernetes: None,
         }
     }
 

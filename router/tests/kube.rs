@@ -54,6 +54,8 @@ struct Cluster {
     lists: usize,
     watch_requests: usize,
     gone_answers: usize,
+    /// Node name → the `NetworkUnavailable` condition last patched onto its status.
+    conditions: BTreeMap<String, serde_json::Value>,
 }
 
 impl Cluster {
@@ -117,7 +119,7 @@ impl ApiServer {
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let s = s.clone();
-                        async move { Ok::<_, Infallible>(s.handle(&req)) }
+                        async move { Ok::<_, Infallible>(s.handle(req).await) }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -128,7 +130,29 @@ impl ApiServer {
         (server, addr)
     }
 
-    fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if let Some(name) = req
+            .uri()
+            .path()
+            .strip_prefix("/api/v1/nodes/")
+            .and_then(|p| p.strip_suffix("/status"))
+        {
+            // The router's condition: a strategic merge patch of the Node's status.
+            let name = name.to_owned();
+            assert_eq!(req.method(), hyper::Method::PATCH);
+            assert_eq!(
+                req.headers()["content-type"],
+                "application/strategic-merge-patch+json"
+            );
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let condition = patch["status"]["conditions"][0].clone();
+            let mut c = self.0.lock().unwrap();
+            let ip = c.nodes.get(&name).cloned().unwrap_or_default();
+            c.conditions.insert(name.clone(), condition);
+            let node = node_object(&name, &ip, c.rv);
+            return respond(StatusCode::OK, Bytes::from(node.to_string()));
+        }
         assert_eq!(req.uri().path(), "/api/v1/nodes", "{}", req.uri());
         let query = req.uri().query().unwrap_or("");
         let params: BTreeMap<&str, &str> = query
@@ -136,7 +160,7 @@ impl ApiServer {
             .filter_map(|kv| kv.split_once('='))
             .collect();
         let mut c = self.0.lock().unwrap();
-        if params.get("watch") != Some(&"1") {
+        if !matches!(params.get("watch"), Some(&("1" | "true"))) {
             c.lists += 1;
             let items: Vec<_> = c
                 .nodes
@@ -201,12 +225,19 @@ impl ApiServer {
         }
     }
 
-    /// Sends every open watch a line that is JSON but not a node event.
+    /// Sends every open watch a Node weft cannot use: its name is not a DNS subdomain.
     fn garble(&self) {
-        let line = Bytes::from_static(b"{\"type\":\"ADDED\",\"object\":{\"metadata\":{}}}\n");
         let mut c = self.0.lock().unwrap();
+        c.rv += 1;
+        let line = json!({"type": "ADDED", "object": {"kind": "Node", "apiVersion": "v1",
+            "metadata": {"name": "Not_A_Node_Name", "resourceVersion": c.rv.to_string()}}});
+        let line = Bytes::from(format!("{line}\n"));
         c.watches
             .retain(|w| w.send(Ok(Frame::data(line.clone()))).is_ok());
+    }
+
+    fn condition(&self, node: &str) -> Option<serde_json::Value> {
+        self.0.lock().unwrap().conditions.get(node).cloned()
     }
 
     fn counts(&self) -> (usize, usize, usize) {
@@ -247,6 +278,7 @@ async fn start(dir: &Path, node: &str, ip: IpAddr, port: u16, api: SocketAddr) -
         api: Some(format!("http://{api}")),
         token_file: dir.join("no-token"),
         ca_file: dir.join("no-ca"),
+        discover_peers: true,
     });
     let client = ApiClient::new(ApiAddr::Unix(config.api_socket.clone()));
     Router {
@@ -402,16 +434,36 @@ async fn routers_follow_the_nodes_through_watch_disconnects_and_410() {
         "both routers listed again: {lists_before} -> {lists}"
     );
 
-    // An event that does not decode: the routers list again rather than skip it.
-    let (lists_before, _, _) = api.counts();
+    // An object weft cannot use (no name): counted and skipped, the watch goes on.
     api.garble();
-    let started = Instant::now();
-    while api.counts().0 < lists_before + 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no relist after a bad event"
+    let s = wait_for(&n1, "the unusable Node counted", |s| {
+        s.kubernetes
+            .as_ref()
+            .is_some_and(|k| k.watches[0].skipped >= 1)
+    })
+    .await;
+    let nodes = &s.kubernetes.as_ref().unwrap().watches[0];
+    assert!(nodes.synced && nodes.error.is_none(), "{nodes:?}");
+    api.change("ADDED", "n7", "127.0.0.7");
+    wait_for(&n1, "n7 dialled after the bad object", |s| {
+        targets(s).contains(&at(7))
+    })
+    .await;
+
+    // Every router, once ready, told the API its node's network is up.
+    for node in ["n1", "n2"] {
+        let c = api
+            .condition(node)
+            .unwrap_or_else(|| panic!("{node}: no condition set"));
+        assert_eq!(
+            (&c["type"], &c["status"], &c["reason"]),
+            (
+                &json!("NetworkUnavailable"),
+                &json!("False"),
+                &json!("WeftIsUp")
+            ),
+            "{c}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // n2 is deleted while n1 is down. When n1 starts again (same state directory), it
@@ -493,7 +545,7 @@ async fn https_with_the_cluster_ca_and_a_rotating_token() {
     use tokio_rustls::rustls::ServerConfig;
     use tokio_rustls::rustls::pki_types::pem::PemObject as _;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use weft_router::kube::KubeClient;
+    use weft_router::kube::{client, nodes::initial_list};
 
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let certs: Vec<CertificateDer<'static>> =
@@ -513,8 +565,10 @@ async fn https_with_the_cluster_ca_and_a_rotating_token() {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let accepted_token = Arc::new(Mutex::new("token-1".to_owned()));
-    let want = Arc::clone(&accepted_token);
+    // The tokens the server accepts, and the last one it saw.
+    let accepted: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(vec!["token-1".to_owned()]));
+    let seen: Arc<Mutex<String>> = Arc::default();
+    let (want, saw) = (Arc::clone(&accepted), Arc::clone(&seen));
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -522,17 +576,23 @@ async fn https_with_the_cluster_ca_and_a_rotating_token() {
             };
             let acceptor = acceptor.clone();
             let want = Arc::clone(&want);
+            let saw = Arc::clone(&saw);
             tokio::spawn(async move {
                 // A client that refuses our certificate ends the handshake: nothing to serve.
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let expected = format!("Bearer {}", want.lock().unwrap());
-                    let authorized = req
+                    let token = req
                         .headers()
                         .get("authorization")
-                        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned();
+                    let authorized = want.lock().unwrap().contains(&token);
+                    *saw.lock().unwrap() = token;
                     let resp = if authorized {
                         let list = json!({"kind": "NodeList", "apiVersion": "v1",
                             "metadata": {"resourceVersion": "7"},
@@ -555,38 +615,50 @@ async fn https_with_the_cluster_ca_and_a_rotating_token() {
 
     let dir = TempDir::new().unwrap();
     let token_file = dir.path().join("token");
+    // A token file with a newline is named (kube would send it verbatim).
     std::fs::write(&token_file, "token-1\n").unwrap();
     let settings = |ca: &str| KubeSettings {
         api: Some(format!("https://127.0.0.1:{port}")),
         token_file: token_file.clone(),
         ca_file: data.join(ca),
+        discover_peers: true,
     };
-    let client = KubeClient::new(&settings("kube-ca.crt")).unwrap();
-    let list = client.list_nodes().await.unwrap();
-    assert_eq!(list.resource_version, "7");
-    assert_eq!(list.nodes[0].name, "n1");
+    let list = |c| async move { initial_list(&c, "test", Duration::ZERO).await };
+    let err = client(&settings("kube-ca.crt")).err().unwrap().to_string();
+    assert!(err.contains("newline"), "{err}");
+    std::fs::write(&token_file, "token-1").unwrap();
+    let (c, _) = client(&settings("kube-ca.crt")).unwrap();
+    let nodes = list(c.clone()).await.unwrap();
+    assert_eq!(nodes[0].name, "n1");
+    assert_eq!(*seen.lock().unwrap(), "token-1");
 
-    // The token rotates: the next request carries the new one.
-    *accepted_token.lock().unwrap() = "token-2".to_owned();
+    // The token rotates (kubelet keeps the old one valid a while): the client reads the new
+    // one within about a minute, as client-go does.
+    accepted.lock().unwrap().push("token-2".to_owned());
     std::fs::write(&token_file, "token-2").unwrap();
-    client.list_nodes().await.unwrap();
+    let start = std::time::Instant::now();
+    while *seen.lock().unwrap() != "token-2" {
+        assert!(
+            start.elapsed() < Duration::from_secs(75),
+            "the rotated token was never sent"
+        );
+        list(c.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
-    // A token the server does not accept: the status and the server's message.
-    *accepted_token.lock().unwrap() = "token-3".to_owned();
-    let err = client.list_nodes().await.unwrap_err().to_string();
-    assert!(
-        err.contains("HTTP 401") && err.contains("Unauthorized"),
-        "{err}"
-    );
+    // A token the server does not accept: the server's reason.
+    *accepted.lock().unwrap() = vec!["token-3".to_owned()];
+    let err = list(c.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("Unauthorized"), "{err}");
 
     // A CA that did not sign the server's certificate: refused, and said so.
-    let other = KubeClient::new(&settings("other-ca.crt")).unwrap();
-    let err = other.list_nodes().await.unwrap_err().to_string();
-    assert!(err.contains("TLS"), "{err}");
+    let (other, _) = client(&settings("other-ca.crt")).unwrap();
+    let err = format!("{:?}", list(other).await.unwrap_err());
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
 
     // No token file on HTTPS: named.
     std::fs::remove_file(&token_file).unwrap();
-    let err = client.list_nodes().await.unwrap_err().to_string();
+    let err = client(&settings("kube-ca.crt")).err().unwrap().to_string();
     assert!(err.contains(&token_file.display().to_string()), "{err}");
 }
 

@@ -31,6 +31,7 @@ impl Daemon {
         status.nickname = ms.nickname.clone();
         status.port = self.port;
         status.netfilter = self.netfilter.as_ref().map(|rx| rx.borrow().clone());
+        status.kubernetes = self.handles.kube.as_ref().map(|rx| rx.borrow().clone());
         let known = tunnel_peers(&ms, self.conn_addrs.values().map(|(_, remote)| *remote));
         self.tunnel_peers.send_if_modified(|peers| {
             let changed = *peers != known;

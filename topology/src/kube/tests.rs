@@ -5,13 +5,6 @@ use proptest::prelude::*;
 
 use super::*;
 
-/// A node as the Kubernetes API reference shows it (trimmed to what a kubelet reports).
-fn node_json(name: &str, rv: &str, ip: &str) -> String {
-    format!(
-        r#"{{"kind":"Node","apiVersion":"v1","metadata":{{"name":"{name}","uid":"0f1e","resourceVersion":"{rv}","labels":{{"kubernetes.io/hostname":"{name}"}}}},"spec":{{"podCIDR":"10.244.0.0/24"}},"status":{{"addresses":[{{"type":"Hostname","address":"{name}"}},{{"type":"InternalIP","address":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#
-    )
-}
-
 fn node(name: &str, ip: &str) -> Node {
     let ip: IpAddr = ip.parse().unwrap();
     Node {
@@ -36,109 +29,31 @@ fn sa(s: &str) -> SocketAddr {
 }
 
 #[test]
-fn node_list_decodes() {
-    let body = format!(
-        r#"{{"kind":"NodeList","apiVersion":"v1","metadata":{{"resourceVersion":"4711"}},"items":[{},{}]}}"#,
-        node_json("n1", "10", "192.0.2.1"),
-        node_json("n2", "11", "192.0.2.2")
-    );
-    let list = decode_node_list(body.as_bytes()).unwrap();
-    assert_eq!(list.resource_version, "4711");
+fn a_node_from_its_status_addresses() {
+    let n = Node::from_status(
+        "n1",
+        [
+            ("Hostname", "n1"),
+            ("InternalIP", "2001:db8::1"),
+            ("InternalIP", "not an address"),
+            ("InternalIP", "192.0.2.1"),
+            ("ExternalIP", "203.0.113.9"),
+            ("ExternalIP", "::ffff:192.0.2.1"),
+        ],
+    )
+    .unwrap();
+    // IPv4 is dialled first; a v4-mapped duplicate is kept once.
+    assert_eq!(n.internal_ip, Some(ip("192.0.2.1")));
     assert_eq!(
-        list.nodes,
-        [node("n1", "192.0.2.1"), node("n2", "192.0.2.2")]
+        n.addresses,
+        [ip("192.0.2.1"), ip("203.0.113.9"), ip("2001:db8::1")]
     );
-    assert_eq!(list.skipped, 0);
-}
-
-#[test]
-fn node_list_edge_cases() {
-    // `items: null` is how an empty list may come.
-    let list =
-        decode_node_list(br#"{"kind":"NodeList","metadata":{"resourceVersion":"1"},"items":null}"#)
-            .unwrap();
-    assert!(list.nodes.is_empty());
-    // A bad name is skipped, not fatal; a node without InternalIP has no address.
-    let body = r#"{"kind":"NodeList","metadata":{"resourceVersion":"2"},"items":[
-        {"metadata":{"name":"Bad Name"}},
-        {"metadata":{"name":"n3"},"status":{"addresses":[{"type":"ExternalIP","address":"203.0.113.9"}]}},
-        {"metadata":{"name":"n4"},"status":{"addresses":[
-            {"type":"InternalIP","address":"2001:db8::4"},{"type":"InternalIP","address":"192.0.2.4"}]}}]}"#;
-    let list = decode_node_list(body.as_bytes()).unwrap();
-    assert_eq!(list.skipped, 1);
-    assert_eq!(list.nodes[0].internal_ip, None);
-    // ... but its ExternalIP is still an address its router may dial from.
-    assert_eq!(list.nodes[0].addresses, [ip("203.0.113.9")]);
-    // Dual stack: IPv4 first, whatever the order; every address kept, sorted.
-    assert_eq!(list.nodes[1].internal_ip, Some(ip("192.0.2.4")));
-    assert_eq!(
-        list.nodes[1].addresses,
-        [ip("192.0.2.4"), ip("2001:db8::4")]
-    );
-    for bad in [
-        &br#"{"kind":"PodList","metadata":{"resourceVersion":"1"},"items":[]}"#[..],
-        br#"{"kind":"NodeList","items":[]}"#,
-        br#"{"kind":"NodeList","metadata":{"resourceVersion":"a b"}}"#,
-        br#"[1,2]"#,
-        b"",
-    ] {
-        assert!(
-            decode_node_list(bad).is_err(),
-            "{}",
-            String::from_utf8_lossy(bad)
-        );
-    }
-}
-
-#[test]
-fn watch_events_decode() {
-    let line = format!(
-        r#"{{"type":"ADDED","object":{}}}"#,
-        node_json("n1", "12", "192.0.2.1")
-    );
-    assert_eq!(
-        decode_watch_event(line.as_bytes()).unwrap(),
-        WatchEvent::Added {
-            node: node("n1", "192.0.2.1"),
-            resource_version: "12".into()
-        }
-    );
-    let line = format!(
-        r#"{{"type":"DELETED","object":{}}}"#,
-        node_json("n1", "13", "192.0.2.1")
-    );
+    let none = Node::from_status("n2", [("ExternalIP", "203.0.113.2")]).unwrap();
+    assert_eq!(none.internal_ip, None);
     assert!(matches!(
-        decode_watch_event(line.as_bytes()).unwrap(),
-        WatchEvent::Deleted { .. }
+        Node::from_status("Not_A_Name", []),
+        Err(NodeError::Name(_))
     ));
-    assert_eq!(
-        decode_watch_event(
-            br#"{"type":"BOOKMARK","object":{"kind":"Node","apiVersion":"v1","metadata":{"resourceVersion":"99"}}}"#
-        )
-        .unwrap(),
-        WatchEvent::Bookmark {
-            resource_version: "99".into()
-        }
-    );
-    assert_eq!(
-        decode_watch_event(
-            br#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 1 (52)","reason":"Expired","code":410}}"#
-        )
-        .unwrap(),
-        WatchEvent::Error {
-            code: 410,
-            message: "Expired: too old resource version: 1 (52)".into()
-        }
-    );
-    for bad in [
-        &br#"{"type":"RENAMED","object":{}}"#[..],
-        br#"{"type":"ADDED","object":{"kind":"Pod","metadata":{"name":"p","resourceVersion":"1"}}}"#,
-        br#"{"type":"ADDED","object":{"metadata":{"name":"n1"}}}"#,
-        br#"{"type":"BOOKMARK","object":{"metadata":{}}}"#,
-        br#"{"object":{}}"#,
-    ] {
-        assert!(decode_watch_event(bad).is_err(), "{}", String::from_utf8_lossy(bad));
-    }
 }
 
 #[test]
@@ -320,25 +235,21 @@ proptest! {
         }
     }
 
-    /// The decoders never panic, and a list they accept keeps its version.
+    /// Any name and addresses: a node only with a valid name, its dialled address one of its
+    /// InternalIPs, never more than the cap of addresses, each once.
     #[test]
-    fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decode_watch_event(&bytes);
-        if let Ok(list) = decode_node_list(&bytes) {
-            prop_assert!(!list.resource_version.is_empty());
+    fn from_status_keeps_its_promises(name in ".{0,70}", addrs in proptest::collection::vec((prop_oneof![Just("InternalIP"), Just("ExternalIP"), Just("Hostname")], any::<[u8; 4]>(), any::<bool>()), 0..24)) {
+        let strings: Vec<(&str, String)> = addrs.iter().map(|(k, ip, garbage)| (*k, if *garbage { format!("x{}", ip[0]) } else { IpAddr::from(*ip).to_string() })).collect();
+        match Node::from_status(&name, strings.iter().map(|(k, a)| (*k, a.as_str()))) {
+            Ok(node) => {
+                prop_assert!(valid_node_name(&node.name));
+                if let Some(ip) = node.internal_ip {
+                    prop_assert!(strings.iter().any(|(k, a)| *k == "InternalIP" && a.parse::<IpAddr>().ok() == Some(ip)));
+                }
+                prop_assert!(node.addresses.len() <= MAX_NODE_ADDRESSES);
+                prop_assert!(node.addresses.windows(2).all(|w| w[0] < w[1]));
+            }
+            Err(NodeError::Name(_)) => prop_assert!(!valid_node_name(&name)),
         }
-    }
-
-    /// Generated nodes round-trip through the JSON the API server sends.
-    #[test]
-    fn generated_events_decode(name in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", rv in 1u64.., ip in any::<[u8; 4]>(), kind in prop_oneof![Just("ADDED"), Just("MODIFIED"), Just("DELETED")]) {
-        let ip = IpAddr::from(ip);
-        let line = format!(r#"{{"type":"{kind}","object":{}}}"#, node_json(&name, &rv.to_string(), &ip.to_string()));
-        let ev = decode_watch_event(line.as_bytes()).unwrap();
-        let (WatchEvent::Added { node, resource_version } | WatchEvent::Modified { node, resource_version } | WatchEvent::Deleted { node, resource_version }) = ev else {
-            panic!("{ev:?}");
-        };
-        prop_assert_eq!(node, Node { name, internal_ip: Some(ip), addresses: vec![ip] });
-        prop_assert_eq!(resource_version, rv.to_string());
     }
 }
