@@ -31,6 +31,8 @@
 //! - [`admission`]: who may open a control connection, judged before the handshake.
 //! - [`kube`]: peer discovery from Kubernetes Node objects: the API's JSON decoded, and the
 //!   pure reconcile of nodes into connect, forget and rmpeer actions.
+//! - [`cluster`]: the namespaces, pods and NetworkPolicies weft follows, as plain values with
+//!   the API's defaults applied, and the [`cluster::ClusterView`] a policy engine reads.
 //!
 //! Short peer IDs are not used on the topology wire; the data plane may derive its own (at
 //! least 16 bits) later.
@@ -38,6 +40,7 @@
 pub mod admission;
 pub mod api;
 pub mod channel;
+pub mod cluster;
 pub mod dataplane;
 pub mod fastdp;
 pub mod ipam;
