@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use libfuzzer_sys::fuzz_target;
-use router::kube::Saved;
+use router::kube::nodes::Saved;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(saved) = Saved::decode(data) {

@@ -367,7 +367,7 @@ impl RouterArgs {
             .password_file
             .or_else(|| self.password_file_if_present.filter(|p| p.exists()));
         let kube =
-            (self.kube_peers || self.kube_api.is_some()).then(|| crate::kube::KubeSettings {
+            (self.kube_peers || self.kube_api.is_some()).then_some(crate::kube::KubeSettings {
                 api: self.kube_api,
                 token_file: self.kube_token_file,
                 ca_file: self.kube_ca_file,

@@ -197,6 +197,17 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
     let mut kube_tasks = Vec::new();
     if let Some(start) = kube {
         kube_status = Some(start.health_rx);
+        // Nodes first in the status, then the cluster view's kinds.
+        let node_health = start.nodes.is_some().then(|| start.health.watch("Node"));
+        // The cluster view; NetworkPolicy enforcement subscribes to it.
+        let (view_tx, _) = watch::channel(Default::default());
+        kube_tasks.push(tokio::spawn(kube::cluster::run(
+            start.client.clone(),
+            config.nickname.clone(),
+            start.health.clone(),
+            view_tx,
+            stop_rx.clone(),
+        )));
         kube_tasks.push(tokio::spawn(kube::condition::set_when_ready(
             start.client.clone(),
             config.nickname.clone(),
@@ -210,7 +221,7 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
             let discoverer = kube::nodes::Discoverer {
                 client: start.client,
                 url: start.url,
-                health: start.health.watch("Node"),
+                health: node_health.unwrap_or_else(|| start.health.watch("Node")),
                 skipped: kube::watch::Skipped::default(),
                 node_addrs,
                 me: config.nickname.clone(),

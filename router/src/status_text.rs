@@ -97,6 +97,25 @@ pub fn render_status(status: &RouterStatus) -> String {
             };
             label(&mut out, &kinds, &watch_line(w));
         }
+        if let Some(c) = &k.cluster {
+            label(
+                &mut out,
+                "ClusterView",
+                &format!(
+                    "revision {}: {} namespaces, {} pods ({} here), {} {}",
+                    c.revision,
+                    c.namespaces,
+                    c.pods,
+                    c.local_pods.len(),
+                    c.policies,
+                    if c.policies == 1 {
+                        "policy"
+                    } else {
+                        "policies"
+                    }
+                ),
+            );
+        }
         if let Some(c) = &k.node_condition {
             label(&mut out, "NodeCondition", c);
         }

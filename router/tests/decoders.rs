@@ -13,7 +13,7 @@ use serde_json::json;
 use topology::api::ipam::{AllocateRequest, LookupRequest, ReleaseRequest};
 use weft_router::api::{AddrRequest, EncryptionRequest, RmPeerRequest};
 use weft_router::daemon::decode_persisted_peers;
-use weft_router::kube::Saved;
+use weft_router::kube::nodes::Saved;
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![

@@ -50,6 +50,9 @@ enum Command {
     /// Pod-to-pod throughput and RTT per data path, as ratios to a kernel VXLAN baseline
     /// measured in the same run (needs root, iperf3).
     Bench(weft_sim::bench::BenchArgs),
+    /// A stand-in Kubernetes API server for tests and the lab; serves until killed.
+    #[command(hide = true)]
+    KubeApi(weft_sim::kubeapi::KubeApiArgs),
 }
 
 #[derive(Subcommand)]
@@ -90,6 +93,10 @@ enum LabCommand {
         /// this less 50, routers derive theirs from their underlay interface.
         #[arg(long, value_name = "N", default_value_t = lab::DEFAULT_UNDERLAY_MTU)]
         underlay_mtu: u32,
+        /// Play a Kubernetes cluster: a stand-in API at the gateway (192.0.2.254:6443) with a
+        /// Node per node and a Pod `hI-pJ` per pod; routers discover peers from it.
+        #[arg(long)]
+        kube: bool,
     },
     /// Run a command in a node's, pod's or the external host's namespace (exit code = the
     /// command's).
@@ -126,6 +133,26 @@ enum LabCommand {
         /// The pod's MAC (add only).
         #[arg(long)]
         mac: Option<String>,
+        /// The Pod object's namespace, created if missing (add only; --kube labs) [default:
+        /// default].
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+        /// The Pod object's labels (add only; --kube labs) [default: pod=pJ].
+        #[arg(long, value_delimiter = ',', value_name = "K=V,...")]
+        labels: Vec<String>,
+        /// The Pod's named container ports, e.g. http=tcp/80 (add only; --kube labs).
+        #[arg(long, value_delimiter = ',', value_name = "NAME=PROTO/PORT,...")]
+        ports: Vec<String>,
+        /// Print the pod as JSON, as `lab up --json` lists it (the default output too).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply, delete or read Kubernetes objects of a `--kube` lab.
+    Kube {
+        /// The lab's name.
+        name: String,
+        #[command(subcommand)]
+        action: KubeAction,
     },
     /// Remove a lab: routers, namespaces, interfaces, files.
     Down {
@@ -135,6 +162,28 @@ enum LabCommand {
     },
     /// Build a 3-node lab, show pods talking and the mesh status, then remove it.
     Demo,
+}
+
+#[derive(Subcommand)]
+enum KubeAction {
+    /// Create or replace the objects of FILE (JSON or YAML; one object, a List, or YAML
+    /// documents): Namespaces, NetworkPolicies, Pods (an existing Pod gets the new labels).
+    Apply {
+        /// The file.
+        file: std::path::PathBuf,
+    },
+    /// Delete the objects of FILE.
+    Delete {
+        /// The file.
+        file: std::path::PathBuf,
+    },
+    /// Print objects as JSON: every object of KIND, or one (`NS/NAME`, or `NAME`).
+    Get {
+        /// Node, Namespace, Pod or NetworkPolicy.
+        kind: String,
+        /// `NS/NAME` (namespaced kinds; `NAME` means `default/NAME`) or `NAME`.
+        object: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -167,6 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 write!(out, "{}", report.table())?;
             }
         }
+        Command::KubeApi(args) => weft_sim::kubeapi::run(&args, &mut out)?,
         Command::Mesh(args) => {
             let report = weft_sim::mesh::run(&args)?;
             weft_sim::mesh::print_report(&mut out, &report, args.json)?;
@@ -191,8 +241,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 password,
                 trusted_subnets,
                 underlay_mtu,
+                kube,
             } => {
                 let spec = LabSpec {
+                    kube,
                     name,
                     nodes,
                     pods,
@@ -229,12 +281,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 action,
                 pod,
                 mac,
+                namespace,
+                labels,
+                ports,
+                json: _,
             } => match action {
                 PodAction::Add => {
-                    let info = lab::pod_add(&name, &node, &pod, mac.as_deref())?;
+                    let meta = lab::PodMeta::parse(namespace.as_deref(), &labels, &ports)?;
+                    let info = lab::pod_add_with(&name, &node, &pod, mac.as_deref(), &meta)?;
                     writeln!(out, "{}", serde_json::to_string(&info)?)?;
                 }
                 PodAction::Del => lab::pod_del(&name, &node, &pod)?,
+            },
+            LabCommand::Kube { name, action } => match action {
+                KubeAction::Apply { file } => {
+                    for line in lab::objects::apply(&name, &file)? {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                KubeAction::Delete { file } => {
+                    for line in lab::objects::delete(&name, &file)? {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                KubeAction::Get { kind, object } => {
+                    let got = lab::objects::get(&name, &kind, object.as_deref())?;
+                    writeln!(out, "{}", serde_json::to_string_pretty(&got)?)?;
+                }
             },
             LabCommand::Down { name } => lab::down(&name)?,
             LabCommand::Demo => weft_sim::demo::run(&mut out)?,

@@ -51,9 +51,8 @@ impl Node {
         addresses: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, NodeError> {
         if !valid_node_name(name) {
-            let mut name = name.to_owned();
-            name.truncate(MAX_MESSAGE);
-            return Err(NodeError::Name(name));
+            // Any string may come here: cut at a character boundary.
+            return Err(NodeError::Name(name.chars().take(MAX_MESSAGE).collect()));
         }
         let mut internal: Vec<IpAddr> = Vec::new();
         let mut all: Vec<IpAddr> = Vec::new();
@@ -101,7 +100,7 @@ pub fn valid_node_name(name: &str) -> bool {
         })
 }
 
-/// Longest invalid name kept in an error.
+/// Most characters of an invalid name kept in an error.
 const MAX_MESSAGE: usize = 512;
 
 /// What discovery asks the router to do.

@@ -31,7 +31,11 @@ impl Daemon {
         status.nickname = ms.nickname.clone();
         status.port = self.port;
         status.netfilter = self.netfilter.as_ref().map(|rx| rx.borrow().clone());
-        status.kubernetes = self.handles.kube.as_ref().map(|rx| rx.borrow().clone());
+        status.kubernetes = self
+            .handles
+            .kube
+            .as_ref()
+            .map(|rx| rx.borrow().clone().at(now));
         let known = tunnel_peers(&ms, self.conn_addrs.values().map(|(_, remote)| *remote));
         self.tunnel_peers.send_if_modified(|peers| {
             let changed = *peers != known;

@@ -17,6 +17,9 @@ pub struct KubeStatus {
     /// This node's `NetworkUnavailable` condition as weft last set it, or why it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_condition: Option<String>,
+    /// The cluster view (namespaces, pods, policies), once it has changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::cluster::ClusterSummary>,
 }
 
 /// One watched kind.
@@ -33,6 +36,31 @@ pub struct WatchStatus {
     pub objects: usize,
     /// Objects skipped since the start because weft could not decode or use them.
     pub skipped: u64,
+    /// When `error` was last reported: a watch that recovers without a change to deliver says
+    /// nothing, so an error older than [`ERROR_FRESH`] counts as over.
+    #[serde(skip)]
+    pub failed_at: Option<std::time::Instant>,
+}
+
+/// How long a watch error stands without a new one. kube's back-off between attempts reaches
+/// 30 s (jittered up to half more), so a watch that still fails reports again within this.
+pub const ERROR_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl KubeStatus {
+    /// This status at `now`: watches whose last error is older than [`ERROR_FRESH`] are in
+    /// sync again.
+    pub fn at(mut self, now: std::time::Instant) -> Self {
+        for w in &mut self.watches {
+            if w.failed_at
+                .is_some_and(|t| now.duration_since(t) > ERROR_FRESH)
+            {
+                w.synced = true;
+                w.error = None;
+                w.failed_at = None;
+            }
+        }
+        self
+    }
 }
 
 /// The shared, published [`KubeStatus`].
@@ -74,6 +102,15 @@ impl KubeHealth {
         });
     }
 
+    /// Records the cluster view's summary.
+    pub fn cluster(&self, summary: super::cluster::ClusterSummary) {
+        self.0.send_if_modified(|s| {
+            let changed = s.cluster.as_ref() != Some(&summary);
+            s.cluster = Some(summary);
+            changed
+        });
+    }
+
     /// The current status.
     pub fn current(&self) -> KubeStatus {
         self.0.borrow().clone()
@@ -111,6 +148,7 @@ impl Health {
                 error: None,
                 objects,
                 skipped,
+                failed_at: None,
             };
             let changed = *w != new;
             *w = new;
@@ -121,10 +159,10 @@ impl Health {
     /// The watch failed and retries; the last view is kept.
     pub fn failed(&self, error: String) {
         self.update(|w| {
-            let changed = w.synced || w.error.as_ref() != Some(&error);
             w.synced = false;
             w.error = Some(error);
-            changed
+            w.failed_at = Some(std::time::Instant::now());
+            true
         });
     }
 }

@@ -1,5 +1,6 @@
 //! The Kubernetes API, through the `kube` crate: the client, peer discovery from Node objects
-//! (`--kube-peers`), and the Node's `NetworkUnavailable` condition.
+//! (`--kube-peers`), the cluster view (Namespaces, Pods, NetworkPolicies) and the Node's
+//! `NetworkUnavailable` condition.
 //!
 //! - [`client`] builds a [`kube::Client`] from [`KubeSettings`]: the endpoint, the cluster CA
 //!   and the service account token (both re-read by `kube` as kubelet rotates them). `kube`
@@ -10,13 +11,22 @@
 //!   watch from the list's version with bookmarks, a fresh list after 410 Gone, jittered
 //!   exponential back-off after errors) and plans connect, forget and rmpeer actions with the
 //!   pure [`topology::kube::reconcile`].
+//! - [`watch::follow`] is one kind followed through the watcher as changes of weft's own types,
+//!   decoding objects one by one ([`convert`]: API objects into `topology::cluster`'s types; an
+//!   unusable object is counted, logged once and skipped).
+//! - [`cluster`] keeps the pure `topology::cluster::ClusterView` current from three watchers
+//!   and publishes it.
 //! - [`condition`] sets this node's `NetworkUnavailable` condition to False once the router is
 //!   ready, as Weave and Calico do.
+//! - [`health`] is what `weft status` shows of all this: each watch in sync or retrying (with
+//!   its last error, the last view kept), objects held and skipped, the cluster view's size.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod cluster;
 pub mod condition;
+pub mod convert;
 pub mod health;
 pub mod nodes;
 pub mod watch;

@@ -27,6 +27,7 @@
 //! half-built or crashed lab is cleaned up too. [`LabGuard`] calls it on drop (and so on panic).
 
 mod cni;
+mod kube;
 pub mod netns;
 mod router;
 
@@ -38,7 +39,13 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 pub use cni::{cni_add, cni_del};
+pub use kube::{API_PORT, PodMeta, api_url, read_objects};
 pub use router::{RouterAction, weft_binary};
+
+/// `weft-sim lab kube NAME apply|delete|get`: the lab's Kubernetes objects.
+pub mod objects {
+    pub use super::kube::{apply, delete, get};
+}
 
 /// Where labs keep their files.
 pub const RUN_DIR: &str = "/run/weft-lab";
@@ -121,6 +128,10 @@ pub struct LabSpec {
     /// routers are not given `--mtu`: they derive the pod MTU from their underlay interface.
     #[serde(default = "default_underlay_mtu")]
     pub underlay_mtu: u32,
+    /// Play a Kubernetes cluster (`--kube`): a stand-in API with a Node per node and a Pod
+    /// per pod, routers started with `--kube-peers` pointed at it.
+    #[serde(default)]
+    pub kube: bool,
 }
 
 fn default_underlay_mtu() -> u32 {
@@ -141,6 +152,7 @@ impl LabSpec {
             password: None,
             trusted_subnets: Vec::new(),
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
+            kube: false,
         }
     }
 
@@ -201,6 +213,12 @@ pub struct PodInfo {
     pub ip: String,
     /// MAC of the pod's eth0.
     pub mac: String,
+    /// The Pod object's namespace (with `--kube`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The Pod object's labels (with `--kube`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -295,6 +313,11 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
         spec: spec.clone(),
         info: info.clone(),
     })?;
+    if spec.kube {
+        ensure!(spec.routers, "--kube needs routers (drop --no-router)");
+        kube::start_api(name)?;
+        kube::register_nodes(name, spec.nodes)?;
+    }
     let started = Instant::now();
     if spec.routers {
         cni::install(name)?;
@@ -310,7 +333,10 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
     }
     for i in 1..=spec.nodes {
         for j in 1..=spec.pods {
-            let pod = attach_pod(spec, i, j, None)?;
+            let mut pod = attach_pod(spec, i, j, None)?;
+            if spec.kube {
+                register(name, i, &mut pod, &PodMeta::default())?;
+            }
             info.nodes[i - 1].pods.push(pod);
         }
     }
@@ -491,6 +517,8 @@ fn attach_pod(spec: &LabSpec, i: usize, j: usize, mac: Option<&str>) -> Result<P
             netns: ns,
             ip: attached.ip,
             mac: attached.mac,
+            namespace: None,
+            labels: None,
         });
     }
     // Without routers there is no IPAM: a plain veth and a fixed address.
@@ -531,7 +559,23 @@ fn attach_pod(spec: &LabSpec, i: usize, j: usize, mac: Option<&str>) -> Result<P
         netns: ns,
         ip,
         mac,
+        namespace: None,
+        labels: None,
     })
+}
+
+/// Registers a lab pod's Pod object and notes its namespace and labels.
+fn register(name: &str, i: usize, pod: &mut PodInfo, meta: &PodMeta) -> Result<()> {
+    let node = format!("h{i}");
+    let obj = kube::pod_object(&node, pod, meta);
+    kube::register_pod(name, &node, pod, meta)?;
+    pod.namespace = obj["metadata"]["namespace"].as_str().map(str::to_owned);
+    pod.labels = obj["metadata"]["labels"].as_object().map(|m| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect()
+    });
+    Ok(())
 }
 
 /// Adds pod `pod` (`pJ`) to node `node` (`hI`) of a running lab.
@@ -539,6 +583,20 @@ fn attach_pod(spec: &LabSpec, i: usize, j: usize, mac: Option<&str>) -> Result<P
 /// # Errors
 /// Fails when the lab, node or pod name is unknown, the pod exists, or a step fails.
 pub fn pod_add(name: &str, node: &str, pod: &str, mac: Option<&str>) -> Result<PodInfo> {
+    pod_add_with(name, node, pod, mac, &PodMeta::default())
+}
+
+/// [`pod_add`] with the Pod object's namespace, labels and named ports (with `--kube`).
+///
+/// # Errors
+/// As [`pod_add`]; and when `meta` is given to a lab without `--kube`.
+pub fn pod_add_with(
+    name: &str,
+    node: &str,
+    pod: &str,
+    mac: Option<&str>,
+    meta: &PodMeta,
+) -> Result<PodInfo> {
     let mut state = load(name)?;
     let i = parse_index(node, 'h', state.spec.nodes)?;
     let j = parse_index(pod, 'p', MAX_PODS)?;
@@ -550,7 +608,14 @@ pub fn pod_add(name: &str, node: &str, pod: &str, mac: Option<&str>) -> Result<P
         !pods.iter().any(|p| p.name == pod),
         "pod {node}/{pod} exists already in lab {name}"
     );
-    let info = attach_pod(&state.spec, i, j, mac)?;
+    ensure!(
+        state.spec.kube || *meta == PodMeta::default(),
+        "--namespace, --labels and --ports need a lab built with --kube"
+    );
+    let mut info = attach_pod(&state.spec, i, j, mac)?;
+    if state.spec.kube {
+        register(name, i, &mut info, meta)?;
+    }
     pods.push(info.clone());
     pods.sort_by_key(|p| p.name[1..].parse::<usize>().unwrap_or(usize::MAX));
     save(&state)?;
@@ -570,6 +635,9 @@ pub fn pod_del(name: &str, node: &str, pod: &str) -> Result<()> {
         bail!("no pod {node}/{pod} in lab {name}");
     };
     let ns = pod_ns(name, i, j);
+    if state.spec.kube {
+        kube::unregister_pod(name, node, &pods[pos])?;
+    }
     if state.spec.routers {
         cni::del(name, i, &ns)?;
     }
@@ -629,6 +697,9 @@ pub fn down(name: &str) -> Result<()> {
     validate_name(name)?;
     let mut errors = Vec::new();
     if let Err(e) = router::stop_all(name) {
+        errors.push(format!("{e:#}"));
+    }
+    if let Err(e) = kube::stop_api(name) {
         errors.push(format!("{e:#}"));
     }
     // Pods first, then nodes, then the underlay: the order keeps no dangling veth.

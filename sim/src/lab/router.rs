@@ -65,7 +65,10 @@ pub(super) fn start(spec: &LabSpec, i: usize) -> Result<()> {
         ])
         .args(["--datapath", spec.datapath.as_str()])
         .args(["--encryption", if spec.encrypt { "on" } else { "off" }]);
-    if !peers.is_empty() {
+    if spec.kube {
+        // Peers come from the Node objects.
+        cmd.args(["--kube-peers", "--kube-api", &super::api_url()]);
+    } else if !peers.is_empty() {
         cmd.args(["--peers", &peers.join(",")]);
     }
     if !spec.trusted_subnets.is_empty() {
@@ -82,17 +85,7 @@ pub(super) fn start(spec: &LabSpec, i: usize) -> Result<()> {
     .stdin(Stdio::null())
     .stdout(log.try_clone()?)
     .stderr(log);
-    // SAFETY: setsid(2) is async-signal-safe; it detaches the router from the lab's session so
-    // a Ctrl-C on `lab up` does not reach it.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+    let child = spawn_detached(&mut cmd).with_context(|| format!("starting {}", bin.display()))?;
     std::fs::write(dir.join("router.pid"), child.id().to_string())?;
     Ok(())
 }
@@ -239,16 +232,40 @@ fn log_path(name: &str, i: usize) -> PathBuf {
     node_dir(name, i).join("router.log")
 }
 
+/// Spawns `cmd` in a session of its own (setsid), so a Ctrl-C on the lab command does not
+/// reach it.
+pub(super) fn spawn_detached(
+    cmd: &mut std::process::Command,
+) -> std::io::Result<std::process::Child> {
+    // SAFETY: setsid(2) is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// Finds the `weft` binary: `$WEFT_BIN`, else next to this executable (or its parent, for test
 /// binaries in `target/*/deps`).
 pub fn weft_binary() -> Result<PathBuf> {
     if let Ok(bin) = std::env::var("WEFT_BIN") {
         return Ok(PathBuf::from(bin));
     }
+    sibling_binary("weft")
+}
+
+/// The binary `name`: this executable when it is that, else next to it or its parent
+/// directory (test binaries live in `target/*/deps`).
+pub(super) fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
+    if exe.file_name().is_some_and(|n| n == name) {
+        return Ok(exe);
+    }
     let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     for _ in 0..2 {
-        let candidate = dir.join("weft");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
@@ -257,8 +274,8 @@ pub fn weft_binary() -> Result<PathBuf> {
         }
     }
     bail!(
-        "cannot find the weft binary next to {} (build it with `cargo build --workspace --bins`, \
-         or set WEFT_BIN)",
+        "cannot find the {name} binary next to {} (build it with `cargo build --workspace \
+         --bins`, or set WEFT_BIN for weft)",
         exe.display()
     )
 }

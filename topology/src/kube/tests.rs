@@ -54,6 +54,12 @@ fn a_node_from_its_status_addresses() {
         Node::from_status("Not_A_Name", []),
         Err(NodeError::Name(_))
     ));
+    // A long name of multi-byte characters is cut at a character boundary, not mid-character.
+    let long = "é".repeat(600);
+    let Err(NodeError::Name(kept)) = Node::from_status(&long, []) else {
+        panic!("accepted");
+    };
+    assert_eq!(kept.chars().count(), 512);
 }
 
 #[test]
