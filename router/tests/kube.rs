@@ -54,6 +54,28 @@ async fn an_unreachable_api_fails_the_start_with_the_url() {
     });
     let err = start_router(config).await.unwrap_err().to_string();
     assert!(err.contains("--kube-api"), "{err}");
+
+    // Nothing listens at the URL: the list (which the start makes, retrying for a minute)
+    // fails naming the URL and what failed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = KubeSettings {
+        api: Some(format!("http://127.0.0.1:{port}")),
+        token_file: dir.path().join("no-token"),
+        ..KubeSettings::in_cluster()
+    };
+    let (c, url) = weft_router::kube::client(&settings).unwrap();
+    let err = weft_router::kube::nodes::initial_list(&c, &url, Duration::ZERO)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("http://127.0.0.1:{port}")) && err.contains("listing nodes"),
+        "{err}"
+    );
 }
 
 /// The HTTPS path: the client trusts only the cluster CA it is given, sends the service
