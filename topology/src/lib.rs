@@ -33,6 +33,8 @@
 //!   pure reconcile of nodes into connect, forget and rmpeer actions.
 //! - [`cluster`]: the namespaces, pods and NetworkPolicies weft follows, as plain values with
 //!   the API's defaults applied, and the [`cluster::ClusterView`] a policy engine reads.
+//! - [`policy`]: NetworkPolicy enforcement; [`policy::reference::allowed`], the reference
+//!   evaluator (straight from the API text) the compiled rules are tested against.
 //!
 //! Short peer IDs are not used on the topology wire; the data plane may derive its own (at
 //! least 16 bits) later.
@@ -50,6 +52,7 @@ pub mod mesh;
 pub mod netfilter;
 pub mod peer;
 pub mod peers;
+pub mod policy;
 pub mod routes;
 pub mod settings;
 pub mod sleeve;
