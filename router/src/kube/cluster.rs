@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::convert;
 use super::health::{Health, KubeHealth};
-use super::watch::{Change, Skipped, follow};
+use super::watch::{Change, PAGE_SIZE, Skipped, follow};
 
 /// The cluster view in the status: its size and revision, and the pods on this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +172,3 @@ impl Kind {
         self.health.ok(objects, self.skipped.get());
     }
 }
-
-/// Objects per page of a list.
-const PAGE_SIZE: u32 = 500;

@@ -110,11 +110,6 @@ impl KubeHealth {
             changed
         });
     }
-
-    /// The current status.
-    pub fn current(&self) -> KubeStatus {
-        self.0.borrow().clone()
-    }
 }
 
 /// One watcher's reporting handle.
@@ -125,11 +120,6 @@ pub struct Health {
 }
 
 impl Health {
-    /// A handle that reports nowhere (tests).
-    pub fn detached(kind: &str) -> Self {
-        KubeHealth::new("").0.watch(kind)
-    }
-
     fn update(&self, f: impl FnOnce(&mut WatchStatus) -> bool) {
         self.status.0.send_if_modified(|s| {
             s.watches

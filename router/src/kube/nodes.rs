@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::KubeError;
 use super::health::Health;
-use super::watch::{Change, Skipped, follow};
+use super::watch::{Change, PAGE_SIZE, Skipped, follow};
 use crate::api::{ApiCommand, CommandError, CommandErrorKind, Reply};
 use crate::status::StatusReader;
 
@@ -446,7 +446,5 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Objects per page of a list.
-const PAGE_SIZE: u32 = 500;
 /// How often failed actions (refused rmpeers) are planned again.
 const RETRY: Duration = Duration::from_secs(10);

@@ -47,6 +47,9 @@ impl Skipped {
     }
 }
 
+/// Objects per page of a list (the initial one and each relist).
+pub const PAGE_SIZE: u32 = 500;
+
 /// The server ends each watch after this long and the client watches again from where it
 /// was; a watch silent for this plus 5 s is given up as dead (so a silent server or a dead
 /// connection is noticed within about a minute).

@@ -11,7 +11,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::faults::{FaultRequest, Verdict};
@@ -53,7 +53,8 @@ pub(crate) async fn handle(standin: StandIn, conn: u64, req: Request<Incoming>) 
         ));
     };
     standin.count(|c| *c.requests.entry((route.verb, route.kind)).or_default() += 1);
-    if !wait_unsilenced(&standin).await {
+    let mut faults = standin.inner.faults_changed.subscribe();
+    if !watch::wait_unsilenced(&standin.inner, &mut faults, std::future::pending()).await {
         return error(&ApiError::new(
             503,
             "ServiceUnavailable",
@@ -386,25 +387,6 @@ impl Query {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Waits while the stand-in is silent; false if its state went away.
-async fn wait_unsilenced(standin: &StandIn) -> bool {
-    let mut faults = standin.inner.faults_changed.subscribe();
-    loop {
-        faults.borrow_and_update();
-        let Some(until) = lock(&standin.inner.faults).silent_until(Instant::now()) else {
-            return true;
-        };
-        tokio::select! {
-            () = sleep_until(until) => {}
-            r = faults.changed() => {
-                if r.is_err() {
-                    return false;
-                }
-            }
-        }
     }
 }
 

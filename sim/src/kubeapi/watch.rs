@@ -146,7 +146,7 @@ async fn run(
             }
         }
         if !pending.is_empty() {
-            if !wait_unsilenced(inner, tx, &mut faults).await {
+            if !wait_unsilenced(inner, &mut faults, tx.closed()).await {
                 return;
             }
             // A drop fault closes the connection from its own task; until that task runs, this
@@ -186,7 +186,7 @@ async fn run(
             }
             () = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                 // Ending the stream is a byte on the wire too: not while silent.
-                wait_unsilenced(inner, tx, &mut faults).await;
+                wait_unsilenced(inner, &mut faults, tx.closed()).await;
                 return;
             }
             () = tx.closed() => return,
@@ -194,12 +194,14 @@ async fn run(
     }
 }
 
-/// Waits while the stand-in is silent; returns false if the client went away meanwhile.
-async fn wait_unsilenced(
+/// Waits while the stand-in is silent; false if its state went away or `gone` (the client
+/// leaving) finished first.
+pub(super) async fn wait_unsilenced(
     inner: &Inner,
-    tx: &mpsc::Sender<Bytes>,
     faults: &mut tokio::sync::watch::Receiver<u64>,
+    gone: impl Future<Output = ()>,
 ) -> bool {
+    tokio::pin!(gone);
     loop {
         faults.borrow_and_update();
         let Some(until) = lock(&inner.faults).silent_until(Instant::now()) else {
@@ -212,7 +214,7 @@ async fn wait_unsilenced(
                     return false;
                 }
             }
-            () = tx.closed() => return false,
+            () = &mut gone => return false,
         }
     }
 }

@@ -107,14 +107,7 @@ pub(super) fn stop_api(name: &str) -> Result<()> {
     };
     // SAFETY: kill(2) on a pid whose command line and namespace we checked are this lab's API.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let gone = wait_until(Duration::from_secs(5), || {
-        // SAFETY: reaps it if it is our own child; ECHILD otherwise is fine.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-    });
+    let gone = wait_until(Duration::from_secs(5), || !super::router::alive(pid));
     ensure!(
         gone,
         "the stand-in API of lab {name} (pid {pid}) does not exit"

@@ -213,7 +213,7 @@ pub(super) fn running_pid(name: &str, i: usize) -> Option<i32> {
 /// once it is a zombie alone. A killed router's main thread turns zombie while its other
 /// threads still exit, and those hold its sockets open until the last one is gone: a router
 /// started before then finds the old API socket still answering.
-fn alive(pid: i32) -> bool {
+pub(super) fn alive(pid: i32) -> bool {
     // SAFETY: waitpid with WNOHANG on a pid; ECHILD when it is not our child is fine.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
