@@ -156,6 +156,8 @@ pub enum StatusView {
     Ipam,
     /// Every peer and the connections it reports.
     Peers,
+    /// NetworkPolicy enforcement on this node.
+    Policy,
     /// One connection target per line.
     Targets,
 }
@@ -322,6 +324,10 @@ pub struct RouterArgs {
     /// The CA bundle (PEM) that signs the Kubernetes API server's certificate.
     #[arg(long, value_name = "FILE", default_value = crate::kube::DEFAULT_CA_FILE, env = "WEFT_KUBE_CA_FILE")]
     pub kube_ca_file: PathBuf,
+    /// Enforce the cluster's NetworkPolicies in this node's kernel (needs the Kubernetes API)
+    /// [default: on with --kube-api or --kube-peers, else off].
+    #[arg(long, value_enum, value_name = "on|off", env = "WEFT_NETWORK_POLICY")]
+    pub network_policy: Option<OnOff>,
 }
 
 impl RouterArgs {
@@ -373,6 +379,17 @@ impl RouterArgs {
                 ca_file: self.kube_ca_file,
                 discover_peers: self.kube_peers,
             });
+        let network_policy = match (self.network_policy, &kube) {
+            (Some(OnOff::On), None) => {
+                return Err(
+                    "--network-policy on needs the Kubernetes API: give --kube-api \
+                     or --kube-peers"
+                        .to_owned(),
+                );
+            }
+            (Some(setting), _) => setting == OnOff::On,
+            (None, kube) => kube.is_some(),
+        };
         Ok(RouterConfig {
             peers: self.peers.into_iter().filter(|p| !p.is_empty()).collect(),
             peers_file: self.peers_file,
@@ -397,6 +414,7 @@ impl RouterArgs {
             bind_addr: self.bind_addr,
             devices: true,
             kube,
+            network_policy,
         })
     }
 }
@@ -453,6 +471,7 @@ pub async fn run_client_command(
                 Some(StatusView::Connections) => "/status/connections",
                 Some(StatusView::Ipam) => "/status/ipam",
                 Some(StatusView::Peers) => "/status/peers",
+                Some(StatusView::Policy) => "/status/policy",
                 Some(StatusView::Targets) => "/status/targets",
             };
             let body = client.text(path).await?;

@@ -61,6 +61,8 @@ pub struct RouterConfig {
     pub devices: bool,
     /// Peer discovery from the Kubernetes API's Node objects (`--kube-peers`).
     pub kube: Option<crate::kube::KubeSettings>,
+    /// Enforce the cluster's NetworkPolicies (`--network-policy`; needs `kube`).
+    pub network_policy: bool,
 }
 
 /// Which data paths the router may use.
@@ -107,6 +109,7 @@ impl RouterConfig {
             bind_addr: Some(IpAddr::from([127, 0, 0, 1])),
             devices: false,
             kube: None,
+            network_policy: false,
         }
     }
 }

@@ -82,6 +82,14 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
             "MTU"
         );
         let warnings = crate::node_net::ensure_sysctls(Path::new("/proc/sys"));
+        let policy = match handles.cluster_view.clone() {
+            Some(view) => Some(crate::policy::PolicyFeed {
+                view,
+                node: config.nickname.clone(),
+                node_ips: crate::underlay::local_addresses(netlink.handle()).await,
+            }),
+            None => None,
+        };
         netfilter = Some(crate::node_net::spawn_rules(
             crate::node_net::RuleSettings {
                 pod_range: config.ipalloc_range,
@@ -91,6 +99,7 @@ pub async fn run(config: RouterConfig, handles: EngineHandles) -> Result<()> {
                 vxlan_port: config.vxlan_port,
             },
             tunnel_peers_rx,
+            policy,
             warnings,
             handles.metrics.clone(),
             handles.shutdown.clone(),

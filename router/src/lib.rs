@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod nft;
 pub mod node_net;
+pub mod policy;
 pub mod sleeve;
 pub mod status;
 pub mod status_text;
@@ -76,6 +77,8 @@ pub struct EngineHandles {
     /// The Kubernetes section of the status (watches, the node condition), with Kubernetes
     /// settings.
     pub kube: Option<watch::Receiver<kube::health::KubeStatus>>,
+    /// The cluster view, with `--network-policy on`: `None` inside until it is listed.
+    pub cluster_view: Option<policy::ViewFeed>,
 }
 
 /// What the start made of the Kubernetes settings, for the tasks that follow.
@@ -194,13 +197,17 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
 
     let mut node_addrs_rx = None;
     let mut kube_status = None;
+    let mut cluster_view = None;
     let mut kube_tasks = Vec::new();
     if let Some(start) = kube {
         kube_status = Some(start.health_rx);
         // Nodes first in the status, then the cluster view's kinds.
         let node_health = start.nodes.is_some().then(|| start.health.watch("Node"));
         // The cluster view; NetworkPolicy enforcement subscribes to it.
-        let (view_tx, _) = watch::channel(Default::default());
+        let (view_tx, view_rx) = watch::channel(None);
+        if config.network_policy {
+            cluster_view = Some(view_rx);
+        }
         kube_tasks.push(tokio::spawn(kube::cluster::run(
             start.client.clone(),
             config.nickname.clone(),
@@ -252,6 +259,7 @@ pub async fn start_router(mut config: RouterConfig) -> anyhow::Result<RunningRou
         shutdown: stop_rx,
         node_addrs: node_addrs_rx,
         kube: kube_status,
+        cluster_view,
     };
     // The engine owns all protocol state and returns once `handles.shutdown` turns true.
     let engine = tokio::spawn(daemon::run(config.clone(), handles));

@@ -129,6 +129,18 @@ impl Metrics {
         self.inner.nft_sync_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records how long a cluster view change took to reach the kernel's rules.
+    pub fn observe_policy_sync(&self, lag: std::time::Duration) {
+        let secs = lag.as_secs_f64();
+        let bucket = SYNC_BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(SYNC_BUCKETS.len());
+        let c = &self.inner.policy_sync;
+        c[bucket].fetch_add(1, Ordering::Relaxed);
+        c[SYNC_BUCKETS.len() + 1].fetch_add(lag.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// Returns the frames and bytes forwarded over a data path so far.
     pub fn forwarded(&self, datapath: Datapath) -> (u64, u64) {
         let i = datapath_index(datapath);
@@ -319,6 +331,10 @@ impl Metrics {
         let drops = status.netfilter.as_ref().map_or(0, |n| n.tunnel_drops);
         let _ = writeln!(out, "weft_tunnel_dropped_total {drops}");
 
+        if let Some(p) = status.netfilter.as_ref().and_then(|n| n.policy.as_ref()) {
+            self.render_policy(&mut out, p);
+        }
+
         header(
             &mut out,
             "weft_forwarded_frames_total",
@@ -409,6 +425,75 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The NetworkPolicy metrics (with `--network-policy on`).
+    fn render_policy(&self, out: &mut String, p: &crate::policy::PolicyStatus) {
+        header(
+            out,
+            "weft_policy_dropped_packets_total",
+            "counter",
+            "New connections' packets NetworkPolicy dropped, by the direction whose rules \
+             dropped them (held: before the first sync after a boot); read at each reconcile.",
+        );
+        for (direction, n) in [
+            ("egress", p.dropped_egress),
+            ("ingress", p.dropped_ingress),
+            ("held", p.dropped_held),
+        ] {
+            let _ = writeln!(
+                out,
+                "weft_policy_dropped_packets_total{{direction=\"{direction}\"}} {n}"
+            );
+        }
+        header(
+            out,
+            "weft_policy_enforced",
+            "gauge",
+            "1 when the kernel holds the rules of the current cluster view and bridged traffic \
+             meets them.",
+        );
+        let enforced = p.state == crate::policy::PolicyState::Enforcing;
+        let _ = writeln!(out, "weft_policy_enforced {}", u8::from(enforced));
+        header(
+            out,
+            "weft_policy_rules",
+            "gauge",
+            "Rules of weft's NetworkPolicy chains.",
+        );
+        let _ = writeln!(out, "weft_policy_rules {}", p.rules);
+        header(
+            out,
+            "weft_policy_sets",
+            "gauge",
+            "Address sets of weft's NetworkPolicy rules.",
+        );
+        let _ = writeln!(out, "weft_policy_sets {}", p.sets);
+        header(
+            out,
+            "weft_policy_sync_seconds",
+            "histogram",
+            "Time from a cluster view change to its rules in the kernel.",
+        );
+        let c = &self.inner.policy_sync;
+        let mut cumulative = 0;
+        for (i, le) in SYNC_BUCKETS.iter().enumerate() {
+            cumulative += load(&c[i]);
+            let _ = writeln!(
+                out,
+                "weft_policy_sync_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += load(&c[SYNC_BUCKETS.len()]);
+        let _ = writeln!(
+            out,
+            "weft_policy_sync_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = load(&c[SYNC_BUCKETS.len() + 1]) as f64 / 1e6;
+        let _ = writeln!(out, "weft_policy_sync_seconds_sum {sum}");
+        let _ = writeln!(out, "weft_policy_sync_seconds_count {cumulative}");
+    }
+}
+
 impl GossipDirection {
     /// Returns the label value.
     pub fn as_str(self) -> &'static str {
@@ -484,7 +569,13 @@ struct Counters {
     refused_not_a_node: AtomicU64,
     /// Local HTTP connections closed by weft, by server and reason.
     http_closed: [[AtomicU64; HttpClosed::ALL.len()]; HttpServer::ALL.len()],
+    /// NetworkPolicy sync latency: per bucket of [`SYNC_BUCKETS`] (and +Inf), then the sum in
+    /// microseconds.
+    policy_sync: [AtomicU64; SYNC_BUCKETS.len() + 2],
 }
+
+/// Upper bounds (seconds) of the policy sync latency histogram's buckets.
+const SYNC_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// One of the router's local HTTP servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

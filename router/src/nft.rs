@@ -11,7 +11,8 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-use topology::netfilter::reconcile::{Present, plan_table};
+use topology::netfilter::policy;
+use topology::netfilter::reconcile::{Present, plan_keeping};
 use topology::netfilter::wire::{
     self, NETLINK_NETFILTER, Op, PresentChain, PresentRule, Reply, decode_replies,
 };
@@ -43,6 +44,9 @@ pub struct NetfilterStatus {
     /// Datagrams to the tunnel ports dropped because their source is no peer.
     #[serde(default)]
     pub tunnel_drops: u64,
+    /// NetworkPolicy enforcement (`--network-policy on`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::PolicyStatus>,
 }
 
 /// A netlink socket to nf_tables.
@@ -61,6 +65,10 @@ pub struct Reconciled {
     pub forward_drop: Vec<String>,
     /// Datagrams the tunnel filter dropped (non-peers), read before this reconcile.
     pub tunnel_drops: u64,
+    /// The policy part wanted.
+    pub policy: policy::Programmed,
+    /// The counters of the policy chains' rules, read before this reconcile.
+    pub policy_counts: Vec<policy::RuleCount>,
 }
 
 impl Nft {
@@ -262,17 +270,19 @@ impl Nft {
         Ok(sets)
     }
 
-    /// Brings weft's table to `wanted`: reads what the kernel holds and sends what differs.
+    /// Brings weft's table to `wanted` (no policy part): reads what the kernel holds and
+    /// sends what differs.
     ///
     /// # Errors
     /// A failed dump, or the operation the kernel refused.
     pub fn reconcile(&mut self, wanted: &[Chain]) -> io::Result<Reconciled> {
-        self.reconcile_table(wanted, &[], false)
+        self.reconcile_table(wanted, &[], false, policy::Want::Off)
     }
 
-    /// Brings weft's table to the `wanted` chains and sets; with `keep_elements`, elements the
-    /// sets hold already stay (a router just started does not know its peers yet, and must
-    /// not cut them off from the tunnels in the meantime).
+    /// Brings weft's table to the `wanted` chains and sets plus the policy part `policy`
+    /// wants; with `keep_peers`, the tunnels' peer sets keep the elements they hold already
+    /// (a router just started does not know its peers yet, and must not cut them off from the
+    /// tunnels in the meantime).
     ///
     /// # Errors
     /// A failed dump, or the operation the kernel refused.
@@ -280,30 +290,49 @@ impl Nft {
         &mut self,
         wanted: &[Chain],
         sets: &[Set],
-        keep_elements: bool,
+        keep_peers: bool,
+        policy: policy::Want<'_>,
     ) -> io::Result<Reconciled> {
         let chains = self.chains()?;
         let rules = self.rules()?;
         let present = Present::from_dumps(&chains, &rules).with_sets(self.sets()?);
+        let programmed = policy::resolve(policy, &present);
         let mut sets = sets.to_vec();
-        if keep_elements {
-            for set in &mut sets {
+        if keep_peers {
+            for set in sets
+                .iter_mut()
+                .filter(|s| s.name == tunnels::PEERS4 || s.name == tunnels::PEERS6)
+            {
                 let held = present.sets.get(&set.name).into_iter().flatten();
                 set.elements.extend(held.filter_map(|k| ip_of(k)));
             }
         }
-        let ops = plan_table(wanted, &sets, &present);
+        sets.extend(programmed.sets.iter().cloned());
+        let mut all = programmed.chains.clone();
+        all.extend(wanted.iter().cloned());
+        let keep = programmed.keep_present;
+        let ops = plan_keeping(&all, &sets, &present, |name| keep && policy::owns(name));
         self.apply(&ops)?;
+        let in_table = |r: &&PresentRule| r.table == topology::netfilter::TABLE;
         // What the tunnel filter dropped so far (its rules' counters, as the dump read them).
         let tunnel_drops = rules
             .iter()
-            .filter(|r| r.chain == tunnels::CHAIN && r.table == topology::netfilter::TABLE)
+            .filter(in_table)
+            .filter(|r| r.chain == tunnels::CHAIN)
             .filter_map(|r| r.packets)
             .sum();
+        let policy_counts = rules
+            .iter()
+            .filter(in_table)
+            .filter(|r| policy::owns(&r.chain))
+            .filter_map(|r| Some((r.chain.clone(), r.handle, r.key.clone(), r.packets?)))
+            .collect();
         Ok(Reconciled {
             ops,
             forward_drop: forward_drop(&chains),
             tunnel_drops,
+            policy: programmed,
+            policy_counts,
         })
     }
 

@@ -15,13 +15,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use std::time::Instant;
 use tokio::sync::watch;
 use topology::netfilter::masquerade::{self, MasqueradeSettings};
+use topology::netfilter::policy::Want;
 use topology::netfilter::{Chain, Set, tunnels};
-use tracing::{info, warn};
+use topology::policy::RuleSet;
+use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::nft::{NetfilterStatus, Nft};
+use crate::policy::{Enforcer, PolicyFeed, PolicyStatus};
 
 /// How often the rules are checked while all is well.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
@@ -101,10 +105,12 @@ impl RuleSettings {
 }
 
 /// Reconciles weft's table until `shutdown`: every [`RECONCILE_INTERVAL`], and at once when
-/// `peers` (the underlay addresses the tunnel ports accept) changes. Returns the status.
+/// `peers` (the underlay addresses the tunnel ports accept) or, with `policy`, the cluster
+/// view changes. Returns the status.
 pub fn spawn_rules(
     settings: RuleSettings,
     mut peers: watch::Receiver<BTreeSet<IpAddr>>,
+    policy: Option<PolicyFeed>,
     sysctl_warnings: Vec<String>,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
@@ -124,9 +130,12 @@ pub fn spawn_rules(
         sysctl_warnings,
         tunnel_peers: 0,
         tunnel_drops: 0,
+        policy: policy.as_ref().map(|_| PolicyStatus::default()),
     };
     let (tx, rx) = watch::channel(initial.clone());
     let started = tokio::time::Instant::now();
+    let mut view_rx = policy.as_ref().map(|p| p.view.clone());
+    let mut enforcer = Enforcer::default();
     tokio::spawn(async move {
         let mut nft: Option<Nft> = None;
         let mut retry = Duration::from_secs(1);
@@ -134,20 +143,35 @@ pub fn spawn_rules(
             let addrs = peers.borrow_and_update().clone();
             let (chains, sets) = settings.wanted(&addrs);
             let keep = started.elapsed() < PEERS_GRACE;
+            let view = view_rx.as_mut().and_then(|v| v.borrow_and_update().clone());
+            if let Some(v) = &view {
+                enforcer.view_changed(v.revision(), Instant::now());
+            }
+            let feed = policy.clone();
+            let pod_range = settings.pod_range;
             let mut socket = nft.take();
-            let (outcome, socket) = tokio::task::spawn_blocking(move || {
+            let (outcome, socket, compiled) = tokio::task::spawn_blocking(move || {
+                let compiled = match (&feed, &view) {
+                    (Some(f), Some(v)) => Some(RuleSet::compile(v, &f.node, &f.node_ips)),
+                    _ => None,
+                };
+                let want = match (&feed, &compiled) {
+                    (None, _) => Want::Off,
+                    (Some(_), None) => Want::Pending { pod_range },
+                    (Some(_), Some(rules)) => Want::Rules(rules),
+                };
                 let result = match socket.as_mut() {
-                    Some(s) => s.reconcile_table(&chains, &sets, keep),
+                    Some(s) => s.reconcile_table(&chains, &sets, keep, want),
                     None => Nft::open().and_then(|mut s| {
-                        let r = s.reconcile_table(&chains, &sets, keep);
+                        let r = s.reconcile_table(&chains, &sets, keep, want);
                         socket = Some(s);
                         r
                     }),
                 };
-                (result, socket)
+                (result, socket, compiled.map(|c| (c, view)))
             })
             .await
-            .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None));
+            .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None, None));
             nft = socket;
             let mut status = initial.clone();
             status.tunnel_peers = addrs.len();
@@ -155,13 +179,34 @@ pub fn spawn_rules(
             let wait = match outcome {
                 Ok(done) => {
                     if !done.ops.is_empty() {
-                        let what: Vec<String> = done.ops.iter().map(|o| o.describe()).collect();
-                        info!(ops = ?what, "nftables rules reconciled");
+                        let what: Vec<String> =
+                            done.ops.iter().take(20).map(|o| o.describe()).collect();
+                        info!(ops = done.ops.len(), first = ?what, "nftables rules reconciled");
                     }
                     if done.forward_drop != tx.borrow().forward_drop
                         && !done.forward_drop.is_empty()
                     {
                         warn!(chains = ?done.forward_drop, "another table's forward hook drops by policy: routed pod traffic may be lost");
+                    }
+                    if policy.is_some() {
+                        let (rules, view) = compiled.map_or((None, None), |(r, v)| (Some(r), v));
+                        let lag = enforcer.synced(
+                            view.as_deref(),
+                            rules.as_ref(),
+                            &done.policy,
+                            &done.policy_counts,
+                            Instant::now(),
+                        );
+                        if let Some(lag) = lag {
+                            metrics.observe_policy_sync(lag);
+                        }
+                        if let Some(why) = crate::policy::bridge_check(Path::new("/proc/sys")) {
+                            if enforcer.status.error.is_none() {
+                                error!("NetworkPolicy is NOT enforced: {why}");
+                            }
+                            enforcer.failed(why);
+                        }
+                        status.policy = Some(enforcer.status.clone());
                     }
                     status.in_place = true;
                     status.forward_drop = done.forward_drop;
@@ -173,6 +218,10 @@ pub fn spawn_rules(
                     metrics.inc_nft_sync_error();
                     warn!(error = %e, retry_in = ?retry, "nftables rules not in place");
                     status.error = Some(e.to_string());
+                    if policy.is_some() {
+                        enforcer.failed(format!("rules not programmed: {e}"));
+                        status.policy = Some(enforcer.status.clone());
+                    }
                     // A socket in an unknown state is not reused.
                     nft = None;
                     let wait = retry;
@@ -181,11 +230,22 @@ pub fn spawn_rules(
                 }
             };
             tx.send_replace(status);
+            let view_changed = async {
+                match view_rx.as_mut() {
+                    Some(v) => v.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 changed = peers.changed() => {
                     if changed.is_err() {
                         return;
+                    }
+                }
+                alive = view_changed => {
+                    if !alive {
+                        view_rx = None;
                     }
                 }
                 _ = shutdown.changed() => return,

@@ -19,6 +19,7 @@
 //!
 //! This module only formats; it never reads the engine.
 
+use crate::policy::{PolicyState, PolicyStatus};
 use std::fmt::Write as _;
 
 use crate::status::{
@@ -85,6 +86,9 @@ pub fn render_status(status: &RouterStatus) -> String {
         for warning in &nf.sysctl_warnings {
             label(&mut out, "Warning", warning);
         }
+        if let Some(p) = &nf.policy {
+            label(&mut out, "NetworkPolicy", &policy_line(p));
+        }
     }
     if let Some(k) = &status.kubernetes {
         out.push('\n');
@@ -133,6 +137,74 @@ fn watch_line(w: &crate::kube::health::WatchStatus) -> String {
         line.push_str(&format!("; {} skipped as unusable", w.skipped));
     }
     line
+}
+
+/// One line for NetworkPolicy enforcement.
+fn policy_line(p: &PolicyStatus) -> String {
+    match p.state {
+        PolicyState::Holding => {
+            "holding: new pod connections dropped until the cluster view is listed".to_owned()
+        }
+        PolicyState::Kept => {
+            "keeping the previous router's rules until the cluster view is listed".to_owned()
+        }
+        PolicyState::Enforcing => format!(
+            "enforcing {} {} on {} of {} local pods",
+            p.policies,
+            if p.policies == 1 {
+                "policy"
+            } else {
+                "policies"
+            },
+            p.isolated_pods,
+            p.local_pods
+        ),
+        PolicyState::NotEnforced => format!(
+            "NOT ENFORCED: {}",
+            p.error.as_deref().unwrap_or("unknown reason")
+        ),
+    }
+}
+
+/// Renders the body of `GET /status/policy`: NetworkPolicy enforcement on this node.
+pub fn render_policy(status: &RouterStatus) -> String {
+    let Some(p) = status.netfilter.as_ref().and_then(|n| n.policy.as_ref()) else {
+        return "NetworkPolicy: off (--network-policy off, or no Kubernetes API)\n".to_owned();
+    };
+    let mut out = String::new();
+    label(&mut out, "NetworkPolicy", &policy_line(p));
+    if let Some(revision) = p.revision {
+        label(&mut out, "Revision", &revision.to_string());
+    }
+    label(
+        &mut out,
+        "Rules",
+        &format!("{} rules, {} address sets", p.rules, p.sets),
+    );
+    if let Some(at) = p.last_sync_unix_ms {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let ago = now.saturating_sub(at) / 1000;
+        let lag = p
+            .last_sync_lag_ms
+            .map_or_else(String::new, |l| format!(", {l} ms after the change"));
+        label(&mut out, "LastSync", &format!("{ago} s ago{lag}"));
+    }
+    label(
+        &mut out,
+        "Dropped",
+        &format!(
+            "{} egress, {} ingress, {} held (packets of new connections)",
+            p.dropped_egress, p.dropped_ingress, p.dropped_held
+        ),
+    );
+    if let Some(e) = &p.error
+        && p.state != PolicyState::NotEnforced
+    {
+        label(&mut out, "Error", e);
+    }
+    out
 }
 
 fn rules_line(nf: &crate::nft::NetfilterStatus) -> String {

@@ -131,6 +131,25 @@ fn route_mtu(ip: IpAddr, bind: Option<IpAddr>) -> std::io::Result<u32> {
     Ok(mtu as u32)
 }
 
+/// Every address of the node's network namespace but loopback and IPv6 link-local ones (the
+/// node's own, for NetworkPolicy: traffic between them and local pods always passes).
+pub async fn local_addresses(handle: &Handle) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut addrs = handle.address().get().execute();
+    while let Ok(Some(msg)) = addrs.try_next().await {
+        for a in &msg.attributes {
+            if let AddressAttribute::Address(a) = a
+                && !a.is_loopback()
+                && !matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local())
+                && !out.contains(a)
+            {
+                out.push(*a);
+            }
+        }
+    }
+    out
+}
+
 async fn interface_of_address(handle: &Handle, addr: IpAddr) -> Option<u32> {
     let mut addrs = handle.address().get().execute();
     while let Ok(Some(msg)) = addrs.try_next().await {

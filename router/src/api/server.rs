@@ -208,6 +208,7 @@ const ROUTES: &[(&str, Method, Access)] = &[
     ("/status/connections", Method::GET, Access::ReadOnly),
     ("/status/ipam", Method::GET, Access::ReadOnly),
     ("/status/peers", Method::GET, Access::ReadOnly),
+    ("/status/policy", Method::GET, Access::ReadOnly),
     ("/status/targets", Method::GET, Access::ReadOnly),
 ];
 
@@ -333,6 +334,9 @@ async fn handle(req: Request<Incoming>, state: Arc<ApiState>, origin: Origin) ->
             Some(ipam) => text(StatusCode::OK, status_text::render_ipam(ipam)),
             None => error(StatusCode::NOT_IMPLEMENTED, IPAM_NOT_AVAILABLE.to_owned()),
         },
+        (Method::GET, "/status/policy") => {
+            text(StatusCode::OK, status_text::render_policy(&status))
+        }
         (Method::GET, "/report") => json(StatusCode::OK, &*status),
         (Method::GET, "/encryption") => json(StatusCode::OK, &status.encryption),
         (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),

@@ -73,7 +73,7 @@ pub async fn run(
     client: kube::Client,
     me: String,
     health: KubeHealth,
-    view_tx: watch::Sender<Arc<ClusterView>>,
+    view_tx: watch::Sender<Option<Arc<ClusterView>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let kinds = [
@@ -102,27 +102,33 @@ pub async fn run(
     );
     let (mut namespaces, mut pods, mut policies) = (pin!(namespaces), pin!(pods), pin!(policies));
     let mut view = ClusterView::new();
+    // The view is published once every kind has been listed: enforcing a half-listed view
+    // would open (or close) what the cluster's policies do not.
+    let mut listed = [false; 3];
     loop {
         let changed = tokio::select! {
-            Some(c) = namespaces.next() => kinds[0].event(c).is_some_and(|e| {
+            Some(c) = namespaces.next() => kinds[0].event(c, &mut listed[0]).is_some_and(|e| {
                 let changed = e.is_some_and(|e| view.handle_namespaces(e));
                 kinds[0].ok(view.namespace_count());
                 changed
             }),
-            Some(c) = pods.next() => kinds[1].event(c).is_some_and(|e| {
+            Some(c) = pods.next() => kinds[1].event(c, &mut listed[1]).is_some_and(|e| {
                 let changed = e.is_some_and(|e| view.handle_pods(e));
                 kinds[1].ok(view.pod_count());
                 changed
             }),
-            Some(c) = policies.next() => kinds[2].event(c).is_some_and(|e| {
+            Some(c) = policies.next() => kinds[2].event(c, &mut listed[2]).is_some_and(|e| {
                 let changed = e.is_some_and(|e| view.handle_policies(e));
                 kinds[2].ok(view.policy_count());
                 changed
             }),
             _ = shutdown.wait_for(|s| *s) => break,
         };
-        if changed {
-            view_tx.send_replace(Arc::new(view.clone()));
+        let complete = listed.iter().all(|l| *l);
+        if changed || (complete && view_tx.borrow().is_none()) {
+            if complete {
+                view_tx.send_replace(Some(Arc::new(view.clone())));
+            }
             health.cluster(ClusterSummary::of(&view, &me));
         }
     }
@@ -146,8 +152,12 @@ impl Kind {
     }
 
     /// The view's event for one item of the stream: `None` when the watch failed (reported
-    /// here), `Some(None)` when nothing is to change.
-    fn event<T>(&self, item: Result<Change<T>, watcher::Error>) -> Option<Option<Event<T>>> {
+    /// here), `Some(None)` when nothing is to change; a relist sets `listed`.
+    fn event<T>(
+        &self,
+        item: Result<Change<T>, watcher::Error>,
+        listed: &mut bool,
+    ) -> Option<Option<Event<T>>> {
         match item {
             Err(e) => {
                 let e = super::chain(&e);
@@ -158,7 +168,10 @@ impl Kind {
                 self.health.failed(e);
                 None
             }
-            Ok(Change::Restarted(all)) => Some(Some(Event::Restarted(all))),
+            Ok(Change::Restarted(all)) => {
+                *listed = true;
+                Some(Some(Event::Restarted(all)))
+            }
             Ok(Change::Applied(t)) => Some(Some(Event::Applied(t))),
             Ok(Change::Deleted { namespace, name }) => {
                 Some(Some(Event::Deleted { namespace, name }))

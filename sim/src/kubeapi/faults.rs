@@ -24,6 +24,15 @@ pub enum Fault {
         /// How many requests, or for how long.
         span: Span,
     },
+    /// Answers API requests for objects of `kind` only with `code` (the other kinds work).
+    FailKind {
+        /// The HTTP status code.
+        code: u16,
+        /// The kind whose requests fail.
+        kind: super::Kind,
+        /// How many of its requests, or for how long.
+        span: Span,
+    },
     /// Accepts requests but answers nothing for `duration`: requests wait, open watches get
     /// no events and no bookmarks; all of it is delivered when the silence ends.
     Silence {
@@ -61,6 +70,7 @@ pub(crate) enum Verdict {
 pub(crate) struct FaultState {
     throttle: Option<(u32, Remaining)>,
     fail: Option<(u16, Remaining)>,
+    fail_kind: Option<(u16, super::Kind, Remaining)>,
     silent_until: Option<Instant>,
 }
 
@@ -98,6 +108,9 @@ impl FaultState {
             Fault::Clear => *self = Self::default(),
             Fault::Compact | Fault::DropConnections => {}
             Fault::Fail { code, span } => self.fail = Some((*code, Remaining::new(*span, now))),
+            Fault::FailKind { code, kind, span } => {
+                self.fail_kind = Some((*code, *kind, Remaining::new(*span, now)));
+            }
             Fault::Silence { duration } => self.silent_until = Some(now + *duration),
             Fault::Throttle { retry_after, span } => {
                 self.throttle = Some((*retry_after, Remaining::new(*span, now)));
@@ -108,6 +121,19 @@ impl FaultState {
     /// Returns the end of the current silence, if one is in effect.
     pub(crate) fn silent_until(&self, now: Instant) -> Option<Instant> {
         self.silent_until.filter(|&t| t > now)
+    }
+
+    /// Decides how one API request for objects of `kind` is answered.
+    pub(crate) fn verdict_for(&mut self, now: Instant, kind: super::Kind) -> Verdict {
+        if let Some((code, of, remaining)) = &mut self.fail_kind
+            && *of == kind
+        {
+            if remaining.take(now) {
+                return Verdict::Fail(*code);
+            }
+            self.fail_kind = None;
+        }
+        self.verdict(now)
     }
 
     /// Decides how one API request is answered, using up a request of a counted fault.
@@ -129,7 +155,8 @@ impl FaultState {
 }
 
 /// The JSON body of `POST /weft-standin/faults`, e.g. `{"fault":"throttle","retryAfter":1,
-/// "requests":3}` or `{"fault":"silence","seconds":2.5}`.
+/// "requests":3}`, `{"fault":"silence","seconds":2.5}` or `{"fault":"fail","code":500,
+/// "seconds":30,"kind":"Pod"}` (only that kind's requests fail).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct FaultRequest {
@@ -138,6 +165,7 @@ pub(crate) struct FaultRequest {
     retry_after: Option<u32>,
     requests: Option<u32>,
     seconds: Option<f64>,
+    kind: Option<String>,
 }
 
 impl FaultRequest {
@@ -167,7 +195,18 @@ impl FaultRequest {
                 if !(400..600).contains(&code) {
                     return Err(format!("code {code} is not an error code"));
                 }
-                Ok(Fault::Fail { code, span: span? })
+                match self.kind {
+                    None => Ok(Fault::Fail { code, span: span? }),
+                    Some(k) => {
+                        let kind =
+                            super::Kind::parse(&k).ok_or_else(|| format!("unknown kind {k}"))?;
+                        Ok(Fault::FailKind {
+                            code,
+                            kind,
+                            span: span?,
+                        })
+                    }
+                }
             }
             "silence" => {
                 let duration = duration.ok_or("silence needs seconds")?;

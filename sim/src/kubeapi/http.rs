@@ -65,7 +65,7 @@ pub(crate) async fn handle(standin: StandIn, conn: u64, req: Request<Incoming>) 
         standin.count(|c| c.unauthorized += 1);
         return error(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     }
-    let verdict = lock(&standin.inner.faults).verdict(Instant::now());
+    let verdict = lock(&standin.inner.faults).verdict_for(Instant::now(), route.kind);
     match verdict {
         Verdict::Pass => {}
         Verdict::Fail(code) => {

@@ -207,7 +207,11 @@ impl StandIn {
         match &fault {
             Fault::Compact => lock(&self.inner.store).compact(),
             Fault::DropConnections => self.inner.drops.send_modify(|d| *d = (d.0 + 1, spare)),
-            Fault::Clear | Fault::Fail { .. } | Fault::Silence { .. } | Fault::Throttle { .. } => {
+            Fault::Clear
+            | Fault::Fail { .. }
+            | Fault::FailKind { .. }
+            | Fault::Silence { .. }
+            | Fault::Throttle { .. } => {
                 lock(&self.inner.faults).set(&fault, tokio::time::Instant::now());
             }
         }

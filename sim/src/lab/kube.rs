@@ -284,6 +284,19 @@ pub fn delete(name: &str, file: &Path) -> Result<Vec<String>> {
     Ok(done)
 }
 
+/// Puts a fault into the lab's API server (the body of `POST /weft-standin/faults`, e.g.
+/// `{"fault":"fail","code":500,"seconds":30}` or `{"fault":"clear"}`).
+///
+/// # Errors
+/// Fails when the stand-in refuses the fault or cannot be reached.
+pub fn fault(name: &str, fault: &Value) -> Result<()> {
+    let (code, body) = request(name, "POST", "/weft-standin/faults", Some(fault))?;
+    if !(200..300).contains(&code) {
+        bail!("fault {fault}: HTTP {code}: {body}");
+    }
+    Ok(())
+}
+
 /// `lab kube NAME get KIND [NS/NAME]`: one object, or a list of every object of the kind.
 ///
 /// # Errors

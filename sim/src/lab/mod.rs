@@ -44,9 +44,18 @@ pub use kube::{API_PORT, PodMeta, api_url, read_objects};
 pub use pod::{pod_add, pod_add_with, pod_del};
 pub use router::{RouterAction, weft_binary};
 
+/// Finds the `weft-sim` binary (this executable, or the one beside it or its parent
+/// directory), which lab tools run inside pods.
+///
+/// # Errors
+/// When there is none.
+pub fn sim_binary() -> Result<PathBuf> {
+    router::sibling_binary("weft-sim")
+}
+
 /// `weft-sim lab kube NAME apply|delete|get`: the lab's Kubernetes objects.
 pub mod objects {
-    pub use super::kube::{apply, delete, get};
+    pub use super::kube::{apply, delete, fault, get};
 }
 
 /// Where labs keep their files.

@@ -68,6 +68,7 @@ pub(super) fn start(spec: &LabSpec, i: usize) -> Result<()> {
     if spec.kube {
         // Peers come from the Node objects.
         cmd.args(["--kube-peers", "--kube-api", &super::api_url()]);
+        cmd.args(["--network-policy", "on"]);
     } else if !peers.is_empty() {
         cmd.args(["--peers", &peers.join(",")]);
     }

@@ -1,9 +1,9 @@
 //! weft's packet rules: what nftables should hold, and how to get there from what it holds.
 //!
 //! weft owns one nftables table (`inet weft`). Its content is a pure function of the router's
-//! settings ([`masquerade`] builds the NAT chain today; NetworkPolicy and the tunnel-port filter
-//! add chains later). The router's shell reads what the kernel holds ([`wire`] decodes the
-//! netlink dump), asks [`reconcile::plan`] for the operations that turn it into what is wanted,
+//! settings and the cluster ([`masquerade`] builds the NAT chain, [`tunnels`] the tunnel-port
+//! filter, [`policy`] NetworkPolicy's chains and sets). The router's shell reads what the
+//! kernel holds ([`wire`] decodes the netlink dump), asks [`reconcile::plan`] for the operations that turn it into what is wanted,
 //! and sends them as one netlink batch, which the kernel applies atomically: a packet meets the
 //! old rules or the new ones, never an empty chain.
 //!
@@ -14,6 +14,7 @@
 //! Pure: no sockets; [`wire`] only builds and parses bytes.
 
 pub mod masquerade;
+pub mod policy;
 pub mod reconcile;
 pub mod tunnels;
 pub mod wire;
@@ -127,6 +128,10 @@ pub enum CmpOp {
     Eq = 0,
     /// Not equal.
     Neq = 1,
+    /// Less than or equal (byte-wise, so big-endian numbers compare as numbers).
+    Lte = 3,
+    /// Greater than or equal (byte-wise).
+    Gte = 5,
 }
 
 /// Verdicts (`NF_*` and `NFT_*`).
@@ -194,6 +199,10 @@ pub enum Expr {
     Masquerade,
     /// Count packets and bytes.
     Counter,
+    /// Load the connection's tracking state (`ct state`, 4 bytes in host order) into register 1.
+    CtState,
+    /// Jump to a regular chain of weft's table; a `return` there comes back to the next rule.
+    Jump(String),
     /// Look register 1 up in a set of weft's table; the rule stops here when it is found
     /// (`invert`: when it is not).
     Lookup {

@@ -70,6 +70,18 @@ pub fn plan(wanted: &[Chain], present: &Present) -> Vec<Op> {
 /// The operations that make `present` hold exactly the `wanted` chains and sets (empty when
 /// it does).
 pub fn plan_table(wanted: &[Chain], sets: &[Set], present: &Present) -> Vec<Op> {
+    plan_keeping(wanted, sets, present, |_| false)
+}
+
+/// As [`plan_table`], but chains and sets the kernel holds that are not wanted and whose name
+/// `keep` accepts are left as they are (a part of the table whose owner is not ready to say
+/// what it wants).
+pub fn plan_keeping(
+    wanted: &[Chain],
+    sets: &[Set],
+    present: &Present,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<Op> {
     let mut ops = Vec::new();
     if !present.table {
         ops.push(Op::AddTable);
@@ -132,7 +144,7 @@ pub fn plan_table(wanted: &[Chain], sets: &[Set], present: &Present) -> Vec<Op> 
         }
     }
     for (name, (_, rules)) in &present.chains {
-        if wanted.iter().any(|c| &c.name == name) {
+        if wanted.iter().any(|c| &c.name == name) || keep(name) {
             continue;
         }
         for (handle, _) in rules {
@@ -144,7 +156,7 @@ pub fn plan_table(wanted: &[Chain], sets: &[Set], present: &Present) -> Vec<Op> 
         ops.push(Op::DelChain(name.clone()));
     }
     for name in present.sets.keys() {
-        if !sets.iter().any(|s| &s.name == name) {
+        if !sets.iter().any(|s| &s.name == name) && !keep(name) {
             ops.push(Op::DelSet(name.clone()));
         }
     }

@@ -69,6 +69,9 @@ const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+/// `NFT_JUMP`.
+const NFT_JUMP: i32 = -3;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
@@ -265,6 +268,19 @@ pub fn encode_exprs(buf: &mut Vec<u8>, exprs: &[Expr]) {
                         attr_be32(b, NFTA_VERDICT_CODE, v.code() as u32);
                     });
                 });
+            }),
+            Expr::Jump(chain) => expr(buf, "immediate", |b| {
+                attr_be32(b, 1, REG_VERDICT); // NFTA_IMMEDIATE_DREG
+                nested(b, 2, |b| {
+                    nested(b, NFTA_DATA_VERDICT, |b| {
+                        attr_be32(b, NFTA_VERDICT_CODE, NFT_JUMP as u32);
+                        attr_str(b, NFTA_VERDICT_CHAIN, chain);
+                    });
+                });
+            }),
+            Expr::CtState => expr(buf, "ct", |b| {
+                attr_be32(b, 1, REG_1); // NFTA_CT_DREG
+                attr_be32(b, 2, 0); // NFTA_CT_KEY: NFT_CT_STATE
             }),
             Expr::Masquerade => expr(buf, "masq", |_| {}),
             Expr::Counter => expr(buf, "counter", |_| {}),
