@@ -143,10 +143,11 @@ pub fn spawn_rules(
             let addrs = peers.borrow_and_update().clone();
             let (chains, sets) = settings.wanted(&addrs);
             let keep = started.elapsed() < PEERS_GRACE;
-            let view = view_rx.as_mut().and_then(|v| v.borrow_and_update().clone());
-            if let Some(v) = &view {
-                enforcer.view_changed(v.revision(), Instant::now());
+            let published = view_rx.as_mut().and_then(|v| v.borrow_and_update().clone());
+            if let Some(p) = &published {
+                enforcer.view_changed(p.view.revision(), p.at);
             }
+            let view = published.map(|p| p.view);
             let feed = policy.clone();
             let pod_range = settings.pod_range;
             let mut socket = nft.take();

@@ -21,7 +21,16 @@ use tracing::warn;
 
 /// The cluster view as the rules task receives it: `None` until Namespaces, Pods and
 /// NetworkPolicies have each been listed once.
-pub type ViewFeed = watch::Receiver<Option<Arc<ClusterView>>>;
+pub type ViewFeed = watch::Receiver<Option<PublishedView>>;
+
+/// One revision of the cluster view, and when the watch event that made it arrived.
+#[derive(Debug, Clone)]
+pub struct PublishedView {
+    /// The view.
+    pub view: Arc<ClusterView>,
+    /// When it was published.
+    pub at: Instant,
+}
 
 /// The sysctl without which bridged pod traffic never meets the rules.
 pub const BRIDGE_NF_SYSCTL: &str = "net/bridge/bridge-nf-call-iptables";
@@ -119,10 +128,15 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    /// Notes that a view of `revision` arrived at `at`.
+    /// Notes that the view is at `revision`, published at `at`. Of several revisions that
+    /// reach the kernel together, the oldest one's time counts.
     pub fn view_changed(&mut self, revision: u64, at: Instant) {
-        if self.pending.is_none_or(|(r, _)| r != revision) {
-            self.pending = Some((revision, at));
+        if self.status.revision == Some(revision) {
+            return;
+        }
+        match &mut self.pending {
+            Some((r, _)) => *r = revision.max(*r),
+            None => self.pending = Some((revision, at)),
         }
     }
 

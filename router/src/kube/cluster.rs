@@ -73,7 +73,7 @@ pub async fn run(
     client: kube::Client,
     me: String,
     health: KubeHealth,
-    view_tx: watch::Sender<Option<Arc<ClusterView>>>,
+    view_tx: watch::Sender<Option<crate::policy::PublishedView>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let kinds = [
@@ -127,7 +127,10 @@ pub async fn run(
         let complete = listed.iter().all(|l| *l);
         if changed || (complete && view_tx.borrow().is_none()) {
             if complete {
-                view_tx.send_replace(Some(Arc::new(view.clone())));
+                view_tx.send_replace(Some(crate::policy::PublishedView {
+                    view: Arc::new(view.clone()),
+                    at: std::time::Instant::now(),
+                }));
             }
             health.cluster(ClusterSummary::of(&view, &me));
         }

@@ -20,6 +20,8 @@ pub mod tunnels;
 pub mod wire;
 
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeSet;

@@ -94,7 +94,7 @@ fn a_key_changes_with_the_rule_and_only_then() {
 }
 
 /// Applies `ops` to a model of the kernel's table, as the kernel would (handles count up).
-fn apply(present: &mut Present, ops: &[Op], next_handle: &mut u64) {
+pub(super) fn apply(present: &mut Present, ops: &[Op], next_handle: &mut u64) {
     for op in ops {
         match op {
             Op::AddTable => present.table = true,

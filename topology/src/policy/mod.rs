@@ -14,7 +14,7 @@
 //!   before the rules that use them, removals last); a label change on one pod touches only
 //!   the sets that hold its addresses.
 //!
-//! Not yet: the nftables layer that programs a [`RuleSet`] (issue 22).
+//! [`crate::netfilter::policy`] programs a [`RuleSet`] into nftables.
 //!
 //! The evaluator judges *connection initiations* only (the first packet of a TCP, UDP or SCTP
 //! flow, from `src` to `dst`'s `port`). Replies and the rest of an allowed connection pass by

@@ -2,6 +2,9 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses its own subset
 
+pub(crate) mod nft_eval;
+pub(crate) mod policy_gen;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
