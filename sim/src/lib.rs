@@ -1,7 +1,8 @@
 //! `weft-sim`: the deterministic mesh simulator (`mesh`), the data-plane simulator
 //! (`dataplane`), the network-namespace lab (`lab`, and `demo` on it), the benchmarks
 //! (`bench`), forged underlay traffic for hostile-input tests and benches (`flood`), and a
-//! stand-in Kubernetes API server for tests and the lab (`kubeapi`).
+//! stand-in Kubernetes API server for tests and the lab (`kubeapi`), and the upstream
+//! NetworkPolicy e2e model on the lab (`netpol`).
 //!
 //! The simulator drives many `topology` cores in one process on a virtual clock; the lab runs
 //! real `weft` routers in network namespaces on one machine.
@@ -13,3 +14,4 @@ pub mod flood;
 pub mod kubeapi;
 pub mod lab;
 pub mod mesh;
+pub mod netpol;

@@ -50,6 +50,10 @@ enum Command {
     /// Pod-to-pod throughput and RTT per data path, as ratios to a kernel VXLAN baseline
     /// measured in the same run (needs root, iperf3).
     Bench(weft_sim::bench::BenchArgs),
+    /// The upstream NetworkPolicy e2e model: the servers and probes run inside lab pods, and
+    /// its cases, listed or run on a `--kube` lab.
+    #[command(subcommand)]
+    Netpol(weft_sim::netpol::NetpolCommand),
     /// A stand-in Kubernetes API server for tests and the lab; serves until killed.
     #[command(hide = true)]
     KubeApi(weft_sim::kubeapi::KubeApiArgs),
@@ -217,6 +221,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::KubeApi(args) => weft_sim::kubeapi::run(&args, &mut out)?,
+        Command::Netpol(cmd) => weft_sim::netpol::run(cmd, &mut out)?,
         Command::Mesh(args) => {
             let report = weft_sim::mesh::run(&args)?;
             weft_sim::mesh::print_report(&mut out, &report, args.json)?;
