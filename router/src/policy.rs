@@ -196,7 +196,7 @@ impl Enforcer {
     }
 
     /// Logs each pod's blocked connections, at most once per [`LOG_EVERY`] per pod and
-    /// direction (the counts add up in between).
+    /// direction (drops read in between are counted in the metrics, not logged).
     fn log_drops(&mut self, new: &NewDrops, now: Instant) {
         for ((pod, direction), packets) in new {
             let key = (pod.clone(), *direction);

@@ -199,11 +199,6 @@ pub fn render_policy(status: &RouterStatus) -> String {
             p.dropped_egress, p.dropped_ingress, p.dropped_held
         ),
     );
-    if let Some(e) = &p.error
-        && p.state != PolicyState::NotEnforced
-    {
-        label(&mut out, "Error", e);
-    }
     out
 }
 
