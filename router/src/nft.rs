@@ -54,7 +54,13 @@ pub struct NetfilterStatus {
 pub struct Nft {
     fd: OwnedFd,
     seq: u32,
+    /// The socket buffers' sizes as last set (send, receive), 0 for the kernel's defaults.
+    buffers: (usize, usize),
 }
+
+/// What the kernel accounts per acknowledgement queued on the socket (an skb's true size,
+/// rounded up), for sizing the receive buffer of a batch.
+const ACK_TRUESIZE: usize = 1024;
 
 /// What a reconcile did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +117,11 @@ impl Nft {
                 size_of::<libc::timeval>() as u32,
             );
             let seq = std::process::id().wrapping_mul(65_536);
-            Ok(Self { fd, seq })
+            Ok(Self {
+                fd,
+                seq,
+                buffers: (0, 0),
+            })
         }
     }
 
@@ -213,6 +223,7 @@ impl Nft {
         }
         let seq = self.next_seq(ops.len() as u32);
         let (bytes, seqs) = wire::encode_batch(ops, seq);
+        self.size_buffers(bytes.len(), ops.len())?;
         self.send(&bytes)?;
         let mut waiting: BTreeSet<u32> = seqs.iter().copied().collect();
         let mut refused: Option<io::Error> = None;
@@ -240,6 +251,41 @@ impl Nft {
             }
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// Grows the socket's buffers for a batch of `bytes` and `ops` acknowledgements: the
+    /// kernel refuses a batch larger than the send buffer (EMSGSIZE) and drops acknowledgements
+    /// that do not fit the receive buffer (ENOBUFS). nft does the same.
+    fn size_buffers(&mut self, bytes: usize, ops: usize) -> io::Result<()> {
+        let send = bytes + 64 * 1024;
+        let recv = ops * ACK_TRUESIZE + 256 * 1024;
+        if send > self.buffers.0 {
+            self.set_buffer(libc::SO_SNDBUFFORCE, send)?;
+            self.buffers.0 = send;
+        }
+        if recv > self.buffers.1 {
+            self.set_buffer(libc::SO_RCVBUFFORCE, recv)?;
+            self.buffers.1 = recv;
+        }
+        Ok(())
+    }
+
+    fn set_buffer(&self, option: libc::c_int, size: usize) -> io::Result<()> {
+        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt on this socket with a valid int.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&size).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The sets of weft's table with their elements' keys.

@@ -169,6 +169,12 @@ pub fn spawn_rules(
                         r
                     }),
                 };
+                // A large table's dumps and batch are freed here, in one of the blocking pool's
+                // threads, whose malloc arena would otherwise keep the pages (RSS).
+                // SAFETY: malloc_trim only returns free memory to the kernel.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
                 (result, socket, compiled.map(|c| (c, view)))
             })
             .await

@@ -229,3 +229,124 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use topology::cluster::{Event, Namespace};
+
+    fn view(revisions: usize) -> ClusterView {
+        let mut v = ClusterView::new();
+        for i in 0..revisions {
+            v.handle_namespaces(Event::Applied(Namespace {
+                name: format!("ns{i}"),
+                labels: Default::default(),
+            }));
+        }
+        v
+    }
+
+    #[test]
+    fn the_lag_runs_from_the_oldest_unsynced_revision_and_is_counted_once() {
+        let mut e = Enforcer::default();
+        let t0 = Instant::now();
+        let (v1, v2) = (view(1), view(2));
+        let rules = RuleSet::compile(&v2, "n1", &[]);
+        let programmed = Programmed::default();
+        e.view_changed(v1.revision(), t0);
+        // A second revision arrives before the first reached the kernel: the first's time counts.
+        e.view_changed(v2.revision(), t0 + Duration::from_millis(30));
+        let lag = e.synced(
+            Some(&v2),
+            Some(&rules),
+            &programmed,
+            &[],
+            t0 + Duration::from_millis(50),
+        );
+        assert_eq!(lag, Some(Duration::from_millis(50)));
+        assert_eq!(e.status.state, PolicyState::Enforcing);
+        assert_eq!(e.status.revision, Some(2));
+        assert_eq!(e.status.last_sync_lag_ms, Some(50));
+        // The periodic reconcile of the same revision measures nothing.
+        e.view_changed(v2.revision(), t0 + Duration::from_millis(30));
+        let again = e.synced(
+            Some(&v2),
+            Some(&rules),
+            &programmed,
+            &[],
+            t0 + Duration::from_secs(10),
+        );
+        assert_eq!(again, None);
+        assert_eq!(e.status.last_sync_lag_ms, Some(50));
+    }
+
+    #[test]
+    fn unlisted_views_hold_or_keep_and_failures_say_why() {
+        let mut e = Enforcer::default();
+        let now = Instant::now();
+        e.synced(None, None, &Programmed::default(), &[], now);
+        assert_eq!(e.status.state, PolicyState::Holding);
+        let kept = Programmed {
+            keep_present: true,
+            ..Programmed::default()
+        };
+        e.synced(None, None, &kept, &[], now);
+        assert_eq!(e.status.state, PolicyState::Kept);
+        e.failed("no socket".to_owned());
+        assert_eq!(e.status.state, PolicyState::NotEnforced);
+        assert_eq!(e.status.error.as_deref(), Some("no socket"));
+        e.synced(None, None, &kept, &[], now);
+        assert_eq!(e.status.error, None);
+    }
+
+    #[test]
+    fn drops_add_up_across_rule_replacements_and_hold() {
+        let mut e = Enforcer::default();
+        let now = Instant::now();
+        let pod = ("default".to_owned(), "web".to_owned());
+        let chain = topology::netfilter::policy::pod_chain(&pod, Direction::Ingress);
+        let programmed = Programmed {
+            pod_chains: [(chain.clone(), (pod, Direction::Ingress))].into(),
+            ..Programmed::default()
+        };
+        let drop_key = Some("weft:drop:0123".to_owned());
+        let hold_key = Some("weft:hold-to:0123".to_owned());
+        let counts = [
+            (chain.clone(), 7, drop_key.clone(), 5),
+            ("policy".to_owned(), 3, hold_key.clone(), 2),
+            (chain.clone(), 6, Some("weft:self:0".to_owned()), 99),
+        ];
+        e.synced(None, None, &programmed, &counts, now);
+        // The chain was rebuilt: a new handle starts again at 1.
+        let counts = [
+            (chain, 9, drop_key, 1),
+            ("policy".to_owned(), 3, hold_key, 2),
+        ];
+        e.synced(None, None, &programmed, &counts, now);
+        assert_eq!(
+            (
+                e.status.dropped_ingress,
+                e.status.dropped_egress,
+                e.status.dropped_held
+            ),
+            (6, 0, 2)
+        );
+    }
+
+    #[test]
+    fn the_bridge_check_names_the_sysctl() {
+        let dir = tempfile::TempDir::new().unwrap();
+        assert!(bridge_check(dir.path()).unwrap().contains("br_netfilter"));
+        let path = dir.path().join(BRIDGE_NF_SYSCTL);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "0\n").unwrap();
+        assert!(
+            bridge_check(dir.path())
+                .unwrap()
+                .contains("bridge-nf-call-iptables is 0")
+        );
+        std::fs::write(&path, "1\n").unwrap();
+        assert_eq!(bridge_check(dir.path()), None);
+    }
+}

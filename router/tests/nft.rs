@@ -180,3 +180,46 @@ fn another_tables_forward_drop_is_reported() {
     });
     assert_eq!(found.forward_drop, vec!["ip filter/FORWARD".to_owned()]);
 }
+
+/// A policy for 2,000 pods of this node in one batch: larger than the socket's default
+/// buffers (the kernel refused it with EMSGSIZE, and would drop acknowledgements), programmed
+/// whole, then read back as in place.
+#[test]
+fn a_batch_larger_than_the_default_socket_buffers_goes_through() {
+    use std::collections::BTreeMap;
+    use topology::netfilter::policy::Want;
+    use topology::policy::{PodRules, RuleSet};
+    let ns = namespace("big");
+    let name = ns.0.clone();
+    let pods: BTreeMap<_, _> = (0..2_000_u32)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::from(0x0a20_0000 + i + 2);
+            let rules = PodRules {
+                ips: vec![ip.into()],
+                ingress: Some(Vec::new()),
+                egress: Some(Vec::new()),
+            };
+            (("default".to_owned(), format!("pod-{i}")), rules)
+        })
+        .collect();
+    let rules = RuleSet {
+        node: "n1".to_owned(),
+        pods,
+        ..RuleSet::default()
+    };
+    let (ops, again) = in_netns(&name, move || {
+        let mut nft = Nft::open().unwrap();
+        let first = nft
+            .reconcile_table(&[], &[], false, Want::Rules(&rules))
+            .unwrap();
+        let again = nft
+            .reconcile_table(&[], &[], false, Want::Rules(&rules))
+            .unwrap();
+        (first.ops.len(), again.ops.len())
+    });
+    assert!(ops > 10_000, "only {ops} operations");
+    assert_eq!(again, 0, "the table is not as programmed");
+    // (`policy` is an nft keyword: `list chain` cannot name it.)
+    let listed = nft(&name, &["list", "table", "inet", "weft"]);
+    assert_eq!(listed.matches("jump pol-").count(), 4_000);
+}

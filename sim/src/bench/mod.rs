@@ -47,8 +47,10 @@ use crate::flood::{Flood, FloodSpec, FloodStats};
 use crate::lab::{self, LabGuard, LabSpec, netns};
 
 mod flood_row;
+mod policy_row;
 pub mod relay;
 pub use flood_row::{FLOOD, FloodRatio};
+pub use policy_row::{POLICY, PolicyFigures};
 
 /// The baseline configuration's name.
 pub const BASELINE: &str = "kernel-vxlan";
@@ -61,9 +63,10 @@ pub const EGRESS_NODE: &str = "egress-node";
 /// A lab pod to the external host, through its node's masquerade.
 pub const EGRESS_POD: &str = "egress-pod";
 /// Configurations this bench can run, baseline first.
-pub const CONFIGS: [&str; 8] = [
+pub const CONFIGS: [&str; 9] = [
     BASELINE,
     FASTDP,
+    POLICY,
     "sleeve",
     "sleeve-encrypted",
     FLOOD,
@@ -88,9 +91,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Comma-separated configurations (kernel-vxlan, fastdp, sleeve, sleeve-encrypted,
-    /// sleeve-encrypted-flood, sleeve-relay, egress-node, egress-pod); the baseline always
-    /// runs, and sleeve-encrypted with sleeve-encrypted-flood. Default: all but sleeve-relay.
+    /// Comma-separated configurations (kernel-vxlan, fastdp, fastdp-policy, sleeve,
+    /// sleeve-encrypted, sleeve-encrypted-flood, sleeve-relay, egress-node, egress-pod); the
+    /// baseline always runs, sleeve-encrypted with sleeve-encrypted-flood and fastdp with
+    /// fastdp-policy. Default: all but sleeve-relay and fastdp-policy.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Runs per configuration and stream count (the median is reported).
@@ -129,6 +133,9 @@ pub struct BenchReport {
     /// `sleeve-encrypted-flood` against `sleeve-encrypted` (a forged flood's cost), when run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flood: Option<FloodRatio>,
+    /// `fastdp-policy` against `fastdp` (NetworkPolicy's cost), when run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyFigures>,
 }
 
 /// A pod's egress through masquerade against its node's own, in the same run.
@@ -240,6 +247,36 @@ impl BenchReport {
                 f.paired_ratio_gbps_4
             );
         }
+        if let Some(p) = &self.policy {
+            let _ = writeln!(
+                s,
+                "NetworkPolicy ({} pods, {} policies: {} rules, {} sets on the server node), over \
+                 fastdp: {:.2} (1 stream), {:.2} (4 streams), paired {:.2}; new connections {:.0}/s \
+                 vs {:.0}/s = {:.2} (paired {:.2}); a change in force after {:.0} ms p50, {:.0} ms \
+                 p99, {:.0} ms max ({} changes; the router's own p99 {:.0} ms); load synced in \
+                 {:.1} s; router RSS {:.1} -> {:.1} MB (+{:.1})",
+                p.pods,
+                p.policies,
+                p.rules,
+                p.sets,
+                p.ratio_gbps_1,
+                p.ratio_gbps_4,
+                p.paired_ratio_gbps_1,
+                p.conn_per_s,
+                p.conn_per_s_without,
+                p.ratio_conn,
+                p.paired_ratio_conn,
+                p.sync_p50_ms,
+                p.sync_p99_ms,
+                p.sync_max_ms,
+                p.changes,
+                p.router_sync_p99_ms,
+                p.load_sync_s,
+                p.rss_before_mb,
+                p.rss_after_mb,
+                p.rss_growth_mb
+            );
+        }
         if let Some(e) = self.egress {
             let _ = writeln!(
                 s,
@@ -289,6 +326,12 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         };
         configs.insert(base + 1, flood);
     }
+    // The policy row is compared with fastdp's, run by run.
+    if let Some(at) = configs.iter().position(|c| c == POLICY)
+        && !configs.iter().any(|c| c == FASTDP)
+    {
+        configs.insert(at, FASTDP.to_owned());
+    }
     let prefix = format!("wbench{}", std::process::id());
     let ns = Namespaces::new(&prefix);
     build(&ns, args.mtu)?;
@@ -308,8 +351,15 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     let mut targets = Vec::new();
     let mut egress: Option<(Target, Target)> = None;
     let mut encrypted_lab: Option<(String, Target)> = None;
+    let mut policy_load = None;
     for c in &configs {
         let target = match c.as_str() {
+            POLICY => {
+                let (guard, target, loaded) = policy_row::start(&prefix)?;
+                labs.push(guard);
+                policy_load = Some(loaded);
+                target
+            }
             FLOOD => {
                 let (lab, base) = encrypted_lab.as_ref().context("no sleeve-encrypted lab")?;
                 warm_up(&base.client, &base.server_ip)?;
@@ -363,6 +413,14 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         warm_up(&t.client, &t.server_ip)
             .with_context(|| format!("{c}: pods do not reach each other"))?;
     }
+    // New connections per second are measured on the policy row and the row it is compared to.
+    let conn_rows = |c: &str| policy_load.is_some() && (c == POLICY || c == FASTDP);
+    let mut conn_servers = Vec::new();
+    for (c, t) in configs.iter().zip(&targets) {
+        if conn_rows(c) {
+            conn_servers.push(policy_row::ConnServer::start(&t.server)?);
+        }
+    }
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
     for _ in 0..args.runs {
         for ((c, sample), t) in configs.iter().zip(&mut samples).zip(&targets) {
@@ -389,8 +447,15 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
                     .flood
                     .push(flood.stop().with_context(|| format!("{c}: the flood"))?);
             }
+            if conn_rows(c) {
+                sample.conn.push(
+                    policy_row::conn_rate(pod, &t.server_ip)
+                        .with_context(|| format!("{c}: new connections"))?,
+                );
+            }
         }
     }
+    drop(conn_servers);
     drop(servers);
     let sleeve_relays = relays.into_iter().map(Relay::stop).collect();
     drop(labs);
@@ -444,6 +509,22 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             sent_by_kind,
         }
     });
+    let policy = at(FASTDP)
+        .zip(at(POLICY))
+        .zip(policy_load)
+        .map(|((b, p), loaded)| {
+            let (base, with) = (&samples[b], &samples[p]);
+            let (mb, mp) = (base.medians(), with.medians());
+            loaded.finish(
+                (
+                    mp.0 / mb.0,
+                    mp.1 / mb.1,
+                    paired_ratio(&with.gbps_1, &base.gbps_1),
+                ),
+                &with.conn,
+                &base.conn,
+            )
+        });
     Ok(BenchReport {
         rows,
         runs: args.runs,
@@ -452,6 +533,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         sleeve_relays,
         egress,
         flood,
+        policy,
     })
 }
 
@@ -646,13 +728,18 @@ fn start_lab(prefix: &str, datapath: lab::Datapath, encrypt: bool) -> Result<(La
         (_, false) => "p",
     };
     let name = format!("{prefix}{tag}");
-    let guard = LabGuard::new(&name);
     let mut spec = LabSpec::new(&name);
     spec.nodes = 2;
     spec.pods = 1;
     spec.datapath = datapath;
     spec.encrypt = encrypt;
-    let info = lab::up(&spec).with_context(|| format!("lab {name}"))?;
+    lab_target(&name, &spec)
+}
+
+/// Brings up lab `spec` (two nodes, a pod on each); the target is h1's pod to h2's.
+fn lab_target(name: &str, spec: &LabSpec) -> Result<(LabGuard, Target)> {
+    let guard = LabGuard::new(name);
+    let info = lab::up(spec).with_context(|| format!("lab {name}"))?;
     let pod = |i: usize| -> Result<&lab::PodInfo> {
         info.nodes
             .get(i)
@@ -665,7 +752,7 @@ fn start_lab(prefix: &str, datapath: lab::Datapath, encrypt: bool) -> Result<(La
         .filter_map(|i| {
             let pid = std::fs::read_to_string(
                 PathBuf::from(lab::RUN_DIR)
-                    .join(&name)
+                    .join(name)
                     .join(format!("h{i}"))
                     .join("router.pid"),
             )
@@ -847,6 +934,7 @@ struct Samples {
     busy_1: Vec<f64>,
     relay_1: Vec<f64>,
     flood: Vec<FloodStats>,
+    conn: Vec<f64>,
 }
 
 impl Samples {
