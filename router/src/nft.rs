@@ -140,13 +140,31 @@ impl Nft {
         Ok(())
     }
 
-    fn recv(&self, buf: &mut [u8]) -> io::Result<Vec<Reply>> {
-        // SAFETY: the kernel writes at most buf.len() bytes into buf.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    /// Reads one datagram, growing `buf` to fit it (the kernel sizes dump datagrams by the
+    /// socket's receive buffer: a large set's elements come in datagrams over 64 KiB).
+    fn recv(&self, buf: &mut Vec<u8>) -> io::Result<Vec<Reply>> {
+        let read = |buf: &mut Vec<u8>, flags| {
+            // SAFETY: the kernel writes at most buf.len() bytes into buf; with MSG_TRUNC it
+            // returns the datagram's real length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    flags | libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(n as usize)
+        };
+        let size = read(buf, libc::MSG_PEEK)?;
+        if size > buf.len() {
+            buf.resize(size, 0);
         }
-        decode_replies(&buf[..n as usize])
+        let n = read(buf, 0)?;
+        decode_replies(&buf[..n.min(buf.len())])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 

@@ -181,7 +181,8 @@ fn another_tables_forward_drop_is_reported() {
     assert_eq!(found.forward_drop, vec!["ip filter/FORWARD".to_owned()]);
 }
 
-/// A policy for 2,000 pods of this node in one batch: larger than the socket's default
+/// A policy for 2,000 pods of this node in one batch (maps of 2,000 elements, more than one
+/// message holds): larger than the socket's default
 /// buffers (the kernel refused it with EMSGSIZE, and would drop acknowledgements), programmed
 /// whole, then read back as in place.
 #[test]

@@ -132,11 +132,7 @@ fn hand_written() -> (Vec<Chain>, Vec<Set>) {
         }),
         rules: vec![established, jump],
     };
-    let peers = Set {
-        name: "peers".to_owned(),
-        v6: false,
-        elements: [ip("10.0.0.2")].into(),
-    };
+    let peers = Set::addresses("peers", false, [ip("10.0.0.2")].into());
     (vec![out, forward], vec![peers])
 }
 

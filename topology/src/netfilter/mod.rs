@@ -24,7 +24,7 @@ mod policy_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -205,6 +205,9 @@ pub enum Expr {
     CtState,
     /// Jump to a regular chain of weft's table; a `return` there comes back to the next rule.
     Jump(String),
+    /// Look register 1 up in a verdict map of weft's table and jump to the chain it names;
+    /// the rule stops here when the value is not in the map.
+    Vmap(String),
     /// Look register 1 up in a set of weft's table; the rule stops here when it is found
     /// (`invert`: when it is not).
     Lookup {
@@ -215,28 +218,64 @@ pub enum Expr {
     },
 }
 
-/// A set of addresses in weft's table, of one family.
+/// A set of addresses in weft's table, of one family; or a verdict map from addresses to
+/// chains to jump to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Set {
     /// Its name.
     pub name: String,
     /// IPv4 (`ipv4_addr`) or IPv6 (`ipv6_addr`) addresses.
     pub v6: bool,
-    /// Its elements.
+    /// Its elements (of a plain set).
     pub elements: BTreeSet<IpAddr>,
+    /// `Some` for a verdict map (`ip saddr vmap @name`): each address's chain.
+    pub jumps: Option<BTreeMap<IpAddr, String>>,
 }
 
 impl Set {
-    /// The elements' key bytes (4 or 16 each); addresses of the other family are left out.
+    /// A plain set of `elements`.
+    pub fn addresses(name: &str, v6: bool, elements: BTreeSet<IpAddr>) -> Self {
+        Self {
+            name: name.to_owned(),
+            v6,
+            elements,
+            jumps: None,
+        }
+    }
+
+    /// The key bytes of an address of this set's family (4 or 16), `None` for the other's.
+    pub fn key_of(&self, addr: &IpAddr) -> Option<Vec<u8>> {
+        match (addr, self.v6) {
+            (IpAddr::V4(a), false) => Some(a.octets().to_vec()),
+            (IpAddr::V6(a), true) => Some(a.octets().to_vec()),
+            _ => None,
+        }
+    }
+
+    /// The key length.
+    pub fn key_len(&self) -> usize {
+        if self.v6 { 16 } else { 4 }
+    }
+
+    /// The elements' identities: the key bytes of a plain set's addresses; for a verdict
+    /// map, the key bytes followed by the chain's name (so a key that moves to another chain
+    /// is another element). Addresses of the other family are left out.
     pub fn keys(&self) -> BTreeSet<Vec<u8>> {
-        self.elements
-            .iter()
-            .filter_map(|a| match (a, self.v6) {
-                (IpAddr::V4(a), false) => Some(a.octets().to_vec()),
-                (IpAddr::V6(a), true) => Some(a.octets().to_vec()),
-                _ => None,
-            })
-            .collect()
+        match &self.jumps {
+            None => self
+                .elements
+                .iter()
+                .filter_map(|a| self.key_of(a))
+                .collect(),
+            Some(jumps) => jumps
+                .iter()
+                .filter_map(|(a, chain)| {
+                    let mut id = self.key_of(a)?;
+                    id.extend_from_slice(chain.as_bytes());
+                    Some(id)
+                })
+                .collect(),
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //!   through `br_netfilter`, routed traffic directly):
 //!   1. `ct state established,related accept`: replies and the rest of an allowed
 //!      connection pass, so only connection initiations are judged;
-//!   2. per local pod isolated for egress, `ip saddr <pod> jump pol-out-<pod>`;
-//!   3. per local pod isolated for ingress, `ip daddr <pod> jump pol-in-<pod>`;
+//!   2. `ip saddr vmap @pol-out-4`: a verdict map from each local pod isolated for egress to
+//!      its chain `pol-out-<pod>` (one hash lookup, whatever the number of pods);
+//!   3. `ip daddr vmap @pol-in-4`, the same for ingress (and `-6` maps for IPv6);
 //!   4. policy accept.
 //! - Per isolated pod and direction, a regular chain: `return` (allowed, go on) for the pod's
 //!   own addresses, for the node's addresses (set `pol-node-4`/`-6`), and for each [`Allow`]
@@ -158,6 +159,15 @@ fn hash(s: &str) -> String {
 /// The kernel set holding `set`'s host addresses of one family.
 pub fn set_name(set: &SetName, v6: bool) -> String {
     format!("{PREFIX}{}-{}", hash(set), if v6 { 6 } else { 4 })
+}
+
+/// The verdict map from local pods' addresses to their chains of `direction`.
+fn jump_map(direction: Direction, v6: bool) -> String {
+    let d = match direction {
+        Direction::Ingress => "in",
+        Direction::Egress => "out",
+    };
+    format!("{PREFIX}{d}-{}", if v6 { 6 } else { 4 })
 }
 
 fn node_set(v6: bool) -> String {
@@ -337,50 +347,30 @@ pub fn program(rules: &RuleSet) -> Programmed {
     let families = families(rules);
     let mut out = Programmed::default();
     for &v6 in &families {
-        out.sets.push(Set {
-            name: node_set(v6),
-            v6,
-            elements: rules
-                .node_addresses
-                .iter()
-                .filter(|a| a.is_ipv6() == v6)
-                .copied()
-                .collect(),
-        });
+        let node = rules.node_addresses.iter().filter(|a| a.is_ipv6() == v6);
+        out.sets
+            .push(Set::addresses(&node_set(v6), v6, node.copied().collect()));
         for (name, nets) in &rules.sets {
             let elements: BTreeSet<IpAddr> = nets
                 .iter()
                 .filter(|n| is_host(n) && family_matches(n, v6))
                 .map(IpNet::addr)
                 .collect();
-            out.sets.push(Set {
-                name: set_name(name, v6),
-                v6,
-                elements,
-            });
+            out.sets
+                .push(Set::addresses(&set_name(name, v6), v6, elements));
         }
     }
-    let mut forward = vec![established()];
-    let mut jumps_in = Vec::new();
+    // Which chain judges each local pod's address, per direction and family.
+    let mut jumps: BTreeMap<(Direction, bool), BTreeMap<IpAddr, String>> = BTreeMap::new();
     for (key, pod) in &rules.pods {
         for direction in [Direction::Egress, Direction::Ingress] {
             let Some(allows) = pod.chain(direction) else {
                 continue;
             };
             let chain = pod_chain(key, direction);
-            let (which, jumps) = match direction {
-                Direction::Egress => (Addr::Source, &mut forward),
-                Direction::Ingress => (Addr::Destination, &mut jumps_in),
-            };
             for ip in &pod.ips {
-                let net = IpNet::from(*ip);
-                let mut exprs = super::match_family(&net);
-                exprs.extend(match_addr(which, CmpOp::Eq, &net));
-                exprs.push(Expr::Jump(chain.clone()));
-                jumps.push(Rule {
-                    name: format!("to-{chain}"),
-                    exprs,
-                });
+                let map = jumps.entry((direction, ip.is_ipv6())).or_default();
+                map.insert(*ip, chain.clone());
             }
             out.chains.push(Chain {
                 name: chain.clone(),
@@ -390,7 +380,28 @@ pub fn program(rules: &RuleSet) -> Programmed {
             out.pod_chains.insert(chain, (key.clone(), direction));
         }
     }
-    forward.extend(jumps_in);
+    // One lookup per direction and family, whatever the number of pods.
+    let mut forward = vec![established()];
+    for direction in [Direction::Egress, Direction::Ingress] {
+        for &v6 in &families {
+            let name = jump_map(direction, v6);
+            let which = match direction {
+                Direction::Egress => Addr::Source,
+                Direction::Ingress => Addr::Destination,
+            };
+            let mut exprs = nfproto(v6);
+            exprs.push(load_addr(which, v6));
+            exprs.push(Expr::Vmap(name.clone()));
+            forward.push(Rule {
+                name: name.clone(),
+                exprs,
+            });
+            out.sets.push(Set {
+                jumps: Some(jumps.remove(&(direction, v6)).unwrap_or_default()),
+                ..Set::addresses(&name, v6, BTreeSet::new())
+            });
+        }
+    }
     out.chains.push(forward_chain(forward));
     out
 }

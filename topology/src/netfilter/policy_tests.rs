@@ -72,7 +72,9 @@ fn names(ops: &[Op]) -> BTreeSet<&str> {
             Op::AddSet(s) => Some(s.name.as_str()),
             Op::DelChain(name) | Op::DelSet(name) => Some(name.as_str()),
             Op::AddRule { chain, .. } | Op::DelRule { chain, .. } => Some(chain.as_str()),
-            Op::AddElements { set, .. } | Op::DelElements { set, .. } => Some(set.as_str()),
+            Op::AddElements { set, .. }
+            | Op::AddJumps { set, .. }
+            | Op::DelElements { set, .. } => Some(set.as_str()),
         })
         .collect()
 }

@@ -8,6 +8,8 @@
 //!   meets a half-made chain).
 //! - A base chain whose hook, priority or type changed is deleted and made again, in the batch.
 //! - Chains of weft's table that are no longer wanted are emptied and deleted.
+//! - A verdict map's elements change after the chains they jump to are made and before
+//!   chains no longer wanted are deleted (a key moving to another chain: removed, then added).
 //! - Sets come before the rules that look into them: a missing set is made; a set that
 //!   differs gets the missing elements added and the extra ones removed (never emptied and
 //!   refilled: a peer that stays is never out of its set, even for a batch); sets no longer
@@ -18,6 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::wire::{NFPROTO_INET, Op, PresentChain, PresentRule};
 use super::{Chain, Set};
+
+/// Most elements one message carries: a message's element list is one netlink attribute,
+/// whose length is 16 bits (a map element with its chain's name takes about 70 bytes).
+pub const ELEMENTS_PER_MESSAGE: usize = 256;
 
 /// A chain as held: its base-chain settings and its rules (handle, key), in order.
 pub type HeldChain = (Option<super::BaseChain>, Vec<(u64, Option<String>)>);
@@ -86,6 +92,9 @@ pub fn plan_keeping(
     if !present.table {
         ops.push(Op::AddTable);
     }
+    // A verdict map's elements name chains: they change after the chains are made and before
+    // unwanted chains go.
+    let mut map_ops = Vec::new();
     for set in sets {
         let keys = set.keys();
         let held = present.sets.get(&set.name);
@@ -96,16 +105,43 @@ pub fn plan_keeping(
         let held = held.unwrap_or(&empty);
         let add: Vec<Vec<u8>> = keys.difference(held).cloned().collect();
         let del: Vec<Vec<u8>> = held.difference(&keys).cloned().collect();
-        if !add.is_empty() {
+        if set.jumps.is_some() {
+            // Removals first: a key moving to another chain is removed, then added.
+            let n = set.key_len();
+            for chunk in del.chunks(ELEMENTS_PER_MESSAGE) {
+                map_ops.push(Op::DelElements {
+                    set: set.name.clone(),
+                    keys: chunk
+                        .iter()
+                        .map(|id| id[..n.min(id.len())].to_vec())
+                        .collect(),
+                });
+            }
+            for chunk in add.chunks(ELEMENTS_PER_MESSAGE) {
+                let entries = chunk
+                    .iter()
+                    .map(|id| {
+                        let (key, chain) = id.split_at(n.min(id.len()));
+                        (key.to_vec(), String::from_utf8_lossy(chain).into_owned())
+                    })
+                    .collect();
+                map_ops.push(Op::AddJumps {
+                    set: set.name.clone(),
+                    entries,
+                });
+            }
+            continue;
+        }
+        for chunk in add.chunks(ELEMENTS_PER_MESSAGE) {
             ops.push(Op::AddElements {
                 set: set.name.clone(),
-                keys: add,
+                keys: chunk.to_vec(),
             });
         }
-        if !del.is_empty() {
+        for chunk in del.chunks(ELEMENTS_PER_MESSAGE) {
             ops.push(Op::DelElements {
                 set: set.name.clone(),
-                keys: del,
+                keys: chunk.to_vec(),
             });
         }
     }
@@ -143,6 +179,7 @@ pub fn plan_keeping(
             }
         }
     }
+    ops.extend(map_ops);
     for (name, (_, rules)) in &present.chains {
         if wanted.iter().any(|c| &c.name == name) || keep(name) {
             continue;

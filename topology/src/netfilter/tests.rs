@@ -140,10 +140,28 @@ pub(super) fn apply(present: &mut Present, ops: &[Op], next_handle: &mut u64) {
                     assert!(held.insert(k.clone()), "adding an element twice");
                 }
             }
+            Op::AddJumps { set, entries } => {
+                for (key, chain) in entries {
+                    let held = present.sets.get_mut(set).expect("elements' set");
+                    // The kernel refuses a key it holds already, whatever its chain.
+                    assert!(
+                        !held.iter().any(|id| id.starts_with(key)),
+                        "adding a map key twice"
+                    );
+                    let mut id = key.clone();
+                    id.extend_from_slice(chain.as_bytes());
+                    held.insert(id);
+                }
+            }
             Op::DelElements { set, keys } => {
                 let held = present.sets.get_mut(set).expect("elements' set");
                 for k in keys {
-                    assert!(held.remove(k), "removing a missing element");
+                    // A map's element is known by its key alone.
+                    let id = held.iter().find(|id| id.starts_with(k)).cloned();
+                    assert!(
+                        id.is_some_and(|id| held.remove(&id)),
+                        "removing a missing element"
+                    );
                 }
             }
         }

@@ -30,14 +30,9 @@ pub const PRIORITY: i32 = -150;
 pub fn sets(peers: &BTreeSet<IpAddr>) -> Vec<Set> {
     [false, true]
         .into_iter()
-        .map(|v6| Set {
-            name: (if v6 { PEERS6 } else { PEERS4 }).to_owned(),
-            v6,
-            elements: peers
-                .iter()
-                .filter(|a| a.is_ipv6() == v6)
-                .copied()
-                .collect(),
+        .map(|v6| {
+            let elements = peers.iter().filter(|a| a.is_ipv6() == v6).copied();
+            Set::addresses(if v6 { PEERS6 } else { PEERS4 }, v6, elements.collect())
         })
         .collect()
 }

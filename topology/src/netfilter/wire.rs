@@ -82,6 +82,12 @@ const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_DATA_TYPE: u16 = 6;
+/// `NFT_SET_MAP`.
+const NFT_SET_MAP: u32 = 0x8;
+/// `NFT_DATA_VERDICT`: a map's data are verdicts.
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 const NFTA_COUNTER_PACKETS: u16 = 2;
 /// nft's data types for set keys (what `nft list` shows): `ipv4_addr`, `ipv6_addr`.
 const TYPE_IPADDR: u32 = 7;
@@ -128,7 +134,14 @@ pub enum Op {
         /// The keys.
         keys: Vec<Vec<u8>>,
     },
-    /// Remove elements from a set.
+    /// Add elements to a verdict map: (key bytes, the chain to jump to).
+    AddJumps {
+        /// The map.
+        set: String,
+        /// The elements.
+        entries: Vec<(Vec<u8>, String)>,
+    },
+    /// Remove elements (by key bytes) from a set or map.
     DelElements {
         /// The set.
         set: String,
@@ -150,6 +163,9 @@ impl Op {
             Self::AddSet(s) => format!("add set {}", s.name),
             Self::DelSet(s) => format!("delete set {s}"),
             Self::AddElements { set, keys } => format!("add {} elements to set {set}", keys.len()),
+            Self::AddJumps { set, entries } => {
+                format!("add {} elements to map {set}", entries.len())
+            }
             Self::DelElements { set, keys } => {
                 format!("delete {} elements from set {set}", keys.len())
             }
@@ -278,6 +294,11 @@ pub fn encode_exprs(buf: &mut Vec<u8>, exprs: &[Expr]) {
                     });
                 });
             }),
+            Expr::Vmap(set) => expr(buf, "lookup", |b| {
+                attr_str(b, 1, set); // NFTA_LOOKUP_SET
+                attr_be32(b, 2, REG_1); // NFTA_LOOKUP_SREG
+                attr_be32(b, 3, REG_VERDICT); // NFTA_LOOKUP_DREG
+            }),
             Expr::CtState => expr(buf, "ct", |b| {
                 attr_be32(b, 1, REG_1); // NFTA_CT_DREG
                 attr_be32(b, 2, 0); // NFTA_CT_KEY: NFT_CT_STATE
@@ -381,7 +402,8 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
                 let m = inet(&mut buf, NFT_MSG_NEWSET, req | NLM_F_CREATE, s);
                 attr_str(m.buf, NFTA_SET_TABLE, table);
                 attr_str(m.buf, NFTA_SET_NAME, &set.name);
-                attr_be32(m.buf, NFTA_SET_FLAGS, 0);
+                let map = set.jumps.is_some();
+                attr_be32(m.buf, NFTA_SET_FLAGS, if map { NFT_SET_MAP } else { 0 });
                 let (kind, len) = if set.v6 {
                     (TYPE_IP6ADDR, 16)
                 } else {
@@ -389,6 +411,9 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
                 };
                 attr_be32(m.buf, NFTA_SET_KEY_TYPE, kind);
                 attr_be32(m.buf, NFTA_SET_KEY_LEN, len);
+                if map {
+                    attr_be32(m.buf, NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+                }
                 // The kernel requires an id naming the set within the batch.
                 attr_be32(m.buf, NFTA_SET_ID, s);
                 m.end();
@@ -397,6 +422,25 @@ pub fn encode_batch(ops: &[Op], seq: u32) -> (Vec<u8>, Vec<u32>) {
                 let m = inet(&mut buf, NFT_MSG_DELSET, req, s);
                 attr_str(m.buf, NFTA_SET_TABLE, table);
                 attr_str(m.buf, NFTA_SET_NAME, name);
+                m.end();
+            }
+            Op::AddJumps { set, entries } => {
+                let m = inet(&mut buf, NFT_MSG_NEWSETELEM, req | NLM_F_CREATE, s);
+                attr_str(m.buf, NFTA_SET_ELEM_LIST_TABLE, table);
+                attr_str(m.buf, NFTA_SET_ELEM_LIST_SET, set);
+                nested(m.buf, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                    for (key, chain) in entries {
+                        nested(b, NFTA_LIST_ELEM, |b| {
+                            nested(b, NFTA_SET_ELEM_KEY, |b| attr(b, NFTA_DATA_VALUE, key));
+                            nested(b, NFTA_SET_ELEM_DATA, |b| {
+                                nested(b, NFTA_DATA_VERDICT, |b| {
+                                    attr_be32(b, NFTA_VERDICT_CODE, NFT_JUMP as u32);
+                                    attr_str(b, NFTA_VERDICT_CHAIN, chain);
+                                });
+                            });
+                        });
+                    }
+                });
                 m.end();
             }
             Op::AddElements { set, keys } | Op::DelElements { set, keys } => {
@@ -723,15 +767,7 @@ fn decode_message(kind: u16, seq: u32, body: &[u8]) -> Result<Reply, DecodeError
                     NFTA_SET_ELEM_LIST_SET => set = cstr(v),
                     NFTA_SET_ELEM_LIST_ELEMENTS => {
                         for (_, elem) in Attrs::new(v, 0) {
-                            for (t, key) in Attrs::new(elem?, 0) {
-                                if t == NFTA_SET_ELEM_KEY {
-                                    for (t, value) in Attrs::new(key?, 0) {
-                                        if t == NFTA_DATA_VALUE {
-                                            keys.push(value?.to_vec());
-                                        }
-                                    }
-                                }
-                            }
+                            keys.push(element_identity(elem?)?);
                         }
                     }
                     _ => {}
@@ -744,6 +780,42 @@ fn decode_message(kind: u16, seq: u32, body: &[u8]) -> Result<Reply, DecodeError
         }
         _ => Ok(Reply::Other),
     }
+}
+
+/// An element's identity as `Set::keys` makes it: its key bytes, followed for a verdict
+/// map's element by the name of the chain it jumps to.
+fn element_identity(elem: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let (mut key, mut chain) = (Vec::new(), Vec::new());
+    for (t, v) in Attrs::new(elem, 0) {
+        let v = v?;
+        match t {
+            NFTA_SET_ELEM_KEY => {
+                for (t, value) in Attrs::new(v, 0) {
+                    if t == NFTA_DATA_VALUE {
+                        key = value?.to_vec();
+                    }
+                }
+            }
+            NFTA_SET_ELEM_DATA => {
+                for (t, verdict) in Attrs::new(v, 0) {
+                    if t != NFTA_DATA_VERDICT {
+                        continue;
+                    }
+                    for (t, value) in Attrs::new(verdict?, 0) {
+                        if t == NFTA_VERDICT_CHAIN {
+                            chain = cstr(value?).into_bytes();
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if key.is_empty() {
+        return Err(DecodeError::Missing("set element", "key"));
+    }
+    key.extend_from_slice(&chain);
+    Ok(key)
 }
 
 /// The packet count of the first `counter` expression in a rule's expression list.

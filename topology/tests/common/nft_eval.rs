@@ -215,7 +215,10 @@ impl<'a> Table<'a> {
     }
 
     /// Runs one rule's expressions.
-    fn rule<'e>(&self, exprs: &'e [Expr], packet: &Packet) -> Result<Outcome<'e>, String> {
+    fn rule<'e>(&self, exprs: &'e [Expr], packet: &Packet) -> Result<Outcome<'e>, String>
+    where
+        'a: 'e,
+    {
         let mut reg = Register {
             bytes: [0; 16],
             loaded: 0,
@@ -291,6 +294,29 @@ impl<'a> Table<'a> {
                         return Ok(Outcome::Next);
                     }
                 }
+                Expr::Vmap(set) => {
+                    let (len, keys) = self
+                        .sets
+                        .get(set.as_str())
+                        .ok_or_else(|| format!("vmap lookup in missing map {set}"))?;
+                    if reg.loaded != *len {
+                        return Err(format!(
+                            "vmap lookup in {set} ({len}-byte keys) of a {}-byte value",
+                            reg.loaded
+                        ));
+                    }
+                    let key = reg.read(*len, "vmap")?;
+                    // A map's element is its key followed by its chain's name.
+                    let Some(id) = keys
+                        .iter()
+                        .find(|id| id.len() > *len && id.starts_with(key))
+                    else {
+                        return Ok(Outcome::Next);
+                    };
+                    let chain = std::str::from_utf8(&id[*len..]).map_err(|e| e.to_string())?;
+                    let chain = self.chain(chain)?;
+                    return Ok(Outcome::Jump(&chain.name));
+                }
                 Expr::CtState => reg.load(&packet.ct_state.to_ne_bytes())?,
                 Expr::Counter => {}
                 // The kernel stops a rule's expressions at its verdict.
@@ -333,7 +359,7 @@ pub(crate) fn apply(present: &mut Present, ops: &[Op], next_handle: &mut u64) {
                             "{chain}: jump to {target}, not made yet"
                         );
                     }
-                    if let Expr::Lookup { set, .. } = expr {
+                    if let Expr::Lookup { set, .. } | Expr::Vmap(set) = expr {
                         assert!(
                             present.sets.contains_key(set),
                             "{chain}: lookup in {set}, not made yet"
@@ -366,10 +392,32 @@ pub(crate) fn apply(present: &mut Present, ops: &[Op], next_handle: &mut u64) {
                     assert!(held.insert(k.clone()), "adding an element twice");
                 }
             }
+            Op::AddJumps { set, entries } => {
+                for (key, chain) in entries {
+                    assert!(
+                        present.chains.contains_key(chain),
+                        "{set}: jump to {chain}, not made yet"
+                    );
+                    let held = present.sets.get_mut(set).expect("elements' set");
+                    // The kernel refuses a key it holds already, whatever its chain.
+                    assert!(
+                        !held.iter().any(|id| id.starts_with(key)),
+                        "adding a map key twice"
+                    );
+                    let mut id = key.clone();
+                    id.extend_from_slice(chain.as_bytes());
+                    held.insert(id);
+                }
+            }
             Op::DelElements { set, keys } => {
                 let held = present.sets.get_mut(set).expect("elements' set");
                 for k in keys {
-                    assert!(held.remove(k), "removing a missing element");
+                    // A map's element is known by its key alone.
+                    let id = held.iter().find(|id| id.starts_with(k)).cloned();
+                    assert!(
+                        id.is_some_and(|id| held.remove(&id)),
+                        "removing a missing element"
+                    );
                 }
             }
         }
