@@ -75,6 +75,11 @@ pub struct Reconciled {
     pub policy: policy::Programmed,
     /// The counters of the policy chains' rules, read before this reconcile.
     pub policy_counts: Vec<policy::RuleCount>,
+    /// The rule state compiled for it, and the view it came from (filled by the caller).
+    pub compiled: Option<(
+        topology::policy::RuleSet,
+        Option<std::sync::Arc<topology::cluster::ClusterView>>,
+    )>,
 }
 
 impl Nft {
@@ -189,10 +194,29 @@ impl Nft {
                     | Reply::Chain(_)
                     | Reply::Set { .. }
                     | Reply::Elements { .. }
+                    | Reply::Generation(_)
                     | Reply::Other) => out.push(other),
                 }
             }
         }
+    }
+
+    /// The ruleset's generation: it grows with every commit to this namespace's nftables,
+    /// weft's or anyone's.
+    ///
+    /// # Errors
+    /// Fails when the request fails or the answer has no generation.
+    pub fn generation(&mut self) -> io::Result<u32> {
+        self.dump(wire::encode_get_generation)?
+            .into_iter()
+            .find_map(|r| {
+                if let Reply::Generation(id) = r {
+                    Some(id)
+                } else {
+                    None
+                }
+            })
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no generation id"))
     }
 
     /// Every chain of every table and family.
@@ -397,6 +421,7 @@ impl Nft {
             tunnel_drops,
             policy: programmed,
             policy_counts,
+            compiled: None,
         })
     }
 

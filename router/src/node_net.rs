@@ -24,7 +24,7 @@ use topology::policy::RuleSet;
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
-use crate::nft::{NetfilterStatus, Nft};
+use crate::nft::{NetfilterStatus, Nft, Reconciled};
 use crate::policy::{Enforcer, PolicyFeed, PolicyStatus};
 
 /// How often the rules are checked while all is well.
@@ -104,6 +104,42 @@ impl RuleSettings {
     }
 }
 
+/// Timer reconciles skipped in a row at most while nothing changed: the table (and the
+/// policy drop counters in the status) are read in full at least every
+/// `RECONCILE_INTERVAL * (QUIET_SKIPS + 1)`.
+pub const QUIET_SKIPS: u32 = 5;
+
+/// What a reconcile depends on: the peers' addresses, the view's revision, the peers' grace,
+/// and why bridged traffic bypasses the rules (if it does).
+type QuietInputs = (BTreeSet<IpAddr>, Option<u64>, bool, Option<String>);
+
+/// Waits for `wait`, a change of the peers or the view, or shutdown (then false).
+async fn wait_for_change(
+    peers: &mut watch::Receiver<BTreeSet<IpAddr>>,
+    view_rx: &mut Option<crate::policy::ViewFeed>,
+    shutdown: &mut watch::Receiver<bool>,
+    wait: Duration,
+) -> bool {
+    let view_changed = async {
+        match view_rx.as_mut() {
+            Some(v) => v.changed().await.is_ok(),
+            None => std::future::pending().await,
+        }
+    };
+    let alive = tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        changed = peers.changed() => changed.is_ok(),
+        alive = view_changed => {
+            if !alive {
+                *view_rx = None;
+            }
+            true
+        }
+        _ = shutdown.changed() => false,
+    };
+    alive && !*shutdown.borrow()
+}
+
 /// Reconciles weft's table until `shutdown`: every [`RECONCILE_INTERVAL`], and at once when
 /// `peers` (the underlay addresses the tunnel ports accept) or, with `policy`, the cluster
 /// view changes. Returns the status.
@@ -136,6 +172,8 @@ pub fn spawn_rules(
     let started = tokio::time::Instant::now();
     let mut view_rx = policy.as_ref().map(|p| p.view.clone());
     let mut enforcer = Enforcer::default();
+    // (kernel generation after the last reconcile, its inputs, timer reconciles skipped since)
+    let mut quiet: Option<(u32, QuietInputs, u32)> = None;
     tokio::spawn(async move {
         let mut nft: Option<Nft> = None;
         let mut retry = Duration::from_secs(1);
@@ -150,21 +188,46 @@ pub fn spawn_rules(
             let view = published.map(|p| p.view);
             let feed = policy.clone();
             let pod_range = settings.pod_range;
+            // A timer's reconcile with the same inputs is skipped while the kernel's ruleset
+            // generation shows no commit since the last one (up to QUIET_SKIPS in a row).
+            let bridge = policy
+                .as_ref()
+                .and_then(|_| crate::policy::bridge_check(Path::new("/proc/sys")));
+            let inputs = (
+                addrs.clone(),
+                view.as_ref().map(|v| v.revision()),
+                keep,
+                bridge.clone(),
+            );
+            let quiet_since = match &quiet {
+                Some((generation, last, skips)) if *last == inputs && *skips < QUIET_SKIPS => {
+                    Some(*generation)
+                }
+                _ => None,
+            };
             let mut socket = nft.take();
-            let (outcome, socket, compiled) = tokio::task::spawn_blocking(move || {
-                let compiled = match (&feed, &view) {
-                    (Some(f), Some(v)) => Some(RuleSet::compile(v, &f.node, &f.node_ips)),
-                    _ => None,
-                };
-                let want = match (&feed, &compiled) {
-                    (None, _) => Want::Off,
-                    (Some(_), None) => Want::Pending { pod_range },
-                    (Some(_), Some(rules)) => Want::Rules(rules),
+            let (outcome, socket) = tokio::task::spawn_blocking(move || {
+                let run = |s: &mut Nft| -> std::io::Result<Option<(Reconciled, u32)>> {
+                    if quiet_since.is_some() && quiet_since == Some(s.generation()?) {
+                        return Ok(None);
+                    }
+                    let compiled = match (&feed, &view) {
+                        (Some(f), Some(v)) => Some(RuleSet::compile(v, &f.node, &f.node_ips)),
+                        _ => None,
+                    };
+                    let want = match (&feed, &compiled) {
+                        (None, _) => Want::Off,
+                        (Some(_), None) => Want::Pending { pod_range },
+                        (Some(_), Some(rules)) => Want::Rules(rules),
+                    };
+                    let mut done = s.reconcile_table(&chains, &sets, keep, want)?;
+                    done.compiled = compiled.map(|c| (c, view.clone()));
+                    Ok(Some((done, s.generation()?)))
                 };
                 let result = match socket.as_mut() {
-                    Some(s) => s.reconcile_table(&chains, &sets, keep, want),
+                    Some(s) => run(s),
                     None => Nft::open().and_then(|mut s| {
-                        let r = s.reconcile_table(&chains, &sets, keep, want);
+                        let r = run(&mut s);
                         socket = Some(s);
                         r
                     }),
@@ -175,10 +238,34 @@ pub fn spawn_rules(
                 unsafe {
                     libc::malloc_trim(0);
                 }
-                (result, socket, compiled.map(|c| (c, view)))
+                (result, socket)
             })
             .await
-            .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None, None));
+            .unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), None));
+            let outcome = match outcome {
+                Ok(None) => {
+                    nft = socket;
+                    if let Some((_, _, skips)) = &mut quiet {
+                        *skips += 1;
+                    }
+                    if !wait_for_change(&mut peers, &mut view_rx, &mut shutdown, RECONCILE_INTERVAL)
+                        .await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Some((done, generation))) => {
+                    quiet = Some((generation, inputs, 0));
+                    Ok(done)
+                }
+                Err(e) => {
+                    quiet = None;
+                    Err(e)
+                }
+            };
+            let mut outcome = outcome;
+            let compiled = outcome.as_mut().ok().and_then(|d| d.compiled.take());
             nft = socket;
             let mut status = initial.clone();
             status.tunnel_peers = addrs.len();
@@ -207,7 +294,7 @@ pub fn spawn_rules(
                         if let Some(lag) = lag {
                             metrics.observe_policy_sync(lag);
                         }
-                        if let Some(why) = crate::policy::bridge_check(Path::new("/proc/sys")) {
+                        if let Some(why) = bridge {
                             if enforcer.status.error.is_none() {
                                 error!("NetworkPolicy is NOT enforced: {why}");
                             }
@@ -237,27 +324,7 @@ pub fn spawn_rules(
                 }
             };
             tx.send_replace(status);
-            let view_changed = async {
-                match view_rx.as_mut() {
-                    Some(v) => v.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                changed = peers.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                alive = view_changed => {
-                    if !alive {
-                        view_rx = None;
-                    }
-                }
-                _ = shutdown.changed() => return,
-            }
-            if *shutdown.borrow() {
+            if !wait_for_change(&mut peers, &mut view_rx, &mut shutdown, wait).await {
                 return;
             }
         }

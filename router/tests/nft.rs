@@ -224,3 +224,25 @@ fn a_batch_larger_than_the_default_socket_buffers_goes_through() {
     let listed = nft(&name, &["list", "table", "inet", "weft"]);
     assert_eq!(listed.matches("jump pol-").count(), 4_000);
 }
+
+/// The ruleset generation the rules task skips quiet reconciles by: it grows with a commit,
+/// weft's or anyone's, and only then.
+#[test]
+fn the_generation_grows_with_every_commit_and_only_then() {
+    let ns = namespace("gen");
+    let name = ns.0.clone();
+    let wanted = wanted_chains(range(), true, &[]);
+    let (before, after, rested) = in_netns(&name, move || {
+        let mut nft = Nft::open().unwrap();
+        let before = nft.generation().unwrap();
+        nft.reconcile(&wanted).unwrap();
+        let after = nft.generation().unwrap();
+        assert!(nft.reconcile(&wanted).unwrap().ops.is_empty());
+        (before, after, nft.generation().unwrap())
+    });
+    assert!(after > before, "{before} -> {after}");
+    assert_eq!(rested, after, "a reconcile that changed nothing committed");
+    nft(&name, &["add", "table", "ip", "other"]);
+    let outside = in_netns(&name, move || Nft::open().unwrap().generation().unwrap());
+    assert!(outside > after, "another table's commit did not move it");
+}

@@ -43,6 +43,9 @@ const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 
 /// `NFPROTO_UNSPEC`: every family (dumps).
 pub const NFPROTO_UNSPEC: u8 = 0;
@@ -509,6 +512,23 @@ pub fn encode_get_elements(seq: u32, set: &str) -> Vec<u8> {
     buf
 }
 
+/// A request for the ruleset's generation (it grows with every commit, by anyone), with an
+/// acknowledgement after the answer.
+pub fn encode_get_generation(seq: u32) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
+    Msg::begin(
+        &mut buf,
+        kind,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        NFPROTO_UNSPEC,
+        0,
+    )
+    .end();
+    buf
+}
+
 /// A dump request for every chain of every table and family.
 pub fn encode_get_chains(seq: u32) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -573,6 +593,8 @@ pub enum Reply {
         /// The keys.
         keys: Vec<Vec<u8>>,
     },
+    /// The ruleset's generation.
+    Generation(u32),
     /// Anything else (other message types are skipped).
     Other,
 }
@@ -777,6 +799,16 @@ fn decode_message(kind: u16, seq: u32, body: &[u8]) -> Result<Reply, DecodeError
                 return Err(DecodeError::Missing("set element list", "set"));
             }
             Ok(Reply::Elements { table, set, keys })
+        }
+        k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN => {
+            let attrs = body.get(NFGEN_HDRLEN..).ok_or(DecodeError::Malformed(0))?;
+            for (t, v) in Attrs::new(attrs, NFGEN_HDRLEN) {
+                if t == NFTA_GEN_ID {
+                    let id = be32(v?).ok_or(DecodeError::Malformed(0))?;
+                    return Ok(Reply::Generation(id));
+                }
+            }
+            Err(DecodeError::Missing("generation", "id"))
         }
         _ => Ok(Reply::Other),
     }
