@@ -2,7 +2,8 @@
 //! `--network-policy on`): rules follow a policy; a router restarted while it cannot list
 //! the cluster keeps the rules it found (no window of allow-all or deny-all); after a reboot
 //! (weft's table gone) a router that cannot list the cluster holds its pods until the first
-//! sync; `bridge-nf-call-iptables=0` is reported as not enforced.
+//! sync; `bridge-nf-call-iptables=0` is reported as not enforced; egress is judged on the
+//! destination after a Service's DNAT.
 //!
 //! Pods: h1/p1 and h2/p1 are labelled pod=p1, h1/p2 and h2/p2 pod=p2. The policy isolates
 //! pod=p1 for ingress and allows it from pod=p2 only: h2/p2 → h1/p1 passes, h2/p1 → h1/p1
@@ -21,6 +22,10 @@ use common::{exec, metrics, ping_until, serial, unique_with};
 const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
 metadata: {name: p1-from-p2, namespace: default}\n\
 spec:\n  podSelector: {matchLabels: {pod: p1}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: p2}}\n";
+
+const EGRESS_POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {name: p1-to-p2, namespace: default}\n\
+spec:\n  podSelector: {matchLabels: {pod: p1}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - podSelector: {matchLabels: {pod: p2}}\n";
 
 /// Polls node `node`'s report until `f` holds of its policy status (`within` at most).
 fn wait_policy(name: &str, node: &str, what: &str, within: Duration, f: impl Fn(&Value) -> bool) {
@@ -224,4 +229,44 @@ fn policy_holds_through_restarts_reboots_and_reports_a_bypass() {
         open(&name, "h2/p1", target),
         "the deleted policy still blocks"
     );
+
+    // Egress is judged on the destination after Service DNAT: kube-proxy's part is played by
+    // two DNAT rules on h1 (10.96.0.10 to h2/p2, 10.96.0.11 to h2/p1), and h1/p1 may reach
+    // pod=p2 only.
+    let ip_of = |node: usize, pod: usize| {
+        let ip = &info.nodes[node].pods[pod].ip;
+        ip.split('/').next().unwrap().to_owned()
+    };
+    let (h2p1, h2p2) = (ip_of(1, 0), ip_of(1, 1));
+    let rules = format!(
+        "table ip kube-proxy-standin {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  \
+         ip daddr 10.96.0.10 dnat to {h2p2}\n  ip daddr 10.96.0.11 dnat to {h2p1}\n }}\n}}\n"
+    );
+    let rules_file = dir.path().join("kube-proxy.nft");
+    std::fs::write(&rules_file, rules).unwrap();
+    let rules_path = rules_file.display().to_string();
+    let (ok, _, err) = exec(&name, "h1", &["nft", "-f", &rules_path]);
+    assert!(ok, "kube-proxy's stand-in rules: {err}");
+    assert!(
+        open(&name, "h1/p1", "10.96.0.11"),
+        "the Service does not carry pings"
+    );
+    std::fs::write(&file, EGRESS_POLICY).unwrap();
+    lab::objects::apply(&name, &file).unwrap();
+    wait_policy(
+        &name,
+        "h1",
+        "h1/p1 isolated for egress",
+        Duration::from_secs(10),
+        |p| p["state"] == "enforcing" && p["isolated_pods"] == 1,
+    );
+    assert!(
+        open(&name, "h1/p1", "10.96.0.10"),
+        "the Service to pod=p2 is blocked"
+    );
+    assert!(
+        blocked(&name, "h1/p1", "10.96.0.11"),
+        "the Service to pod=p1 passes"
+    );
+    assert!(open(&name, "h1/p1", &h2p2), "pod=p2 itself is blocked");
 }
