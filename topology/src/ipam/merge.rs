@@ -38,12 +38,14 @@ impl Ipam {
         self.seeds = seeds;
         self.next_propose = None;
         self.dirty = true;
-        self.broadcast = true;
+        self.broadcast_full();
         self.update_free();
     }
 
-    pub(super) fn merge_records(&mut self, peers: &BTreeMap<PeerName, PeerRecord>) {
+    /// Merges records heard from a peer; returns true when any record of ours changed.
+    pub(super) fn merge_records(&mut self, peers: &BTreeMap<PeerName, PeerRecord>) -> bool {
         let me = self.config.name;
+        let mut changed = false;
         for (&name, rec) in peers {
             if name == me {
                 // A record of ours newer than what we hold comes from a previous incarnation:
@@ -54,7 +56,8 @@ impl Ipam {
                 {
                     // Saturating: a peer may send any seq (u64::MAX included).
                     mine.seq = rec.seq.saturating_add(1);
-                    self.broadcast = true;
+                    self.broadcast_record(me);
+                    changed = true;
                 }
                 continue;
             }
@@ -62,15 +65,18 @@ impl Ipam {
                 Some(ours) if ours.seq >= rec.seq => {}
                 Some(ours) => {
                     *ours = rec.clone();
-                    self.broadcast = true;
+                    self.broadcast_record(name);
+                    changed = true;
                 }
                 None => {
                     if self.records.len() < wire::MAX_PEERS {
                         self.records.insert(name, rec.clone());
-                        self.broadcast = true;
+                        self.broadcast_record(name);
+                        changed = true;
                     }
                 }
             }
         }
+        changed
     }
 }

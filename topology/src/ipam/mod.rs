@@ -88,6 +88,12 @@ pub struct Ipam {
     resync: BTreeSet<PeerName>,
     next_check: Option<Instant>,
     broadcast: bool,
+    /// The next broadcast carries the whole state (the ring changed, a peer appeared, ...);
+    /// otherwise only the records in `changed`.
+    full: bool,
+    changed: BTreeSet<PeerName>,
+    digest_due: bool,
+    answered: BTreeMap<PeerName, Answered>,
     dirty: bool,
     transmit: VecDeque<(Destination, Vec<u8>)>,
     events: VecDeque<Event>,
@@ -113,6 +119,15 @@ pub struct Stats {
 struct Liveness {
     seen: bool,
     since: Instant,
+}
+
+/// The last digest we answered for a peer: a digest pair repeats when our State did not
+/// help (say, a record table at [`wire::MAX_PEERS`]), and is answered again only after a while.
+#[derive(Clone, Copy, Debug)]
+struct Answered {
+    theirs: u64,
+    ours: u64,
+    at: Instant,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -153,6 +168,10 @@ impl Ipam {
             resync: BTreeSet::new(),
             next_check: None,
             broadcast: false,
+            full: false,
+            changed: BTreeSet::new(),
+            digest_due: false,
+            answered: BTreeMap::new(),
             dirty: false,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -242,6 +261,21 @@ impl Ipam {
     /// Returns our allocations that lie in ranges another peer took over (reported conflicts).
     pub fn conflicts(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.conflicts.iter().map(|&o| self.config.range.addr(o))
+    }
+
+    /// Returns the encoded length of our whole state (what a full broadcast sends), bytes.
+    pub fn state_len(&self) -> usize {
+        self.state_message().to_bytes().len()
+    }
+
+    /// Returns the per-peer records we hold (ours included), by name.
+    pub fn records(&self) -> &BTreeMap<PeerName, PeerRecord> {
+        &self.records
+    }
+
+    /// Returns how many allocations are pending (waiting for a ring or for space).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 
     /// Returns every allocation, by address.
@@ -398,18 +432,37 @@ impl Ipam {
         };
         match msg {
             Message::SpaceRequest { want } => self.donate(now, from, want),
+            Message::Digest {
+                range,
+                ring,
+                digest,
+            } => self.handle_digest(now, from, range, ring, digest),
             Message::State {
                 range,
                 ring,
                 peers,
                 paxos,
+                answer,
+                delta,
             } => {
                 if range != self.config.range {
                     self.refused.insert(from, "uses a different IP range");
                     return Ok(());
                 }
+                if delta {
+                    // Changed records only: the sender may well hold a ring. Most copies of a
+                    // delta bring nothing new (it reaches us from every neighbour).
+                    if self.merge_records(&peers) {
+                        self.after_change(now);
+                    }
+                    return Ok(());
+                }
                 let resyncing = self.resync.remove(&from);
+                // Push-pull: what the answering peer holds, to compare with ours once merged.
+                let mut theirs = answer
+                    .then(|| digest_of(ring.as_ref().map(|r| (&r.seeds[..], &r.entries)), &peers));
                 if ring.is_none() && self.ring.is_some() {
+                    theirs = None;
                     // The sender has no ring yet (it may have missed every broadcast of it and
                     // is still proposing): answer it directly instead of leaving it to the
                     // periodic gossip.
@@ -419,15 +472,15 @@ impl Ipam {
                 if let Some(rs) = ring {
                     self.merge_ring(now, from, rs);
                 }
-                self.merge_records(&peers);
+                let _ = self.merge_records(&peers);
                 if resyncing && self.resync.is_empty() {
-                    self.broadcast = true;
+                    self.broadcast_full();
                 }
                 if self.ring.is_none()
                     && let Some(claims) = paxos
                 {
                     if self.paxos.merge(&claims) {
-                        self.broadcast = true;
+                        self.broadcast_full();
                         self.paxos_progress = true;
                     }
                     if self.paxos.behind(&claims) {
@@ -438,9 +491,70 @@ impl Ipam {
                     self.check_decided(now);
                 }
                 self.after_change(now);
+                if theirs.is_some_and(|d| d != self.digest()) && !(self.broadcast && self.full) {
+                    // The answer lacks something we hold (or we changed and will broadcast).
+                    self.transmit
+                        .push_back((Destination::Peer(from), self.state_message().to_bytes()));
+                }
             }
         }
         Ok(())
+    }
+
+    /// Marks the whole state for the next broadcast.
+    fn broadcast_full(&mut self) {
+        self.broadcast = true;
+        self.full = true;
+    }
+
+    /// Marks `peer`'s record, which changed in our table, for the next broadcast.
+    fn broadcast_record(&mut self, peer: PeerName) {
+        self.broadcast = true;
+        self.changed.insert(peer);
+    }
+
+    /// Returns the digest of our ring and records that periodic gossip carries: FNV-1a over
+    /// the seeds, every ring entry, and every record's name and sequence number.
+    pub fn digest(&self) -> u64 {
+        let ring = self.ring.as_ref().map(|r| (&self.seeds[..], r.entries()));
+        digest_of(ring, &self.records)
+    }
+
+    fn handle_digest(&mut self, now: Instant, from: PeerName, range: Range, ring: bool, d: u64) {
+        if range != self.config.range {
+            self.refused.insert(from, "uses a different IP range");
+            return;
+        }
+        let ours = self.digest();
+        if d == ours {
+            // The sender holds exactly our ring: as good as hearing it (see `resync`).
+            if ring && self.resync.remove(&from) && self.resync.is_empty() {
+                self.broadcast_full();
+                self.after_change(now);
+            }
+            self.answered.remove(&from);
+            return;
+        }
+        let repeat = self.answered.get(&from).is_some_and(|a| {
+            a.theirs == d && a.ours == ours && now < a.at + self.config.gossip_interval * 10
+        });
+        if repeat {
+            return;
+        }
+        self.answered.insert(
+            from,
+            Answered {
+                theirs: d,
+                ours,
+                at: now,
+            },
+        );
+        let mut msg = self.state_message();
+        if let Message::State { answer, .. } = &mut msg {
+            *answer = true;
+        }
+        self.transmit
+            .push_back((Destination::Peer(from), msg.to_bytes()));
     }
 
     /// Notes that `peer` is in the topology (reachable through the mesh).
@@ -457,8 +571,35 @@ impl Ipam {
         );
         if !was.is_some_and(|l| l.seen) {
             // A new neighbour learns our state at once.
-            self.broadcast = true;
+            self.broadcast_full();
             self.tried.remove(&peer);
+            self.after_change(now);
+        }
+    }
+
+    /// Notes that every peer of `peers` is in the topology: the same as calling
+    /// [`Ipam::handle_peer_seen`] for each, but re-evaluates the ring once, not once per peer
+    /// (a mesh that converges reports its peers in bursts).
+    pub fn handle_peers_seen(&mut self, now: Instant, peers: impl IntoIterator<Item = PeerName>) {
+        let mut fresh = false;
+        for peer in peers {
+            if peer == self.config.name {
+                continue;
+            }
+            let was = self.live.insert(
+                peer,
+                Liveness {
+                    seen: true,
+                    since: now,
+                },
+            );
+            if !was.is_some_and(|l| l.seen) {
+                self.tried.remove(&peer);
+                fresh = true;
+            }
+        }
+        if fresh {
+            self.broadcast_full();
             self.after_change(now);
         }
     }
@@ -481,13 +622,20 @@ impl Ipam {
             self.request = None;
         }
         self.resync.remove(&peer);
+        self.answered.remove(&peer);
         self.after_change(now);
     }
 
     /// Runs what is due: periodic gossip, request retries, proposals, votes and reclaims.
     pub fn handle_timeout(&mut self, now: Instant) {
         if now >= self.next_gossip {
-            self.broadcast = true;
+            // With a ring, a digest: neighbours that differ answer with their state. Without
+            // one, the whole state (seeding consensus runs on it; see docs/IPAM.md).
+            if self.ring.is_some() {
+                self.digest_due = true;
+            } else {
+                self.broadcast_full();
+            }
             self.next_gossip = now + self.config.gossip_interval;
         }
         if self.request.is_some_and(|r| now >= r.deadline)
@@ -504,7 +652,7 @@ impl Ipam {
                 if !std::mem::take(&mut self.paxos_progress) {
                     self.paxos.propose();
                 }
-                self.broadcast = true;
+                self.broadcast_full();
                 self.check_decided(now);
             }
         }
@@ -525,7 +673,34 @@ impl Ipam {
     pub fn poll_transmit(&mut self) -> Option<(Destination, Vec<u8>)> {
         if self.broadcast {
             self.broadcast = false;
-            let msg = self.state_message();
+            self.digest_due = false;
+            let changed = std::mem::take(&mut self.changed);
+            if std::mem::take(&mut self.full) || self.ring.is_none() {
+                let msg = self.state_message();
+                self.transmit
+                    .push_back((Destination::Broadcast, msg.to_bytes()));
+            } else if !changed.is_empty() {
+                let msg = Message::State {
+                    range: self.config.range,
+                    ring: None,
+                    peers: changed
+                        .iter()
+                        .filter_map(|p| Some((*p, self.records.get(p)?.clone())))
+                        .collect(),
+                    paxos: None,
+                    answer: false,
+                    delta: true,
+                };
+                self.transmit
+                    .push_back((Destination::Broadcast, msg.to_bytes()));
+            }
+        } else if self.digest_due {
+            self.digest_due = false;
+            let msg = Message::Digest {
+                range: self.config.range,
+                ring: self.ring.is_some(),
+                digest: self.digest(),
+            };
             self.transmit
                 .push_back((Destination::Broadcast, msg.to_bytes()));
         }
@@ -653,7 +828,7 @@ impl Ipam {
         {
             // Lazy seeding: the first allocation starts consensus (at once with quorum 1).
             self.paxos.propose();
-            self.broadcast = true;
+            self.broadcast_full();
             self.check_decided(now);
         }
         if self.blocked(now).is_none()
@@ -702,7 +877,7 @@ impl Ipam {
 
     fn changed_ring(&mut self, now: Instant) {
         self.dirty = true;
-        self.broadcast = true;
+        self.broadcast_full();
         self.after_change(now);
     }
 
@@ -787,12 +962,12 @@ impl Ipam {
             .collect();
         let me = self.config.name;
         if let Some(r) = self.records.get_mut(&me)
-            && (r.free != free || r.held != held)
+            && (free_changed(r.free, free) || r.held != held)
         {
             r.free = free;
             r.held = held;
             r.seq = r.seq.saturating_add(1);
-            self.broadcast = true;
+            self.broadcast_record(me);
         }
     }
 
@@ -920,6 +1095,8 @@ impl Ipam {
             } else {
                 None
             },
+            answer: false,
+            delta: false,
         }
     }
 
@@ -979,4 +1156,58 @@ pub fn owners_hash(owners: impl Iterator<Item = PeerName>) -> u64 {
         }
     }
     h
+}
+
+/// Whether our record should publish a new free count: it is a hint for choosing donors, so
+/// it is republished only when it moves by an eighth or more, or crosses the "more than one
+/// free" line that donor choice tests. An allocation or release inside a large range then
+/// changes nothing that gossip carries.
+fn free_changed(published: u32, free: u32) -> bool {
+    let d = published.abs_diff(free);
+    d > 0 && (u64::from(d) * 8 >= u64::from(published.max(free)) || (published > 1) != (free > 1))
+}
+
+/// FNV-1a over what a digest covers: the ring (seeds and entries) and each record's name and
+/// sequence number (a record changes only with its sequence number).
+fn digest_of(
+    ring: Option<(&[PeerName], &BTreeMap<u32, Entry>)>,
+    records: &BTreeMap<PeerName, PeerRecord>,
+) -> u64 {
+    let mut h = Fnv::new();
+    match ring {
+        None => h.write(&[0]),
+        Some((seeds, entries)) => {
+            h.write(&[1]);
+            h.write(&(seeds.len() as u64).to_be_bytes());
+            for p in seeds {
+                h.write(&p.bytes());
+            }
+            for (t, e) in entries {
+                h.write(&t.to_be_bytes());
+                h.write(&e.owner.bytes());
+                h.write(&e.version.to_be_bytes());
+            }
+        }
+    }
+    h.write(&[2]);
+    for (p, r) in records {
+        h.write(&p.bytes());
+        h.write(&r.seq.to_be_bytes());
+    }
+    h.0
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
 }

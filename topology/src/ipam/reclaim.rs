@@ -69,7 +69,7 @@ impl Ipam {
         {
             r.vote = vote;
             r.seq = r.seq.saturating_add(1);
-            self.broadcast = true;
+            self.broadcast_record(me);
         }
     }
 
@@ -113,7 +113,7 @@ impl Ipam {
         }
         self.update_free();
         self.dirty = true;
-        self.broadcast = true;
+        self.broadcast_full();
         self.update_vote(now);
         self.fill_pending(now);
     }

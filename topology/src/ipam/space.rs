@@ -38,7 +38,7 @@ impl Ipam {
         // A fenced peer gives nothing away, nor does one waiting for space itself.
         if self.blocked(now).is_some() || !self.pending.is_empty() {
             self.stats.denied += 1;
-            self.broadcast = true;
+            self.broadcast_full();
             return;
         }
         // Half our free space at most, as weave does; `want` is a hint for future use.
@@ -48,13 +48,13 @@ impl Ipam {
         let me = self.config.name;
         let Some((s, e)) = self.largest_free_run() else {
             self.stats.denied += 1;
-            self.broadcast = true;
+            self.broadcast_full();
             return;
         };
         let give = give_max.min(e - s);
         if give == 0 {
             self.stats.denied += 1;
-            self.broadcast = true;
+            self.broadcast_full();
             return;
         }
         // Give the top of the run, keeping our allocations' neighbourhood.

@@ -1128,3 +1128,192 @@ fn own_record_at_max_seq_does_not_overflow() {
     assert!(ipam.handle_gossip(now, from, gossip).is_ok());
     while ipam.poll_transmit().is_some() {}
 }
+
+// ---- gossip at scale: digests, record deltas, the free-count hint ----
+
+/// Drops whatever the peers queued (messages lost on the way).
+fn drop_queued(net: &mut Net) {
+    for i in 0..net.peers.len() {
+        net.drain(i);
+    }
+    net.queue.clear();
+}
+
+fn all_digests_equal(net: &Net) -> bool {
+    let d = net.peers[0].digest();
+    net.peers.iter().all(|p| p.digest() == d)
+}
+
+#[test]
+fn periodic_gossip_with_a_ring_is_a_digest() {
+    let mut net = Net::new(
+        3,
+        "10.0.0.0/24",
+        |_| Init::Seed(vec![n(1), n(2), n(3)]),
+        None,
+    );
+    net.deliver_all();
+    net.advance(Duration::from_secs(31));
+    let now = net.now + Duration::from_secs(31);
+    net.peers[0].handle_timeout(now);
+    let (dest, bytes) = net.peers[0].poll_transmit().unwrap();
+    assert_eq!(dest, Destination::Broadcast);
+    assert_eq!(
+        Message::decode(&bytes).unwrap(),
+        Message::Digest {
+            range: "10.0.0.0/24".parse().unwrap(),
+            ring: true,
+            digest: net.peers[0].digest(),
+        }
+    );
+    assert_eq!(bytes.len(), 16);
+    assert!(net.peers[0].poll_transmit().is_none());
+}
+
+#[test]
+fn a_lost_change_is_repaired_by_the_next_digests() {
+    let mut net = Net::new(
+        3,
+        "10.0.0.0/27",
+        |_| Init::Seed(vec![n(1), n(2), n(3)]),
+        None,
+    );
+    net.deliver_all();
+    assert!(all_digests_equal(&net));
+    // Ten addresses of peer 1's ten: its free count moves by more than an eighth, its record
+    // changes, and the delta saying so is lost.
+    let now = net.now;
+    for i in 0..4 {
+        net.peers[0]
+            .allocate(now, &format!("c{i}"), "eth0")
+            .unwrap();
+    }
+    let seq = net.peers[0].records()[&n(1)].seq;
+    drop_queued(&mut net);
+    assert!(net.peers[1].records()[&n(1)].seq < seq);
+    assert!(!all_digests_equal(&net));
+    net.advance(Duration::from_secs(31));
+    assert!(all_digests_equal(&net), "one round of digests repairs it");
+    assert_eq!(net.peers[2].records()[&n(1)].seq, seq);
+    // Converged: the next round is digests only, and nobody answers them.
+    net.advance(Duration::from_secs(31));
+    let now = net.now;
+    for i in 0..3 {
+        net.peers[i].handle_timeout(now + Duration::from_secs(31));
+        while let Some((_, b)) = net.peers[i].poll_transmit() {
+            assert!(matches!(Message::decode(&b), Ok(Message::Digest { .. })));
+        }
+    }
+}
+
+#[test]
+fn a_record_change_travels_as_a_delta_and_a_ring_change_whole() {
+    let mut net = Net::new(2, "10.0.0.0/27", |_| Init::Seed(vec![n(1), n(2)]), None);
+    net.deliver_all();
+    let now = net.now;
+    for i in 0..4 {
+        net.peers[0]
+            .allocate(now, &format!("c{i}"), "eth0")
+            .unwrap();
+    }
+    let (_, b) = net.peers[0].poll_transmit().unwrap();
+    let Ok(Message::State {
+        ring: None,
+        peers,
+        delta: true,
+        ..
+    }) = Message::decode(&b)
+    else {
+        panic!("expected a record delta");
+    };
+    assert_eq!(peers.keys().copied().collect::<Vec<_>>(), vec![n(1)]);
+    assert!(net.peers[1].handle_gossip(now, n(1), &b).is_ok());
+    assert_eq!(net.peers[1].records()[&n(1)], net.peers[0].records()[&n(1)]);
+    // What was new is passed on as a delta again; a delta says nothing about the ring, so
+    // it draws no answer meant for a ring-less sender.
+    let (dest, b) = net.peers[1].poll_transmit().unwrap();
+    assert_eq!(dest, Destination::Broadcast);
+    assert!(matches!(
+        Message::decode(&b),
+        Ok(Message::State {
+            ring: None,
+            delta: true,
+            ..
+        })
+    ));
+    assert!(net.peers[1].poll_transmit().is_none());
+    // A takeover changes the ring: the whole state goes out.
+    net.peers[1].handle_peer_gone(now, n(1));
+    net.peers[1].rmpeer(now, n(1)).unwrap();
+    let (_, b) = net.peers[1].poll_transmit().unwrap();
+    assert!(matches!(
+        Message::decode(&b),
+        Ok(Message::State {
+            ring: Some(_),
+            delta: false,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn the_free_count_is_republished_only_when_it_moves_enough() {
+    assert!(!free_changed(1000, 1000));
+    assert!(!free_changed(1000, 990));
+    assert!(!free_changed(1000, 876));
+    assert!(free_changed(1000, 875));
+    assert!(free_changed(0, 1000));
+    assert!(free_changed(0, 1));
+    assert!(free_changed(2, 1), "crossing the line donor choice tests");
+    assert!(!free_changed(9, 8));
+    assert!(free_changed(8, 7));
+}
+
+#[test]
+fn peers_seen_together_equal_peers_seen_one_by_one() {
+    #[allow(clippy::disallowed_methods)] // an arbitrary base instant for the test
+    let now = Instant::now();
+    let init = || Init::Seed(vec![n(1), n(2), n(3), n(4)]);
+    let mut a = Ipam::new(cfg(1, "10.0.0.0/24", init()), now, 1);
+    let mut b = Ipam::new(cfg(1, "10.0.0.0/24", init()), now, 1);
+    a.handle_peers_seen(now, [n(1), n(2), n(3), n(4)]);
+    for p in [n(2), n(3), n(4)] {
+        b.handle_peer_seen(now, p);
+    }
+    assert_eq!(a.status(now), b.status(now));
+    assert_eq!(a.digest(), b.digest());
+    let sent = |x: &mut Ipam| std::iter::from_fn(|| x.poll_transmit()).collect::<Vec<_>>();
+    assert_eq!(sent(&mut a), sent(&mut b));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever change-driven gossip is lost, two rounds of periodic digests (and the states
+    /// that answer them) bring every peer to the same ring and records, and safety holds.
+    #[test]
+    fn digests_repair_any_lost_gossip(
+        ops in proptest::collection::vec((0..3usize, 0..6u8, any::<bool>(), any::<bool>()), 1..40),
+    ) {
+        let mut net = Net::new(3, "10.0.0.0/26", |_| Init::Seed(vec![n(1), n(2), n(3)]), None);
+        net.deliver_all();
+        for (peer, pod, alloc, lose) in ops {
+            let now = net.now;
+            if alloc {
+                let _ = net.peers[peer].allocate(now, &format!("p{pod}"), "eth0");
+            } else {
+                let _ = net.peers[peer].release(&format!("p{pod}"), "eth0");
+            }
+            if lose {
+                drop_queued(&mut net);
+            } else {
+                net.deliver_all();
+            }
+            net.check_safety();
+        }
+        net.advance(Duration::from_secs(31));
+        net.advance(Duration::from_secs(31));
+        prop_assert!(all_digests_equal(&net));
+        net.check_safety();
+    }
+}

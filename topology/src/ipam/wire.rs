@@ -17,11 +17,11 @@ use crate::peer::PeerName;
 /// The protocol version byte that starts every message.
 pub const VERSION: u8 = 0x01;
 /// The largest message accepted or produced, in bytes.
-pub const MAX_MESSAGE_LEN: usize = 256 * 1024;
+pub const MAX_MESSAGE_LEN: usize = 1024 * 1024;
 /// The most ring entries in one message.
 pub const MAX_RING_ENTRIES: usize = 12_000;
 /// The most seeds of one ring, peer records or Paxos nodes in one message.
-pub const MAX_PEERS: usize = 2_048;
+pub const MAX_PEERS: usize = 8_192;
 /// The most dead peers one reclaim vote names.
 pub const MAX_VOTE_TARGETS: usize = 16;
 /// The most held-foreign offsets one peer record lists.
@@ -105,7 +105,18 @@ pub enum Message {
         /// Addresses wanted.
         want: u32,
     },
-    /// The sender's whole IPAM state (broadcast on change and periodically).
+    /// A digest of the sender's ring and records (broadcast every gossip interval). A
+    /// receiver whose own digest differs answers with its [`Message::State`] (`answer` set).
+    Digest {
+        /// The allocation range; digests for other ranges are refused.
+        range: Range,
+        /// Whether the sender holds a ring.
+        ring: bool,
+        /// The digest ([`super::Ipam::digest`]).
+        digest: u64,
+    },
+    /// The sender's whole IPAM state (broadcast on change; unicast to answer a digest that
+    /// differs from ours, or a peer without a ring).
     State {
         /// The allocation range; states for other ranges are refused.
         range: Range,
@@ -115,12 +126,19 @@ pub enum Message {
         peers: BTreeMap<PeerName, PeerRecord>,
         /// Seeding consensus claims, while no ring exists.
         paxos: Option<BTreeMap<PeerName, Claims>>,
+        /// Set when this State answers a digest that differed: the receiver sends its own
+        /// State back if it holds something this one lacks (push-pull).
+        answer: bool,
+        /// Set when this State carries only the records that changed (no ring, no claims,
+        /// though the sender may hold a ring): what a change that left the ring alone gossips.
+        delta: bool,
     },
 }
 
 mod kind {
     pub(super) const STATE: u8 = 0x01;
     pub(super) const SPACE_REQUEST: u8 = 0x02;
+    pub(super) const DIGEST: u8 = 0x03;
 }
 
 mod record {
@@ -131,7 +149,9 @@ mod record {
 mod flags {
     pub(super) const RING: u8 = 0x01;
     pub(super) const PAXOS: u8 = 0x02;
-    pub(super) const RESERVED: u8 = !0x03;
+    pub(super) const ANSWER: u8 = 0x04;
+    pub(super) const DELTA: u8 = 0x08;
+    pub(super) const RESERVED: u8 = !0x0f;
 }
 
 const ENTRY_LEN: usize = 4 + 6 + 4;
@@ -154,9 +174,24 @@ impl Message {
         }
         let msg = match r.u8()? {
             kind::SPACE_REQUEST => Self::SpaceRequest { want: r.u32()? },
+            kind::DIGEST => {
+                let fl = r.u8()?;
+                if fl & !flags::RING != 0 {
+                    return Err(Error::BadFlags);
+                }
+                let base = Ipv4Addr::from(r.u32()?);
+                let range = Range::new(base, r.u8()?).ok_or(Error::BadRange)?;
+                Self::Digest {
+                    range,
+                    ring: fl & flags::RING != 0,
+                    digest: r.u64()?,
+                }
+            }
             kind::STATE => {
                 let fl = r.u8()?;
-                if fl & flags::RESERVED != 0 {
+                if fl & flags::RESERVED != 0
+                    || (fl & flags::DELTA != 0 && fl & (flags::RING | flags::PAXOS) != 0)
+                {
                     return Err(Error::BadFlags);
                 }
                 let base = Ipv4Addr::from(r.u32()?);
@@ -234,6 +269,8 @@ impl Message {
                     ring,
                     peers,
                     paxos,
+                    answer: fl & flags::ANSWER != 0,
+                    delta: fl & flags::DELTA != 0,
                 }
             }
             _ => return Err(Error::UnknownType),
@@ -254,14 +291,33 @@ impl Message {
                 out.push(kind::SPACE_REQUEST);
                 out.extend_from_slice(&want.to_be_bytes());
             }
+            Self::Digest {
+                range,
+                ring,
+                digest,
+            } => {
+                out.push(kind::DIGEST);
+                out.push(if *ring { flags::RING } else { 0 });
+                out.extend_from_slice(&range.base().octets());
+                out.push(range.prefix());
+                out.extend_from_slice(&digest.to_be_bytes());
+            }
             Self::State {
                 range,
                 ring,
                 peers,
                 paxos,
+                answer,
+                delta,
             } => {
                 out.push(kind::STATE);
                 let mut fl = 0;
+                if *answer {
+                    fl |= flags::ANSWER;
+                }
+                if *delta {
+                    fl |= flags::DELTA;
+                }
                 if ring.is_some() {
                     fl |= flags::RING;
                 }
@@ -539,6 +595,8 @@ mod tests {
             }),
             peers,
             paxos: None,
+            answer: false,
+            delta: false,
         };
         let b = m.to_bytes();
         #[rustfmt::skip]
