@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
             Reply::Elements { set, keys, .. } => {
                 sets.entry(set).or_insert_with(std::collections::BTreeSet::new).extend(keys);
             }
-            Reply::Set { .. } | Reply::Ack { .. } | Reply::Done { .. } | Reply::Other => {}
+            Reply::Set { .. }
+            | Reply::Ack { .. }
+            | Reply::Done { .. }
+            | Reply::Generation(_)
+            | Reply::Other => {}
         }
     }
     let present = Present::from_dumps(&chains, &rules).with_sets(sets);

@@ -222,6 +222,10 @@ struct Daemon {
     port: u16,
     /// When a throttled status snapshot is to be published.
     publish_due: Option<Instant>,
+    /// [`Daemon::status_digest`] when the last snapshot was built.
+    published_digest: u64,
+    /// When [`Daemon::maybe_publish`] last looked for changes.
+    last_check: Option<Instant>,
     ipam: Ipam,
     ipam_store: IpamStore,
     /// The bridge's netlink handle and index, when the router manages devices.
@@ -275,6 +279,11 @@ impl Daemon {
         mesh_config.listen_port = port;
         mesh_config.conn_limit = config.conn_limit as usize;
         mesh_config.dial_timeout = DIAL_TIMEOUT;
+        // The kernel's keepalive finds dead links (see `connection::set_liveness`); heartbeats
+        // only carry the view digest and catch a hung router, so they can be rare: at 100
+        // peers, 500 ms heartbeats cost each router 400 messages a second.
+        mesh_config.heartbeat_interval = HEARTBEAT_INTERVAL;
+        mesh_config.heartbeat_timeout = HEARTBEAT_INTERVAL * 3;
         // Each incarnation's records outrank the last one's, so a restarted router is taken
         // back at once (not after a neighbour's 10 s tombstone of its last record).
         mesh_config.initial_version = SystemTime::now()
@@ -306,6 +315,8 @@ impl Daemon {
             last_publish: None,
             port,
             publish_due: None,
+            published_digest: 0,
+            last_check: None,
             ipam,
             ipam_store,
             bridge,
@@ -368,6 +379,13 @@ impl Daemon {
                     if let Some(input) = input {
                         self.handle_input(input);
                     }
+                    // What else has arrived is handled in the same turn (bounded, so the
+                    // other branches still get theirs): one drain and status check for a
+                    // burst of heartbeats, not one each.
+                    for _ in 1..BURST {
+                        let Ok(input) = self.inputs_rx.try_recv() else { break };
+                        self.handle_input(input);
+                    }
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, addr)) => self.admit(stream, addr),
@@ -389,6 +407,13 @@ impl Daemon {
                 addr = next_answer(&mut self.fastdp_answers) => {
                     if let Some(f) = &mut self.fastdp {
                         f.handle_answer(addr);
+                        // A round's answers come back together.
+                        if let Some(rx) = &mut self.fastdp_answers {
+                            for _ in 1..BURST {
+                                let Ok(addr) = rx.try_recv() else { break };
+                                f.handle_answer(addr);
+                            }
+                        }
                     }
                 }
                 _ = housekeeping.tick() => self.housekeeping().await,
@@ -748,9 +773,10 @@ impl Daemon {
             return;
         };
         let mut out: Vec<(Option<ConnId>, Vec<u8>)> = Vec::new();
+        let mut relayed: Vec<(ConnId, PeerName, Vec<u8>)> = Vec::new();
         for (conn, body) in std::mem::take(&mut self.fastdp_inbox) {
             match f.handle_announcement(&body, self.sleeve.as_ref()).await {
-                Ok(Some(msg)) => out.push((Some(conn), msg)),
+                Ok(Some((origin, msg))) => relayed.push((conn, origin, msg)),
                 Ok(None) => {}
                 Err(e) => {
                     debug!(conn = conn.0, "malformed fastdp announcement: {e}");
@@ -763,6 +789,33 @@ impl Daemon {
         }
         for (except, msg) in out {
             self.send_to_all(&msg, except);
+        }
+        for (from, origin, msg) in relayed {
+            self.relay_announcement(from, origin, &msg);
+        }
+    }
+
+    /// Passes a peer's announcement on to the connections whose peers the origin is not
+    /// connected to (by the topology): the origin sends it to its own neighbours, and sends
+    /// every one it holds to a connection that comes up, so in a full mesh a version costs N
+    /// messages, not N² (each router re-flooding it to all its connections).
+    fn relay_announcement(&self, from: ConnId, origin: PeerName, msg: &[u8]) {
+        let routes = self.mesh.routes();
+        let graph = routes.graph();
+        let neighbours: BTreeSet<PeerName> = graph
+            .index(origin)
+            .map(|i| {
+                graph
+                    .neighbours(i)
+                    .iter()
+                    .map(|&j| graph.names()[j as usize])
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (&conn, peer) in &self.conn_peer {
+            if conn != from && *peer != origin && !neighbours.contains(peer) {
+                self.send_to(conn, msg.to_vec());
+            }
         }
     }
 
@@ -847,21 +900,48 @@ impl Daemon {
         }
     }
 
-    /// Publishes a fresh status snapshot at most every [`PUBLISH_INTERVAL`] (or now, if forced).
+    /// Publishes a fresh status snapshot at most every [`PUBLISH_INTERVAL`] (more in big meshes; or now, if
+    /// forced), and only when what it shows may have changed: a turn of the loop that moved
+    /// nothing status shows (a heartbeat, a probe answered, a timer that only sent) builds no
+    /// snapshot until [`STATUS_REFRESH`] has passed, which refreshes counters and ages. A
+    /// snapshot lists every peer's connections, so building one per turn cost a router
+    /// O(peers²) per heartbeat received.
     fn maybe_publish(&mut self, force: bool) {
         let now = Instant::now();
-        if !force
-            && self
-                .last_publish
-                .is_some_and(|t| now - t < PUBLISH_INTERVAL)
-        {
-            // Published moments ago: publish again when the interval is over, so the last
-            // change before a quiet spell is never left out of the snapshot.
-            self.publish_due = self.last_publish.map(|t| t + PUBLISH_INTERVAL);
+        // A snapshot lists every peer's connections, so it costs O(peers²) to build: in a big
+        // mesh forming (everything changing) it is rebuilt less often.
+        let peers = self.mesh.view_digest().0;
+        let interval = PUBLISH_INTERVAL.max(PUBLISH_PER_PEER * peers);
+        if !force && self.last_check.is_some_and(|t| now - t < interval) {
+            // Looked moments ago: look again when the interval is over, so the last change
+            // before a quiet spell is never left out of the snapshot.
+            self.publish_due = self.last_check.map(|t| t + interval);
+            return;
+        }
+        self.last_check = Some(now);
+        self.publish_due = None;
+        let digest = self.status_digest();
+        let watched = self
+            .netfilter
+            .as_ref()
+            .is_some_and(|rx| rx.has_changed().unwrap_or(false))
+            || self
+                .handles
+                .kube
+                .as_ref()
+                .is_some_and(|rx| rx.has_changed().unwrap_or(false));
+        let stale = self.last_publish.is_none_or(|t| now - t >= STATUS_REFRESH);
+        if !force && !stale && !watched && digest == self.published_digest {
             return;
         }
         self.last_publish = Some(now);
-        self.publish_due = None;
+        self.published_digest = digest;
+        if let Some(rx) = &mut self.netfilter {
+            rx.mark_unchanged();
+        }
+        if let Some(rx) = &mut self.handles.kube {
+            rx.mark_unchanged();
+        }
         let status = self.status(now);
         self.handles.status.publish(status);
     }
@@ -935,7 +1015,20 @@ const PEERS_FILE: &str = "peers.json";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const HOUSEKEEPING: Duration = Duration::from_secs(2);
+/// Most inputs (or probe answers) one turn of the loop handles.
+const BURST: usize = 64;
+/// Application heartbeats on every control connection; silence for three closes it.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Silence on a control connection after which the kernel sends keepalive probes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+/// How long a control connection may go unanswered (keepalive or data) before the kernel
+/// fails it.
+const USER_TIMEOUT: Duration = Duration::from_secs(3);
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// The least time between snapshots grows by this per peer known (1 s at 100 peers).
+const PUBLISH_PER_PEER: Duration = Duration::from_millis(10);
+/// The longest a published status goes without being rebuilt (its counters and ages).
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
 const INPUT_QUEUE: usize = 1024;
 const CONN_QUEUE: usize = 256;
 const READ_BUF: usize = 64 * 1024;

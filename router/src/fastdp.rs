@@ -42,6 +42,16 @@ use crate::netlink::Netlink;
 use crate::sleeve::Sleeve;
 use topology::dataplane::FastdpView;
 
+/// How often, while a peer is on fastdp, the forwarding entries are read for evidence of
+/// traffic (which keeps its peer probed every round: `topology::fastdp::Fastdp::handle_traffic`).
+pub const TRAFFIC_SAMPLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// A pod entry used this recently is traffic to its peer.
+const TRAFFIC_RECENT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Least time between two of our announcements: while a mesh forms, every peer joining
+/// fastdp changes our fastdp set, and each version reaches every router.
+const ANNOUNCE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How often the sleeve's path to a peer whose VXLAN probes go unanswered is verified again.
 pub const RECHECK_UNANSWERED: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -236,6 +246,24 @@ impl Fdb {
         Self { netlink, vxlan }
     }
 
+    /// The remotes that entries for pods' MACs (not the flood entries, not `bridge_macs`:
+    /// probe answers use those) sent frames to within [`TRAFFIC_RECENT`].
+    ///
+    /// # Errors
+    /// Fails on netlink errors.
+    pub async fn busy_remotes(&self, bridge_macs: &BTreeSet<MacAddr>) -> Result<BTreeSet<IpAddr>> {
+        Ok(self
+            .netlink
+            .fdb_dump()
+            .await?
+            .into_iter()
+            .filter(|e| e.ifindex == self.vxlan && !e.master && e.mac != MacAddr::ZERO)
+            .filter(|e| !bridge_macs.contains(&e.mac))
+            .filter(|e| e.used_ago.is_some_and(|u| u <= TRAFFIC_RECENT))
+            .filter_map(|e| e.dst)
+            .collect())
+    }
+
     /// The remotes of the flood entries on the device (left by an earlier run, or ours).
     ///
     /// # Errors
@@ -384,6 +412,10 @@ pub struct FastdpPlane {
     pins: Pins,
     /// Peers whose pins are to be brought in line at the next drain.
     pins_dirty: BTreeSet<PeerName>,
+    /// When the forwarding entries are next read for traffic evidence.
+    next_traffic_sample: Instant,
+    /// When our announcement last went out.
+    own_sent: Option<Instant>,
     metrics: Metrics,
 }
 
@@ -469,10 +501,17 @@ impl FastdpPlane {
                 inherited_checked: false,
                 pins: Pins::new(tap.is_some()),
                 pins_dirty: BTreeSet::new(),
+                next_traffic_sample: Instant::now(),
+                own_sent: None,
                 metrics,
             },
             rx,
         ))
+    }
+
+    /// A hash of every peer's address, path and reason (see `Fastdp::paths_digest`).
+    pub fn paths_digest(&self) -> u64 {
+        self.core.paths_digest()
     }
 
     /// The path `peer`'s traffic takes.
@@ -500,9 +539,38 @@ impl FastdpPlane {
         self.core.set_encryption_exempt(peer, exempt);
     }
 
-    /// When the core wants its timeout.
+    /// When the core wants its timeout, or the next traffic sample is due (while a peer is
+    /// on fastdp).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.core.poll_timeout().map(|(t, _)| t)
+        let core = self.core.poll_timeout().map(|(t, _)| t);
+        let sample = self.sampling().then_some(self.next_traffic_sample);
+        let announce = self
+            .own_dirty
+            .then(|| self.own_sent.map(|t| t + ANNOUNCE_INTERVAL))
+            .flatten();
+        core.into_iter().chain(sample).chain(announce).min()
+    }
+
+    fn sampling(&self) -> bool {
+        self.core.any_on_fastdp()
+    }
+
+    /// Reads the forwarding entries for traffic evidence when a sample is due.
+    async fn sample_traffic(&mut self) {
+        let now = Instant::now();
+        if now < self.next_traffic_sample || !self.sampling() {
+            return;
+        }
+        self.next_traffic_sample = now + TRAFFIC_SAMPLE;
+        let bridge_macs: BTreeSet<MacAddr> = self.table.iter().map(|a| a.bridge_mac).collect();
+        match self.fdb.busy_remotes(&bridge_macs).await {
+            Ok(busy) => {
+                for addr in busy {
+                    self.core.handle_traffic(now, addr);
+                }
+            }
+            Err(e) => tracing::debug!("reading forwarding entries for traffic: {e:#}"),
+        }
     }
 
     /// Runs the core's timer.
@@ -553,7 +621,7 @@ impl FastdpPlane {
         &mut self,
         body: &[u8],
         sleeve: Option<&Sleeve>,
-    ) -> Result<Option<Vec<u8>>, topology::fastdp::AnnounceError> {
+    ) -> Result<Option<(PeerName, Vec<u8>)>, topology::fastdp::AnnounceError> {
         let a = Announcement::decode(body)?;
         if a.origin == self.local {
             return Ok(None);
@@ -569,13 +637,14 @@ impl FastdpPlane {
             .handle_announcement(old.as_ref(), &a, path, addr, &self.own);
         self.apply(Some(a.origin), ops).await;
         self.update_sleeve(sleeve);
-        Ok(Some(envelope(Channel::Fastdp, body)))
+        Ok(Some((a.origin, envelope(Channel::Fastdp, body))))
     }
 
     /// Sends the probes the core asks for and applies its decisions to the forwarding
     /// database and the sleeve; returns our announcement when it changed (for every
     /// connection).
     pub async fn drain(&mut self, sleeve: Option<&Sleeve>) -> Option<Vec<u8>> {
+        self.sample_traffic().await;
         let mut probed = false;
         while let Some(probe) = self.core.poll_probe() {
             self.metrics.inc_fastdp(FastdpCounter::ProbeSent);
@@ -811,10 +880,12 @@ impl FastdpPlane {
     }
 
     fn take_own(&mut self) -> Option<Vec<u8>> {
-        if !self.own_dirty {
+        let now = Instant::now();
+        if !self.own_dirty || self.own_sent.is_some_and(|t| now < t + ANNOUNCE_INTERVAL) {
             return None;
         }
         self.own_dirty = false;
+        self.own_sent = Some(now);
         self.own.seq += 1;
         Some(envelope(Channel::Fastdp, &self.own.encode()))
     }

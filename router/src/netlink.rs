@@ -186,6 +186,9 @@ pub struct FdbEntry {
     /// Whether the entry is sticky (the bridge does not move it when the MAC shows up on
     /// another port): weft's pins of announced MACs.
     pub sticky: bool,
+    /// How long ago the kernel last used the entry to send a frame (`NDA_CACHEINFO`'s
+    /// `ndm_used`; a VXLAN device updates it on every frame it sends through the entry).
+    pub used_ago: Option<std::time::Duration>,
 }
 
 /// What an existing link is, for deciding whether to reuse it.
@@ -401,6 +404,7 @@ impl Netlink {
         {
             let mut mac = None;
             let mut dst = None;
+            let mut used_ago = None;
             for a in &msg.attributes {
                 if let NeighbourAttribute::LinkLayerAddress(l) = a
                     && l.len() == 6
@@ -410,6 +414,9 @@ impl Netlink {
                     mac = Some(MacAddr::from_bytes(m));
                 } else if let NeighbourAttribute::Destination(d) = a {
                     dst = parse_neigh_addr(d);
+                } else if let NeighbourAttribute::CacheInfo(c) = a {
+                    // In clock ticks of USER_HZ, which the kernel fixes at 100 for userspace.
+                    used_ago = Some(std::time::Duration::from_millis(u64::from(c.used) * 10));
                 }
             }
             let Some(mac) = mac else { continue };
@@ -425,6 +432,7 @@ impl Netlink {
                     || msg.header.flags.contains(NeighbourFlags::Controller),
                 permanent: msg.header.state == NeighbourState::Permanent,
                 sticky: msg.header.flags.contains(NeighbourFlags::Sticky),
+                used_ago,
             });
         }
         Ok(out)

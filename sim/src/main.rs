@@ -2,6 +2,7 @@
 
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -44,12 +45,18 @@ enum Command {
     Lab(LabCommand),
     /// Deterministic simulation of N routers running the real topology core.
     Mesh(weft_sim::mesh::MeshArgs),
+    /// Deterministic simulation of N routers' IPAM engines: convergence and gossip bytes at
+    /// steady state and under a churn of allocations.
+    Ipam(weft_sim::ipam::IpamArgs),
     /// The data plane's forwarding over a simulated mesh: every pod pair, every broadcast, pods
     /// that move; the routers' own forwarding code, sessions and reassembly, no kernel.
     Dataplane(weft_sim::dataplane::DataplaneArgs),
     /// Pod-to-pod throughput and RTT per data path, as ratios to a kernel VXLAN baseline
     /// measured in the same run (needs root, iperf3).
     Bench(weft_sim::bench::BenchArgs),
+    /// N real routers in one lab at default settings, no pods: seconds to a full mesh, then
+    /// their idle CPU, RSS, underlay packets and connection flaps (needs root, nft).
+    Scale(weft_sim::scale::ScaleArgs),
     /// The upstream NetworkPolicy e2e model: the servers and probes run inside lab pods, and
     /// its cases, listed or run on a `--kube` lab.
     #[command(subcommand)]
@@ -101,6 +108,9 @@ enum LabCommand {
         /// Node per node and a Pod `hI-pJ` per pod; routers discover peers from it.
         #[arg(long)]
         kube: bool,
+        /// How long to wait for the routers to be ready [default: 20 s + 0.5 s per node].
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        ready_timeout: Option<Duration>,
     },
     /// Run a command in a node's, pod's or the external host's namespace (exit code = the
     /// command's).
@@ -222,9 +232,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::KubeApi(args) => weft_sim::kubeapi::run(&args, &mut out)?,
         Command::Netpol(cmd) => weft_sim::netpol::run(cmd, &mut out)?,
+        Command::Scale(args) => {
+            let report = weft_sim::scale::run(&args)?;
+            weft_sim::scale::print_report(&mut out, &report, args.json)?;
+        }
         Command::Mesh(args) => {
             let report = weft_sim::mesh::run(&args)?;
             weft_sim::mesh::print_report(&mut out, &report, args.json)?;
+        }
+        Command::Ipam(args) => {
+            let report = weft_sim::ipam::run(&args)?;
+            weft_sim::ipam::print_report(&mut out, &report, args.json)?;
         }
         Command::Dataplane(args) => {
             let report = weft_sim::dataplane::run(&args)?;
@@ -247,9 +265,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 trusted_subnets,
                 underlay_mtu,
                 kube,
+                ready_timeout,
             } => {
                 let spec = LabSpec {
                     kube,
+                    ready_timeout,
                     name,
                     nodes,
                     pods,
@@ -319,4 +339,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A positive number of seconds, for `--ready-timeout`.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
 }

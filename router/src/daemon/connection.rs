@@ -105,6 +105,9 @@ impl ConnectionTask {
 
     pub(super) async fn run(self, mut stream: TcpStream, addr: SocketAddr, outbound: bool) {
         let _ = stream.set_nodelay(true);
+        if let Err(e) = set_liveness(&stream) {
+            warn!(%addr, "setting TCP keepalive on a control connection: {e}");
+        }
         let opened =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, self.open(&mut stream, outbound)).await;
         let opened = opened.unwrap_or(Err(ConnError::Handshake(HandshakeError::Timeout)));
@@ -312,6 +315,41 @@ impl ConnectionTask {
         };
         self.metrics.inc_handshake_failure(reason);
     }
+}
+
+/// The kernel watches an idle control connection: a keepalive probe after
+/// [`KEEPALIVE_IDLE`] of silence, and the connection fails (the task sees ETIMEDOUT and
+/// closes it) when nothing answers for [`USER_TIMEOUT`], idle or with data unacknowledged. A
+/// peer whose node or underlay link dies is thus noticed within 3 s at no cost to either
+/// router's threads; the application heartbeats, much rarer, carry the view digest and
+/// notice a router that hangs (docs/ARCHITECTURE.md, "What a peer costs").
+fn set_liveness(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = stream.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt on a socket we own, with a c_int value and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                std::ptr::from_ref(&value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let secs = |d: Duration| libc::c_int::try_from(d.as_secs()).unwrap_or(libc::c_int::MAX);
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(KEEPALIVE_IDLE))?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 2)?;
+    let ms = libc::c_int::try_from(USER_TIMEOUT.as_millis()).unwrap_or(libc::c_int::MAX);
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)
 }
 
 /// Connects to `addr`, from `source` when given.

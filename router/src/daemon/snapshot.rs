@@ -7,6 +7,37 @@ use topology::sleeve::pmtu::PathView;
 use super::*;
 
 impl Daemon {
+    /// A hash of the engines' state that the status snapshot shows, counters and ages left
+    /// out: records (the view digest), our connections and targets, routes, fastdp paths,
+    /// IPAM's ring, records and allocations, the gateway and the mesh setting. Cheap next to
+    /// building the snapshot: no allocation per peer's connection.
+    pub(super) fn status_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.mesh.view_digest().hash(&mut h);
+        for c in self.mesh.connections() {
+            (c.id.0, c.remote, c.addr, c.outbound).hash(&mut h);
+        }
+        for t in self.mesh.targets().iter() {
+            let state = std::mem::discriminant(&t.state);
+            (t.addr, state, t.attempts, t.peer).hash(&mut h);
+        }
+        self.mesh.routes().unicast().hash(&mut h);
+        if let Some(f) = &self.fastdp {
+            f.paths_digest().hash(&mut h);
+        }
+        (
+            self.ipam.digest(),
+            self.ipam.pending(),
+            self.ipam.allocations().count(),
+        )
+            .hash(&mut h);
+        self.gateway.is_some().hash(&mut h);
+        let record = self.settings.record();
+        (record.enabled, record.version, self.settings_rejected).hash(&mut h);
+        h.finish()
+    }
+
     /// The peers connected for less than [`READY_GRACE`] that the topology has no route to
     /// yet (nicknames): the data plane cannot carry a pod's first frame to them. A connection
     /// still unrouted after the grace (a peer that never lists it) no longer holds readiness

@@ -143,6 +143,17 @@ pub struct LabSpec {
     /// per pod, routers started with `--kube-peers` pointed at it.
     #[serde(default)]
     pub kube: bool,
+    /// How long `up` waits for the routers (`--ready-timeout`); None scales it with the node
+    /// count ([`default_ready_timeout`]).
+    #[serde(default)]
+    pub ready_timeout: Option<Duration>,
+}
+
+/// How long `lab up` waits for its routers unless told: 20 s, and half a second more per node
+/// (a 100-node lab: 70 s), since every router dials every other and the mesh's work grows
+/// with the square of the node count on a machine whose cores stay the same.
+pub fn default_ready_timeout(nodes: usize) -> Duration {
+    Duration::from_secs(20) + Duration::from_millis(500) * u32::try_from(nodes).unwrap_or(u32::MAX)
 }
 
 fn default_underlay_mtu() -> u32 {
@@ -164,6 +175,7 @@ impl LabSpec {
             trusted_subnets: Vec::new(),
             underlay_mtu: DEFAULT_UNDERLAY_MTU,
             kube: false,
+            ready_timeout: None,
         }
     }
 
@@ -185,6 +197,10 @@ pub struct LabInfo {
     /// routers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_s: Option<f64>,
+    /// Seconds from starting the last router until every router had all its connections
+    /// established and knew every peer (absent without routers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meshed_s: Option<f64>,
     /// The external host every node reaches through the gateway (empty in the state of a lab
     /// built before labs had one).
     #[serde(default)]
@@ -312,6 +328,7 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
         name: name.clone(),
         nodes: Vec::new(),
         ready_s: None,
+        meshed_s: None,
         external,
     };
     for i in 1..=spec.nodes {
@@ -319,6 +336,9 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
     }
     if spec.underlay == Underlay::Line {
         wire_line(spec)?;
+    }
+    if spec.nodes > STATIC_NEIGHBOURS_ABOVE {
+        static_neighbours(spec)?;
     }
     save(&StateFile {
         spec: spec.clone(),
@@ -338,9 +358,14 @@ fn build(spec: &LabSpec) -> Result<LabInfo> {
             }
             router::start(spec, i)?;
         }
+        let last_started = Instant::now();
         // A ready router has made its bridge, which the pods attach to.
-        router::wait_ready(spec, Duration::from_secs(20))?;
+        let timeout = spec
+            .ready_timeout
+            .unwrap_or_else(|| default_ready_timeout(spec.nodes));
+        let meshed = router::wait_ready(spec, timeout)?;
         info.ready_s = Some(started.elapsed().as_secs_f64());
+        info.meshed_s = Some(meshed.saturating_duration_since(last_started).as_secs_f64());
     }
     for i in 1..=spec.nodes {
         for j in 1..=spec.pods {
@@ -470,6 +495,55 @@ fn add_node(spec: &LabSpec, i: usize) -> Result<NodeInfo> {
         underlay_ip: ip,
         pods: Vec::new(),
     })
+}
+
+/// Labs with more nodes than this get static underlay neighbours ([`static_neighbours`]).
+const STATIC_NEIGHBOURS_ABOVE: usize = 20;
+
+/// Gives every node permanent ARP entries for every other node and the gateway.
+///
+/// Every namespace of this one machine shares the kernel's neighbour table, whose limit
+/// (`net.ipv4.neigh.default.gc_thresh3`, 1,024 entries, settable only outside the lab) counts
+/// learnt entries of all namespaces together: a full mesh of 33 nodes learns more, and then
+/// ARP fails ("neighbor table overflow") and connections time out, which on real machines,
+/// each with its own table, never happens. Permanent entries are not counted. Small labs
+/// keep learning their neighbours, as real nodes do.
+fn static_neighbours(spec: &LabSpec) -> Result<()> {
+    let mac_of = |ns: &str, dev: &str| -> Result<String> {
+        let out = netns::command_in(ns, "ip")?
+            .args(["-j", "link", "show", dev])
+            .output()?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).with_context(|| format!("ip link in {ns}"))?;
+        v[0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no MAC for {dev} in {ns}"))
+    };
+    let mut macs = vec![(
+        GATEWAY_IP.to_owned(),
+        mac_of(&underlay_ns(&spec.name), "ubr")?,
+    )];
+    for i in 1..=spec.nodes {
+        macs.push((underlay_ip(i), mac_of(&node_ns(&spec.name, i), "eth0")?));
+    }
+    for i in 1..=spec.nodes {
+        let own = underlay_ip(i);
+        let batch: String = macs
+            .iter()
+            .filter(|(ip, _)| *ip != own)
+            .map(|(ip, mac)| format!("neigh replace {ip} lladdr {mac} dev eth0 nud permanent\n"))
+            .collect();
+        let file = lab_dir(&spec.name).join(format!("neigh-h{i}.batch"));
+        std::fs::write(&file, batch)?;
+        netns::ip(&[
+            "-n",
+            &node_ns(&spec.name, i),
+            "-batch",
+            &file.display().to_string(),
+        ])?;
+    }
+    Ok(())
 }
 
 /// Cuts every underlay path between non-neighbours with a bridge filter in the underlay
@@ -804,6 +878,16 @@ fn api_value(name: &str, i: usize) -> String {
     format!("unix:{}", node_dir(name, i).join("weft.sock").display())
 }
 
+/// The pid of node `i`'s router (1-based) while it runs.
+pub fn router_pid(name: &str, i: usize) -> Option<i32> {
+    router::running_pid(name, i)
+}
+
+/// The path of node `i`'s router API socket.
+pub fn node_socket(name: &str, i: usize) -> PathBuf {
+    node_dir(name, i).join("weft.sock")
+}
+
 /// Waits until `f` returns true or `timeout` passes.
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -889,6 +973,7 @@ mod tests {
             name: "t".into(),
             nodes: Vec::new(),
             ready_s: None,
+            meshed_s: None,
             external: ExternalInfo {
                 netns: external_ns("t"),
                 ip: EXTERNAL_IP.into(),

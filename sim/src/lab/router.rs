@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use weft_router::api::ApiAddr;
+use weft_router::api::client::ApiClient;
 
 use super::{
     LabSpec, Underlay, api_value, lab_dir, netns, node_dir, node_ns, underlay_ip, wait_until,
@@ -91,59 +94,124 @@ pub(super) fn start(spec: &LabSpec, i: usize) -> Result<()> {
     Ok(())
 }
 
-/// Waits until every router of the lab answers and has all its expected connections
-/// established and knows every peer.
-pub(super) fn wait_ready(spec: &LabSpec, timeout: Duration) -> Result<()> {
+/// Waits until every router of the lab answers, has all its expected connections established
+/// and knows every peer (returns when that was first seen of the last one), then until every
+/// router is ready (`/ready`: IPAM gave the node its gateway and the data plane routes to
+/// every connected peer, so a pod's first frame crosses).
+///
+/// Polls each router's API directly (a `weft report` per router per round would cost a
+/// process each, and the full report of a 100-node mesh lists 9,900 connections); a router
+/// already seen meshed or ready is not asked again.
+pub(super) fn wait_ready(spec: &LabSpec, timeout: Duration) -> Result<Instant> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the lab's API client")?;
+    let deadline = Instant::now() + timeout;
+    let pause = Duration::from_millis(if spec.nodes > 10 { 200 } else { 50 });
+    let clients: Vec<ApiClient> = (1..=spec.nodes)
+        .map(|i| ApiClient::new(ApiAddr::Unix(node_dir(&spec.name, i).join("weft.sock"))))
+        .collect();
     let mut last = String::new();
-    let ok = wait_until(timeout, || {
-        for i in 1..=spec.nodes {
-            if running_pid(&spec.name, i).is_none() {
-                last = format!(
-                    "router h{i} is not running (see {})",
-                    log_path(&spec.name, i).display()
-                );
-                return false;
-            }
-            match node_ready(spec, i) {
-                Ok(()) => {}
-                Err(e) => {
-                    last = format!("h{i}: {e:#}");
-                    return false;
+    let mut pending: Vec<usize> = (1..=spec.nodes).collect();
+    let mut meshed_at = None;
+    // Phase 1: connections and peers; phase 2: readiness.
+    for phase in [1, 2] {
+        while !pending.is_empty() {
+            pending.retain(|&i| {
+                if running_pid(&spec.name, i).is_none() {
+                    last = format!(
+                        "router h{i} is not running (see {})",
+                        log_path(&spec.name, i).display()
+                    );
+                    return true;
                 }
+                let client = &clients[i - 1];
+                let verdict = if phase == 1 {
+                    runtime.block_on(meshed(spec, i, client))
+                } else {
+                    runtime.block_on(ready(client))
+                };
+                match verdict {
+                    Ok(()) => false,
+                    Err(e) => {
+                        last = format!("h{i}: {e:#}");
+                        true
+                    }
+                }
+            });
+            if pending.is_empty() {
+                break;
             }
+            if Instant::now() >= deadline {
+                bail!(
+                    "lab {} not ready after {timeout:?} ({} routers waited for; \
+                     raise --ready-timeout for big labs): {last}",
+                    spec.name,
+                    pending.len()
+                );
+            }
+            std::thread::sleep(pause);
         }
-        true
-    });
-    if ok {
-        return Ok(());
+        if phase == 1 {
+            meshed_at = Some(Instant::now());
+            pending = (1..=spec.nodes).collect();
+        }
     }
-    bail!("lab {} not ready after {timeout:?}: {last}", spec.name)
+    Ok(meshed_at.unwrap_or_else(Instant::now))
 }
 
-fn node_ready(spec: &LabSpec, i: usize) -> Result<()> {
+/// Whether node `i`'s router has every expected connection established and knows every peer,
+/// as its `weft status` summary says.
+async fn meshed(spec: &LabSpec, i: usize, client: &ApiClient) -> Result<()> {
     let expected = (1..=spec.nodes)
         .filter(|&j| j != i && (spec.underlay == Underlay::Full || j.abs_diff(i) == 1))
         .count();
-    let report = report(&spec.name, i)?;
-    let established = report["connections"].as_array().map_or(0, |c| {
-        c.iter().filter(|c| c["state"] == "established").count()
-    });
-    let peers = report["peers"].as_array().map_or(0, Vec::len);
+    let summary = client.text("/status").await?;
+    let (established, peers) = mesh_counts(&summary);
     if established < expected || peers < spec.nodes {
         bail!(
             "{established}/{expected} connections established, {peers}/{} peers",
             spec.nodes
         );
     }
-    // Ready: IPAM gave the node its gateway and the data plane routes to every peer it is
-    // connected to, so a pod's first frame crosses.
-    if report["ready"] != true {
-        bail!(
-            "not ready: {}",
-            report["not_ready_reason"].as_str().unwrap_or("starting")
-        );
-    }
     Ok(())
+}
+
+async fn ready(client: &ApiClient) -> Result<()> {
+    let answer = client.get("/ready").await?;
+    if answer.status == 200 {
+        return Ok(());
+    }
+    let reason = serde_json::from_str::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_owned))
+        .unwrap_or(answer.body);
+    bail!("not ready: {reason}")
+}
+
+/// Connections established and peers known, from a `weft status` summary's `Connections:`
+/// (`5 (2 established, 1 retrying)`) and `Peers:` (`3 (with …)`) lines; 0 when absent.
+pub(crate) fn mesh_counts(summary: &str) -> (usize, usize) {
+    let field = |label: &str| {
+        summary
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .map(str::trim)
+    };
+    let established = field("Connections:")
+        .and_then(|v| {
+            let (_, states) = v.split_once('(')?;
+            states
+                .trim_end_matches(')')
+                .split(',')
+                .find_map(|p| p.trim().strip_suffix(" established")?.parse().ok())
+        })
+        .unwrap_or(0);
+    let peers = field("Peers:")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (established, peers)
 }
 
 /// Reads node `i`'s router report through the `weft` CLI, as an admin would.
@@ -279,4 +347,22 @@ pub(super) fn sibling_binary(name: &str) -> Result<PathBuf> {
          --bins`, or set WEFT_BIN for weft)",
         exe.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mesh_counts;
+
+    #[test]
+    fn mesh_counts_read_the_status_summary() {
+        let summary = "\n        Version: 0.1.0\n    Connections: 5 (2 established, 1 retrying, 1 failed, 1 connecting)\n          Peers: 3 (with 3 established, 1 pending connections)\n";
+        assert_eq!(mesh_counts(summary), (2, 3));
+        let all = "    Connections: 99 (99 established)\n          Peers: 100 (with 9900 established connections)\n";
+        assert_eq!(mesh_counts(all), (99, 100));
+        assert_eq!(
+            mesh_counts("    Connections: 0\n          Peers: 1\n"),
+            (0, 1)
+        );
+        assert_eq!(mesh_counts(""), (0, 0));
+    }
 }

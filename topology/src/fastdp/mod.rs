@@ -7,9 +7,18 @@
 //! [`Event`]s, asking [`fdb::Pins`] for the forwarding-database changes each one means.
 //!
 //! Per peer, health is a data-plane fact: a probe is a VXLAN-encapsulated ARP request the
-//! peer's kernel answers (docs/PROTOCOL.md, "fastdp probe"), one every
-//! [`Config::probe_interval`]. A peer is healthy after [`Config::up_after`] answered probes in
-//! a row and unhealthy after [`Config::down_after`] unanswered ones in a row (hysteresis).
+//! peer's kernel answers (docs/PROTOCOL.md, "fastdp probe"). A peer is healthy after
+//! [`Config::up_after`] answered probes in a row and unhealthy after [`Config::down_after`]
+//! unanswered ones in a row (hysteresis).
+//!
+//! Probes cost every pair of routers packets and wake-ups, so the cadence follows need
+//! (docs/ARCHITECTURE.md, "What a peer costs"): a peer is probed every round
+//! ([`Config::probe_interval`]) while its state is in question (not yet healthy, a probe just
+//! missed, a healthy answer after failures) or while traffic flows to it
+//! ([`Fastdp::handle_traffic`], evidence the shell reads from the kernel's forwarding
+//! entries); otherwise every [`Config::idle_probe_interval`], its answer judged one round
+//! later. An idle peer whose path breaks is thus found in at most `idle_probe_interval` +
+//! `down_after` rounds, a busy one in `down_after` + 1 rounds.
 //! Whether a healthy peer is actually on fastdp also depends on the mode (`--datapath`) and
 //! on whether its traffic must be encrypted (this kernel has no ESP, so encrypted traffic
 //! takes the sealed sleeve): [`Fastdp::set_encryption_required`] is a runtime input.
@@ -59,26 +68,44 @@ pub struct Config {
     pub down_after: u32,
     /// Answered probes in a row that make an unhealthy peer healthy.
     pub up_after: u32,
+    /// Time between two probes to a peer that is settled (healthy and answering, or failed
+    /// for `down_after` rounds) and carries no traffic. Equal to `probe_interval`, every
+    /// peer is probed every round.
+    pub idle_probe_interval: Duration,
+    /// How long evidence of traffic to a peer keeps it on the round-by-round cadence.
+    pub busy_for: Duration,
     /// The VXLAN UDP port, for the reasons shown in status.
     pub vxlan_port: u16,
 }
 
 impl Config {
-    /// 100 ms probes; down after 3 misses (≤ 400 ms after the path breaks), up after 3
-    /// answers (≈ 300 ms after it heals).
+    /// 100 ms rounds; down after 3 misses (≤ 400 ms after the path breaks while traffic
+    /// flows, ≤ 2.3 s when idle), up after 3 answers (≈ 300 ms after it heals, ≤ 2.3 s when
+    /// it had failed); settled idle peers probed every 2 s; traffic seen keeps a peer on
+    /// 100 ms rounds for 2 s.
     pub fn new(mode: Mode, vxlan_port: u16) -> Self {
         Self {
             mode,
             probe_interval: Duration::from_millis(100),
             down_after: 3,
             up_after: 3,
+            idle_probe_interval: Duration::from_secs(2),
+            busy_for: Duration::from_secs(2),
             vxlan_port,
         }
+    }
+
+    /// The same, with every peer probed every round whatever its state (the cadence before
+    /// idle peers were probed less often; tests of the hysteresis use it).
+    pub fn every_round(mode: Mode, vxlan_port: u16) -> Self {
+        let mut c = Self::new(mode, vxlan_port);
+        c.idle_probe_interval = c.probe_interval;
+        c
     }
 }
 
 /// The path a peer's pod traffic takes from this router.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Path {
     /// The kernel VXLAN device.
     Fastdp,
@@ -87,7 +114,7 @@ pub enum Path {
 }
 
 /// Why a peer is on the sleeve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// No probe answer yet (the peer has not announced its bridge, or probing just began).
     Probing,
@@ -224,6 +251,22 @@ struct PeerState {
     probes_sent: u64,
     probes_answered: u64,
     switches: u64,
+    /// When the last probe went out.
+    last_probe: Option<Instant>,
+    /// Until when traffic evidence keeps the peer on round-by-round probes.
+    busy_until: Option<Instant>,
+}
+
+impl PeerState {
+    /// Whether the peer is probed every round: its state is in question, or traffic flows.
+    fn needs_every_round(&self, now: Instant, down_after: u32) -> bool {
+        let suspect = self.healthy && self.missed_in_row > 0;
+        let confirming = !self.healthy && self.answered_in_row > 0;
+        let starting = !self.healthy && !self.ever_failed;
+        let failing = !self.healthy && self.missed_in_row < down_after;
+        let busy = self.busy_until.is_some_and(|t| now < t);
+        suspect || confirming || starting || failing || busy
+    }
 }
 
 /// The per-peer fastdp decision core.
@@ -238,6 +281,8 @@ pub struct Fastdp {
     events: VecDeque<Event>,
     probes: VecDeque<Probe>,
     next_probe: Option<Instant>,
+    /// The latest time an input brought, for inputs that come without one.
+    last_now: Option<Instant>,
 }
 
 impl Fastdp {
@@ -251,6 +296,7 @@ impl Fastdp {
             events: VecDeque::new(),
             probes: VecDeque::new(),
             next_probe: None,
+            last_now: None,
         }
     }
 
@@ -282,6 +328,8 @@ impl Fastdp {
             probes_sent: 0,
             probes_answered: 0,
             switches: 0,
+            last_probe: None,
+            busy_until: None,
         });
         state.connected = true;
         if state.addr != addr {
@@ -300,10 +348,14 @@ impl Fastdp {
             state.missed_in_row = 0;
             state.outstanding = false;
         }
-        if self.next_probe.is_none() {
-            self.next_probe = Some(now);
-        }
+        self.last_now = Some(now);
+        self.probe_soon(now);
         self.reevaluate(peer);
+    }
+
+    /// Brings the next round forward to `at` (a new peer or bridge MAC to probe, traffic).
+    fn probe_soon(&mut self, at: Instant) {
+        self.next_probe = Some(self.next_probe.map_or(at, |t| t.min(at)));
     }
 
     /// The control connection to `peer` closed. A peer on fastdp stays (its kernel may still
@@ -334,7 +386,11 @@ impl Fastdp {
     /// `peer` announced its bridge MAC, the probe's target.
     pub fn handle_bridge_mac(&mut self, peer: PeerName, mac: MacAddr) {
         if let Some(state) = self.peers.get_mut(&peer) {
+            let first = state.mac.is_none();
             state.mac = Some(mac);
+            if first && let Some(now) = self.last_now {
+                self.probe_soon(now);
+            }
         }
     }
 
@@ -398,7 +454,26 @@ impl Fastdp {
         self.encryption_required
     }
 
-    /// Counts unanswered probes and asks for the next round.
+    /// Traffic to the peers at `addr` was seen at `now` (the shell reads it from the kernel's
+    /// forwarding entries for their pods): they are probed every round for
+    /// [`Config::busy_for`], so a path that breaks under traffic is left within
+    /// `down_after` + 1 rounds.
+    pub fn handle_traffic(&mut self, now: Instant, addr: IpAddr) {
+        self.last_now = Some(now);
+        let until = now + self.config.busy_for;
+        let mut woke = false;
+        for state in self.peers.values_mut().filter(|s| s.addr == addr) {
+            woke |= !state.needs_every_round(now, self.config.down_after);
+            state.busy_until = Some(state.busy_until.map_or(until, |t| t.max(until)));
+        }
+        if woke {
+            // The next round is due at once rather than at the idle cadence.
+            self.probe_soon(now);
+        }
+    }
+
+    /// Counts unanswered probes and sends the round's probes: to every peer that needs
+    /// every round, and to settled peers whose idle interval has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         let Some(due) = self.next_probe else {
             return;
@@ -406,6 +481,10 @@ impl Fastdp {
         if now < due {
             return;
         }
+        self.last_now = Some(now);
+        let (interval, idle) = (self.config.probe_interval, self.config.idle_probe_interval);
+        let mut next_idle: Option<Instant> = None;
+        let mut every_round = false;
         let peers: Vec<PeerName> = self.peers.keys().copied().collect();
         for peer in peers {
             let Some(state) = self.peers.get_mut(&peer) else {
@@ -414,6 +493,11 @@ impl Fastdp {
             let Some(mac) = state.mac else {
                 continue;
             };
+            if state.outstanding && state.last_probe.is_some_and(|t| now < t + interval / 2) {
+                // Probed moments ago (a round brought forward): judged next round.
+                every_round = true;
+                continue;
+            }
             if state.outstanding {
                 state.missed_in_row = state.missed_in_row.saturating_add(1);
                 state.answered_in_row = 0;
@@ -424,25 +508,40 @@ impl Fastdp {
                     state.ever_failed = true;
                 }
             }
-            state.outstanding = true;
-            state.probes_sent += 1;
-            self.probes.push_back(Probe {
-                peer,
-                addr: state.addr,
-                mac,
-            });
+            let fast = state.needs_every_round(now, self.config.down_after);
+            // Half a round of slack: a round that fires a little early still counts.
+            let idle_due = state
+                .last_probe
+                .is_none_or(|t| now + interval / 2 >= t + idle);
+            if fast || idle_due {
+                state.outstanding = true;
+                state.probes_sent += 1;
+                state.last_probe = Some(now);
+                self.probes.push_back(Probe {
+                    peer,
+                    addr: state.addr,
+                    mac,
+                });
+                // Its answer is judged next round.
+                every_round = true;
+            } else if let Some(t) = state.last_probe {
+                let at = t + idle;
+                next_idle = Some(next_idle.map_or(at, |n| n.min(at)));
+            }
             self.reevaluate(peer);
         }
         // Keep the cadence; after a long stall, restart it from now.
-        let next = due + self.config.probe_interval;
-        self.next_probe = Some(if next <= now {
-            now + self.config.probe_interval
+        let next = due + interval;
+        let next_round = if next <= now { now + interval } else { next };
+        self.next_probe = if self.peers.is_empty() {
+            None
+        } else if every_round {
+            Some(next_round)
         } else {
-            next
-        });
-        if self.peers.is_empty() {
-            self.next_probe = None;
-        }
+            // Only settled idle peers (or none with a bridge MAC yet): sleep until the first
+            // is due, never sooner than a round.
+            Some(next_idle.map_or(next_round + idle, |t| t.max(next_round)))
+        };
     }
 
     /// The next probe to send.
@@ -486,6 +585,22 @@ impl Fastdp {
         } else {
             PathEncryption::Sleeve
         }
+    }
+
+    /// A hash of what status shows of each peer besides counters (address, path and why):
+    /// it moves exactly when a peer's path or reason changes, or peers come and go.
+    pub fn paths_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (peer, s) in &self.peers {
+            (peer, s.addr, s.path).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Whether any peer is on fastdp.
+    pub fn any_on_fastdp(&self) -> bool {
+        self.peers.values().any(|s| s.path == Path::Fastdp)
     }
 
     /// The peers currently on fastdp.

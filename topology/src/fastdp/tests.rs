@@ -38,7 +38,7 @@ fn events(core: &mut Fastdp) -> Vec<Event> {
 }
 
 fn auto() -> Fastdp {
-    Fastdp::new(Config::new(Mode::Auto, 6784))
+    Fastdp::new(Config::every_round(Mode::Auto, 6784))
 }
 
 #[test]
@@ -487,4 +487,178 @@ fn a_connection_is_sealed_only_once_neither_end_sends_over_fastdp() {
         sleeve.path_encryption(name(2), true, false),
         PathEncryption::Sleeve
     );
+}
+
+/// A default-cadence core with one healthy, settled peer at `t0`; returns the time after.
+fn settled(core: &mut Fastdp, t0: Instant) -> Instant {
+    core.handle_peer_up(t0, name(2), ip(2), false);
+    core.handle_bridge_mac(name(2), MAC);
+    let t = rounds(core, t0, 4, true);
+    assert_eq!(core.path(name(2)), Some(Path::Fastdp));
+    events(core);
+    t
+}
+
+/// Runs the core's own timer from `t` to `end`, answering probes while `answer(now)`;
+/// returns the probes sent and the first time the peer left fastdp.
+fn run_timer(
+    core: &mut Fastdp,
+    t: Instant,
+    end: Instant,
+    answer: impl Fn(Instant) -> bool,
+) -> (u32, Option<Instant>) {
+    let (mut sent, mut left) = (0, None);
+    let mut now = t;
+    while now < end {
+        let (due, _) = core.poll_timeout().unwrap();
+        now = due.max(now);
+        core.handle_timeout(now);
+        while let Some(p) = core.poll_probe() {
+            sent += 1;
+            if answer(now) {
+                core.handle_probe_answer(p.addr);
+            }
+        }
+        if left.is_none() && events(core).iter().any(|e| matches!(e, Event::Left { .. })) {
+            left = Some(now);
+        }
+    }
+    (sent, left)
+}
+
+#[test]
+fn a_settled_idle_peer_is_probed_every_idle_interval_and_the_core_sleeps_between() {
+    let mut core = Fastdp::new(Config::new(Mode::Auto, 6784));
+    let t0 = Instant::now();
+    let t = settled(&mut core, t0);
+    // 20 s idle: one probe per 2 s, and the timer wakes about twice per probe (send, judge).
+    let mut wakeups = 0;
+    let mut now = t;
+    let mut sent = 0;
+    while now < t + Duration::from_secs(20) {
+        now = core.poll_timeout().unwrap().0.max(now);
+        core.handle_timeout(now);
+        wakeups += 1;
+        while let Some(p) = core.poll_probe() {
+            sent += 1;
+            core.handle_probe_answer(p.addr);
+        }
+    }
+    assert!((9..=11).contains(&sent), "{sent} probes in 20 s");
+    assert!(
+        wakeups <= 2 * sent + 2,
+        "{wakeups} wake-ups for {sent} probes"
+    );
+    assert_eq!(core.path(name(2)), Some(Path::Fastdp));
+}
+
+#[test]
+fn an_idle_peer_whose_path_breaks_leaves_within_the_idle_interval_and_three_rounds() {
+    let mut core = Fastdp::new(Config::new(Mode::Auto, 6784));
+    let t0 = Instant::now();
+    let t = settled(&mut core, t0);
+    let broken = t + Duration::from_millis(50);
+    let (_, left) = run_timer(&mut core, t, t + Duration::from_secs(10), |now| {
+        now < broken
+    });
+    let took = left.expect("the peer never left fastdp") - broken;
+    let bound = core.config().idle_probe_interval + core.config().probe_interval * 3;
+    assert!(
+        took <= bound,
+        "left {took:?} after the break (bound {bound:?})"
+    );
+    assert!(took <= Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn traffic_keeps_a_peer_on_every_round_so_a_break_is_found_within_four_rounds() {
+    let mut core = Fastdp::new(Config::new(Mode::Auto, 6784));
+    let t0 = Instant::now();
+    let t = settled(&mut core, t0);
+    // Traffic seen now and every 500 ms (the shell's sampling), the path breaking 1 s in.
+    let broken = t + Duration::from_millis(1_030);
+    let mut now = t;
+    let mut left = None;
+    let mut next_sample = t;
+    let mut sent = 0;
+    while now < t + Duration::from_secs(3) && left.is_none() {
+        if now >= next_sample {
+            core.handle_traffic(now, ip(2));
+            next_sample += Duration::from_millis(500);
+        }
+        now = core.poll_timeout().unwrap().0.max(now).min(next_sample);
+        core.handle_timeout(now);
+        while let Some(p) = core.poll_probe() {
+            sent += 1;
+            if now < broken {
+                core.handle_probe_answer(p.addr);
+            }
+        }
+        if events(&mut core)
+            .iter()
+            .any(|e| matches!(e, Event::Left { .. }))
+        {
+            left = Some(now);
+        }
+    }
+    let took = left.expect("the peer never left fastdp") - broken;
+    assert!(took <= core.config().probe_interval * 4, "{took:?}");
+    assert!(sent >= 10, "busy: probed every round ({sent} probes)");
+    // Traffic at an address no peer has is ignored.
+    core.handle_traffic(now, ip(9));
+}
+
+#[test]
+fn a_failed_peer_settles_to_the_idle_cadence_and_comes_back_within_three_seconds() {
+    let mut core = Fastdp::new(Config::new(Mode::Auto, 6784));
+    let t0 = Instant::now();
+    core.handle_peer_up(t0, name(2), ip(2), false);
+    core.handle_bridge_mac(name(2), MAC);
+    // Never answers for 20 s: it fails, then is probed at the idle cadence only.
+    let (sent, _) = run_timer(&mut core, t0, t0 + Duration::from_secs(20), |_| false);
+    assert!(
+        matches!(
+            core.path(name(2)),
+            Some(Path::Sleeve(Reason::NoAnswer { .. }))
+        ),
+        "{:?}",
+        core.path(name(2))
+    );
+    assert!(sent <= 4 + 10 + 1, "{sent} probes to a failed peer in 20 s");
+    // The path heals: on fastdp again within an idle interval and up_after rounds.
+    let healed = t0 + Duration::from_secs(20);
+    let mut now = healed;
+    while core.path(name(2)) != Some(Path::Fastdp) {
+        now = core.poll_timeout().unwrap().0.max(now);
+        assert!(now - healed <= Duration::from_secs(3), "not back after 3 s");
+        core.handle_timeout(now);
+        while let Some(p) = core.poll_probe() {
+            core.handle_probe_answer(p.addr);
+        }
+    }
+}
+
+#[test]
+fn a_round_brought_forward_does_not_count_a_fresh_probe_as_missed() {
+    let mut core = Fastdp::new(Config::new(Mode::Auto, 6784));
+    let t0 = Instant::now();
+    let t = settled(&mut core, t0);
+    // A busy peer probed at t; a second peer connects 10 ms later, bringing a round forward
+    // before the first probe's answer arrives.
+    core.handle_traffic(t, ip(2));
+    core.handle_timeout(core.poll_timeout().unwrap().0.max(t));
+    let p = core.poll_probe().unwrap();
+    let at = core.poll_timeout().unwrap().0;
+    core.handle_peer_up(t + Duration::from_millis(10), name(3), ip(3), false);
+    core.handle_timeout(t + Duration::from_millis(10));
+    core.handle_probe_answer(p.addr);
+    for _ in 0..5 {
+        let now = core.poll_timeout().unwrap().0.max(at);
+        core.handle_timeout(now);
+        while let Some(p) = core.poll_probe() {
+            core.handle_probe_answer(p.addr);
+        }
+    }
+    assert_eq!(core.path(name(2)), Some(Path::Fastdp));
+    assert_eq!(core.views()[0].probes_sent, core.views()[0].probes_answered);
 }
