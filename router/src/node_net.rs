@@ -199,8 +199,12 @@ pub fn spawn_rules(
                 keep,
                 bridge.clone(),
             );
+            // Only with NetworkPolicy on: its table is the large one worth not re-reading, and
+            // without it the tunnel drop counters are read every interval (as status promises).
             let quiet_since = match &quiet {
-                Some((generation, last, skips)) if *last == inputs && *skips < QUIET_SKIPS => {
+                Some((generation, last, skips))
+                    if policy.is_some() && *last == inputs && *skips < QUIET_SKIPS =>
+                {
                     Some(*generation)
                 }
                 _ => None,
