@@ -899,52 +899,6 @@ impl Daemon {
             warn!("saving persisted peers: {e:#}");
         }
     }
-
-    /// Publishes a fresh status snapshot at most every [`PUBLISH_INTERVAL`] (more in big meshes; or now, if
-    /// forced), and only when what it shows may have changed: a turn of the loop that moved
-    /// nothing status shows (a heartbeat, a probe answered, a timer that only sent) builds no
-    /// snapshot until [`STATUS_REFRESH`] has passed, which refreshes counters and ages. A
-    /// snapshot lists every peer's connections, so building one per turn cost a router
-    /// O(peers²) per heartbeat received.
-    fn maybe_publish(&mut self, force: bool) {
-        let now = Instant::now();
-        // A snapshot lists every peer's connections, so it costs O(peers²) to build: in a big
-        // mesh forming (everything changing) it is rebuilt less often.
-        let peers = self.mesh.view_digest().0;
-        let interval = PUBLISH_INTERVAL.max(PUBLISH_PER_PEER * peers);
-        if !force && self.last_check.is_some_and(|t| now - t < interval) {
-            // Looked moments ago: look again when the interval is over, so the last change
-            // before a quiet spell is never left out of the snapshot.
-            self.publish_due = self.last_check.map(|t| t + interval);
-            return;
-        }
-        self.last_check = Some(now);
-        self.publish_due = None;
-        let digest = self.status_digest();
-        let watched = self
-            .netfilter
-            .as_ref()
-            .is_some_and(|rx| rx.has_changed().unwrap_or(false))
-            || self
-                .handles
-                .kube
-                .as_ref()
-                .is_some_and(|rx| rx.has_changed().unwrap_or(false));
-        let stale = self.last_publish.is_none_or(|t| now - t >= STATUS_REFRESH);
-        if !force && !stale && !watched && digest == self.published_digest {
-            return;
-        }
-        self.last_publish = Some(now);
-        self.published_digest = digest;
-        if let Some(rx) = &mut self.netfilter {
-            rx.mark_unchanged();
-        }
-        if let Some(rx) = &mut self.handles.kube {
-            rx.mark_unchanged();
-        }
-        let status = self.status(now);
-        self.handles.status.publish(status);
-    }
 }
 
 /// The next fastdp probe answer; never ready without a listener.
@@ -1024,11 +978,6 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
 /// How long a control connection may go unanswered (keepalive or data) before the kernel
 /// fails it.
 const USER_TIMEOUT: Duration = Duration::from_secs(3);
-const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
-/// The least time between snapshots grows by this per peer known (1 s at 100 peers).
-const PUBLISH_PER_PEER: Duration = Duration::from_millis(10);
-/// The longest a published status goes without being rebuilt (its counters and ages).
-const STATUS_REFRESH: Duration = Duration::from_secs(1);
 const INPUT_QUEUE: usize = 1024;
 const CONN_QUEUE: usize = 256;
 const READ_BUF: usize = 64 * 1024;

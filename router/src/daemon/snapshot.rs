@@ -7,6 +7,52 @@ use topology::sleeve::pmtu::PathView;
 use super::*;
 
 impl Daemon {
+    /// Publishes a fresh status snapshot at most every [`PUBLISH_INTERVAL`] (more in big meshes; or now, if
+    /// forced), and only when what it shows may have changed: a turn of the loop that moved
+    /// nothing status shows (a heartbeat, a probe answered, a timer that only sent) builds no
+    /// snapshot until [`STATUS_REFRESH`] has passed, which refreshes counters and ages. A
+    /// snapshot lists every peer's connections, so building one per turn cost a router
+    /// O(peers²) per heartbeat received.
+    pub(super) fn maybe_publish(&mut self, force: bool) {
+        let now = Instant::now();
+        // A snapshot lists every peer's connections, so it costs O(peers²) to build: in a big
+        // mesh forming (everything changing) it is rebuilt less often.
+        let peers = self.mesh.view_digest().0;
+        let interval = PUBLISH_INTERVAL.max(PUBLISH_PER_PEER * peers);
+        if !force && self.last_check.is_some_and(|t| now - t < interval) {
+            // Looked moments ago: look again when the interval is over, so the last change
+            // before a quiet spell is never left out of the snapshot.
+            self.publish_due = self.last_check.map(|t| t + interval);
+            return;
+        }
+        self.last_check = Some(now);
+        self.publish_due = None;
+        let digest = self.status_digest();
+        let watched = self
+            .netfilter
+            .as_ref()
+            .is_some_and(|rx| rx.has_changed().unwrap_or(false))
+            || self
+                .handles
+                .kube
+                .as_ref()
+                .is_some_and(|rx| rx.has_changed().unwrap_or(false));
+        let stale = self.last_publish.is_none_or(|t| now - t >= STATUS_REFRESH);
+        if !force && !stale && !watched && digest == self.published_digest {
+            return;
+        }
+        self.last_publish = Some(now);
+        self.published_digest = digest;
+        if let Some(rx) = &mut self.netfilter {
+            rx.mark_unchanged();
+        }
+        if let Some(rx) = &mut self.handles.kube {
+            rx.mark_unchanged();
+        }
+        let status = self.status(now);
+        self.handles.status.publish(status);
+    }
+
     /// A hash of the engines' state that the status snapshot shows, counters and ages left
     /// out: records (the view digest), our connections and targets, routes, fastdp paths,
     /// IPAM's ring, records and allocations, the gateway and the mesh setting. Cheap next to
@@ -331,3 +377,10 @@ fn packet_size(datagram: Option<usize>) -> Option<u32> {
 
 /// How long a new connection without a route holds readiness back.
 const READY_GRACE: Duration = Duration::from_secs(10);
+
+/// The least time between two status snapshots.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// The least time between snapshots grows by this per peer known (1 s at 100 peers).
+const PUBLISH_PER_PEER: Duration = Duration::from_millis(10);
+/// The longest a published status goes without being rebuilt (its counters and ages).
+const STATUS_REFRESH: Duration = Duration::from_secs(1);

@@ -559,22 +559,7 @@ impl Ipam {
 
     /// Notes that `peer` is in the topology (reachable through the mesh).
     pub fn handle_peer_seen(&mut self, now: Instant, peer: PeerName) {
-        if peer == self.config.name {
-            return;
-        }
-        let was = self.live.insert(
-            peer,
-            Liveness {
-                seen: true,
-                since: now,
-            },
-        );
-        if !was.is_some_and(|l| l.seen) {
-            // A new neighbour learns our state at once.
-            self.broadcast_full();
-            self.tried.remove(&peer);
-            self.after_change(now);
-        }
+        self.handle_peers_seen(now, [peer]);
     }
 
     /// Notes that every peer of `peers` is in the topology: the same as calling
